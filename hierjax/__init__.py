@@ -1,0 +1,27 @@
+"""hierjax: the exact posterior of the normal-normal hierarchical model, batched in JAX.
+
+``y_j ~ N(theta_j, sigma_j^2)``, ``theta_j ~ N(mu, tau^2)``, ``mu`` flat or normal, ``tau``
+with a prior; tau is integrated out by quadrature, everything else is closed form.
+Importing hierjax changes no global JAX setting: enable float64 yourself with
+``jax.config.update("jax_enable_x64", True)`` (or ``JAX_ENABLE_X64=1``) at program start.
+"""
+from hierjax.batch import Batch, as_batch
+from hierjax.datasets import eight_schools, rubin_eight_schools
+from hierjax.simulate import simulate
+from hierjax.engine import DEFAULT_LEVELS, STATUS, Fit, fit, fit_batch, status_text
+from hierjax.pooling import (CompletePooling, PartialPooling, complete_pooling,
+                             complete_pooling_predictive, no_pooling, partial_pooling)
+from hierjax.priors import (CustomTau, Exponential, FlatMu, HalfCauchy, HalfNormal, HalfT,
+                            NormalMu, Uniform, parse_mu_prior, parse_tau_prior)
+from hierjax.summaries import Marginal
+
+__all__ = [
+    "fit", "fit_batch", "Fit", "Marginal", "Batch", "as_batch", "DEFAULT_LEVELS", "STATUS",
+    "status_text",
+    "no_pooling", "complete_pooling", "complete_pooling_predictive", "partial_pooling",
+    "CompletePooling", "PartialPooling",
+    "Uniform", "HalfNormal", "HalfCauchy", "HalfT", "Exponential", "CustomTau", "FlatMu",
+    "NormalMu", "parse_tau_prior", "parse_mu_prior",
+    "eight_schools", "rubin_eight_schools", "simulate",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,136 @@
+r"""Closed-form conditionals of the normal-normal model given tau (BDA3 sec. 5.4).
+
+For one dataset (``y[J]``, ``sigma2[J] = sigma_j^2``, ``mask[J]``) and a scalar
+``tau``, integrating ``theta`` out gives ``y_j | mu, tau ~ N(mu, sigma_j^2 + tau^2)``
+and everything below is Gaussian algebra:
+
+.. math::
+    v_j = \sigma_j^2 + \tau^2, \qquad
+    P = \sum_j 1/v_j + 1/s_0^2, \qquad
+    \hat\mu = \Big(\sum_j y_j / v_j + m_0 / s_0^2\Big) / P, \qquad
+    V_\mu = 1/P
+
+    \mu \mid \tau, y \sim N(\hat\mu, V_\mu), \qquad
+    B_j = \sigma_j^2 / v_j
+
+    \theta_j \mid \tau, y \sim N\big((1 - B_j) y_j + B_j \hat\mu,\;
+                                 (1 - B_j)\sigma_j^2 + B_j^2 V_\mu\big), \qquad
+    \tilde\theta \mid \tau, y \sim N(\hat\mu, \tau^2 + V_\mu)
+
+(the ``1/s_0^2`` and ``m_0/s_0^2`` terms are there only for a ``N(m_0, s_0^2)`` mu
+prior). The marginal likelihood of tau treats a normal mu prior as one more
+observation ``m_0`` of mu with variance ``s_0^2``:
+
+.. math::
+    \log p(y \mid \tau) = -\tfrac{n-1}{2}\log 2\pi - \tfrac12\sum_i \log w_i
+        - \tfrac12 \log P - \tfrac12 \sum_i (x_i - \hat\mu)^2 / w_i
+
+over the ``n`` observations ``x_i`` with variances ``w_i`` (BDA3 eq. 5.21). For a
+flat mu prior this is the likelihood against Lebesgue measure on mu (improper).
+
+Every formula is finite at ``tau = 0`` (``B_j = 1``, ``theta_j = mu``).
+Masked (padded) groups carry benign values and are excluded with ``where``.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax.numpy as jnp
+
+from hierjax.priors import FlatMu, MuPrior, NormalMu
+
+__all__ = ["MuGivenTau", "mu_given_tau", "log_marginal_likelihood", "theta_given_tau",
+           "theta_given_mu_tau"]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+class MuGivenTau(NamedTuple):
+    """``mu | tau, y ~ N(mean, var)`` and ``log p(y | tau)`` for one dataset and one tau.
+
+    Attributes:
+        mean: ``mu_hat(tau)``, scalar.
+        var: ``V_mu(tau) = 1 / P``, scalar.
+        log_lik: ``log p(y | tau)`` (against Lebesgue measure on mu when mu is flat), scalar.
+    """
+
+    mean: jnp.ndarray
+    var: jnp.ndarray
+    log_lik: jnp.ndarray
+
+
+def _prior_terms(mu_prior: MuPrior, dtype):
+    """``(1/s0^2, m0/s0^2)`` of a normal mu prior, zeros for a flat one."""
+    if isinstance(mu_prior, NormalMu):
+        p0 = 1.0 / jnp.asarray(mu_prior.scale, dtype) ** 2
+        return p0, p0 * jnp.asarray(mu_prior.loc, dtype)
+    if isinstance(mu_prior, FlatMu):
+        zero = jnp.zeros((), dtype)
+        return zero, zero
+    raise TypeError(f"unsupported mu prior {mu_prior!r}")
+
+
+def mu_given_tau(tau2, y, sigma2, mask, mu_prior: MuPrior) -> MuGivenTau:
+    r"""The conditional posterior of mu and the marginal likelihood at ``tau^2``.
+
+    Args:
+        tau2: ``tau^2``, scalar.
+        y: group estimates, ``[J]``.
+        sigma2: known sampling variances ``sigma_j^2``, ``[J]``.
+        mask: ``True`` for real groups, ``[J]``.
+        mu_prior: ``FlatMu()`` or ``NormalMu(m0, s0)`` (leaves are scalars here).
+
+    Returns:
+        MuGivenTau with scalar fields.
+    """
+    v = jnp.where(mask, sigma2 + tau2, 1.0)                 # v_j = sigma_j^2 + tau^2
+    prec = jnp.where(mask, 1.0 / v, 0.0)
+    p0, p0m0 = _prior_terms(mu_prior, y.dtype)
+    P = jnp.sum(prec) + p0                                   # P = sum 1/v_j + 1/s0^2
+    mu_hat = (jnp.sum(prec * y) + p0m0) / P                  # precision-weighted mean
+    quad = jnp.sum(jnp.where(mask, (y - mu_hat) ** 2 / v, 0.0))
+    logdet = jnp.sum(jnp.where(mask, jnp.log(v), 0.0))
+    n_obs = jnp.sum(mask).astype(y.dtype)
+    if isinstance(mu_prior, NormalMu):
+        s0 = jnp.asarray(mu_prior.scale, y.dtype)
+        m0 = jnp.asarray(mu_prior.loc, y.dtype)
+        quad = quad + ((m0 - mu_hat) / s0) ** 2
+        logdet = logdet + 2.0 * jnp.log(s0)
+        n_obs = n_obs + 1.0
+    log_lik = -0.5 * ((n_obs - 1.0) * _LOG_2PI + logdet + jnp.log(P) + quad)
+    return MuGivenTau(mu_hat, 1.0 / P, log_lik)
+
+
+def log_marginal_likelihood(tau2, y, sigma2, mask, mu_prior: MuPrior):
+    """``log p(y | tau)`` alone (see :func:`mu_given_tau`)."""
+    return mu_given_tau(tau2, y, sigma2, mask, mu_prior).log_lik
+
+
+def theta_given_tau(tau2, y, sigma2, mu: MuGivenTau):
+    r"""Mean and variance of ``theta_j | tau, y`` with mu integrated out, ``[J]`` each.
+
+    .. math::
+        B_j = \sigma_j^2/(\sigma_j^2 + \tau^2),\quad
+        E = (1 - B_j) y_j + B_j \hat\mu,\quad
+        Var = (1 - B_j)\sigma_j^2 + B_j^2 V_\mu
+    """
+    B = sigma2 / (sigma2 + tau2)
+    mean = (1.0 - B) * y + B * mu.mean
+    var = (1.0 - B) * sigma2 + B ** 2 * mu.var
+    return mean, var
+
+
+def theta_given_mu_tau(mu, tau2, y, sigma2):
+    r"""``theta_j | mu, tau, y``: the seed's shrinkage formula, ``[J]`` each.
+
+    .. math::
+        w_j = \frac{1/\sigma_j^2}{1/\sigma_j^2 + 1/\tau^2},\quad
+        \theta_j \mid \mu, \tau, y \sim N\Big(w_j y_j + (1 - w_j)\mu,\;
+        \frac{1}{1/\sigma_j^2 + 1/\tau^2}\Big)
+
+    written with ``w_j = 1 - B_j = tau^2 / (sigma_j^2 + tau^2)`` so that ``tau = 0``
+    gives ``theta_j = mu`` exactly.
+    """
+    w = tau2 / (sigma2 + tau2)
+    return w * y + (1.0 - w) * mu, w * sigma2

@@ -1,0 +1,315 @@
+"""The batched engine: one kernel per dataset, ``vmap`` (in chunks) at the edge, one ``jit``.
+
+:func:`fit_dataset` is the whole computation for one standardised dataset.
+:func:`fit_standardized` maps it over a batch with ``jax.lax.map(batch_size=chunk)``
+inside a single module-level ``jax.jit``: one compile per (shapes, prior types,
+dtype), chunked so that a million datasets never hold more than one chunk's
+intermediates. :func:`fit` is the convenient layer: host-side checks and
+standardisation in float64, the jitted batch, and the map back to the user's units.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hierjax.batch import (Batch, as_batch, describe_priors, min_groups, rescale_priors,
+                           standardize, validate)
+from hierjax.conditionals import mu_given_tau, theta_given_tau
+from hierjax.grid import default_nodes, tau_grid
+from hierjax.priors import MuPrior, NormalMu, TauPrior, parse_mu_prior, parse_tau_prior
+from hierjax.summaries import Marginal, mixture_summary, tau_mode, tau_summary
+
+__all__ = ["Fit", "DatasetFit", "fit", "fit_batch", "fit_dataset", "fit_standardized",
+           "DEFAULT_LEVELS", "STATUS", "status_text", "compute_dtype"]
+
+DEFAULT_LEVELS = (0.025, 0.25, 0.5, 0.75, 0.975)
+
+#: Per-dataset status bits (0 = ok).
+STATUS = {
+    "grid_unresolved": 1,      # nested-rule error estimate above eps**0.25
+    "tail_truncated": 2,       # mass beyond the dtype's range of tau (improper posterior?)
+    "quantile_unconverged": 4,  # a quantile's root finder hit its iteration limit
+    "invalid": 8,              # skipped input (see Fit.notes)
+}
+
+
+def status_text(code: int) -> str:
+    """``'ok'`` or the ``;``-joined names of the set status bits."""
+    names = [k for k, v in STATUS.items() if int(code) & v]
+    return ";".join(names) if names else "ok"
+
+
+class DatasetFit(NamedTuple):
+    """Posterior summaries of one dataset in standardised units (see :class:`Fit`)."""
+
+    mu: Marginal
+    tau: Marginal
+    theta: Marginal
+    theta_new: Marginal
+    tau_mode: jnp.ndarray
+    log_evidence: jnp.ndarray
+    grid_error: jnp.ndarray
+    status: jnp.ndarray
+
+
+def _tail_alpha(n_groups, tau_prior: TauPrior, mu_prior: MuPrior):
+    r"""``alpha`` with ``p(tau | y) ~ tau^{-(alpha + 1)}``: ``E[tau^k]`` exists iff ``alpha > k``."""
+    base = 1.0 if isinstance(mu_prior, NormalMu) else 2.0
+    return n_groups - base + tau_prior.tail_power
+
+
+def fit_dataset(y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPrior, levels,
+                n: int) -> DatasetFit:
+    r"""Exact posterior summaries of one standardised dataset.
+
+    .. math::
+        p(\mu, \theta, \tau \mid y) = p(\tau \mid y)\, p(\mu \mid \tau, y)
+            \prod_j p(\theta_j \mid \mu, \tau, y)
+
+    with ``p(tau | y)`` on the grid of :func:`hierjax.grid.tau_grid` and the
+    conditionals of :mod:`hierjax.conditionals`.
+
+    Args:
+        y, sigma2, mask: ``[J]`` standardised data.
+        threshold: where ``P(. > 0)`` sits in standard units, scalar.
+        tau_prior, mu_prior: priors for the standardised data (scalar leaves).
+        levels: quantile levels, ``[Q]``.
+        n: Clenshaw-Curtis order; ``K = n + 1`` tau nodes.
+
+    Returns:
+        DatasetFit (``theta`` fields are ``[J]``, quantiles ``[..., Q]``).
+    """
+    dtype = y.dtype
+    grid = tau_grid(y, sigma2, mask, tau_prior, mu_prior, n)
+    w = jnp.exp(grid.log_weight)
+    tau2 = grid.tau ** 2
+    alpha = _tail_alpha(jnp.sum(mask).astype(dtype), tau_prior, mu_prior)
+    has_mean, has_sd = alpha > 1.0, alpha > 2.0
+    always = jnp.array(True)
+    # A normal mu prior bounds V_mu; under a flat one V_mu ~ tau^2 / J inherits tau's tail.
+    mu_mean, mu_sd = (always, always) if isinstance(mu_prior, NormalMu) else (has_mean, has_sd)
+
+    mu, ok_mu = mixture_summary(w, grid.mu.mean, jnp.sqrt(grid.mu.var), levels, threshold,
+                                mu_mean, mu_sd)
+    theta_m, theta_v = jax.vmap(lambda t2, mm, mv: theta_given_tau(
+        t2, y, sigma2, grid.mu._replace(mean=mm, var=mv)))(tau2, grid.mu.mean, grid.mu.var)
+    theta, ok_theta = jax.vmap(
+        lambda m, v: mixture_summary(w, m, jnp.sqrt(v), levels, threshold, always, always),
+        in_axes=1)(theta_m, theta_v)
+    new, ok_new = mixture_summary(w, grid.mu.mean, jnp.sqrt(tau2 + grid.mu.var), levels,
+                                  threshold, has_mean, has_sd)
+    tau, ok_tau = tau_summary(grid, levels, has_mean, has_sd)
+
+    def log_joint(t):
+        return tau_prior.log_density(t) + mu_given_tau(t * t, y, sigma2, mask, mu_prior).log_lik
+
+    mode = tau_mode(grid, log_joint)
+    proper = bool(tau_prior.proper and mu_prior.proper)
+    log_ev = grid.log_evidence if proper else jnp.full((), jnp.nan, dtype)
+
+    limit = float(jnp.finfo(dtype).eps) ** 0.25
+    status = (jnp.where(grid.error > limit, STATUS["grid_unresolved"], 0)
+              | jnp.where(grid.truncated, STATUS["tail_truncated"], 0)
+              | jnp.where(ok_mu & jnp.all(ok_theta) & ok_new & ok_tau, 0,
+                          STATUS["quantile_unconverged"])).astype(jnp.int32)
+    return DatasetFit(mu, tau, theta, new, mode, log_ev, grid.error, status)
+
+
+@functools.partial(jax.jit, static_argnames=("n", "chunk"))
+def fit_standardized(y, sigma2, mask, threshold, tau_prior, mu_prior, levels, *, n: int,
+                     chunk: int) -> DatasetFit:
+    """:func:`fit_dataset` over a batch: ``[B, J]`` inputs, ``[B]`` prior leaves.
+
+    ``lax.map`` with ``batch_size=chunk`` vmaps ``chunk`` datasets at a time inside
+    this one compiled function (no retrace per chunk, bounded memory).
+    """
+    def one(args):
+        yb, sb, mb, cb, tp, mp = args
+        return fit_dataset(yb, sb, mb, cb, tp, mp, levels, n)
+
+    return jax.lax.map(one, (y, sigma2, mask, threshold, tau_prior, mu_prior),
+                       batch_size=min(chunk, y.shape[0]))
+
+
+class Fit(NamedTuple):
+    """Posterior summaries of a batch of ``B`` datasets, in the data's units.
+
+    Attributes:
+        mu: population mean; fields ``[B]``, quantiles ``[B, Q]``.
+        tau: population sd; fields ``[B]``, quantiles ``[B, Q]`` (``p_gt0`` is 1).
+        theta: group effects; fields ``[B, J]``, quantiles ``[B, J, Q]`` (nan where padded).
+        theta_new: the effect of a new group; fields ``[B]``, quantiles ``[B, Q]``.
+        tau_mode: posterior mode of tau (0 when the density peaks at tau = 0), ``[B]``.
+        log_marginal_likelihood: ``log p(y)`` where both priors are proper, else nan, ``[B]``.
+        grid_error: nested-rule error estimate of the tau quadrature, ``[B]``; the full
+            rule is about its square (relative), see README "Accuracy".
+        status: status bits per dataset (:data:`STATUS`, :func:`status_text`), ``[B]``.
+        n_groups: number of real groups per dataset, ``[B]``.
+        mask: real groups, ``[B, J]``.
+        levels: quantile levels, ``[Q]``.
+        names: dataset labels, length ``B``.
+        groups: group labels per dataset (or None), length ``B``.
+        notes: why a dataset was skipped ('' otherwise), length ``B``.
+    """
+
+    mu: Marginal
+    tau: Marginal
+    theta: Marginal
+    theta_new: Marginal
+    tau_mode: np.ndarray
+    log_marginal_likelihood: np.ndarray
+    grid_error: np.ndarray
+    status: np.ndarray
+    n_groups: np.ndarray
+    mask: np.ndarray
+    levels: np.ndarray
+    names: tuple
+    groups: tuple
+    notes: tuple
+
+
+def compute_dtype(*arrays, dtype=None):
+    """float64 when x64 is on and the inputs are not float32; float32 otherwise."""
+    if dtype is not None:
+        return jnp.dtype(jax.dtypes.canonicalize_dtype(dtype))
+    if any(isinstance(a, (np.ndarray, jax.Array)) and a.dtype == np.float32 for a in arrays):
+        return jnp.dtype(jnp.float32)
+    return jnp.dtype(jax.dtypes.canonicalize_dtype(np.float64))
+
+
+def _default_chunk(K: int, J: int) -> int:
+    """Datasets per chunk: about 2**22 (tau node x group) elements in flight."""
+    return int(max(1, min(16384, (1 << 22) // (K * J))))
+
+
+def fit(y, sigma=None, *, tau_prior="uniform", mu_prior="flat",
+        quantiles: Sequence[float] = DEFAULT_LEVELS, mask=None, names=None, groups=None,
+        skip_invalid: bool = False, nodes: Optional[int] = None, chunk: Optional[int] = None,
+        dtype=None) -> Fit:
+    r"""Exact posterior of the normal-normal hierarchical model for one or many datasets.
+
+    .. math::
+        y_j \sim N(\theta_j, \sigma_j^2),\quad \theta_j \sim N(\mu, \tau^2),\quad
+        \mu \sim \text{flat} \mid N(m, s^2),\quad \tau \sim p(\tau)
+
+    Args:
+        y: estimates: ``[J]`` (one dataset), ``[B, J]``, ragged list of ``[J_b]``, or a
+            :class:`hierjax.batch.Batch` (then ``sigma`` is None).
+        sigma: known standard errors, same layout as ``y``.
+        tau_prior: spec string (``"uniform"``, ``"half-cauchy:5"``, ...), a TauPrior, or a
+            JAX log-density of tau.
+        mu_prior: ``"flat"`` or ``"normal:M,S"`` (or a MuPrior).
+        quantiles: levels in (0, 1), ``[Q]``.
+        mask: ``[B, J]`` bool for padded rectangular input.
+        names, groups: dataset and group labels (optional).
+        skip_invalid: fit the valid datasets and mark invalid ones (status ``invalid``,
+            results nan) instead of raising.
+        nodes: Clenshaw-Curtis order ``n`` (``n + 1`` tau nodes; default by dtype).
+        chunk: datasets per vmapped chunk (default from the batch's size).
+        dtype: compute dtype (default: float64 under x64 unless the inputs are float32).
+
+    Returns:
+        Fit with a leading ``B`` axis, arrays in the compute dtype.
+
+    Raises:
+        ValueError: bad input (naming the dataset and field) unless ``skip_invalid``.
+
+    Example:
+        >>> import hierjax
+        >>> f = hierjax.fit([28, 8, -3, 7, -1, 1, 18, 12], [15, 10, 16, 11, 9, 11, 10, 18])
+        >>> round(float(f.mu.mean[0]), 2)
+        7.93
+    """
+    tp, mp = parse_tau_prior(tau_prior), parse_mu_prior(mu_prior)
+    levels = np.asarray(quantiles, np.float64).reshape(-1)
+    if levels.size == 0 or not np.all((levels > 0) & (levels < 1)):
+        raise ValueError(f"quantile levels must lie strictly between 0 and 1, got {list(levels)}")
+    dt = compute_dtype(y, sigma, dtype=dtype)
+    batch = y if isinstance(y, Batch) else as_batch(y, sigma, mask=mask, names=names, groups=groups)
+    problems = validate(batch, min_groups(tp, mp), describe_priors(tp, mp))
+    bad = np.array([p is not None for p in problems])
+    if bad.any() and not skip_invalid:
+        first = [p for p in problems if p is not None]
+        more = f" (and {len(first) - 1} more invalid datasets)" if len(first) > 1 else ""
+        raise ValueError(first[0] + more)
+    if bad.any():
+        # Benign stand-ins keep the batch rectangular; their results are replaced by nan.
+        n_min = 3  # padded J >= 8; three groups make any supported posterior proper
+        y_, s_, m_ = batch.y.copy(), batch.sigma.copy(), batch.mask.copy()
+        y_[bad], s_[bad] = 0.0, 1.0
+        m_[bad] = False
+        m_[np.ix_(bad, np.arange(n_min))] = True
+        y_[np.ix_(bad, np.arange(n_min))] = np.array([-1.0, 0.0, 1.0])
+        work = batch._replace(y=y_, sigma=s_, mask=m_)
+    else:
+        work = batch
+    st = standardize(work)
+    tp_std, mp_std = rescale_priors(tp, mp, st)
+    n = default_nodes(dt) if nodes is None else int(nodes)
+    if n < 4 or n % 2:
+        raise ValueError(f"nodes must be an even integer >= 4, got {nodes}")
+    B, J = work.y.shape
+    ch = _default_chunk(n + 1, J) if chunk is None else int(chunk)
+    cast = functools.partial(jnp.asarray, dtype=dt)
+    out = fit_standardized(cast(st.y), cast(st.sigma2), jnp.asarray(work.mask), cast(st.threshold),
+                           jax.tree.map(cast, tp_std), jax.tree.map(cast, mp_std),
+                           cast(levels), n=n, chunk=ch)
+    return _to_user_units(out, st, work, batch, bad, problems, levels, dt)
+
+
+def _to_user_units(out: DatasetFit, st, work: Batch, batch: Batch, bad, problems, levels, dt):
+    """Map standardised summaries back: ``phi = loc + scale * phi_std`` (tau: ``scale * tau``)."""
+    o = jax.tree.map(lambda a: np.asarray(a) if a.dtype == bool else np.asarray(a, np.float64), out)
+    loc, scale = st.loc, st.scale
+
+    def location(m: Marginal, axes):
+        lc = loc.reshape((-1,) + (1,) * axes)
+        sc = scale.reshape((-1,) + (1,) * axes)
+        return m._replace(mean=lc + sc * m.mean, sd=sc * m.sd,
+                          quantiles=lc[..., None] + sc[..., None] * m.quantiles)
+
+    def scaled(m: Marginal):
+        return m._replace(mean=scale * m.mean, sd=scale * m.sd,
+                          quantiles=scale[:, None] * m.quantiles)
+
+    mu, theta, new, tau = location(o.mu, 0), location(o.theta, 1), location(o.theta_new, 0), \
+        scaled(o.tau)
+    n_groups = batch.mask.sum(axis=1)
+    log_ml = o.log_evidence - n_groups * np.log(scale)
+    status = o.status.astype(np.int32) | np.where(bad, STATUS["invalid"], 0).astype(np.int32)
+
+    def blank(m: Marginal, mask=None):
+        def f(a):
+            if a.dtype == bool:
+                return np.where(bad.reshape((-1,) + (1,) * (a.ndim - 1)), False, a)
+            a = np.where(bad.reshape((-1,) + (1,) * (a.ndim - 1)), np.nan, a)
+            if mask is not None:
+                mk = mask.reshape(mask.shape + (1,) * (a.ndim - 2))
+                a = np.where(mk, a, np.nan)
+            return a
+        return Marginal(*map(f, m))
+
+    def cast(m: Marginal):
+        return Marginal(*[a if a.dtype == bool else a.astype(dt) for a in m])
+
+    nanb = np.where(bad, np.nan, 1.0)
+    return Fit(
+        mu=cast(blank(mu)), tau=cast(blank(tau)), theta=cast(blank(theta, batch.mask)),
+        theta_new=cast(blank(new)),
+        tau_mode=(scale * o.tau_mode * nanb).astype(dt),
+        log_marginal_likelihood=(log_ml * nanb).astype(dt),
+        grid_error=(o.grid_error * nanb).astype(dt),
+        status=status, n_groups=n_groups, mask=batch.mask, levels=levels.astype(dt),
+        names=batch.names, groups=batch.groups,
+        notes=tuple("" if p is None else p for p in problems),
+    )
+
+
+def fit_batch(batch: Batch, **kwargs) -> Fit:
+    """:func:`fit` on an assembled :class:`~hierjax.batch.Batch` (e.g. from a CSV file)."""
+    return fit(batch, None, **kwargs)
