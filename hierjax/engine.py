@@ -151,7 +151,7 @@ class Fit(NamedTuple):
         status: status bits per dataset (:data:`STATUS`, :func:`status_text`), ``[B]``.
         n_groups: number of real groups per dataset, ``[B]``.
         mask: real groups, ``[B, J]``.
-        levels: quantile levels, ``[Q]``.
+        levels: quantile levels as requested (float64), ``[Q]``.
         names: dataset labels, length ``B``.
         groups: group labels per dataset (or None), length ``B``.
         notes: why a dataset was skipped ('' otherwise), length ``B``.
@@ -304,7 +304,7 @@ def _to_user_units(out: DatasetFit, st, work: Batch, batch: Batch, bad, problems
         tau_mode=(scale * o.tau_mode * nanb).astype(dt),
         log_marginal_likelihood=(log_ml * nanb).astype(dt),
         grid_error=(o.grid_error * nanb).astype(dt),
-        status=status, n_groups=n_groups, mask=batch.mask, levels=levels.astype(dt),
+        status=status, n_groups=n_groups, mask=batch.mask, levels=levels,
         names=batch.names, groups=batch.groups,
         notes=tuple("" if p is None else p for p in problems),
     )

@@ -96,8 +96,9 @@ def mixture_quantile(p, w, m, s):
         newton = x - F / f
         ok = (newton > lo) & (newton < hi) & jnp.isfinite(newton)
         x_new = jnp.where(ok, newton, 0.5 * (lo + hi))
-        tol = 4.0 * eps * (jnp.abs(x_new) + scale)
-        done = (jnp.abs(x_new - x) <= tol) | (hi - lo <= tol)
+        # Round-off in F is ~K eps: stop when the step or the bracket is at that level.
+        tol = 64.0 * eps * (jnp.abs(x_new) + scale)
+        done = (jnp.abs(x_new - x) <= tol) | (hi - lo <= tol) | (jnp.abs(F) <= 16.0 * eps)
         return i + 1, x_new, lo, hi, done
 
     i, x, lo, hi, done = jax.lax.while_loop(cond, body, (0, x, lo, hi, jnp.array(False)))
@@ -149,7 +150,7 @@ def tau_quantile(p, grid: TauGrid, coef_cdf, coef_pdf):
         newton = z - F / f
         ok = (f > 0) & (newton > lo) & (newton < hi)
         z_new = jnp.where(ok, newton, 0.5 * (lo + hi))
-        done = (jnp.abs(z_new - z) <= 4.0 * eps) | (hi - lo <= 4.0 * eps)
+        done = (jnp.abs(z_new - z) <= 64.0 * eps) | (hi - lo <= 64.0 * eps) | (jnp.abs(F) <= 16.0 * eps)
         return i + 1, z_new, lo, hi, done
 
     one = jnp.ones((), dtype)

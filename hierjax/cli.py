@@ -1,0 +1,165 @@
+"""``hierjax`` command line.
+
+``hierjax fit`` with no input fits the embedded eight schools (printing a table) and
+a simulated batch (printing throughput and interval coverage); with a CSV input
+it fits every dataset in it. ``--out`` writes the tidy CSV atomically. Errors in
+the input give one message naming the dataset and field, exit status 2, and no
+output file.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+__all__ = ["main"]
+
+
+def _levels(text: str):
+    try:
+        levels = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"quantile levels must be numbers, got {text!r}") from None
+    if not levels or not all(0 < p < 1 for p in levels):
+        raise argparse.ArgumentTypeError(f"quantile levels must lie strictly between 0 and 1, got {text!r}")
+    return levels
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hierjax", description=(
+        "Exact posterior of the normal-normal hierarchical model (eight schools), batched in JAX."))
+    sub = p.add_subparsers(dest="command", required=True)
+    f = sub.add_parser("fit", help="fit datasets from a CSV (or the embedded eight schools)",
+                       description="Fit every dataset of a long CSV (columns dataset,y,sigma[,group]); "
+                       "with no INPUT, the eight schools and a simulated batch.")
+    f.add_argument("input", nargs="?", metavar="INPUT", help="CSV with columns dataset,y,sigma[,group]")
+    f.add_argument("--tau-prior", default="uniform", metavar="SPEC",
+                   help="uniform | half-normal:S | half-cauchy:S | half-t:NU,S | exponential:RATE "
+                   "(default: uniform)")
+    f.add_argument("--mu-prior", default="flat", metavar="SPEC", help="flat | normal:M,S (default: flat)")
+    f.add_argument("--quantiles", type=_levels, default=[0.025, 0.25, 0.5, 0.75, 0.975],
+                   metavar="LEVELS", help="comma-separated levels (default: 0.025,0.25,0.5,0.75,0.975)")
+    f.add_argument("--x64", action="store_true", help="compute in float64 (default float32)")
+    f.add_argument("--skip-invalid", action="store_true",
+                   help="fit the valid datasets and mark invalid ones in the status column")
+    f.add_argument("--out", metavar="OUT.csv", help="write the tidy results table here")
+    f.add_argument("--simulate", type=int, default=20000, metavar="B",
+                   help="with no INPUT: size of the simulated batch (default 20000; 0 to skip)")
+    return p
+
+
+def _print_table(fit, b: int, out=sys.stdout) -> None:
+    from hierjax.io import fit_rows
+    header, rows = fit_rows(fit._replace(names=fit.names[b:b + 1], groups=fit.groups[b:b + 1],
+                                         notes=fit.notes[b:b + 1], status=fit.status[b:b + 1],
+                                         n_groups=fit.n_groups[b:b + 1],
+                                         mu=_take(fit.mu, b), tau=_take(fit.tau, b),
+                                         theta=_take(fit.theta, b), theta_new=_take(fit.theta_new, b)))
+    cols = header[1:]
+    shown = [[r[1]] + [_short(v) for v in r[2:-1]] + [r[-1]] for r in rows]
+    widths = [max(len(c), *(len(r[i]) for r in shown)) for i, c in enumerate(cols)]
+    print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cols, widths))), file=out)
+    for r in shown:
+        print("  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths))), file=out)
+
+
+def _take(m, b):
+    return type(m)(*[a[b:b + 1] for a in m])
+
+
+def _short(v: str) -> str:
+    try:
+        x = float(v)
+    except ValueError:
+        return v
+    return v if x != x or abs(x) == float("inf") else f"{x:.4g}"
+
+
+def _default_job(args) -> int:
+    import numpy as np
+
+    import hierjax
+    y, sigma = hierjax.eight_schools()
+    fit = hierjax.fit(y, sigma, tau_prior=args.tau_prior, mu_prior=args.mu_prior,
+                      quantiles=args.quantiles, names=["eight_schools"],
+                      groups=[hierjax.datasets.SCHOOLS])
+    print(f"Eight schools (BDA3 Table 5.2), tau prior {args.tau_prior}, mu prior {args.mu_prior}, "
+          f"{np.dtype(fit.mu.mean.dtype).name}:")
+    _print_table(fit, 0)
+    print(f"posterior mode of tau: {float(fit.tau_mode[0]):.4g}; "
+          f"grid error estimate: {float(fit.grid_error[0]):.1e}")
+    if args.out:
+        _write(fit, args.out)
+    if args.simulate > 0:
+        sim = hierjax.simulate(args.simulate, 8, seed=1)
+        kw = dict(tau_prior=args.tau_prior, mu_prior=args.mu_prior, quantiles=args.quantiles)
+        hierjax.fit(sim.y[:2], sim.sigma[:2], **kw)  # compile on the chunk shape first
+        t0 = time.perf_counter()
+        res = hierjax.fit(sim.y, sim.sigma, **kw)
+        dt = time.perf_counter() - t0
+        levels = list(args.quantiles)
+        print(f"\nSimulated batch: {args.simulate} eight-school-sized datasets "
+              f"(tau ~ half-Cauchy(5), mu = 8) in {dt:.2f} s: {args.simulate / dt:,.0f} datasets/s "
+              "(after compile, including host work).")
+        if 0.025 in levels and 0.975 in levels:
+            lo, hi = levels.index(0.025), levels.index(0.975)
+            q = res.theta.quantiles
+            cover = np.mean((q[..., lo] <= sim.theta) & (sim.theta <= q[..., hi]))
+            print(f"95% central intervals cover the true theta_j in {100 * cover:.1f}% of "
+                  f"{sim.theta.size} groups.")
+        bad = int(np.sum(res.status != 0))
+        print(f"datasets flagged: {bad}")
+    return 0
+
+
+def _write(fit, path) -> None:
+    from hierjax.io import fit_rows, write_csv_atomic
+    header, rows = fit_rows(fit)
+    write_csv_atomic(path, header, rows)
+    print(f"wrote {len(rows)} rows to {path}", file=sys.stderr)
+
+
+def _fit_file(args) -> int:
+    import numpy as np
+
+    import hierjax
+    from hierjax.io import read_long_csv
+    batch = read_long_csv(args.input)
+    fit = hierjax.fit_batch(batch, tau_prior=args.tau_prior, mu_prior=args.mu_prior,
+                            quantiles=args.quantiles, skip_invalid=args.skip_invalid)
+    for note in fit.notes:
+        if note:
+            print(f"hierjax: skipped {note}", file=sys.stderr)
+    if args.out:
+        _write(fit, args.out)
+    else:
+        for b, name in enumerate(fit.names):
+            print(f"dataset {name}:")
+            _print_table(fit, b)
+    flagged = int(np.sum((fit.status & ~hierjax.STATUS["invalid"]) != 0))
+    if flagged:
+        print(f"hierjax: {flagged} dataset(s) carry accuracy flags (see the status column)",
+              file=sys.stderr)
+    return 0
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``hierjax`` command."""
+    args = _parser().parse_args(argv)
+    if args.command == "fit":
+        import jax
+        if args.x64:
+            jax.config.update("jax_enable_x64", True)
+        try:
+            from hierjax.priors import parse_mu_prior, parse_tau_prior
+            parse_tau_prior(args.tau_prior)
+            parse_mu_prior(args.mu_prior)
+            return _fit_file(args) if args.input else _default_job(args)
+        except ValueError as e:
+            print(f"hierjax: error: {e}", file=sys.stderr)
+            return 2
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
