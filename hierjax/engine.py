@@ -31,9 +31,9 @@ DEFAULT_LEVELS = (0.025, 0.25, 0.5, 0.75, 0.975)
 
 #: Per-dataset status bits (0 = ok).
 STATUS = {
-    "grid_unresolved": 1,      # nested-rule error estimate above eps**0.25
+    "grid_unresolved": 1,      # nested-rule difference above 10 eps**0.25, even with 2n nodes
     "tail_truncated": 2,       # mass beyond the dtype's range of tau (improper posterior?)
-    "quantile_unconverged": 4,  # a quantile's root finder hit its iteration limit
+    "unconverged": 4,          # a solver (quantile, mode, extent) hit its iteration limit
     "invalid": 8,              # skipped input (see Fit.notes)
 }
 
@@ -64,7 +64,7 @@ def _tail_alpha(n_groups, tau_prior: TauPrior, mu_prior: MuPrior):
 
 
 def fit_dataset(y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPrior, levels,
-                n: int) -> DatasetFit:
+                n: int, robust: bool = False) -> DatasetFit:
     r"""Exact posterior summaries of one standardised dataset.
 
     .. math::
@@ -80,12 +80,14 @@ def fit_dataset(y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPri
         tau_prior, mu_prior: priors for the standardised data (scalar leaves).
         levels: quantile levels, ``[Q]``.
         n: Clenshaw-Curtis order; ``K = n + 1`` tau nodes.
+        robust: exact while-loop solvers instead of the fixed-step fast path; the
+            fast path's ``unconverged`` status bit says when a dataset needs it.
 
     Returns:
         DatasetFit (``theta`` fields are ``[J]``, quantiles ``[..., Q]``).
     """
     dtype = y.dtype
-    grid = tau_grid(y, sigma2, mask, tau_prior, mu_prior, n)
+    grid = tau_grid(y, sigma2, mask, tau_prior, mu_prior, n, robust)
     w = jnp.exp(grid.log_weight)
     tau2 = grid.tau ** 2
     alpha = _tail_alpha(jnp.sum(mask).astype(dtype), tau_prior, mu_prior)
@@ -95,34 +97,35 @@ def fit_dataset(y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPri
     mu_mean, mu_sd = (always, always) if isinstance(mu_prior, NormalMu) else (has_mean, has_sd)
 
     mu, ok_mu = mixture_summary(w, grid.mu.mean, jnp.sqrt(grid.mu.var), levels, threshold,
-                                mu_mean, mu_sd)
+                                mu_mean, mu_sd, robust)
     theta_m, theta_v = jax.vmap(lambda t2, mm, mv: theta_given_tau(
         t2, y, sigma2, grid.mu._replace(mean=mm, var=mv)))(tau2, grid.mu.mean, grid.mu.var)
     theta, ok_theta = jax.vmap(
-        lambda m, v: mixture_summary(w, m, jnp.sqrt(v), levels, threshold, always, always),
+        lambda m, v: mixture_summary(w, m, jnp.sqrt(v), levels, threshold, always, always,
+                                     robust),
         in_axes=1)(theta_m, theta_v)
     new, ok_new = mixture_summary(w, grid.mu.mean, jnp.sqrt(tau2 + grid.mu.var), levels,
-                                  threshold, has_mean, has_sd)
-    tau, ok_tau = tau_summary(grid, levels, has_mean, has_sd)
+                                  threshold, has_mean, has_sd, robust)
+    tau, ok_tau = tau_summary(grid, levels, has_mean, has_sd, robust)
 
     def log_joint(t):
         return tau_prior.log_density(t) + mu_given_tau(t * t, y, sigma2, mask, mu_prior).log_lik
 
-    mode = tau_mode(grid, log_joint)
+    mode, ok_mode = tau_mode(grid, log_joint, robust)
     proper = bool(tau_prior.proper and mu_prior.proper)
     log_ev = grid.log_evidence if proper else jnp.full((), jnp.nan, dtype)
 
-    limit = float(jnp.finfo(dtype).eps) ** 0.25
+    limit = 10.0 * float(jnp.finfo(dtype).eps) ** 0.25
     status = (jnp.where(grid.error > limit, STATUS["grid_unresolved"], 0)
               | jnp.where(grid.truncated, STATUS["tail_truncated"], 0)
-              | jnp.where(ok_mu & jnp.all(ok_theta) & ok_new & ok_tau, 0,
-                          STATUS["quantile_unconverged"])).astype(jnp.int32)
+              | jnp.where(ok_mu & jnp.all(ok_theta) & ok_new & ok_tau & ok_mode & grid.converged,
+                          0, STATUS["unconverged"])).astype(jnp.int32)
     return DatasetFit(mu, tau, theta, new, mode, log_ev, grid.error, status)
 
 
-@functools.partial(jax.jit, static_argnames=("n", "chunk"))
+@functools.partial(jax.jit, static_argnames=("n", "chunk", "robust"))
 def fit_standardized(y, sigma2, mask, threshold, tau_prior, mu_prior, levels, *, n: int,
-                     chunk: int) -> DatasetFit:
+                     chunk: int, robust: bool = False) -> DatasetFit:
     """:func:`fit_dataset` over a batch: ``[B, J]`` inputs, ``[B]`` prior leaves.
 
     ``lax.map`` with ``batch_size=chunk`` vmaps ``chunk`` datasets at a time inside
@@ -130,7 +133,7 @@ def fit_standardized(y, sigma2, mask, threshold, tau_prior, mu_prior, levels, *,
     """
     def one(args):
         yb, sb, mb, cb, tp, mp = args
-        return fit_dataset(yb, sb, mb, cb, tp, mp, levels, n)
+        return fit_dataset(yb, sb, mb, cb, tp, mp, levels, n, robust)
 
     return jax.lax.map(one, (y, sigma2, mask, threshold, tau_prior, mu_prior),
                        batch_size=min(chunk, y.shape[0]))
@@ -256,10 +259,32 @@ def fit(y, sigma=None, *, tau_prior="uniform", mu_prior="flat",
     B, J = work.y.shape
     ch = _default_chunk(n + 1, J) if chunk is None else int(chunk)
     cast = functools.partial(jnp.asarray, dtype=dt)
-    out = fit_standardized(cast(st.y), cast(st.sigma2), jnp.asarray(work.mask), cast(st.threshold),
-                           jax.tree.map(cast, tp_std), jax.tree.map(cast, mp_std),
-                           cast(levels), n=n, chunk=ch)
+    args = (cast(st.y), cast(st.sigma2), jnp.asarray(work.mask), cast(st.threshold),
+            jax.tree.map(cast, tp_std), jax.tree.map(cast, mp_std))
+    out = fit_standardized(*args, cast(levels), n=n, chunk=ch)
+    out = _refit_flagged(out, args, cast(levels), n, ch)
     return _to_user_units(out, st, work, batch, bad, problems, levels, dt)
+
+
+def _refit_flagged(out: DatasetFit, args, levels, n: int, chunk: int) -> DatasetFit:
+    """Re-run flagged datasets: exact solvers for ``unconverged``, and ``2n`` nodes as well
+    for ``grid_unresolved``.
+
+    Each subset is padded to a power of two (few compiled shapes); results are spliced
+    back, so every number comes from a converged, resolved fit or carries its flag.
+    """
+    status = np.asarray(out.status)
+    for bit, n_redo in ((STATUS["grid_unresolved"], 2 * n), (STATUS["unconverged"], n)):
+        idx = np.flatnonzero(status & bit)
+        if idx.size == 0:
+            continue
+        size = 1 << (int(idx.size) - 1).bit_length()
+        take = np.concatenate([idx, np.full(size - idx.size, idx[0])])
+        sub = jax.tree.map(lambda a: a[take] if a.ndim else a, args)
+        redo = fit_standardized(*sub, levels, n=n_redo, chunk=min(chunk, size), robust=True)
+        out = jax.tree.map(lambda full, part: full.at[idx].set(part[:idx.size]), out, redo)
+        status = np.asarray(out.status)
+    return out
 
 
 def _to_user_units(out: DatasetFit, st, work: Batch, batch: Batch, bad, problems, levels, dt):

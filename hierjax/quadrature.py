@@ -96,5 +96,5 @@ def chebyshev_eval(coef, z):
         return (2.0 * z * b1 - b2 + c, b1), None
 
     zero = jnp.zeros((), coef.dtype)
-    (b1, b2), _ = jax.lax.scan(step, (zero, zero), coef[1:], reverse=True)
+    (b1, b2), _ = jax.lax.scan(step, (zero, zero), coef[1:], reverse=True, unroll=True)
     return coef[0] + z * b1 - b2

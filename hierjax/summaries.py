@@ -24,15 +24,19 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.special import ndtr, ndtri
+from jax.scipy.special import erfc, ndtri
 
 from hierjax.grid import TauGrid, chebyshev_density_coefficients, grid_tau_of_z
 from hierjax.quadrature import cdf_coefficients, chebyshev_eval, clenshaw_curtis
+from hierjax.solvers import iterate, maximize
 
 __all__ = ["Marginal", "mixture_summary", "mixture_quantile", "mixture_cdf", "tau_summary",
            "tau_quantile", "tau_mode"]
 
-_MAX_ITER = 60
+_MAX_ITER = 100
+_FAST_STEPS = 3       # Halley steps for mixture quantiles
+_TAU_FAST_STEPS = 8   # Newton steps on the tau CDF
+_MODE_FAST_STEPS = 8  # Newton steps for the tau mode
 
 
 class Marginal(NamedTuple):
@@ -56,56 +60,106 @@ class Marginal(NamedTuple):
     sd_exists: jnp.ndarray
 
 
+_INV_SQRT2 = 0.7071067811865476
+_INV_SQRT2PI = 0.3989422804014327
+
+
+def _Phi(t):
+    """Standard normal CDF as ``erfc(-t/sqrt 2)/2``: one special function, accurate in both tails."""
+    return 0.5 * erfc(-t * _INV_SQRT2)
+
+
 def mixture_cdf(q, w, m, s):
     """``F(q) = sum_k w_k Phi((q - m_k)/s_k)``; ``w, m, s`` are ``[K]``, ``q`` scalar."""
-    return jnp.sum(w * ndtr((q - m) / s))
+    return jnp.sum(w * _Phi((q - m) / s))
 
 
-def mixture_quantile(p, w, m, s):
-    r"""Solve ``F(q) = p`` for a normal mixture (safeguarded Newton).
+class _Moments(NamedTuple):
+    mean: jnp.ndarray
+    sd: jnp.ndarray
+    skew: jnp.ndarray
+    exkurt: jnp.ndarray
+
+
+def _mixture_moments(w, m, s) -> _Moments:
+    r"""Mean, sd, skewness and excess kurtosis of ``sum_k w_k N(m_k, s_k^2)`` on the grid.
+
+    With ``c_k = m_k - mean``: ``mu_2 = sum w (c^2 + s^2)``, ``mu_3 = sum w (c^3 + 3 c s^2)``,
+    ``mu_4 = sum w (c^4 + 6 c^2 s^2 + 3 s^4)``. (Only a starting point for the quantile
+    search: for heavy tails these are finite grid numbers, never reported.)
+    """
+    mean = jnp.sum(w * m)
+    c = m - mean
+    s2 = s * s
+    mu2 = jnp.sum(w * (c * c + s2))
+    mu3 = jnp.sum(w * c * (c * c + 3.0 * s2))
+    mu4 = jnp.sum(w * (c ** 4 + 6.0 * c * c * s2 + 3.0 * s2 * s2))
+    sd = jnp.sqrt(mu2)
+    return _Moments(mean, sd, mu3 / sd ** 3, mu4 / mu2 ** 2 - 3.0)
+
+
+def mixture_quantile(p, w, m, s, moments=None, robust: bool = False):
+    r"""Solve ``F(q) = p`` for a normal mixture.
+
+    Starts from the Cornish-Fisher expansion with the mixture's first four moments,
+    then Halley steps (cubic convergence; ``F' = f``, ``F'' = -sum w phi(t) t / s^2``)
+    kept inside the bracket ``[min_k q_k, max_k q_k]`` of the components' own
+    ``p``-quantiles by bisection. Stops when ``|F(q) - p|`` is at round-off or a Halley
+    step was so small that the next error (its cube) is below it.
 
     Args:
         p: level in (0, 1), scalar.
         w: weights summing to one, ``[K]``.
         m, s: component means and sds, ``[K]``.
+        moments: precomputed :func:`_mixture_moments` (optional).
+        robust: iterate to convergence instead of the fixed fast steps.
 
     Returns:
         ``(q, converged)``.
     """
     dtype = m.dtype
-    eps = jnp.finfo(dtype).eps
+    eps = float(jnp.finfo(dtype).eps)
+    mo = _mixture_moments(w, m, s) if moments is None else moments
     zp = ndtri(p)
     qk = m + s * zp
     live = w > eps * 1e-3
     lo = jnp.min(jnp.where(live, qk, jnp.inf))
     hi = jnp.max(jnp.where(live, qk, -jnp.inf))
-    x = jnp.clip(jnp.sum(jnp.where(live, w * qk, 0.0)) / jnp.sum(jnp.where(live, w, 0.0)), lo, hi)
-    scale = jnp.sum(w * s)
+    g1, g2 = mo.skew, mo.exkurt
+    z_cf = (zp + (zp * zp - 1.0) * g1 / 6.0 + (zp ** 3 - 3.0 * zp) * g2 / 24.0
+            - (2.0 * zp ** 3 - 5.0 * zp) * g1 * g1 / 36.0)
+    x = mo.mean + mo.sd * z_cf
+    x = jnp.where(jnp.isfinite(x) & (x > lo) & (x < hi), x, 0.5 * (lo + hi))
+    tol_f = 64.0 * eps
+    tol_step = 0.1 * eps ** (1.0 / 3.0) * mo.sd
 
-    def cond(state):
-        i, _, _, _, done = state
-        return (i < _MAX_ITER) & ~done
+    inv_s = 1.0 / s
+    w_s = w * inv_s * _INV_SQRT2PI
 
-    def body(state):
-        i, x, lo, hi, _ = state
-        t = (x - m) / s
-        F = jnp.sum(w * ndtr(t)) - p
-        f = jnp.sum(w * jnp.exp(-0.5 * t * t) / s) * 0.3989422804014327
+    def halley(state):
+        i, x, lo, hi, done = state
+        t = (x - m) * inv_s
+        wphi = w_s * jnp.exp(-0.5 * t * t)          # w_k phi(t_k) / s_k
+        F = jnp.sum(w * _Phi(t)) - p
+        f = jnp.sum(wphi)
+        fp = -jnp.sum(wphi * t * inv_s)
         lo = jnp.where(F < 0, x, lo)
         hi = jnp.where(F < 0, hi, x)
-        newton = x - F / f
-        ok = (newton > lo) & (newton < hi) & jnp.isfinite(newton)
-        x_new = jnp.where(ok, newton, 0.5 * (lo + hi))
-        # Round-off in F is ~K eps: stop when the step or the bracket is at that level.
-        tol = 64.0 * eps * (jnp.abs(x_new) + scale)
-        done = (jnp.abs(x_new - x) <= tol) | (hi - lo <= tol) | (jnp.abs(F) <= 16.0 * eps)
-        return i + 1, x_new, lo, hi, done
+        step = 2.0 * F * f / (2.0 * f * f - F * fp)
+        ok = (x - step > lo) & (x - step < hi) & jnp.isfinite(step)
+        at_root = jnp.abs(F) <= tol_f
+        x_new = jnp.where(at_root | done, x, jnp.where(ok, x - step, 0.5 * (lo + hi)))
+        now = at_root | (ok & (jnp.abs(step) <= tol_step)) | \
+            (hi - lo <= 64.0 * eps * (jnp.abs(x) + mo.sd))
+        return i + 1, x_new, lo, hi, done | now
 
-    i, x, lo, hi, done = jax.lax.while_loop(cond, body, (0, x, lo, hi, jnp.array(False)))
-    return x, done
+    # Cornish-Fisher start and cubic convergence: a few steps suffice almost everywhere.
+    state = iterate(halley, (0, x, lo, hi, jnp.array(False)), robust=robust,
+                    fast_steps=_FAST_STEPS, max_iter=_MAX_ITER)
+    return state[1], state[4]
 
 
-def mixture_summary(w, m, s, levels, threshold, mean_exists, sd_exists):
+def mixture_summary(w, m, s, levels, threshold, mean_exists, sd_exists, robust: bool = False):
     """Summary of the normal mixture ``sum_k w_k N(m_k, s_k^2)``.
 
     Args:
@@ -114,49 +168,48 @@ def mixture_summary(w, m, s, levels, threshold, mean_exists, sd_exists):
         levels: quantile levels, ``[Q]``.
         threshold: ``c`` in ``P(phi > c)``, scalar (``0`` on the user's scale).
         mean_exists, sd_exists: scalar bools (see :class:`Marginal`).
+        robust: exact while-loop quantile search (see :mod:`hierjax.solvers`).
 
     Returns:
         ``(Marginal, quantiles_converged)`` with scalar fields and ``quantiles[Q]``.
     """
     mean = jnp.sum(w * m)
     var = jnp.sum(w * s * s) + jnp.sum(w * (m - mean) ** 2)
-    q, conv = jax.vmap(lambda p: mixture_quantile(p, w, m, s))(levels)
-    p_gt = jnp.sum(w * ndtr((m - threshold) / s))
+    mo = _mixture_moments(w, m, s)
+    q, conv = jax.vmap(lambda p: mixture_quantile(p, w, m, s, mo, robust))(levels)
+    p_gt = jnp.sum(w * _Phi((m - threshold) / s))
     mean = jnp.where(mean_exists, mean, jnp.nan)
     sd = jnp.where(sd_exists, jnp.sqrt(var), jnp.inf)
     return Marginal(mean, sd, q, p_gt, mean_exists, sd_exists), jnp.all(conv)
 
 
-def tau_quantile(p, grid: TauGrid, coef_cdf, coef_pdf):
+def tau_quantile(p, grid: TauGrid, coef_cdf, coef_pdf, robust: bool = False):
     """Solve ``F(tau) = p`` on the Chebyshev CDF in ``z``; returns ``(tau, converged)``."""
     dtype = grid.tau.dtype
-    eps = jnp.finfo(dtype).eps
+    eps = float(jnp.finfo(dtype).eps)
     # Start from the node where the discrete cumulative weight crosses p (z decreasing in k).
     cum = jnp.cumsum(jnp.exp(grid.log_weight)[::-1])
     z_inc = jnp.asarray(grid_z_nodes(grid), dtype)[::-1]
     j = jnp.clip(jnp.searchsorted(cum, p), 0, z_inc.shape[0] - 1)
-    x = z_inc[j]
 
-    def cond(state):
-        i, _, _, _, done = state
-        return (i < _MAX_ITER) & ~done
-
-    def body(state):
-        i, z, lo, hi, _ = state
+    def newton(state):
+        i, z, lo, hi, done = state
         F = chebyshev_eval(coef_cdf, z) - p
         f = chebyshev_eval(coef_pdf, z)
         lo = jnp.where(F < 0, z, lo)
         hi = jnp.where(F < 0, hi, z)
-        newton = z - F / f
-        ok = (f > 0) & (newton > lo) & (newton < hi)
-        z_new = jnp.where(ok, newton, 0.5 * (lo + hi))
-        done = (jnp.abs(z_new - z) <= 64.0 * eps) | (hi - lo <= 64.0 * eps) | (jnp.abs(F) <= 16.0 * eps)
-        return i + 1, z_new, lo, hi, done
+        step = F / f
+        ok = (f > 0) & (z - step > lo) & (z - step < hi)
+        at_root = jnp.abs(F) <= 16.0 * eps
+        z_new = jnp.where(at_root | done, z, jnp.where(ok, z - step, 0.5 * (lo + hi)))
+        now = at_root | (ok & (jnp.abs(step) <= eps ** 0.5 * 1e-2)) | (hi - lo <= 64.0 * eps)
+        return i + 1, z_new, lo, hi, done | now
 
     one = jnp.ones((), dtype)
-    _, z, _, _, done = jax.lax.while_loop(cond, body, (0, x, -one, one, jnp.array(False)))
-    tau, _, _, _ = grid_tau_of_z(z, grid.x0, grid.u_lo, grid.one_minus_u_hi)
-    return tau, done
+    state = iterate(newton, (0, z_inc[j], -one, one, jnp.array(False)), robust=robust,
+                    fast_steps=_TAU_FAST_STEPS, max_iter=_MAX_ITER)
+    tau, _, _, _ = grid_tau_of_z(state[1], grid.x0, grid.u_lo, grid.one_minus_u_hi)
+    return tau, state[4]
 
 
 def grid_z_nodes(grid: TauGrid):
@@ -164,7 +217,7 @@ def grid_z_nodes(grid: TauGrid):
     return clenshaw_curtis(grid.tau.shape[0] - 1)[0]
 
 
-def tau_summary(grid: TauGrid, levels, mean_exists, sd_exists):
+def tau_summary(grid: TauGrid, levels, mean_exists, sd_exists, robust: bool = False):
     """Summary of ``p(tau | y)``: moments on the grid, quantiles from the Chebyshev CDF.
 
     Returns:
@@ -175,14 +228,14 @@ def tau_summary(grid: TauGrid, levels, mean_exists, sd_exists):
     var = jnp.sum(w * (grid.tau - mean) ** 2)
     coef_pdf = chebyshev_density_coefficients(grid)
     coef_cdf = cdf_coefficients(coef_pdf)
-    q, conv = jax.vmap(lambda p: tau_quantile(p, grid, coef_cdf, coef_pdf))(levels)
+    q, conv = jax.vmap(lambda p: tau_quantile(p, grid, coef_cdf, coef_pdf, robust))(levels)
     mean = jnp.where(mean_exists, mean, jnp.inf)
     sd = jnp.where(sd_exists, jnp.sqrt(var), jnp.inf)
     one = jnp.ones((), grid.tau.dtype)
     return Marginal(mean, sd, q, one, mean_exists, sd_exists), jnp.all(conv)
 
 
-def tau_mode(grid: TauGrid, log_density_tau):
+def tau_mode(grid: TauGrid, log_density_tau, robust: bool = False):
     r"""The posterior mode of tau, ``argmax_{tau >= 0} log p(tau) + log p(y | tau)``.
 
     The best grid node is refined by safeguarded Newton in ``x = log tau`` between its
@@ -192,6 +245,10 @@ def tau_mode(grid: TauGrid, log_density_tau):
     Args:
         grid: the dataset's TauGrid.
         log_density_tau: ``tau -> log p(tau) + log p(y | tau)`` (scalar function).
+        robust: iterate to convergence instead of the fixed fast steps.
+
+    Returns:
+        ``(mode, converged)``.
     """
     g_nodes = jax.vmap(log_density_tau)(grid.tau)
     g_nodes = jnp.where(jnp.isnan(g_nodes), -jnp.inf, g_nodes)
@@ -205,20 +262,11 @@ def tau_mode(grid: TauGrid, log_density_tau):
     def g(xx):
         return log_density_tau(jnp.exp(xx))
 
-    dg = jax.grad(g)
-    d2g = jax.grad(dg)
-
-    def body(_, state):
-        xx, lo, hi = state
-        a, c = dg(xx), d2g(xx)
-        lo = jnp.where(a > 0, xx, lo)
-        hi = jnp.where(a > 0, hi, xx)
-        newton = xx - a / c
-        ok = (c < 0) & (newton >= lo) & (newton <= hi) & jnp.isfinite(newton)
-        return jnp.where(ok, newton, 0.5 * (lo + hi)), lo, hi
-
-    xx, _, _ = jax.lax.fori_loop(0, 40, body, (x[k], lo, hi))
+    eps = float(jnp.finfo(x.dtype).eps)
+    xx, conv = maximize(g, x[k], lo, hi, 64.0 * eps * (1.0 + jnp.abs(x[k])), robust=robust,
+                        fast_steps=_MODE_FAST_STEPS)
     g_inner = jnp.maximum(g(xx), g_nodes[k])
     x_best = jnp.where(g(xx) >= g_nodes[k], xx, x[k])
     g_zero = log_density_tau(jnp.zeros((), x.dtype))
-    return jnp.where(g_zero >= g_inner, 0.0, jnp.exp(x_best))
+    at_zero = g_zero >= g_inner
+    return jnp.where(at_zero, 0.0, jnp.exp(x_best)), conv | at_zero
