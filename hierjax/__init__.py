@@ -11,7 +11,7 @@ from hierjax.simulate import simulate
 from hierjax.engine import DEFAULT_LEVELS, STATUS, Fit, fit, fit_batch, status_text
 from hierjax.pooling import (CompletePooling, PartialPooling, complete_pooling,
                              complete_pooling_predictive, no_pooling, partial_pooling)
-from hierjax.priors import (CustomTau, Exponential, FlatMu, HalfCauchy, HalfNormal, HalfT,
+from hierjax.priors import (CustomTau, InputError, Exponential, FlatMu, HalfCauchy, HalfNormal, HalfT,
                             NormalMu, Uniform, parse_mu_prior, parse_tau_prior)
 from hierjax.summaries import Marginal
 
@@ -22,6 +22,6 @@ __all__ = [
     "CompletePooling", "PartialPooling",
     "Uniform", "HalfNormal", "HalfCauchy", "HalfT", "Exponential", "CustomTau", "FlatMu",
     "NormalMu", "parse_tau_prior", "parse_mu_prior",
-    "eight_schools", "rubin_eight_schools", "simulate",
+    "eight_schools", "rubin_eight_schools", "simulate", "InputError",
 ]
 __version__ = "0.1.0"

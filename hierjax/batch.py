@@ -17,9 +17,9 @@ from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from hierjax.priors import FlatMu, MuPrior, NormalMu, TauPrior
+from hierjax.priors import FlatMu, InputError, MuPrior, NormalMu, TauPrior
 
-__all__ = ["Batch", "as_batch", "validate", "min_groups", "describe_priors", "padded_size", "Standardized",
+__all__ = ["InputError", "Batch", "as_batch", "validate", "min_groups", "describe_priors", "padded_size", "Standardized",
            "standardize"]
 
 
@@ -47,10 +47,24 @@ def padded_size(j: int) -> int:
 
 
 def _to_float(name, values, where):
+    """``values`` as float64; a non-numeric cell is named by dataset and group."""
     try:
         return np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):
-        raise ValueError(f"{where}: {name} must be numeric, got {values!r}") from None
+        pass
+    arr = np.asarray(values, dtype=object)
+    for idx in np.ndindex(arr.shape):
+        try:
+            float(arr[idx])
+        except (TypeError, ValueError):
+            if arr.ndim == 2:
+                place = f"dataset {idx[0]}: {name}[{idx[1] + 1}]"
+            elif arr.ndim == 1:
+                place = f"{where}: {name}[{idx[0] + 1}]"
+            else:
+                place = f"{where}: {name}"
+            raise InputError(f"{place} is not a number: {arr[idx]!r}") from None
+    raise InputError(f"{where}: {name} must be a numeric array, got shape {arr.shape}")
 
 
 def as_batch(y, sigma, mask=None, names: Optional[Sequence] = None, groups=None,
@@ -70,14 +84,14 @@ def as_batch(y, sigma, mask=None, names: Optional[Sequence] = None, groups=None,
     ragged = isinstance(y, (list, tuple)) and len(y) > 0 and np.ndim(y[0]) == 1
     if ragged:
         if mask is not None:
-            raise ValueError("mask is for [B, J] arrays; ragged lists carry their own lengths")
+            raise InputError("mask is for [B, J] arrays; ragged lists carry their own lengths")
         if not isinstance(sigma, (list, tuple)) or len(sigma) != len(y):
-            raise ValueError(f"ragged y has {len(y)} datasets; sigma must be a list of the same length")
+            raise InputError(f"ragged y has {len(y)} datasets; sigma must be a list of the same length")
         ys = [_to_float("y", v, f"dataset {b}") for b, v in enumerate(y)]
         ss = [_to_float("sigma", v, f"dataset {b}") for b, v in enumerate(sigma)]
         for b, (yv, sv) in enumerate(zip(ys, ss)):
             if yv.ndim != 1 or sv.shape != yv.shape:
-                raise ValueError(f"dataset {b}: y has shape {yv.shape} and sigma {sv.shape}; "
+                raise InputError(f"dataset {b}: y has shape {yv.shape} and sigma {sv.shape}; "
                                  "expected two 1-D arrays of equal length")
         lens = [len(v) for v in ys]
         B = len(ys)
@@ -93,18 +107,18 @@ def as_batch(y, sigma, mask=None, names: Optional[Sequence] = None, groups=None,
         if Y.ndim == 1:
             Y, S = Y[None], S[None] if S.ndim == 1 else S
         if Y.ndim != 2 or S.shape != Y.shape:
-            raise ValueError(f"y has shape {np.shape(y)} and sigma {np.shape(sigma)}; expected "
+            raise InputError(f"y has shape {np.shape(y)} and sigma {np.shape(sigma)}; expected "
                              "equal shapes [J] or [B, J], or ragged lists of 1-D arrays")
         M = np.ones(Y.shape, bool) if mask is None else np.asarray(mask, bool)
         if M.ndim == 1:
             M = M[None]
         if M.shape != Y.shape:
-            raise ValueError(f"mask has shape {M.shape}; expected {Y.shape}")
+            raise InputError(f"mask has shape {M.shape}; expected {Y.shape}")
         Y = np.where(M, Y, 0.0)
         S = np.where(M, S, 1.0)
     B, J = Y.shape
     if B == 0:
-        raise ValueError("no datasets given")
+        raise InputError("no datasets given")
     target = max(padded_size(J), pad_to or 0)
     if target > J:
         Y = np.pad(Y, ((0, 0), (0, target - J)))
@@ -112,7 +126,7 @@ def as_batch(y, sigma, mask=None, names: Optional[Sequence] = None, groups=None,
         M = np.pad(M, ((0, 0), (0, target - J)))
     names = tuple(range(B)) if names is None else tuple(names)
     if len(names) != B:
-        raise ValueError(f"{len(names)} dataset names for {B} datasets")
+        raise InputError(f"{len(names)} dataset names for {B} datasets")
     groups = (None,) * B if groups is None else tuple(groups)
     return Batch(Y, S, M, names, groups)
 

@@ -25,10 +25,17 @@ def _levels(text: str):
     return levels
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``hierjax: error: ...`` and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"hierjax: error: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hierjax", description=(
+    p = _Parser(prog="hierjax", description=(
         "Exact posterior of the normal-normal hierarchical model (eight schools), batched in JAX."))
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     f = sub.add_parser("fit", help="fit datasets from a CSV (or the embedded eight schools)",
                        description="Fit every dataset of a long CSV (columns dataset,y,sigma[,group]); "
                        "with no INPUT, the eight schools and a simulated batch.")
@@ -48,8 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _print_table(fit, b: int, out=sys.stdout) -> None:
+def _print_table(fit, b: int, out=None) -> None:
     from hierjax.io import fit_rows
+    out = sys.stdout if out is None else out
     header, rows = fit_rows(fit._replace(names=fit.names[b:b + 1], groups=fit.groups[b:b + 1],
                                          notes=fit.notes[b:b + 1], status=fit.status[b:b + 1],
                                          n_groups=fit.n_groups[b:b + 1],
@@ -150,12 +158,12 @@ def main(argv=None) -> int:
         import jax
         if args.x64:
             jax.config.update("jax_enable_x64", True)
+        from hierjax.priors import InputError, parse_mu_prior, parse_tau_prior
         try:
-            from hierjax.priors import parse_mu_prior, parse_tau_prior
             parse_tau_prior(args.tau_prior)
             parse_mu_prior(args.mu_prior)
             return _fit_file(args) if args.input else _default_job(args)
-        except ValueError as e:
+        except InputError as e:
             print(f"hierjax: error: {e}", file=sys.stderr)
             return 2
     return 2

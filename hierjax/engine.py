@@ -17,12 +17,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hierjax.batch import (Batch, as_batch, describe_priors, min_groups, rescale_priors,
+from hierjax.batch import (Batch, InputError, as_batch, describe_priors, min_groups, rescale_priors,
                            standardize, validate)
 from hierjax.conditionals import mu_given_tau, theta_given_tau
-from hierjax.grid import default_nodes, tau_grid
+from hierjax.grid import default_nodes, tail_alpha, tau_grid
 from hierjax.priors import MuPrior, NormalMu, TauPrior, parse_mu_prior, parse_tau_prior
-from hierjax.summaries import Marginal, mixture_summary, tau_mode, tau_summary
+from hierjax.summaries import Marginal, coarse_weights, mixture_summary, tau_mode, tau_summary
 
 __all__ = ["Fit", "DatasetFit", "fit", "fit_batch", "fit_dataset", "fit_standardized",
            "DEFAULT_LEVELS", "STATUS", "status_text", "compute_dtype"]
@@ -31,7 +31,7 @@ DEFAULT_LEVELS = (0.025, 0.25, 0.5, 0.75, 0.975)
 
 #: Per-dataset status bits (0 = ok).
 STATUS = {
-    "grid_unresolved": 1,      # nested-rule difference above 10 eps**0.25, even with 2n nodes
+    "grid_unresolved": 1,      # nested-rule difference above 10 eps**0.25: refit with more nodes
     "tail_truncated": 2,       # mass beyond the dtype's range of tau (improper posterior?)
     "unconverged": 4,          # a solver (quantile, mode, extent) hit its iteration limit
     "invalid": 8,              # skipped input (see Fit.notes)
@@ -57,14 +57,8 @@ class DatasetFit(NamedTuple):
     status: jnp.ndarray
 
 
-def _tail_alpha(n_groups, tau_prior: TauPrior, mu_prior: MuPrior):
-    r"""``alpha`` with ``p(tau | y) ~ tau^{-(alpha + 1)}``: ``E[tau^k]`` exists iff ``alpha > k``."""
-    base = 1.0 if isinstance(mu_prior, NormalMu) else 2.0
-    return n_groups - base + tau_prior.tail_power
-
-
 def fit_dataset(y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPrior, levels,
-                n: int, robust: bool = False) -> DatasetFit:
+                n: int) -> DatasetFit:
     r"""Exact posterior summaries of one standardised dataset.
 
     .. math::
@@ -80,38 +74,39 @@ def fit_dataset(y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPri
         tau_prior, mu_prior: priors for the standardised data (scalar leaves).
         levels: quantile levels, ``[Q]``.
         n: Clenshaw-Curtis order; ``K = n + 1`` tau nodes.
-        robust: exact while-loop solvers instead of the fixed-step fast path; the
-            fast path's ``unconverged`` status bit says when a dataset needs it.
 
     Returns:
         DatasetFit (``theta`` fields are ``[J]``, quantiles ``[..., Q]``).
     """
     dtype = y.dtype
-    grid = tau_grid(y, sigma2, mask, tau_prior, mu_prior, n, robust)
+    grid = tau_grid(y, sigma2, mask, tau_prior, mu_prior, n)
     w = jnp.exp(grid.log_weight)
     tau2 = grid.tau ** 2
-    alpha = _tail_alpha(jnp.sum(mask).astype(dtype), tau_prior, mu_prior)
+    alpha = tail_alpha(jnp.sum(mask).astype(dtype), tau_prior, mu_prior)
     has_mean, has_sd = alpha > 1.0, alpha > 2.0
     always = jnp.array(True)
     # A normal mu prior bounds V_mu; under a flat one V_mu ~ tau^2 / J inherits tau's tail.
     mu_mean, mu_sd = (always, always) if isinstance(mu_prior, NormalMu) else (has_mean, has_sd)
 
+    # the nested rule with about 17 nodes starts the quantile searches cheaply
+    stride = 4 if n >= 64 else 2
+    coarse = coarse_weights(grid, stride) if n % (2 * stride) == 0 else None
     mu, ok_mu = mixture_summary(w, grid.mu.mean, jnp.sqrt(grid.mu.var), levels, threshold,
-                                mu_mean, mu_sd, robust)
+                                mu_mean, mu_sd, coarse)
     theta_m, theta_v = jax.vmap(lambda t2, mm, mv: theta_given_tau(
         t2, y, sigma2, grid.mu._replace(mean=mm, var=mv)))(tau2, grid.mu.mean, grid.mu.var)
     theta, ok_theta = jax.vmap(
         lambda m, v: mixture_summary(w, m, jnp.sqrt(v), levels, threshold, always, always,
-                                     robust),
+                                     coarse),
         in_axes=1)(theta_m, theta_v)
     new, ok_new = mixture_summary(w, grid.mu.mean, jnp.sqrt(tau2 + grid.mu.var), levels,
-                                  threshold, has_mean, has_sd, robust)
-    tau, ok_tau = tau_summary(grid, levels, has_mean, has_sd, robust)
+                                  threshold, has_mean, has_sd, coarse)
+    tau, ok_tau = tau_summary(grid, levels, has_mean, has_sd)
 
     def log_joint(t):
         return tau_prior.log_density(t) + mu_given_tau(t * t, y, sigma2, mask, mu_prior).log_lik
 
-    mode, ok_mode = tau_mode(grid, log_joint, robust)
+    mode, ok_mode = tau_mode(grid, log_joint)
     proper = bool(tau_prior.proper and mu_prior.proper)
     log_ev = grid.log_evidence if proper else jnp.full((), jnp.nan, dtype)
 
@@ -123,9 +118,9 @@ def fit_dataset(y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPri
     return DatasetFit(mu, tau, theta, new, mode, log_ev, grid.error, status)
 
 
-@functools.partial(jax.jit, static_argnames=("n", "chunk", "robust"))
+@functools.partial(jax.jit, static_argnames=("n", "chunk"))
 def fit_standardized(y, sigma2, mask, threshold, tau_prior, mu_prior, levels, *, n: int,
-                     chunk: int, robust: bool = False) -> DatasetFit:
+                     chunk: int) -> DatasetFit:
     """:func:`fit_dataset` over a batch: ``[B, J]`` inputs, ``[B]`` prior leaves.
 
     ``lax.map`` with ``batch_size=chunk`` vmaps ``chunk`` datasets at a time inside
@@ -133,7 +128,7 @@ def fit_standardized(y, sigma2, mask, threshold, tau_prior, mu_prior, levels, *,
     """
     def one(args):
         yb, sb, mb, cb, tp, mp = args
-        return fit_dataset(yb, sb, mb, cb, tp, mp, levels, n, robust)
+        return fit_dataset(yb, sb, mb, cb, tp, mp, levels, n)
 
     return jax.lax.map(one, (y, sigma2, mask, threshold, tau_prior, mu_prior),
                        batch_size=min(chunk, y.shape[0]))
@@ -180,7 +175,14 @@ def compute_dtype(*arrays, dtype=None):
     """float64 when x64 is on and the inputs are not float32; float32 otherwise."""
     if dtype is not None:
         return jnp.dtype(jax.dtypes.canonicalize_dtype(dtype))
-    if any(isinstance(a, (np.ndarray, jax.Array)) and a.dtype == np.float32 for a in arrays):
+    def is_f32(a):
+        if isinstance(a, (np.ndarray, jax.Array, np.generic)):
+            return a.dtype == np.float32
+        if isinstance(a, (list, tuple)) and a:        # ragged lists: look at the datasets
+            return all(is_f32(v) for v in a)
+        return False
+
+    if any(is_f32(a) for a in arrays):
         return jnp.dtype(jnp.float32)
     return jnp.dtype(jax.dtypes.canonicalize_dtype(np.float64))
 
@@ -231,7 +233,7 @@ def fit(y, sigma=None, *, tau_prior="uniform", mu_prior="flat",
     tp, mp = parse_tau_prior(tau_prior), parse_mu_prior(mu_prior)
     levels = np.asarray(quantiles, np.float64).reshape(-1)
     if levels.size == 0 or not np.all((levels > 0) & (levels < 1)):
-        raise ValueError(f"quantile levels must lie strictly between 0 and 1, got {list(levels)}")
+        raise InputError(f"quantile levels must lie strictly between 0 and 1, got {list(levels)}")
     dt = compute_dtype(y, sigma, dtype=dtype)
     batch = y if isinstance(y, Batch) else as_batch(y, sigma, mask=mask, names=names, groups=groups)
     problems = validate(batch, min_groups(tp, mp), describe_priors(tp, mp))
@@ -239,7 +241,7 @@ def fit(y, sigma=None, *, tau_prior="uniform", mu_prior="flat",
     if bad.any() and not skip_invalid:
         first = [p for p in problems if p is not None]
         more = f" (and {len(first) - 1} more invalid datasets)" if len(first) > 1 else ""
-        raise ValueError(first[0] + more)
+        raise InputError(first[0] + more)
     if bad.any():
         # Benign stand-ins keep the batch rectangular; their results are replaced by nan.
         n_min = 3  # padded J >= 8; three groups make any supported posterior proper
@@ -255,36 +257,14 @@ def fit(y, sigma=None, *, tau_prior="uniform", mu_prior="flat",
     tp_std, mp_std = rescale_priors(tp, mp, st)
     n = default_nodes(dt) if nodes is None else int(nodes)
     if n < 4 or n % 2:
-        raise ValueError(f"nodes must be an even integer >= 4, got {nodes}")
+        raise InputError(f"nodes must be an even integer >= 4, got {nodes}")
     B, J = work.y.shape
     ch = _default_chunk(n + 1, J) if chunk is None else int(chunk)
     cast = functools.partial(jnp.asarray, dtype=dt)
     args = (cast(st.y), cast(st.sigma2), jnp.asarray(work.mask), cast(st.threshold),
             jax.tree.map(cast, tp_std), jax.tree.map(cast, mp_std))
     out = fit_standardized(*args, cast(levels), n=n, chunk=ch)
-    out = _refit_flagged(out, args, cast(levels), n, ch)
     return _to_user_units(out, st, work, batch, bad, problems, levels, dt)
-
-
-def _refit_flagged(out: DatasetFit, args, levels, n: int, chunk: int) -> DatasetFit:
-    """Re-run flagged datasets: exact solvers for ``unconverged``, and ``2n`` nodes as well
-    for ``grid_unresolved``.
-
-    Each subset is padded to a power of two (few compiled shapes); results are spliced
-    back, so every number comes from a converged, resolved fit or carries its flag.
-    """
-    status = np.asarray(out.status)
-    for bit, n_redo in ((STATUS["grid_unresolved"], 2 * n), (STATUS["unconverged"], n)):
-        idx = np.flatnonzero(status & bit)
-        if idx.size == 0:
-            continue
-        size = 1 << (int(idx.size) - 1).bit_length()
-        take = np.concatenate([idx, np.full(size - idx.size, idx[0])])
-        sub = jax.tree.map(lambda a: a[take] if a.ndim else a, args)
-        redo = fit_standardized(*sub, levels, n=n_redo, chunk=min(chunk, size), robust=True)
-        out = jax.tree.map(lambda full, part: full.at[idx].set(part[:idx.size]), out, redo)
-        status = np.asarray(out.status)
-    return out
 
 
 def _to_user_units(out: DatasetFit, st, work: Batch, batch: Batch, bad, problems, levels, dt):

@@ -37,12 +37,12 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
-from hierjax.conditionals import MuGivenTau, mu_given_tau
-from hierjax.priors import MuPrior, TauPrior
+from hierjax.conditionals import MuGivenTau, mu_given_tau, mu_given_tau_near, reference_point
+from hierjax.priors import MuPrior, NormalMu, TauPrior
 from hierjax.quadrature import chebyshev_matrix, clenshaw_curtis
 from hierjax.solvers import iterate, maximize
 
-__all__ = ["TauGrid", "tau_grid", "log_posterior_x", "default_nodes", "grid_z_of_tau",
+__all__ = ["TauGrid", "tau_grid", "tail_alpha", "log_posterior_x", "default_nodes", "grid_z_of_tau",
            "grid_tau_of_z", "KAPPA"]
 
 KAPPA = 2.0          # x = x0 + KAPPA * logit(u)
@@ -77,7 +77,7 @@ class TauGrid(NamedTuple):
             normaliser and of the mean and sd of ``log tau`` in sd units), scalar.
         truncated: ``True`` if the tail beyond the representable range of the dtype
             still carries non-negligible mass, scalar bool.
-        converged: the fast path found both extents (else re-run robustly), scalar bool.
+        converged: both extents were found within the iteration limit, scalar bool.
         x0: centre of the map, scalar.
         u_lo: lower end of the ``u`` interval, scalar.
         one_minus_u_hi: ``1 - u_hi`` (kept separately for precision), scalar.
@@ -96,6 +96,16 @@ class TauGrid(NamedTuple):
     u_lo: jnp.ndarray
     one_minus_u_hi: jnp.ndarray
     log_post: jnp.ndarray
+
+
+def tail_alpha(n_groups, tau_prior: TauPrior, mu_prior: MuPrior):
+    r"""``alpha`` with ``p(tau | y) ~ tau^{-(alpha + 1)}``: ``E[tau^k | y]`` exists iff ``alpha > k``.
+
+    ``alpha = J - 2 + c`` for a flat mu prior and ``J - 1 + c`` for a normal one, where
+    ``p(tau) ~ tau^{-c}`` (BDA3 eq. 5.21: ``p(y | tau) ~ tau^{-(J-1)}`` with flat mu).
+    """
+    base = 1.0 if isinstance(mu_prior, NormalMu) else 2.0
+    return n_groups - base + tau_prior.tail_power
 
 
 def log_posterior_x(x, y, sigma2, mask, tau_prior: TauPrior, mu_prior: MuPrior):
@@ -121,7 +131,7 @@ def _drop(dtype) -> float:
     return 0.8 * math.log(1.0 / float(jnp.finfo(dtype).eps)) + 2.0
 
 
-def _extent(h, x0, h0, width, limit, drop, sign, robust):
+def _extent(h, x0, h0, width, limit, drop, sign):
     """Distance from ``x0`` (towards ``sign``) where ``h`` falls ``drop`` below ``h0``.
 
     Doubling from the Laplace guess ``sqrt(2 drop) * width``, then bisection.
@@ -142,7 +152,7 @@ def _extent(h, x0, h0, width, limit, drop, sign, robust):
                 ~go)
 
     zero = jnp.zeros((), dtype)
-    _, lo, a, grown = iterate(grow, (0, zero, start, jnp.array(False)), robust=robust,
+    _, lo, a, grown = iterate(grow, (0, zero, start, jnp.array(False)),
                               fast_steps=_DOUBLINGS_FAST, max_iter=64)
     reached = ~above(a)
 
@@ -173,8 +183,7 @@ def grid_z_of_tau(tau, x0, u_lo, one_minus_u_hi):
     return 2.0 * (u - u_lo) / width - 1.0
 
 
-def tau_grid(y, sigma2, mask, tau_prior: TauPrior, mu_prior: MuPrior, n: int,
-             robust: bool = False) -> TauGrid:
+def tau_grid(y, sigma2, mask, tau_prior: TauPrior, mu_prior: MuPrior, n: int) -> TauGrid:
     """Build the quadrature grid for ``p(tau | y)`` of one dataset (see the module doc).
 
     Args:
@@ -183,8 +192,6 @@ def tau_grid(y, sigma2, mask, tau_prior: TauPrior, mu_prior: MuPrior, n: int,
         mask: real groups, ``[J]``.
         tau_prior, mu_prior: priors for the standardised data (scalar leaves).
         n: Clenshaw-Curtis order (even); the grid has ``K = n + 1`` nodes.
-        robust: exact while-loop solvers instead of the fixed-step fast path
-            (:mod:`hierjax.solvers`).
 
     Returns:
         TauGrid.
@@ -209,15 +216,23 @@ def tau_grid(y, sigma2, mask, tau_prior: TauPrior, mu_prior: MuPrior, n: int,
     lo = jnp.where(i > 0, scout[i] - step, x_min)
     hi = jnp.where(i < _SCOUT - 1, scout[i] + step, x_max)
     # x0 only centres the map: a coarse tolerance is enough.
-    x0, _ = maximize(h, scout[i], lo, hi, 1e-3, robust=robust, fast_steps=_NEWTON_FAST)
+    x0, _ = maximize(h, scout[i], lo, hi, 1e-3, fast_steps=_NEWTON_FAST)
     h0 = h(x0)
     curv = jax.grad(jax.grad(h))(x0)
     width = jnp.where(curv < 0, jax.lax.rsqrt(jnp.maximum(-curv, 1e-30)), 1.0)
     width = jnp.clip(width, 1e-6, 10.0)
 
-    # 2. Extent on each side.
-    right, ok_right, conv_right = _extent(h, x0, h0, width, x_max - x0, drop, 1.0, robust)
-    left, ok_left, conv_left = _extent(h, x0, h0, width, x0 - x_min, drop, -1.0, robust)
+    # 2. Extent on each side. On the right the integrands of the reported moments,
+    # tau^k p(tau | y) with k = 1, 2 where E[tau^k] exists, decay more slowly than the
+    # density itself: follow the slowest of them.
+    alpha = tail_alpha(jnp.sum(mask).astype(dtype), tau_prior, mu_prior)
+    k_mom = jnp.where(alpha > 2.0, 2.0, jnp.where(alpha > 1.0, 1.0, 0.0))
+
+    def h_moment(x):
+        return h(x) + k_mom * (x - x0)
+
+    right, ok_right, conv_right = _extent(h_moment, x0, h0, width, x_max - x0, drop, 1.0)
+    left, ok_left, conv_left = _extent(h, x0, h0, width, x0 - x_min, drop, -1.0)
 
     # 3. Map: u in [u_lo, u_hi] with x = x0 + KAPPA * logit(u).
     u_lo = jax.nn.sigmoid(-left / KAPPA)
@@ -228,7 +243,9 @@ def tau_grid(y, sigma2, mask, tau_prior: TauPrior, mu_prior: MuPrior, n: int,
     z = jnp.asarray(z_np, dtype)
     w_cc = jnp.asarray(w_np, dtype)
     tau, x, u, omu = grid_tau_of_z(z, x0, u_lo, one_minus_u_hi)
-    mu = jax.vmap(lambda t: mu_given_tau(t * t, y, sigma2, mask, mu_prior))(tau)
+    # Node values as changes from the map centre keep their digits for needle posteriors.
+    ref = reference_point(jnp.exp(2.0 * x0), y, sigma2, mask, mu_prior)
+    mu = jax.vmap(lambda t: mu_given_tau_near(ref, t * t, sigma2, mask, mu_prior))(tau)
     log_prior = jax.vmap(tau_prior.log_density)(tau)
     # density in z: p(tau|y) dtau/dz, with dtau/dx = tau, dx/du = KAPPA/(u(1-u)), du/dz = width/2
     du_dz = 0.5 * (1.0 - u_lo - one_minus_u_hi)

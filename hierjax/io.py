@@ -18,7 +18,7 @@ from typing import Iterable
 
 import numpy as np
 
-from hierjax.batch import Batch, as_batch
+from hierjax.batch import Batch, InputError, as_batch
 from hierjax.engine import Fit, status_text
 
 __all__ = ["read_long_csv", "fit_rows", "write_csv_atomic", "format_level", "OUTPUT_COLUMNS"]
@@ -35,15 +35,15 @@ def read_long_csv(path) -> Batch:
     try:
         fh = open(path, newline="", encoding="utf-8-sig")
     except OSError as e:
-        raise ValueError(f"cannot read {path}: {e.strerror}") from None
+        raise InputError(f"cannot read {path}: {e.strerror}") from None
     with fh:
         reader = csv.DictReader(fh)
         if reader.fieldnames is None:
-            raise ValueError(f"{path}: the file is empty (expected a header 'dataset,y,sigma')")
+            raise InputError(f"{path}: the file is empty (expected a header 'dataset,y,sigma')")
         fields = [f.strip().lower() for f in reader.fieldnames]
         missing = [c for c in REQUIRED if c not in fields]
         if missing:
-            raise ValueError(f"{path}: missing column(s) {', '.join(missing)} "
+            raise InputError(f"{path}: missing column(s) {', '.join(missing)} "
                              f"(found {', '.join(fields) or 'none'}; need dataset,y,sigma[,group])")
         reader.fieldnames = fields
         order, ys, ss, gs = [], {}, {}, {}
@@ -54,14 +54,14 @@ def read_long_csv(path) -> Batch:
                 continue
             name = (row.get("dataset") or "").strip()
             if name == "":
-                raise ValueError(f"{path}, line {line}: empty 'dataset' cell")
+                raise InputError(f"{path}, line {line}: empty 'dataset' cell")
             vals = []
             for col in ("y", "sigma"):
                 cell = (row.get(col) or "").strip()
                 try:
                     vals.append(float(cell))
                 except ValueError:
-                    raise ValueError(f"{path}, line {line}, dataset {name!r}: column '{col}' "
+                    raise InputError(f"{path}, line {line}, dataset {name!r}: column '{col}' "
                                      f"is not a number: {cell!r}") from None
             if name not in ys:
                 order.append(name)
@@ -70,7 +70,7 @@ def read_long_csv(path) -> Batch:
             ss[name].append(vals[1])
             gs[name].append((row.get("group") or "").strip() if has_group else None)
     if not order:
-        raise ValueError(f"{path}: no data rows")
+        raise InputError(f"{path}: no data rows")
     groups = [tuple(gs[n]) if has_group else None for n in order]
     return as_batch([np.array(ys[n]) for n in order], [np.array(ss[n]) for n in order],
                     names=order, groups=groups)

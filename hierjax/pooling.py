@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import ndtr
 
-from hierjax.batch import as_batch, rescale_priors, standardize, validate
+from hierjax.batch import InputError, as_batch, rescale_priors, standardize, validate
 from hierjax.conditionals import mu_given_tau, theta_given_mu_tau, theta_given_tau
 from hierjax.engine import compute_dtype
 from hierjax.priors import Uniform, parse_mu_prior
@@ -93,7 +93,7 @@ def _prepare(y, sigma, mask, mu_prior="flat"):
     mp = parse_mu_prior(mu_prior)
     problems = [p for p in validate(batch, need=1) if p is not None]
     if problems:
-        raise ValueError(problems[0])
+        raise InputError(problems[0])
     return _Prepared(batch, standardize(batch), compute_dtype(y, sigma)), mp
 
 
@@ -194,7 +194,7 @@ def partial_pooling(y, sigma, tau, mu: Optional[float] = None, mask=None,
     B = len(st.loc)
     tau = np.broadcast_to(np.asarray(tau, np.float64), (B,))
     if not np.all(np.isfinite(tau)) or np.any(tau < 0):
-        raise ValueError(f"tau must be finite and >= 0, got {tau}")
+        raise InputError(f"tau must be finite and >= 0, got {tau}")
     tau2_std = (tau / st.scale) ** 2
     J = _real_width(batch)
     if mu is None:

@@ -34,6 +34,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import gammaln
 
+
+class InputError(ValueError):
+    """Bad input data or settings, with a message naming the dataset and field."""
+
 __all__ = [
     "TauPrior", "MuPrior",
     "Uniform", "HalfNormal", "HalfCauchy", "HalfT", "Exponential", "CustomTau",
@@ -69,7 +73,7 @@ class TauPrior:
 def _positive(name, value, prior):
     v = np.asarray(value, dtype=np.float64)
     if not np.all(np.isfinite(v)) or np.any(v <= 0):
-        raise ValueError(f"{prior}: {name} must be a positive finite number, got {value!r}")
+        raise InputError(f"{prior}: {name} must be a positive finite number, got {value!r}")
 
 
 @jax.tree_util.register_dataclass
@@ -215,7 +219,7 @@ class CustomTau(TauPrior):
     def _check(self):
         lp = np.asarray(jax.jit(self.logpdf)(jnp.asarray(1.0)))
         if lp.shape != ():
-            raise ValueError(f"custom tau prior: logpdf must return a scalar, got shape {lp.shape}")
+            raise InputError(f"custom tau prior: logpdf must return a scalar, got shape {lp.shape}")
 
 
 def _estimate_tail_power(logpdf) -> float:
@@ -227,7 +231,7 @@ def _estimate_tail_power(logpdf) -> float:
     if b == -math.inf or (math.isfinite(a) and math.isfinite(b) and (a - b) / math.log(t2 / t1) > 50):
         return math.inf
     if not (math.isfinite(a) and math.isfinite(b)):
-        raise ValueError("custom tau prior: logpdf is not finite at large tau; "
+        raise InputError("custom tau prior: logpdf is not finite at large tau; "
                          "pass tail_power= explicitly")
     return (a - b) / math.log(t2 / t1)
 
@@ -265,18 +269,18 @@ class NormalMu(MuPrior):
 
     def _check(self):
         if not np.all(np.isfinite(np.asarray(self.loc, dtype=np.float64))):
-            raise ValueError(f"normal mu prior: loc must be finite, got {self.loc!r}")
+            raise InputError(f"normal mu prior: loc must be finite, got {self.loc!r}")
         _positive("scale", self.scale, "normal mu prior")
 
 
 def _numbers(spec: str, rest: str, n: int):
     parts = [p for p in rest.split(",")] if rest else []
     if len(parts) != n:
-        raise ValueError(f"prior spec {spec!r}: expected {n} number(s) after ':', got {len(parts)}")
+        raise InputError(f"prior spec {spec!r}: expected {n} number(s) after ':', got {len(parts)}")
     try:
         return [float(p) for p in parts]
     except ValueError:
-        raise ValueError(f"prior spec {spec!r}: parameters must be numbers") from None
+        raise InputError(f"prior spec {spec!r}: parameters must be numbers") from None
 
 
 _TAU_SPECS = {
@@ -302,12 +306,12 @@ def parse_tau_prior(spec) -> TauPrior:
     elif isinstance(spec, str):
         name, _, rest = spec.strip().lower().partition(":")
         if name not in _TAU_SPECS:
-            raise ValueError(f"unknown tau prior {spec!r}; expected one of "
+            raise InputError(f"unknown tau prior {spec!r}; expected one of "
                              + ", ".join(_TAU_SPECS) + " (or a JAX log-density)")
         n, make = _TAU_SPECS[name]
         prior = make(*_numbers(spec, rest, n))
     else:
-        raise ValueError(f"tau prior must be a spec string, a TauPrior or a callable, got {spec!r}")
+        raise InputError(f"tau prior must be a spec string, a TauPrior or a callable, got {spec!r}")
     prior._check()
     return prior
 
@@ -325,8 +329,8 @@ def parse_mu_prior(spec) -> MuPrior:
             m, s = _numbers(spec, rest, 2)
             prior = NormalMu(_leaf(m), _leaf(s))
         else:
-            raise ValueError(f"unknown mu prior {spec!r}; expected 'flat' or 'normal:M,S'")
+            raise InputError(f"unknown mu prior {spec!r}; expected 'flat' or 'normal:M,S'")
     else:
-        raise ValueError(f"mu prior must be a spec string or a MuPrior, got {spec!r}")
+        raise InputError(f"mu prior must be a spec string or a MuPrior, got {spec!r}")
     prior._check()
     return prior

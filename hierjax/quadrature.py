@@ -90,11 +90,11 @@ def cdf_coefficients(a):
 
 
 def chebyshev_eval(coef, z):
-    r"""Evaluate ``sum_m coef[m] T_m(z)`` by Clenshaw's recurrence (scalar ``z``)."""
-    def step(carry, c):
-        b1, b2 = carry
-        return (2.0 * z * b1 - b2 + c, b1), None
+    r"""Evaluate ``sum_m coef[m] T_m(z)`` at a scalar ``z`` in ``[-1, 1]``.
 
-    zero = jnp.zeros((), coef.dtype)
-    (b1, b2), _ = jax.lax.scan(step, (zero, zero), coef[1:], reverse=True, unroll=True)
-    return coef[0] + z * b1 - b2
+    Uses ``T_m(cos theta) = cos(m theta)``: one vectorised pass over ``m`` (a small
+    graph to compile and no sequential recurrence under ``vmap``).
+    """
+    theta = jnp.arccos(jnp.clip(z, -1.0, 1.0))
+    m = jnp.arange(coef.shape[-1], dtype=coef.dtype)
+    return jnp.sum(coef * jnp.cos(m * theta))

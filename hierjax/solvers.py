@@ -1,14 +1,11 @@
-"""Safeguarded one-dimensional solvers, each with a fast path and an exact path.
+"""Safeguarded one-dimensional solvers: unrolled steps, then a while loop for stragglers.
 
-Under ``vmap`` a ``lax.while_loop`` runs until the slowest lane is done and costs far
-more per step than straight-line code, so every solver here has two modes:
-
-* ``robust=False`` (the default path): a fixed number of unrolled steps, enough for
-  nearly every dataset, returning a ``converged`` flag;
-* ``robust=True``: a ``while_loop`` to convergence (or ``max_iter``).
-
-The engine runs the fast path on the whole batch and re-runs only the datasets
-whose flags say so on the exact path (:func:`hierjax.engine.fit`).
+Under ``vmap`` a ``lax.while_loop`` runs until the slowest lane of the batch is done,
+and each of its steps costs more than straight-line code. So every solver takes a
+fixed number of unrolled steps first (enough for nearly every dataset, with good
+starting points), then a ``while_loop`` that continues only while some lane is not
+done: when all are, it costs one check. One compiled program serves both, and the
+result never depends on which other datasets share the batch.
 """
 from __future__ import annotations
 
@@ -18,23 +15,23 @@ import jax.numpy as jnp
 __all__ = ["iterate", "maximize"]
 
 
-def iterate(step, state, *, robust: bool, fast_steps: int, max_iter: int):
-    """Apply ``step`` to ``state`` (a tuple ``(i, ..., done)``) as described above."""
-    if robust:
-        return jax.lax.while_loop(lambda st: (st[0] < max_iter) & ~st[-1], step, state)
+def iterate(step, state, *, fast_steps: int, max_iter: int):
+    """Apply ``step`` to ``state`` (a tuple ``(i, ..., done)``): ``fast_steps`` unrolled
+    steps, then a ``while_loop`` until ``done`` or ``i == max_iter``."""
     for _ in range(fast_steps):
         state = step(state)
-    return state
+    return jax.lax.while_loop(lambda st: (st[0] < max_iter) & ~st[-1], step, state)
 
 
-def maximize(h, x, lo, hi, tol, *, robust: bool, fast_steps: int, max_iter: int = 100):
+def maximize(h, x, lo, hi, tol, *, fast_steps: int, max_iter: int = 100):
     r"""A maximum of the scalar function ``h`` in ``[lo, hi]`` with ``h'(lo) > 0 > h'(hi)``.
 
     Newton steps ``x - h'(x)/h''(x)`` (``jax.grad``) while they stay inside the
     bracket and ``h'' < 0``; bisection on the sign of ``h'`` otherwise.
 
     Returns:
-        ``(x, converged)``: converged when a step or the bracket is below ``tol``.
+        ``(x, converged)``: converged when a step or the bracket is below ``tol``
+        (False only if ``max_iter`` steps did not get there).
     """
     dh = jax.grad(h)
     d2h = jax.grad(dh)
@@ -50,6 +47,6 @@ def maximize(h, x, lo, hi, tol, *, robust: bool, fast_steps: int, max_iter: int 
         now = (ok & (jnp.abs(x_new - x) <= tol)) | (hi - lo <= tol) | (g == 0)
         return i + 1, jnp.where(done, x, x_new), lo, hi, done | now
 
-    state = iterate(step, (0, x, lo, hi, jnp.array(False)), robust=robust,
-                    fast_steps=fast_steps, max_iter=max_iter)
+    state = iterate(step, (0, x, lo, hi, jnp.array(False)), fast_steps=fast_steps,
+                    max_iter=max_iter)
     return state[1], state[4]

@@ -30,11 +30,12 @@ from hierjax.grid import TauGrid, chebyshev_density_coefficients, grid_tau_of_z
 from hierjax.quadrature import cdf_coefficients, chebyshev_eval, clenshaw_curtis
 from hierjax.solvers import iterate, maximize
 
-__all__ = ["Marginal", "mixture_summary", "mixture_quantile", "mixture_cdf", "tau_summary",
+__all__ = ["Marginal", "mixture_summary", "coarse_weights", "mixture_quantile", "mixture_cdf", "tau_summary",
            "tau_quantile", "tau_mode"]
 
 _MAX_ITER = 100
-_FAST_STEPS = 3       # Halley steps for mixture quantiles
+_COARSE_STEPS = 2     # Halley steps on the quarter-size nested rule
+_FAST_STEPS = 2       # then full Halley steps for mixture quantiles
 _TAU_FAST_STEPS = 8   # Newton steps on the tau CDF
 _MODE_FAST_STEPS = 8  # Newton steps for the tau mode
 
@@ -98,21 +99,40 @@ def _mixture_moments(w, m, s) -> _Moments:
     return _Moments(mean, sd, mu3 / sd ** 3, mu4 / mu2 ** 2 - 3.0)
 
 
-def mixture_quantile(p, w, m, s, moments=None, robust: bool = False):
+def _halley_terms(x, p, w, m, inv_s):
+    """``(F(x) - p, F', F'', F''')`` of the mixture CDF at ``x`` (``inv_s = 1/s``)."""
+    t = (x - m) * inv_s
+    wphi = w * inv_s * _INV_SQRT2PI * jnp.exp(-0.5 * t * t)   # w_k phi(t_k) / s_k
+    return (jnp.sum(w * _Phi(t)) - p, jnp.sum(wphi), -jnp.sum(wphi * t * inv_s),
+            jnp.sum(wphi * (t * t - 1.0) * inv_s * inv_s))
+
+
+def _halley_step(F, f, fp):
+    """Halley's step ``2 F f / (2 f^2 - F f')``; Newton's ``F / f`` where the Halley
+    denominator is less than ``f^2`` (far from the root, where it can vanish)."""
+    denom = 2.0 * f * f - F * fp
+    return jnp.where(denom > f * f, 2.0 * F * f / denom, F / f)
+
+
+def mixture_quantile(p, w, m, s, moments=None, coarse=None):
     r"""Solve ``F(q) = p`` for a normal mixture.
 
-    Starts from the Cornish-Fisher expansion with the mixture's first four moments,
-    then Halley steps (cubic convergence; ``F' = f``, ``F'' = -sum w phi(t) t / s^2``)
-    kept inside the bracket ``[min_k q_k, max_k q_k]`` of the components' own
-    ``p``-quantiles by bisection. Stops when ``|F(q) - p|`` is at round-off or a Halley
-    step was so small that the next error (its cube) is below it.
+    Starts from the Cornish-Fisher expansion with the mixture's first four moments
+    (near-normal mixtures) or the weighted mean of the components' quantiles (heavy
+    tails); on the fast path two Halley steps on the ``coarse`` mixture (the nested
+    quarter-size rule, a quarter of the work) bring it to that rule's accuracy, and
+    full Halley steps (cubic convergence; ``F' = f``, ``F'' = -sum w phi(t) t / s^2``)
+    finish, kept inside the bracket ``[min_k q_k, max_k q_k]`` of the components'
+    own ``p``-quantiles by bisection. Converged when ``|F(q) - p|`` is at round-off or
+    a full step ``h`` leaves a residual ``f C |h|^3`` below ``16 eps``, ``C h^3`` being
+    Halley's error term; unrolled steps first, a while loop for the rare stragglers.
 
     Args:
         p: level in (0, 1), scalar.
         w: weights summing to one, ``[K]``.
         m, s: component means and sds, ``[K]``.
         moments: precomputed :func:`_mixture_moments` (optional).
-        robust: iterate to convergence instead of the fixed fast steps.
+        coarse: ``(w_c, stride)``: weights of the nested rule on nodes ``::stride``.
 
     Returns:
         ``(q, converged)``.
@@ -128,38 +148,47 @@ def mixture_quantile(p, w, m, s, moments=None, robust: bool = False):
     g1, g2 = mo.skew, mo.exkurt
     z_cf = (zp + (zp * zp - 1.0) * g1 / 6.0 + (zp ** 3 - 3.0 * zp) * g2 / 24.0
             - (2.0 * zp ** 3 - 5.0 * zp) * g1 * g1 / 36.0)
-    x = mo.mean + mo.sd * z_cf
-    x = jnp.where(jnp.isfinite(x) & (x > lo) & (x < hi), x, 0.5 * (lo + hi))
+    x_cf = mo.mean + mo.sd * z_cf
+    # Cornish-Fisher is good for near-normal mixtures; with heavy tails (large grid
+    # kurtosis) start from the weighted mean of the components' own quantiles instead.
+    x_avg = jnp.sum(jnp.where(live, w * qk, 0.0)) / jnp.sum(jnp.where(live, w, 0.0))
+    near_normal = (jnp.abs(g1) < 1.0) & (jnp.abs(g2) < 2.0) & jnp.isfinite(x_cf)
+    x = jnp.clip(jnp.where(near_normal, x_cf, x_avg), lo, hi)
     tol_f = 64.0 * eps
-    tol_step = 0.1 * eps ** (1.0 / 3.0) * mo.sd
-
+    # After a Halley step h the error is C h^3 with C = |F'''/(6F') - (F''/(2F'))^2|; the
+    # residual it leaves in F, f C |h|^3, must be at round-off (16 eps).
+    tol_res = 16.0 * eps
     inv_s = 1.0 / s
-    w_s = w * inv_s * _INV_SQRT2PI
+
+    if coarse is not None:
+        w_c, stride = coarse
+        m_c, inv_c = m[::stride], inv_s[::stride]
+        for _ in range(_COARSE_STEPS):
+            F, f, fp, _ = _halley_terms(x, p, w_c, m_c, inv_c)
+            step = _halley_step(F, f, fp)
+            x_c = jnp.clip(x - jnp.clip(step, -mo.sd, mo.sd), lo, hi)
+            x = jnp.where(jnp.isfinite(x_c), x_c, x)
 
     def halley(state):
         i, x, lo, hi, done = state
-        t = (x - m) * inv_s
-        wphi = w_s * jnp.exp(-0.5 * t * t)          # w_k phi(t_k) / s_k
-        F = jnp.sum(w * _Phi(t)) - p
-        f = jnp.sum(wphi)
-        fp = -jnp.sum(wphi * t * inv_s)
+        F, f, fp, fpp = _halley_terms(x, p, w, m, inv_s)
         lo = jnp.where(F < 0, x, lo)
         hi = jnp.where(F < 0, hi, x)
-        step = 2.0 * F * f / (2.0 * f * f - F * fp)
+        step = _halley_step(F, f, fp)
         ok = (x - step > lo) & (x - step < hi) & jnp.isfinite(step)
         at_root = jnp.abs(F) <= tol_f
         x_new = jnp.where(at_root | done, x, jnp.where(ok, x - step, 0.5 * (lo + hi)))
-        now = at_root | (ok & (jnp.abs(step) <= tol_step)) | \
-            (hi - lo <= 64.0 * eps * (jnp.abs(x) + mo.sd))
+        C = jnp.abs(fpp / (6.0 * f) - (fp / (2.0 * f)) ** 2)
+        small = f * C * jnp.abs(step) ** 3 <= tol_res
+        now = at_root | (ok & small) | (hi - lo <= 64.0 * eps * (jnp.abs(x) + 1.0 / f))
         return i + 1, x_new, lo, hi, done | now
 
-    # Cornish-Fisher start and cubic convergence: a few steps suffice almost everywhere.
-    state = iterate(halley, (0, x, lo, hi, jnp.array(False)), robust=robust,
+    state = iterate(halley, (0, x, lo, hi, jnp.array(False)),
                     fast_steps=_FAST_STEPS, max_iter=_MAX_ITER)
     return state[1], state[4]
 
 
-def mixture_summary(w, m, s, levels, threshold, mean_exists, sd_exists, robust: bool = False):
+def mixture_summary(w, m, s, levels, threshold, mean_exists, sd_exists, coarse=None):
     """Summary of the normal mixture ``sum_k w_k N(m_k, s_k^2)``.
 
     Args:
@@ -168,7 +197,7 @@ def mixture_summary(w, m, s, levels, threshold, mean_exists, sd_exists, robust: 
         levels: quantile levels, ``[Q]``.
         threshold: ``c`` in ``P(phi > c)``, scalar (``0`` on the user's scale).
         mean_exists, sd_exists: scalar bools (see :class:`Marginal`).
-        robust: exact while-loop quantile search (see :mod:`hierjax.solvers`).
+        coarse: the nested rule's ``(weights, stride)`` for cheap first steps.
 
     Returns:
         ``(Marginal, quantiles_converged)`` with scalar fields and ``quantiles[Q]``.
@@ -176,14 +205,22 @@ def mixture_summary(w, m, s, levels, threshold, mean_exists, sd_exists, robust: 
     mean = jnp.sum(w * m)
     var = jnp.sum(w * s * s) + jnp.sum(w * (m - mean) ** 2)
     mo = _mixture_moments(w, m, s)
-    q, conv = jax.vmap(lambda p: mixture_quantile(p, w, m, s, mo, robust))(levels)
+    q, conv = jax.vmap(lambda p: mixture_quantile(p, w, m, s, mo, coarse))(levels)
     p_gt = jnp.sum(w * _Phi((m - threshold) / s))
     mean = jnp.where(mean_exists, mean, jnp.nan)
     sd = jnp.where(sd_exists, jnp.sqrt(var), jnp.inf)
     return Marginal(mean, sd, q, p_gt, mean_exists, sd_exists), jnp.all(conv)
 
 
-def tau_quantile(p, grid: TauGrid, coef_cdf, coef_pdf, robust: bool = False):
+def coarse_weights(grid: TauGrid, stride: int = 4):
+    """Normalised weights of the nested Clenshaw-Curtis rule on every ``stride``-th node."""
+    n = grid.tau.shape[0] - 1
+    _, w = clenshaw_curtis(n // stride)
+    wc = jnp.asarray(w, grid.density_z.dtype) * grid.density_z[::stride]
+    return wc / jnp.sum(wc), stride
+
+
+def tau_quantile(p, grid: TauGrid, coef_cdf, coef_pdf):
     """Solve ``F(tau) = p`` on the Chebyshev CDF in ``z``; returns ``(tau, converged)``."""
     dtype = grid.tau.dtype
     eps = float(jnp.finfo(dtype).eps)
@@ -206,7 +243,7 @@ def tau_quantile(p, grid: TauGrid, coef_cdf, coef_pdf, robust: bool = False):
         return i + 1, z_new, lo, hi, done | now
 
     one = jnp.ones((), dtype)
-    state = iterate(newton, (0, z_inc[j], -one, one, jnp.array(False)), robust=robust,
+    state = iterate(newton, (0, z_inc[j], -one, one, jnp.array(False)),
                     fast_steps=_TAU_FAST_STEPS, max_iter=_MAX_ITER)
     tau, _, _, _ = grid_tau_of_z(state[1], grid.x0, grid.u_lo, grid.one_minus_u_hi)
     return tau, state[4]
@@ -217,7 +254,7 @@ def grid_z_nodes(grid: TauGrid):
     return clenshaw_curtis(grid.tau.shape[0] - 1)[0]
 
 
-def tau_summary(grid: TauGrid, levels, mean_exists, sd_exists, robust: bool = False):
+def tau_summary(grid: TauGrid, levels, mean_exists, sd_exists):
     """Summary of ``p(tau | y)``: moments on the grid, quantiles from the Chebyshev CDF.
 
     Returns:
@@ -228,14 +265,14 @@ def tau_summary(grid: TauGrid, levels, mean_exists, sd_exists, robust: bool = Fa
     var = jnp.sum(w * (grid.tau - mean) ** 2)
     coef_pdf = chebyshev_density_coefficients(grid)
     coef_cdf = cdf_coefficients(coef_pdf)
-    q, conv = jax.vmap(lambda p: tau_quantile(p, grid, coef_cdf, coef_pdf, robust))(levels)
+    q, conv = jax.vmap(lambda p: tau_quantile(p, grid, coef_cdf, coef_pdf))(levels)
     mean = jnp.where(mean_exists, mean, jnp.inf)
     sd = jnp.where(sd_exists, jnp.sqrt(var), jnp.inf)
     one = jnp.ones((), grid.tau.dtype)
     return Marginal(mean, sd, q, one, mean_exists, sd_exists), jnp.all(conv)
 
 
-def tau_mode(grid: TauGrid, log_density_tau, robust: bool = False):
+def tau_mode(grid: TauGrid, log_density_tau):
     r"""The posterior mode of tau, ``argmax_{tau >= 0} log p(tau) + log p(y | tau)``.
 
     The best grid node is refined by safeguarded Newton in ``x = log tau`` between its
@@ -245,7 +282,6 @@ def tau_mode(grid: TauGrid, log_density_tau, robust: bool = False):
     Args:
         grid: the dataset's TauGrid.
         log_density_tau: ``tau -> log p(tau) + log p(y | tau)`` (scalar function).
-        robust: iterate to convergence instead of the fixed fast steps.
 
     Returns:
         ``(mode, converged)``.
@@ -263,10 +299,11 @@ def tau_mode(grid: TauGrid, log_density_tau, robust: bool = False):
         return log_density_tau(jnp.exp(xx))
 
     eps = float(jnp.finfo(x.dtype).eps)
-    xx, conv = maximize(g, x[k], lo, hi, 64.0 * eps * (1.0 + jnp.abs(x[k])), robust=robust,
-                        fast_steps=_MODE_FAST_STEPS)
+    # A maximiser is only determined to ~sqrt(eps) (the function is flat there).
+    xx, conv = maximize(g, x[k], lo, hi, 4.0 * eps ** 0.5 * (1.0 + jnp.abs(x[k])), fast_steps=_MODE_FAST_STEPS)
     g_inner = jnp.maximum(g(xx), g_nodes[k])
     x_best = jnp.where(g(xx) >= g_nodes[k], xx, x[k])
     g_zero = log_density_tau(jnp.zeros((), x.dtype))
-    at_zero = g_zero >= g_inner
+    # tau = 0 wins ties at round-off: p(tau | y) is flat to machine precision there.
+    at_zero = g_zero >= g_inner - 64.0 * eps * (1.0 + jnp.abs(g_inner))
     return jnp.where(at_zero, 0.0, jnp.exp(x_best)), conv | at_zero
