@@ -59,8 +59,8 @@ def _to_float(name, values, where):
         except (TypeError, ValueError):
             if arr.ndim == 2:
                 place = f"dataset {idx[0]}: {name}[{idx[1] + 1}]"
-            elif arr.ndim == 1:
-                place = f"{where}: {name}[{idx[0] + 1}]"
+            elif arr.ndim == 1:          # one dataset: dataset 0, or the one named by `where`
+                place = f"{'dataset 0' if where == 'input' else where}: {name}[{idx[0] + 1}]"
             else:
                 place = f"{where}: {name}"
             raise InputError(f"{place} is not a number: {arr[idx]!r}") from None

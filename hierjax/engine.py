@@ -31,7 +31,7 @@ DEFAULT_LEVELS = (0.025, 0.25, 0.5, 0.75, 0.975)
 
 #: Per-dataset status bits (0 = ok).
 STATUS = {
-    "grid_unresolved": 1,      # nested-rule difference above 10 eps**0.25: refit with more nodes
+    "grid_unresolved": 1,      # n-rule differs from the 2n-rule by > 0.1 sqrt(eps): use more nodes
     "tail_truncated": 2,       # mass beyond the dtype's range of tau (improper posterior?)
     "unconverged": 4,          # a solver (quantile, mode, extent) hit its iteration limit
     "invalid": 8,              # skipped input (see Fit.notes)
@@ -110,7 +110,7 @@ def fit_dataset(y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPri
     proper = bool(tau_prior.proper and mu_prior.proper)
     log_ev = grid.log_evidence if proper else jnp.full((), jnp.nan, dtype)
 
-    limit = 10.0 * float(jnp.finfo(dtype).eps) ** 0.25
+    limit = 0.1 * float(jnp.finfo(dtype).eps) ** 0.5   # n-rule error vs the 2n-rule
     status = (jnp.where(grid.error > limit, STATUS["grid_unresolved"], 0)
               | jnp.where(grid.truncated, STATUS["tail_truncated"], 0)
               | jnp.where(ok_mu & jnp.all(ok_theta) & ok_new & ok_tau & ok_mode & grid.converged,

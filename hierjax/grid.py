@@ -24,7 +24,9 @@ four steps, all inside ``jit`` with fixed work:
    integer ``alpha``, so the compactified integrand stays smooth, and features far
    out in ``x`` (a group whose ``sigma_j`` is 1e6 times another's) keep room.
 4. **Integrate**: Clenshaw-Curtis in ``z in [-1, 1]`` (``u`` affine in ``z``) with
-   ``n + 1`` nodes; the nested ``n/2`` rule on every other node estimates the error.
+   ``2n + 1`` nodes for tau itself; the nested ``n``-rule on every other node carries
+   the normal mixtures of mu and theta (half the work), and its difference from the
+   ``2n``-rule is its error estimate.
 
 Everything is in log space; weights are normalised with ``logsumexp``.
 """
@@ -63,31 +65,35 @@ def default_nodes(dtype) -> int:
 
 
 class TauGrid(NamedTuple):
-    """The tau quadrature grid of one dataset (``K = n + 1`` nodes).
+    """The tau quadrature grid of one dataset: the ``n``-rule (``K = n + 1`` nodes) for the
+    normal mixtures, and the nested ``2n``-rule (``2n + 1`` nodes) for tau itself.
 
     Attributes:
-        tau: nodes ``tau_k``, ``[K]``.
-        log_weight: normalised log weights, ``sum_k exp(log_weight) = 1``, ``[K]``;
+        tau: nodes ``tau_k`` of the n-rule, ``[K]``.
+        log_weight: normalised log weights of the n-rule, ``[K]``;
             ``E[g(tau) | y] ~= sum_k exp(log_weight_k) g(tau_k)``.
-        density_z: normalised posterior density in ``z`` at the nodes, ``[K]``
-            (the Chebyshev interpolant of it gives the tau CDF anywhere).
-        mu: ``mu | tau_k, y`` and ``log p(y | tau_k)`` at the nodes (fields ``[K]``).
-        log_evidence: ``log int p(tau) p(y | tau) dtau``, scalar.
-        error: nested-rule error estimate (max of the relative change of the
-            normaliser and of the mean and sd of ``log tau`` in sd units), scalar.
+        mu: ``mu | tau_k, y`` and ``log p(y | tau_k)`` at the n-rule's nodes (fields ``[K]``).
+        tau_fine: nodes of the 2n-rule (its even nodes are ``tau``), ``[2n + 1]``.
+        log_weight_fine: normalised log weights of the 2n-rule, ``[2n + 1]``.
+        density_z: normalised posterior density in ``z`` at the 2n-rule's nodes,
+            ``[2n + 1]`` (its Chebyshev interpolant gives the tau CDF anywhere).
+        log_evidence: ``log int p(tau) p(y | tau) dtau`` (2n-rule), scalar.
+        error: the n-rule's error against the 2n-rule: the largest change of the mean
+            and sd of mu and of theta_new, in sd units, scalar.
         truncated: ``True`` if the tail beyond the representable range of the dtype
             still carries non-negligible mass, scalar bool.
         converged: both extents were found within the iteration limit, scalar bool.
         x0: centre of the map, scalar.
         u_lo: lower end of the ``u`` interval, scalar.
         one_minus_u_hi: ``1 - u_hi`` (kept separately for precision), scalar.
-        log_post: ``h`` at the nodes minus its maximum over the nodes, ``[K]``.
     """
 
     tau: jnp.ndarray
     log_weight: jnp.ndarray
-    density_z: jnp.ndarray
     mu: MuGivenTau
+    tau_fine: jnp.ndarray
+    log_weight_fine: jnp.ndarray
+    density_z: jnp.ndarray
     log_evidence: jnp.ndarray
     error: jnp.ndarray
     truncated: jnp.ndarray
@@ -95,7 +101,6 @@ class TauGrid(NamedTuple):
     x0: jnp.ndarray
     u_lo: jnp.ndarray
     one_minus_u_hi: jnp.ndarray
-    log_post: jnp.ndarray
 
 
 def tail_alpha(n_groups, tau_prior: TauPrior, mu_prior: MuPrior):
@@ -238,10 +243,9 @@ def tau_grid(y, sigma2, mask, tau_prior: TauPrior, mu_prior: MuPrior, n: int) ->
     u_lo = jax.nn.sigmoid(-left / KAPPA)
     one_minus_u_hi = jax.nn.sigmoid(-right / KAPPA)
 
-    # 4. Clenshaw-Curtis in z.
-    z_np, w_np = clenshaw_curtis(n)
+    # 4. Clenshaw-Curtis in z on 2n + 1 nodes; its even nodes carry the n-rule.
+    z_np, w_np = clenshaw_curtis(2 * n)
     z = jnp.asarray(z_np, dtype)
-    w_cc = jnp.asarray(w_np, dtype)
     tau, x, u, omu = grid_tau_of_z(z, x0, u_lo, one_minus_u_hi)
     # Node values as changes from the map centre keep their digits for needle posteriors.
     ref = reference_point(jnp.exp(2.0 * x0), y, sigma2, mask, mu_prior)
@@ -252,32 +256,40 @@ def tau_grid(y, sigma2, mask, tau_prior: TauPrior, mu_prior: MuPrior, n: int) ->
     log_f = (log_prior + mu.log_lik + x + math.log(KAPPA) - jnp.log(u) - jnp.log(omu)
              + jnp.log(du_dz))
     log_f = jnp.where(jnp.isnan(log_f), -jnp.inf, log_f)
-    log_wf = jnp.log(w_cc) + log_f
-    log_z = logsumexp(log_wf)
-    log_weight = log_wf - log_z
-    density_z = jnp.exp(log_f - log_z)
 
-    # Nested half rule on the even nodes for the error estimate.
-    _, w_half = clenshaw_curtis(n // 2)
-    log_wf_half = jnp.log(jnp.asarray(w_half, dtype)) + log_f[::2]
-    log_z_half = logsumexp(log_wf_half)
-    wt, wt_half = jnp.exp(log_weight), jnp.exp(log_wf_half - log_z_half)
-    m_full, m_half = jnp.sum(wt * x), jnp.sum(wt_half * x[::2])
-    sd_full = jnp.sqrt(jnp.sum(wt * (x - m_full) ** 2))
-    sd_half = jnp.sqrt(jnp.sum(wt_half * (x[::2] - m_half) ** 2))
-    error = jnp.maximum(jnp.abs(jnp.expm1(log_z_half - log_z)),
-                        jnp.maximum(jnp.abs(m_full - m_half), jnp.abs(sd_full - sd_half)) / sd_full)
+    def rule(order, log_f):
+        log_wf = jnp.log(jnp.asarray(clenshaw_curtis(order)[1], dtype)) + log_f
+        log_z = logsumexp(log_wf)
+        return log_wf - log_z, log_z
+
+    log_weight_fine, log_z_fine = rule(2 * n, log_f)
+    log_weight, log_z = rule(n, log_f[::2])
+
+    # The n-rule's error, measured against the 2n-rule, on what it is used for: the
+    # mixtures of mu (mean mu_hat, variance V_mu) and theta_new (variance tau^2 + V_mu),
+    # their means and sds in sd units.
+    def mean_sd(lw, m, v):
+        wt = jnp.exp(lw)
+        mean = jnp.sum(wt * m)
+        return mean, jnp.sqrt(jnp.sum(wt * (v + (m - mean) ** 2)))
+
+    errs = []
+    for v in (mu.var, mu.var + tau * tau):
+        m_f, sd_f = mean_sd(log_weight_fine, mu.mean, v)
+        m_b, sd_b = mean_sd(log_weight, mu.mean[::2], v[::2])
+        errs += [jnp.abs(m_b - m_f) / sd_f, jnp.abs(sd_b - sd_f) / sd_f]
+    error = jnp.max(jnp.stack(errs))
 
     return TauGrid(
-        tau=tau, log_weight=log_weight, density_z=density_z, mu=mu,
-        log_evidence=log_z, error=error, truncated=~(ok_left & ok_right),
+        tau=tau[::2], log_weight=log_weight, mu=jax.tree.map(lambda a: a[::2], mu),
+        tau_fine=tau, log_weight_fine=log_weight_fine, density_z=jnp.exp(log_f - log_z_fine),
+        log_evidence=log_z_fine, error=error, truncated=~(ok_left & ok_right),
         converged=conv_left & conv_right,
         x0=x0, u_lo=u_lo, one_minus_u_hi=one_minus_u_hi,
-        log_post=log_f - jnp.max(log_f),
     )
 
 
 def chebyshev_density_coefficients(grid: TauGrid):
-    """Chebyshev coefficients of the posterior density in ``z``, ``[K]``."""
-    n = grid.tau.shape[0] - 1
-    return jnp.asarray(chebyshev_matrix(n), grid.density_z.dtype) @ grid.density_z
+    """Chebyshev coefficients of the posterior density in ``z`` (2n-rule), ``[2n + 1]``."""
+    N = grid.density_z.shape[0] - 1
+    return jnp.asarray(chebyshev_matrix(N), grid.density_z.dtype) @ grid.density_z

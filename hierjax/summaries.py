@@ -20,14 +20,16 @@ symmetric-ish parameters) or ``inf`` (tau's mean, every sd) with the matching
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.special import erfc, ndtri
 
 from hierjax.grid import TauGrid, chebyshev_density_coefficients, grid_tau_of_z
-from hierjax.quadrature import cdf_coefficients, chebyshev_eval, clenshaw_curtis
+from hierjax.quadrature import cdf_coefficients, clenshaw_curtis
 from hierjax.solvers import iterate, maximize
 
 __all__ = ["Marginal", "mixture_summary", "coarse_weights", "mixture_quantile", "mixture_cdf", "tau_summary",
@@ -36,7 +38,7 @@ __all__ = ["Marginal", "mixture_summary", "coarse_weights", "mixture_quantile", 
 _MAX_ITER = 100
 _COARSE_STEPS = 2     # Halley steps on the quarter-size nested rule
 _FAST_STEPS = 2       # then full Halley steps for mixture quantiles
-_TAU_FAST_STEPS = 8   # Newton steps on the tau CDF
+_TAU_FAST_STEPS = 4   # Newton steps on the tau CDF
 _MODE_FAST_STEPS = 8  # Newton steps for the tau mode
 
 
@@ -154,7 +156,7 @@ def mixture_quantile(p, w, m, s, moments=None, coarse=None):
     x_avg = jnp.sum(jnp.where(live, w * qk, 0.0)) / jnp.sum(jnp.where(live, w, 0.0))
     near_normal = (jnp.abs(g1) < 1.0) & (jnp.abs(g2) < 2.0) & jnp.isfinite(x_cf)
     x = jnp.clip(jnp.where(near_normal, x_cf, x_avg), lo, hi)
-    tol_f = 64.0 * eps
+    tol_f = 4.0 * eps        # |F - p| at round-off: q is within 4 eps / f of the root
     # After a Halley step h the error is C h^3 with C = |F'''/(6F') - (F''/(2F'))^2|; the
     # residual it leaves in F, f C |h|^3, must be at round-off (16 eps).
     tol_res = 16.0 * eps
@@ -213,59 +215,81 @@ def mixture_summary(w, m, s, levels, threshold, mean_exists, sd_exists, coarse=N
 
 
 def coarse_weights(grid: TauGrid, stride: int = 4):
-    """Normalised weights of the nested Clenshaw-Curtis rule on every ``stride``-th node."""
+    """Normalised weights of the nested Clenshaw-Curtis rule on every ``stride``-th node
+    of the n-rule (a cheap approximation of the mixtures for starting points)."""
     n = grid.tau.shape[0] - 1
     _, w = clenshaw_curtis(n // stride)
-    wc = jnp.asarray(w, grid.density_z.dtype) * grid.density_z[::stride]
+    wc = jnp.asarray(w, grid.density_z.dtype) * grid.density_z[::2 * stride]
     return wc / jnp.sum(wc), stride
 
 
-def tau_quantile(p, grid: TauGrid, coef_cdf, coef_pdf):
-    """Solve ``F(tau) = p`` on the Chebyshev CDF in ``z``; returns ``(tau, converged)``."""
+def _barycentric(z, nodes, lam, values):
+    """Barycentric interpolation of ``values [V, N+1]`` at Chebyshev points ``nodes``."""
+    d = z - nodes
+    d = jnp.where(d == 0, jnp.finfo(d.dtype).tiny, d)
+    c = lam / d
+    return (values @ c) / jnp.sum(c)
+
+
+@functools.lru_cache(maxsize=None)
+def _cdf_tables(N: int):
+    """``T_m(z_k)`` for the CC nodes of order ``N`` and ``m = 0..N+1``; barycentric weights."""
+    k = np.arange(N + 1)
+    T = np.cos(np.pi * np.outer(k, np.arange(N + 2)) / N)
+    lam = np.where(k % 2 == 0, 1.0, -1.0)
+    lam[0] *= 0.5
+    lam[-1] *= 0.5
+    return T, lam
+
+
+def tau_quantile(p, grid: TauGrid, F_nodes, lam):
+    """Solve ``F(tau) = p``: Newton in ``z`` on the barycentric interpolants of the tau CDF
+    and density through the 2n-rule's nodes; returns ``(tau, converged)``."""
     dtype = grid.tau.dtype
     eps = float(jnp.finfo(dtype).eps)
-    # Start from the node where the discrete cumulative weight crosses p (z decreasing in k).
-    cum = jnp.cumsum(jnp.exp(grid.log_weight)[::-1])
-    z_inc = jnp.asarray(grid_z_nodes(grid), dtype)[::-1]
-    j = jnp.clip(jnp.searchsorted(cum, p), 0, z_inc.shape[0] - 1)
+    nodes = jnp.asarray(clenshaw_curtis(F_nodes.shape[0] - 1)[0], dtype)
+    values = jnp.stack([F_nodes, grid.density_z])
+    # Start: linear interpolation between the nodes whose CDF values bracket p.
+    z_inc, F_inc = nodes[::-1], F_nodes[::-1]
+    j = jnp.clip(jnp.searchsorted(F_inc, p), 1, z_inc.shape[0] - 1)
+    t = jnp.clip((p - F_inc[j - 1]) / (F_inc[j] - F_inc[j - 1]), 0.0, 1.0)
+    z0 = z_inc[j - 1] + t * (z_inc[j] - z_inc[j - 1])
 
     def newton(state):
         i, z, lo, hi, done = state
-        F = chebyshev_eval(coef_cdf, z) - p
-        f = chebyshev_eval(coef_pdf, z)
+        F, f = _barycentric(z, nodes, lam, values)
+        F = F - p
         lo = jnp.where(F < 0, z, lo)
         hi = jnp.where(F < 0, hi, z)
         step = F / f
         ok = (f > 0) & (z - step > lo) & (z - step < hi)
-        at_root = jnp.abs(F) <= 16.0 * eps
+        at_root = jnp.abs(F) <= 4.0 * eps
         z_new = jnp.where(at_root | done, z, jnp.where(ok, z - step, 0.5 * (lo + hi)))
-        now = at_root | (ok & (jnp.abs(step) <= eps ** 0.5 * 1e-2)) | (hi - lo <= 64.0 * eps)
+        now = at_root | (ok & (jnp.abs(step) <= 1e-2 * eps ** 0.5)) | (hi - lo <= 64.0 * eps)
         return i + 1, z_new, lo, hi, done | now
 
     one = jnp.ones((), dtype)
-    state = iterate(newton, (0, z_inc[j], -one, one, jnp.array(False)),
-                    fast_steps=_TAU_FAST_STEPS, max_iter=_MAX_ITER)
+    state = iterate(newton, (0, z0, -one, one, jnp.array(False)), fast_steps=_TAU_FAST_STEPS,
+                    max_iter=_MAX_ITER)
     tau, _, _, _ = grid_tau_of_z(state[1], grid.x0, grid.u_lo, grid.one_minus_u_hi)
     return tau, state[4]
 
 
-def grid_z_nodes(grid: TauGrid):
-    """The Clenshaw-Curtis nodes ``z_k`` of ``grid`` (``cos(k pi / n)``)."""
-    return clenshaw_curtis(grid.tau.shape[0] - 1)[0]
-
-
 def tau_summary(grid: TauGrid, levels, mean_exists, sd_exists):
-    """Summary of ``p(tau | y)``: moments on the grid, quantiles from the Chebyshev CDF.
+    """Summary of ``p(tau | y)`` from the 2n-rule: moments on its nodes, quantiles from the
+    Chebyshev CDF (the exact integral of the density's interpolant).
 
     Returns:
         ``(Marginal, quantiles_converged)``; ``p_gt0`` is 1 (tau > 0 almost surely).
     """
-    w = jnp.exp(grid.log_weight)
-    mean = jnp.sum(w * grid.tau)
-    var = jnp.sum(w * (grid.tau - mean) ** 2)
-    coef_pdf = chebyshev_density_coefficients(grid)
-    coef_cdf = cdf_coefficients(coef_pdf)
-    q, conv = jax.vmap(lambda p: tau_quantile(p, grid, coef_cdf, coef_pdf))(levels)
+    w = jnp.exp(grid.log_weight_fine)
+    mean = jnp.sum(w * grid.tau_fine)
+    var = jnp.sum(w * (grid.tau_fine - mean) ** 2)
+    coef_cdf = cdf_coefficients(chebyshev_density_coefficients(grid))
+    T, lam = _cdf_tables(grid.density_z.shape[0] - 1)
+    F_nodes = jnp.asarray(T, coef_cdf.dtype) @ coef_cdf
+    lam = jnp.asarray(lam, coef_cdf.dtype)
+    q, conv = jax.vmap(lambda p: tau_quantile(p, grid, F_nodes, lam))(levels)
     mean = jnp.where(mean_exists, mean, jnp.inf)
     sd = jnp.where(sd_exists, jnp.sqrt(var), jnp.inf)
     one = jnp.ones((), grid.tau.dtype)
