@@ -107,8 +107,9 @@ def main(argv=None) -> int:
     }
     print(json.dumps(record, indent=2))
     if not args.no_record:
+        machine = "-".join(_cpu_model().lower().replace("(r)", "").replace("(tm)", "").split()[:4])
         out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                           f"{platform.node() or 'machine'}.jsonl")
+                           f"{os.cpu_count()}core-{machine}.jsonl")
         os.makedirs(os.path.dirname(out), exist_ok=True)
         with open(out, "a") as fh:
             fh.write(json.dumps(record) + "\n")

@@ -35,6 +35,8 @@ STATUS = {
     "tail_truncated": 2,       # mass beyond the dtype's range of tau (improper posterior?)
     "unconverged": 4,          # a solver (quantile, mode, extent) hit its iteration limit
     "invalid": 8,              # skipped input (see Fit.notes)
+    "roundoff_limited": 16,    # log-likelihood round-off > 1e-5 (float32 with many groups):
+                               # tail quantiles may miss 1e-4 sd; use float64
 }
 
 
@@ -113,6 +115,7 @@ def fit_dataset(y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPri
     limit = 0.1 * float(jnp.finfo(dtype).eps) ** 0.5   # n-rule error vs the 2n-rule
     status = (jnp.where(grid.error > limit, STATUS["grid_unresolved"], 0)
               | jnp.where(grid.truncated, STATUS["tail_truncated"], 0)
+              | jnp.where(grid.roundoff > 1e-5, STATUS["roundoff_limited"], 0)
               | jnp.where(ok_mu & jnp.all(ok_theta) & ok_new & ok_tau & ok_mode & grid.converged,
                           0, STATUS["unconverged"])).astype(jnp.int32)
     return DatasetFit(mu, tau, theta, new, mode, log_ev, grid.error, status)

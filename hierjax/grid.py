@@ -37,7 +37,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.special import logsumexp
+from jax.scipy.special import logsumexp, ndtr
 
 from hierjax.conditionals import MuGivenTau, mu_given_tau, mu_given_tau_near, reference_point
 from hierjax.priors import MuPrior, NormalMu, TauPrior
@@ -78,11 +78,13 @@ class TauGrid(NamedTuple):
         density_z: normalised posterior density in ``z`` at the 2n-rule's nodes,
             ``[2n + 1]`` (its Chebyshev interpolant gives the tau CDF anywhere).
         log_evidence: ``log int p(tau) p(y | tau) dtau`` (2n-rule), scalar.
-        error: the n-rule's error against the 2n-rule: the largest change of the mean
-            and sd of mu and of theta_new, in sd units, scalar.
+        error: the n-rule's error against the 2n-rule: the largest change of the CDFs
+            of mu and theta_new at their centre and +-2 typical sds, scalar.
         truncated: ``True`` if the tail beyond the representable range of the dtype
             still carries non-negligible mass, scalar bool.
         converged: both extents were found within the iteration limit, scalar bool.
+        roundoff: estimated round-off of ``log p(y | tau)`` differences, ``eps sum_j
+            (|log v_j| + r_j^2 / v_j + 1)``, scalar.
         x0: centre of the map, scalar.
         u_lo: lower end of the ``u`` interval, scalar.
         one_minus_u_hi: ``1 - u_hi`` (kept separately for precision), scalar.
@@ -98,6 +100,7 @@ class TauGrid(NamedTuple):
     error: jnp.ndarray
     truncated: jnp.ndarray
     converged: jnp.ndarray
+    roundoff: jnp.ndarray
     x0: jnp.ndarray
     u_lo: jnp.ndarray
     one_minus_u_hi: jnp.ndarray
@@ -265,23 +268,27 @@ def tau_grid(y, sigma2, mask, tau_prior: TauPrior, mu_prior: MuPrior, n: int) ->
     log_weight_fine, log_z_fine = rule(2 * n, log_f)
     log_weight, log_z = rule(n, log_f[::2])
 
-    # The n-rule's error, measured against the 2n-rule, on what it is used for: the
-    # mixtures of mu (mean mu_hat, variance V_mu) and theta_new (variance tau^2 + V_mu),
-    # their means and sds in sd units.
-    def mean_sd(lw, m, v):
-        wt = jnp.exp(lw)
-        mean = jnp.sum(wt * m)
-        return mean, jnp.sqrt(jnp.sum(wt * (v + (m - mean) ** 2)))
-
+    # The n-rule's error, measured against the 2n-rule on what it is used for: the CDFs
+    # of the mixtures of mu (variance V_mu) and theta_new (tau^2 + V_mu), at their
+    # centre and two typical sds either side (bounded, so defined under any tail).
+    k = jnp.argmax(log_weight_fine)
     errs = []
     for v in (mu.var, mu.var + tau * tau):
-        m_f, sd_f = mean_sd(log_weight_fine, mu.mean, v)
-        m_b, sd_b = mean_sd(log_weight, mu.mean[::2], v[::2])
-        errs += [jnp.abs(m_b - m_f) / sd_f, jnp.abs(sd_b - sd_f) / sd_f]
+        centre = jnp.sum(jnp.exp(log_weight_fine) * mu.mean)
+        for c in (centre - 2.0 * jnp.sqrt(v[k]), centre, centre + 2.0 * jnp.sqrt(v[k])):
+            F = ndtr((c - mu.mean) * jax.lax.rsqrt(v))
+            errs.append(jnp.abs(jnp.sum(jnp.exp(log_weight) * F[::2])
+                                - jnp.sum(jnp.exp(log_weight_fine) * F)))
     error = jnp.max(jnp.stack(errs))
+
+    # Round-off in log p(y | tau): each of the J terms (log v_j, r_j^2 / v_j) carries a
+    # relative error ~eps, so differences between nodes are known to about this much.
+    roundoff = float(jnp.finfo(dtype).eps) * jnp.sum(
+        jnp.where(mask, jnp.abs(jnp.log(ref.v)) + ref.r2_over_v + 1.0, 0.0))
 
     return TauGrid(
         tau=tau[::2], log_weight=log_weight, mu=jax.tree.map(lambda a: a[::2], mu),
+        roundoff=roundoff,
         tau_fine=tau, log_weight_fine=log_weight_fine, density_z=jnp.exp(log_f - log_z_fine),
         log_evidence=log_z_fine, error=error, truncated=~(ok_left & ok_right),
         converged=conv_left & conv_right,

@@ -1,0 +1,706 @@
+"""hierjax.fit against an independent float64 quadrature reference (tests/reference.py).
+
+Tolerances (read at test time from ``jax.config.jax_enable_x64``, never set here):
+every mean and quantile difference is measured in units of the reference posterior
+sd (the interquartile range where the sd does not exist) and must be <= 1e-8 with
+float64 and <= 1e-4 with float32; sds to the same relative tolerance; ``P(. > 0)``
+to the same absolute tolerance. Published numbers are compared at the accuracy they
+were published with, plus the precision tolerance.
+
+Run under both ``JAX_ENABLE_X64=0`` and ``JAX_ENABLE_X64=1``.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import mpmath
+import numpy as np
+import pytest
+from scipy import special
+
+import hierjax
+from reference import (LEVELS, joint_gaussian_posterior, joint_log_evidence,
+                       precision_posterior, reference)
+
+
+def tol() -> float:
+    """1e-8 (sd units) under float64, 1e-4 under float32."""
+    return 1e-8 if jax.config.jax_enable_x64 else 1e-4
+
+
+def eps() -> float:
+    return float(np.finfo(np.float64 if jax.config.jax_enable_x64 else np.float32).eps)
+
+
+# --------------------------------------------------------------------------- data
+EIGHT_Y = (28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0)
+EIGHT_S = (15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0)
+RUBIN_Y = (28.39, 7.94, -2.75, 6.82, -0.64, 0.63, 18.01, 12.16)
+RUBIN_S = (14.9, 10.2, 16.3, 11.0, 9.4, 11.4, 10.4, 17.6)
+
+
+def _scaled(values, factor):
+    return tuple(float(v) * factor for v in values)
+
+
+def _simulated(J, seed, mu=2.0, tau=1.0):
+    """``sigma ~ U(0.5, 2)``, ``theta ~ N(mu, tau^2)``, ``y ~ N(theta, sigma^2)``."""
+    rng = np.random.default_rng(seed)
+    sigma = rng.uniform(0.5, 2.0, J)
+    theta = mu + tau * rng.standard_normal(J)
+    y = theta + sigma * rng.standard_normal(J)
+    return tuple(map(float, y)), tuple(map(float, sigma))
+
+
+def _some_groups(y, sigma):
+    """A few informative groups of a large dataset: first, last, extreme sigma and y."""
+    y, s = np.asarray(y), np.asarray(sigma)
+    return tuple(sorted({0, len(y) - 1, int(np.argmin(s)), int(np.argmax(s)),
+                         int(np.argmax(y)), int(np.argmin(y))}))
+
+
+J300 = _simulated(300, 300)
+J3000 = _simulated(3000, 3000)
+
+# name -> (y, sigma, tau_prior, mu_prior, groups to check (None: all))
+CASES = {
+    "eight-uniform-flat": (EIGHT_Y, EIGHT_S, "uniform", "flat", None),
+    "eight-halfcauchy5-normal05": (EIGHT_Y, EIGHT_S, "half-cauchy:5", "normal:0,5", None),
+    "eight-halfnormal10-flat": (EIGHT_Y, EIGHT_S, "half-normal:10", "flat", None),
+    "eight-halft3,5-flat": (EIGHT_Y, EIGHT_S, "half-t:3,5", "flat", None),
+    "eight-exponential0.2-flat": (EIGHT_Y, EIGHT_S, "exponential:0.2", "flat", None),
+    # heavy tails: J = 3 (no E[tau], E[mu], sd(mu), E[theta_new]) and J = 4 (no sds)
+    "J3-uniform-flat": (EIGHT_Y[:3], EIGHT_S[:3], "uniform", "flat", None),
+    "J4-uniform-flat": (EIGHT_Y[:4], EIGHT_S[:4], "uniform", "flat", None),
+    "J5-uniform-flat": (EIGHT_Y[:5], EIGHT_S[:5], "uniform", "flat", None),  # sd: tail tau^-2
+    # p(tau | y) is largest at tau = 0
+    "mode-at-zero": ((1.0, 1.3, 0.8, 1.1, 0.9, 1.2), (10.0, 12.0, 9.0, 11.0, 10.0, 13.0),
+                     "uniform", "flat", None),
+    # units: 1e-6 and 1e6 (prior scales move with the data)
+    "eight-1e-6-uniform-flat": (_scaled(EIGHT_Y, 1e-6), _scaled(EIGHT_S, 1e-6),
+                                "uniform", "flat", None),
+    "eight-1e-6-halfcauchy-normal": (_scaled(EIGHT_Y, 1e-6), _scaled(EIGHT_S, 1e-6),
+                                     "half-cauchy:5e-6", "normal:0,5e-6", None),
+    "eight-1e6-uniform-flat": (_scaled(EIGHT_Y, 1e6), _scaled(EIGHT_S, 1e6),
+                               "uniform", "flat", None),
+    "eight-1e6-halfcauchy-normal": (_scaled(EIGHT_Y, 1e6), _scaled(EIGHT_S, 1e6),
+                                    "half-cauchy:5e6", "normal:0,5e6", None),
+    # a large offset (flat mu prior)
+    "eight-offset-1e4": (tuple(v - 1e4 for v in EIGHT_Y), EIGHT_S, "uniform", "flat", None),
+    # sigma ratio 1e6 within one dataset
+    "sigma-ratio-1e6": ((0.3, -1.2, 2.5, 40.0, 0.8, -0.5), (1e-3, 1.0, 2.0, 1e3, 1.0, 1.5),
+                        "uniform", "flat", None),
+    # large J: a needle-sharp p(tau | y)
+    "J300-uniform-flat": J300 + ("uniform", "flat", _some_groups(*J300)),
+    "J3000-uniform-flat": J3000 + ("uniform", "flat", _some_groups(*J3000)),
+}
+# Each tau-prior family, J padding and batch size is one more XLA compilation of the
+# engine (20-40 s each on 2 CPU cores): cases that need their own are marked slow, so
+# that the default selection compiles only (uniform, flat) and (half-Cauchy, normal).
+SLOW = {"eight-halfnormal10-flat", "eight-halft3,5-flat", "eight-exponential0.2-flat",
+        "J300-uniform-flat", "J3000-uniform-flat"}
+
+
+def _case_params():
+    return [pytest.param(k, marks=pytest.mark.slow) if k in SLOW else k for k in CASES]
+
+
+@functools.lru_cache(maxsize=None)
+def _fit(y, sigma, tau_prior="uniform", mu_prior="flat"):
+    return hierjax.fit(np.array(y), np.array(sigma), tau_prior=tau_prior, mu_prior=mu_prior)
+
+
+def _ref(y, sigma, tau_prior="uniform", mu_prior="flat"):
+    return reference(tuple(y), tuple(sigma), tau_prior, mu_prior)
+
+
+# --------------------------------------------------------------------------- comparison
+def compare_marginal(label, m, idx, ref, t, *, is_tau=False):
+    """Differences between ``hierjax`` Marginal ``m[idx]`` and a RefMarginal, as messages."""
+    errs = []
+    mean, sd = float(np.asarray(m.mean)[idx]), float(np.asarray(m.sd)[idx])
+    q = np.asarray(m.quantiles, np.float64)[idx]
+    me, se = bool(np.asarray(m.mean_exists)[idx]), bool(np.asarray(m.sd_exists)[idx])
+    scale = ref.scale
+    unit = "sd" if ref.sd_exists else "IQR"
+    if ref.mean_exists:
+        d = abs(mean - ref.mean) / scale
+        if not me:
+            errs.append(f"{label}: mean_exists is False, the mean exists")
+        if not d <= t:
+            errs.append(f"{label}: mean {mean!r} vs reference {ref.mean!r} "
+                        f"({d:.3g} {unit} > {t:g})")
+    else:
+        if me:
+            errs.append(f"{label}: mean_exists is True, the mean does not exist")
+        ok = (mean == math.inf) if is_tau else math.isnan(mean)
+        if not ok:
+            errs.append(f"{label}: nonexistent mean reported as {mean!r} "
+                        f"(expected {'inf' if is_tau else 'nan'})")
+    if ref.sd_exists:
+        d = abs(sd - ref.sd) / ref.sd
+        if not se:
+            errs.append(f"{label}: sd_exists is False, the sd exists")
+        if not d <= t:
+            errs.append(f"{label}: sd {sd!r} vs reference {ref.sd!r} (relative {d:.3g} > {t:g})")
+    else:
+        if se:
+            errs.append(f"{label}: sd_exists is True, the sd does not exist")
+        if sd != math.inf:
+            errs.append(f"{label}: nonexistent sd reported as {sd!r} (expected inf)")
+    for p, a, b in zip(ref.levels, q, ref.quantiles):
+        d = abs(a - b) / scale
+        if not d <= t:
+            errs.append(f"{label}: quantile {p} {a!r} vs reference {b!r} "
+                        f"({d:.3g} {unit} > {t:g})")
+    pg = float(np.asarray(m.p_gt0)[idx])
+    if not abs(pg - ref.p_gt0) <= t:
+        errs.append(f"{label}: P(>0) {pg!r} vs reference {ref.p_gt0!r} "
+                    f"(|diff| {abs(pg - ref.p_gt0):.3g} > {t:g})")
+    return errs
+
+
+def compare_fit(f, b, r, groups, t, label=""):
+    """All checks of dataset ``b`` of Fit ``f`` against Reference ``r``."""
+    errs = []
+    assert tuple(np.asarray(f.levels)) == LEVELS
+    errs += compare_marginal(f"{label}tau", f.tau, b, r.marginal("tau"), t, is_tau=True)
+    errs += compare_marginal(f"{label}mu", f.mu, b, r.marginal("mu"), t)
+    errs += compare_marginal(f"{label}theta_new", f.theta_new, b, r.marginal("theta_new"), t)
+    for j in (range(r.J) if groups is None else groups):
+        errs += compare_marginal(f"{label}theta[{j}]", f.theta, (b, j), r.marginal("theta", j), t)
+    # posterior mode of tau
+    mode = float(f.tau_mode[b])
+    if r.mode == 0.0:
+        if mode != 0.0:
+            errs.append(f"{label}tau_mode {mode!r}, reference mode is exactly 0")
+    elif not abs(mode - r.mode) / r.marginal("tau").scale <= t:
+        errs.append(f"{label}tau_mode {mode!r} vs reference {r.mode!r} "
+                    f"({abs(mode - r.mode) / r.marginal('tau').scale:.3g} sd > {t:g})")
+    # log marginal likelihood
+    lml = float(f.log_marginal_likelihood[b])
+    if r.proper:
+        if not abs(lml - r.log_evidence) <= t:
+            errs.append(f"{label}log_marginal_likelihood {lml!r} vs reference "
+                        f"{r.log_evidence!r} (|diff| {abs(lml - r.log_evidence):.3g} > {t:g})")
+    elif not math.isnan(lml):
+        errs.append(f"{label}log_marginal_likelihood {lml!r} with an improper prior (expected nan)")
+    return errs
+
+
+def _report(errs):
+    assert not errs, f"{len(errs)} mismatch(es):\n  " + "\n  ".join(errs)
+
+
+# --------------------------------------------------------------------------- the reference itself
+def _mp_posterior(y, sigma, tau_prior, mu_prior):
+    """mpmath versions of the unnormalised posterior pieces, memoised per node (use under
+    ``mpmath.workdps``)."""
+    Y = [mpmath.mpf(v) for v in y]
+    S2 = [mpmath.mpf(v) ** 2 for v in sigma]
+    obs_extra = []
+    if mu_prior != "flat":
+        m0, s0 = (mpmath.mpf(v) for v in mu_prior.split(":")[1].split(","))
+        obs_extra = [(m0, s0 ** 2)]
+    if tau_prior == "uniform":
+        def log_prior(t):
+            return mpmath.mpf(0)
+    else:
+        s = mpmath.mpf(tau_prior.split(":")[1])
+
+        def log_prior(t):   # half-Cauchy(s)
+            return mpmath.log(2 / (mpmath.pi * s * (1 + (t / s) ** 2)))
+    memo = {}
+
+    def node(t):
+        if t not in memo:
+            obs = [(yy, s2 + t * t) for yy, s2 in zip(Y, S2)] + obs_extra
+            P = mpmath.fsum(1 / w for _, w in obs)
+            mh = mpmath.fsum(x / w for x, w in obs) / P
+            ll = -(len(obs) - 1) * mpmath.log(2 * mpmath.pi) / 2 \
+                - mpmath.fsum(mpmath.log(w) for _, w in obs) / 2 - mpmath.log(P) / 2 \
+                - mpmath.fsum((x - mh) ** 2 / w for x, w in obs) / 2
+            memo[t] = (mpmath.exp(ll + log_prior(t)), mh, 1 / P)
+        return memo[t]
+    return node
+
+
+MPMATH_CASES = {
+    "eight-uniform-flat": (EIGHT_Y, EIGHT_S, "uniform", "flat", 1.0),
+    "eight-halfcauchy5-normal05": (EIGHT_Y, EIGHT_S, "half-cauchy:5", "normal:0,5", 1.0),
+    "eight-1e6-uniform-flat": (_scaled(EIGHT_Y, 1e6), _scaled(EIGHT_S, 1e6), "uniform", "flat", 1e6),
+    "J5-uniform-flat": (EIGHT_Y[:5], EIGHT_S[:5], "uniform", "flat", 1.0),   # sd(tau): tail tau^-2
+    "J3-uniform-flat": (EIGHT_Y[:3], EIGHT_S[:3], "uniform", "flat", 1.0),   # no mean
+}
+
+
+@pytest.mark.parametrize("case", list(MPMATH_CASES))
+def test_reference_against_mpmath(case):
+    """The scipy reference agrees with 30-digit mpmath tanh-sinh quadrature to ~1e-11."""
+    with mpmath.workdps(30):
+        _check_against_mpmath(*MPMATH_CASES[case])
+
+
+def _check_against_mpmath(y, sigma, tau_prior, mu_prior, unit):
+    r = _ref(y, sigma, tau_prior, mu_prior)
+    node = _mp_posterior(y, sigma, tau_prior, mu_prior)
+    pts = [0, 1, 3, 6, 10, 20, 50, 200, 1e3, 1e4, 1e5, mpmath.inf]   # in units of `unit`
+
+    f1 = node(mpmath.mpf(unit))[0]   # mpmath.quad's tolerance is absolute: integrate f / f1
+
+    def E(g, a=0, b=mpmath.inf):
+        """int_a^b p(tau) p(y | tau) g dtau, integrated in u = tau / unit."""
+        a, b = a / unit, b / unit
+        sub = [a] + [p for p in pts if a < p < b] + [b]
+        return unit * f1 * mpmath.quad(
+            lambda u: node(unit * u)[0] / f1 * g(unit * u, *node(unit * u)[1:]), sub)
+
+    mt, mm, th = r.marginal("tau"), r.marginal("mu"), r.marginal("theta", 0)
+    Z = E(lambda t, m, v: 1)
+    checks = [("log evidence", r.log_evidence, float(mpmath.log(Z)), 1e-11, "abs")]
+    if mt.mean_exists:
+        e_tau = E(lambda t, m, v: t) / Z
+        e_mu = E(lambda t, m, v: m) / Z
+        checks += [("E[tau]", mt.mean, float(e_tau), 1e-11, "rel"),
+                   ("E[mu]", mm.mean, float(e_mu), 1e-11, "rel")]
+    if mt.sd_exists:
+        sd_tau = mpmath.sqrt(E(lambda t, m, v: (t - e_tau) ** 2) / Z)
+        sd_mu = mpmath.sqrt(E(lambda t, m, v: v + (m - e_mu) ** 2) / Z)
+        checks += [("sd(tau)", mt.sd, float(sd_tau), 1e-11, "rel"),
+                   ("sd(mu)", mm.sd, float(sd_mu), 1e-11, "rel")]
+    p_mu = E(lambda t, m, v: mpmath.ncdf(m / mpmath.sqrt(v))) / Z
+    checks.append(("P(mu>0)", mm.p_gt0, float(p_mu), 1e-12, "abs"))
+    for p in (0.025, 0.5, 0.975):
+        q = mpmath.mpf(r.quantile("tau", p))
+        checks.append((f"F_tau(q{p})", p, float(E(lambda t, m, v: 1, 0, q) / Z), 1e-12, "abs"))
+        q = r.quantile("mu", p)
+        F = E(lambda t, m, v: mpmath.ncdf((q - m) / mpmath.sqrt(v))) / Z
+        checks.append((f"F_mu(q{p})", p, float(F), 1e-12, "abs"))
+    s2 = sigma[0] ** 2
+    e_th0 = E(lambda t, m, v: (t * t * y[0] + s2 * m) / (s2 + t * t)) / Z
+    checks.append(("E[theta_1]", th.mean, float(e_th0), 1e-11, "rel"))
+    errs = []
+    for name, got, want, t, kind in checks:
+        d = abs(got - want) / (abs(want) if kind == "rel" else 1.0)
+        if not d <= t:
+            errs.append(f"{name}: reference {got!r} vs mpmath {want!r} ({kind} {d:.3g} > {t:g})")
+    _report(errs)
+
+
+@pytest.mark.parametrize("tau", [0.3, 5.0, 60.0])
+@pytest.mark.parametrize("mu_prior", ["flat", "normal:0,5"])
+def test_reference_conditionals_against_dense_gaussian(tau, mu_prior):
+    """Closed-form conditionals and log p(y | tau) of the reference vs dense linear algebra."""
+    r = _ref(EIGHT_Y, EIGHT_S, "uniform", mu_prior)
+    mh, V, th_m, th_v = r.conditional(tau)
+    got_mean = np.concatenate([[mh], th_m])
+    got_var = np.concatenate([[V], th_v])
+    got_ll = float(r.log_lik([tau])[0])
+    y = np.array(EIGHT_Y)
+    if mu_prior == "flat":
+        mean, cov = precision_posterior(EIGHT_Y, EIGHT_S, tau)
+        np.testing.assert_allclose(got_mean, mean, rtol=1e-12, atol=1e-12 * np.sqrt(cov[0, 0]))
+        np.testing.assert_allclose(got_var, np.diag(cov), rtol=1e-11)
+        # the flat prior as the limit of a very wide normal one (bias ~ sigma^2 / s0^2)
+        s0 = 1e4 * float(np.max(EIGHT_S))
+        mean_w, cov_w = joint_gaussian_posterior(EIGHT_Y, EIGHT_S, tau, 0.0, s0)
+        np.testing.assert_allclose(mean_w, mean, rtol=1e-6, atol=1e-6 * np.sqrt(cov[0, 0]))
+        np.testing.assert_allclose(np.diag(cov_w), np.diag(cov), rtol=1e-6)
+        # log p(y | tau) against Lebesgue measure on mu: p_s0(y) * sqrt(2 pi) s0 -> it
+        ll_w = joint_log_evidence(y, EIGHT_S, tau, 0.0, s0) + math.log(math.sqrt(2 * math.pi) * s0)
+        assert got_ll == pytest.approx(ll_w, abs=1e-6)
+        # exact: mpmath (60 digits) with an astronomically wide prior
+        with mpmath.workdps(60):
+            S0 = mpmath.mpf(10) ** 25
+            C = mpmath.matrix(8, 8)
+            for i in range(8):
+                for j in range(8):
+                    C[i, j] = S0 ** 2 + (EIGHT_S[i] ** 2 + tau ** 2 if i == j else 0)
+            yv = mpmath.matrix(EIGHT_Y)
+            ll_mp = float(-4 * mpmath.log(2 * mpmath.pi) - mpmath.log(mpmath.det(C)) / 2
+                          - (yv.T * mpmath.lu_solve(C, yv))[0] / 2
+                          + mpmath.log(mpmath.sqrt(2 * mpmath.pi) * S0))
+        assert got_ll == pytest.approx(ll_mp, abs=1e-11)
+    else:
+        m0, s0 = 0.0, 5.0
+        mean, cov = joint_gaussian_posterior(EIGHT_Y, EIGHT_S, tau, m0, s0)
+        mean_p, cov_p = precision_posterior(EIGHT_Y, EIGHT_S, tau, m0, s0)
+        np.testing.assert_allclose(mean, mean_p, rtol=1e-11, atol=1e-11 * s0)
+        np.testing.assert_allclose(cov, cov_p, rtol=1e-10, atol=1e-12 * s0 ** 2)
+        np.testing.assert_allclose(got_mean, mean, rtol=1e-11, atol=1e-11 * s0)
+        np.testing.assert_allclose(got_var, np.diag(cov), rtol=1e-11)
+        assert got_ll == pytest.approx(joint_log_evidence(y, EIGHT_S, tau, m0, s0), abs=1e-11)
+
+
+def test_reference_matches_published_values():
+    """The reference reproduces BDA3 and bayesmeta's published numbers and the seed's pooling."""
+    errs = []
+
+    def near(name, got, want, atol=0.0, rtol=0.0):
+        if not abs(got - want) <= atol + rtol * abs(want):
+            errs.append(f"{name}: reference {got!r} vs published {want!r}")
+
+    r = _ref(EIGHT_Y, EIGHT_S)
+    near("BDA3 E[mu]", r.moments("mu")[0], 7.932, atol=5e-4)
+    near("BDA3 E[tau]", r.moments("tau")[0], 6.575, atol=5e-4)
+    r = _ref(EIGHT_Y, EIGHT_S, "half-cauchy:5", "normal:0,5")
+    near("HC5 E[mu]", r.moments("mu")[0], 4.397, atol=5e-4)
+    near("HC5 E[tau]", r.moments("tau")[0], 3.598, atol=5e-4)
+    r = _ref(RUBIN_Y, RUBIN_S)
+    near("bayesmeta E[mu]", r.moments("mu")[0], 8.092138, rtol=2e-3)
+    near("bayesmeta sd(mu)", r.moments("mu")[1], 5.246683, rtol=2e-3)
+    near("bayesmeta E[tau]", r.moments("tau")[0], 6.585992, rtol=2e-7)
+    near("bayesmeta sd(tau)", r.moments("tau")[1], 5.685974, rtol=2e-7)
+    near("bayesmeta median(tau)", r.quantile("tau", 0.5), 5.227732, rtol=2e-7)
+    r = _ref(RUBIN_Y, RUBIN_S, "half-cauchy:25", "normal:0,50")
+    near("bayesmeta HC25 E[mu]", r.moments("mu")[0], 7.985729, rtol=2e-3)
+    near("bayesmeta HC25 E[tau]", r.moments("tau")[0], 5.884511, rtol=1e-6)
+    near("bayesmeta HC25 sd(tau)", r.moments("tau")[1], 4.869904, rtol=1e-6)
+    near("bayesmeta HC25 P(mu>0)", r.moments("mu")[4], 0.9487521, rtol=2e-3)
+    # complete pooling = the mu | tau = 0 conditional
+    mh, V, _, _ = _ref(EIGHT_Y, EIGHT_S).conditional(0.0)
+    near("complete pooling mean", mh, 7.685617, atol=5e-7)
+    near("P(y_new >= 28)", special.ndtr((mh - 28.0) / math.sqrt(V + 15.0 ** 2)), 0.09560784,
+         atol=5e-9)
+    near("P(y_new < -3)", special.ndtr((-3.0 - mh) / math.sqrt(V + 16.0 ** 2)), 0.2587447,
+         atol=5e-8)
+    _report(errs)
+
+
+# --------------------------------------------------------------------------- fit vs reference
+# Known limitation (issue 2 stays open on it): in float32 the J log-likelihood terms of a
+# large dataset carry round-off that moves tail quantiles by up to ~3e-4 sd. Such fits
+# carry the `roundoff_limited` status (checked below); there, and only when they miss,
+# the accuracy tests are reported as expected failures instead of passing silently.
+ROUNDOFF_LIMITED_F32 = {"J300-uniform-flat", "J3000-uniform-flat"}
+
+
+def _known_f32_limit(case):
+    if case in ROUNDOFF_LIMITED_F32 and not jax.config.jax_enable_x64:
+        pytest.xfail("float32 log-likelihood round-off at large J (status roundoff_limited)")
+
+
+@pytest.mark.parametrize("case", _case_params())
+def test_fit_matches_reference(case):
+    y, sigma, tp, mp, groups = CASES[case]
+    f = _fit(y, sigma, tp, mp)
+    errs = compare_fit(f, 0, _ref(y, sigma, tp, mp), groups, tol())
+    if errs:
+        _known_f32_limit(case)
+    _report(errs)
+
+
+@pytest.mark.parametrize("case", _case_params())
+def test_fit_status_ok(case):
+    """Valid data that the engine resolves get status 0 ('ok'); large J in float32 must
+    say that round-off limits it."""
+    y, sigma, tp, mp, _ = CASES[case]
+    f = _fit(y, sigma, tp, mp)
+    want = 0
+    if case in ROUNDOFF_LIMITED_F32 and not jax.config.jax_enable_x64:
+        want = hierjax.STATUS["roundoff_limited"]
+    assert int(f.status[0]) == want, (f"status {int(f.status[0])} "
+                                      f"({hierjax.status_text(int(f.status[0]))}), "
+                                      f"grid_error {float(f.grid_error[0]):.3g}")
+
+
+@pytest.mark.slow
+def test_custom_log_density_prior():
+    """A JAX callable (unnormalised half-normal(10)) gives the half-normal:10 posterior."""
+    f = hierjax.fit(np.array(EIGHT_Y), np.array(EIGHT_S),
+                    tau_prior=lambda t: -0.5 * (t / 10.0) ** 2, mu_prior="flat")
+    errs = compare_fit(f, 0, _ref(EIGHT_Y, EIGHT_S, "half-normal:10", "flat"), None, tol())
+    # improper-flagged custom prior: no evidence; everything else must match
+    errs = [e for e in errs if "log_marginal_likelihood" not in e]
+    assert math.isnan(float(f.log_marginal_likelihood[0]))
+    _report(errs)
+
+
+def test_heavy_tails_J3_existence():
+    """J = 3, uniform/flat: E[tau], E[mu], sd(mu), E[theta_new] do not exist; quantiles do."""
+    y, sigma = EIGHT_Y[:3], EIGHT_S[:3]
+    f = _fit(y, sigma)
+    r = _ref(y, sigma)
+    assert not r.marginal("tau").mean_exists and not r.marginal("mu").mean_exists
+    for name, m in (("tau", f.tau), ("mu", f.mu), ("theta_new", f.theta_new)):
+        assert not bool(m.mean_exists[0]), f"{name}.mean_exists should be False"
+        assert not bool(m.sd_exists[0]), f"{name}.sd_exists should be False"
+        assert float(m.sd[0]) == math.inf, f"{name}.sd = {float(m.sd[0])!r}, expected inf"
+    assert float(f.tau.mean[0]) == math.inf, f"tau.mean = {float(f.tau.mean[0])!r}, expected inf"
+    assert math.isnan(float(f.mu.mean[0])), f"mu.mean = {float(f.mu.mean[0])!r}, expected nan"
+    assert math.isnan(float(f.theta_new.mean[0]))
+    # theta_j: both moments exist (bounded conditional means and variances)
+    assert np.all(np.asarray(f.theta.mean_exists[0][:3])) and np.all(np.isfinite(f.theta.sd[0][:3]))
+    t = tol()
+    errs = []
+    for name, m in (("tau", f.tau), ("mu", f.mu), ("theta_new", f.theta_new)):
+        rm = r.marginal(name)
+        q = np.asarray(m.quantiles[0], np.float64)
+        for p, a, b in zip(LEVELS, q, rm.quantiles):
+            if not abs(a - b) / rm.scale <= t:
+                errs.append(f"{name} quantile {p}: {a!r} vs reference {b!r} "
+                            f"({abs(a - b) / rm.scale:.3g} IQR > {t:g})")
+    _report(errs)
+
+
+def test_heavy_tails_J4_existence():
+    """J = 4, uniform/flat: E[tau] and E[mu] exist, sd(tau), sd(mu), sd(theta_new) do not."""
+    y, sigma = EIGHT_Y[:4], EIGHT_S[:4]
+    f = _fit(y, sigma)
+    r = _ref(y, sigma)
+    assert r.marginal("tau").mean_exists and not r.marginal("tau").sd_exists
+    for name, m in (("tau", f.tau), ("mu", f.mu), ("theta_new", f.theta_new)):
+        assert bool(m.mean_exists[0]), f"{name}.mean_exists should be True"
+        assert np.isfinite(float(m.mean[0])), f"{name}.mean = {float(m.mean[0])!r}"
+        assert not bool(m.sd_exists[0]), f"{name}.sd_exists should be False"
+        assert float(m.sd[0]) == math.inf
+    t = tol()
+    errs = []
+    for name, m in (("tau", f.tau), ("mu", f.mu), ("theta_new", f.theta_new)):
+        rm = r.marginal(name)
+        d = abs(float(m.mean[0]) - rm.mean) / rm.scale
+        if not d <= t:
+            errs.append(f"{name} mean {float(m.mean[0])!r} vs reference {rm.mean!r} ({d:.3g} IQR)")
+    _report(errs)
+
+
+@pytest.mark.parametrize("y,sigma", [CASES["mode-at-zero"][:2], (EIGHT_Y, EIGHT_S)])
+def test_tau_mode_at_zero(y, sigma):
+    """Where p(tau | y) (uniform prior) peaks at tau = 0, tau_mode is exactly 0."""
+    r = _ref(y, sigma)
+    assert r.mode == 0.0
+    # the density really is largest at 0: the derivative of log p at 0+ is negative
+    assert r.log_post([0.0])[0] > r.log_post([1e-3 * min(sigma)])[0]
+    f = _fit(y, sigma)
+    assert float(f.tau_mode[0]) == 0.0, f"tau_mode = {float(f.tau_mode[0])!r}"
+
+
+@pytest.mark.parametrize("factor", [1e-6, 1e6])
+@pytest.mark.parametrize("priors", [("uniform", "flat"), ("half-cauchy:5", "normal:0,5")])
+def test_scale_invariance(factor, priors):
+    """Data (and prior scales) in other units give the scaled answer."""
+    tp, mp = priors
+    tp_s = tp if tp == "uniform" else f"half-cauchy:{5 * factor:g}"
+    mp_s = mp if mp == "flat" else f"normal:0,{5 * factor:g}"
+    f1 = _fit(EIGHT_Y, EIGHT_S, tp, mp)
+    fs = _fit(_scaled(EIGHT_Y, factor), _scaled(EIGHT_S, factor), tp_s, mp_s)
+    r = _ref(EIGHT_Y, EIGHT_S, tp, mp)
+    t = tol()
+    errs = []
+    for name in ("tau", "mu", "theta_new", "theta"):
+        for j in (range(8) if name == "theta" else [None]):
+            idx = 0 if j is None else (0, j)
+            a, b = getattr(f1, name), getattr(fs, name)
+            sc = r.marginal(name, j).scale
+            pairs = [("mean", a.mean, b.mean, sc), ("sd", a.sd, b.sd, r.marginal(name, j).sd)]
+            for k, lv in enumerate(LEVELS):
+                pairs.append((f"q{lv}", np.asarray(a.quantiles)[..., k], np.asarray(b.quantiles)[..., k], sc))
+            for what, u, s, unit in pairs:
+                u_, s_ = float(np.asarray(u)[idx]) * factor, float(np.asarray(s)[idx])
+                d = abs(s_ - u_) / (unit * factor)
+                if not d <= t:
+                    errs.append(f"{name}{'' if j is None else f'[{j}]'} {what}: scaled fit {s_!r} "
+                                f"vs fit x {factor:g} = {u_!r} ({d:.3g} sd)")
+            pa, pb = float(np.asarray(a.p_gt0)[idx]), float(np.asarray(b.p_gt0)[idx])
+            if not abs(pa - pb) <= t:
+                errs.append(f"{name} P(>0): {pb!r} vs unscaled {pa!r}")
+    m1, ms = float(f1.tau_mode[0]), float(fs.tau_mode[0])
+    if not abs(ms - factor * m1) <= t * factor * r.marginal("tau").sd:
+        errs.append(f"tau_mode {ms!r} vs {factor * m1!r}")
+    if mp != "flat":
+        want = float(f1.log_marginal_likelihood[0]) - 8 * math.log(factor)
+        got = float(fs.log_marginal_likelihood[0])
+        if not abs(got - want) <= t:
+            errs.append(f"log_marginal_likelihood {got!r} vs {want!r} (unscaled - J log factor)")
+    _report(errs)
+
+
+def _same(u, v, atol):
+    """Equal non-finite entries (inf, nan) and finite ones within ``atol``."""
+    u, v = np.atleast_1d(u), np.atleast_1d(v)
+    fin = np.isfinite(u)
+    if not np.array_equal(fin, np.isfinite(v)):
+        return False
+    if not np.array_equal(u[~fin], v[~fin], equal_nan=True):
+        return False
+    atol = np.broadcast_to(np.asarray(atol, np.float64), u.shape)
+    return bool(np.all(np.abs(u[fin] - v[fin]) <= atol[fin]))
+
+
+@pytest.mark.slow
+def test_ragged_batch():
+    """Datasets of J = 3, 5, 8, 12 fitted together match their references and solo fits."""
+    y12, s12 = _simulated(12, 12, mu=5.0, tau=4.0)
+    s12 = tuple(5.0 * s for s in s12)
+    data = [(EIGHT_Y[:3], EIGHT_S[:3]), (EIGHT_Y[:5], EIGHT_S[:5]), (EIGHT_Y, EIGHT_S), (y12, s12)]
+    f = hierjax.fit([np.array(y) for y, _ in data], [np.array(s) for _, s in data])
+    assert f.theta.mean.shape[0] == 4
+    t = tol()
+    errs = []
+    for b, (y, s) in enumerate(data):
+        J = len(y)
+        assert int(f.n_groups[b]) == J
+        assert np.all(np.isnan(np.asarray(f.theta.mean[b])[J:]))
+        errs += compare_fit(f, b, _ref(y, s), None, t, label=f"[J={J}] ")
+        solo = _fit(y, s)
+        r = _ref(y, s)
+        for name in ("tau", "mu", "theta_new", "theta"):
+            for j in (range(J) if name == "theta" else [None]):
+                ib, i1 = (b,) if j is None else (b, j), (0,) if j is None else (0, j)
+                mb, m1 = getattr(f, name), getattr(solo, name)
+                sc = r.marginal(name, j).scale
+                for what in ("mean", "sd", "quantiles", "p_gt0"):
+                    u = np.asarray(getattr(mb, what), np.float64)[ib]
+                    v = np.asarray(getattr(m1, what), np.float64)[i1]
+                    unit = {"p_gt0": 1.0, "sd": r.marginal(name, j).sd}.get(what, sc)
+                    bound = 256 * eps() * (np.abs(v) + unit)
+                    if what == "quantiles":
+                        # The solvers stop when |F(q) - p| is at round-off (~K eps, K ~ 65
+                        # nodes; padding to another J changes it); q moves by that over the
+                        # density, which in a tail is at least min(p, 1-p) / |q - median|.
+                        lv = np.asarray(LEVELS)
+                        med = np.interp(0.5, lv, v)
+                        bound = bound + 64 * 65 * eps() * np.abs(v - med) / np.minimum(lv, 1 - lv)
+                    if not _same(u, v, bound):
+                        errs.append(f"[J={J}] {name}{'' if j is None else f'[{j}]'} {what}: "
+                                    f"batched {u!r} vs alone {v!r}")
+    _report(errs)
+
+
+# --------------------------------------------------------------------------- published numbers
+def _near(errs, name, got, want, pub_atol=0.0, pub_rtol=0.0, sd=0.0):
+    """``|got - want| <= published accuracy + precision tolerance (sd units)``."""
+    lim = pub_atol + pub_rtol * abs(want) + tol() * sd
+    if not abs(got - want) <= lim:
+        errs.append(f"{name}: {got!r} vs published {want!r} (|diff| {abs(got - want):.3g} > {lim:.3g})")
+
+
+def _half_unit(x, digits):
+    """Half a unit in the last of ``digits`` significant digits of ``x``."""
+    return 0.5 * 10.0 ** (math.floor(math.log10(abs(x))) - digits + 1)
+
+
+def test_seed_complete_pooling_numbers():
+    """The seed lecture: Fisher-weighted mean 7.685617 and two predictive probabilities."""
+    y, s = np.array(EIGHT_Y), np.array(EIGHT_S)
+    errs = []
+    cp = hierjax.complete_pooling(y, s)
+    slop = 4 * eps()   # representation of the result in the compute dtype
+    m = float(cp.mean[0])
+    _near(errs, "complete pooling mean", m, 7.685617, pub_atol=_half_unit(7.685617, 7) + slop * m)
+    prec = 1 / s ** 2
+    sd_exact = math.sqrt(1 / prec.sum())
+    _near(errs, "complete pooling sd", float(cp.sd[0]), sd_exact, pub_rtol=slop)
+    np.testing.assert_allclose(np.asarray(cp.weights[0], np.float64), prec / prec.sum(),
+                               rtol=slop)
+    _, _, p28 = hierjax.complete_pooling_predictive(y, s, 15.0, 28.0)
+    p = float(np.asarray(p28).reshape(-1)[0])
+    _near(errs, "P(y_new >= 28 | sigma=15)", p, 0.09560784,
+          pub_atol=_half_unit(0.09560784, 7) + slop * p)
+    _, _, pm3 = hierjax.complete_pooling_predictive(y, s, 16.0, -3.0)
+    p = 1.0 - float(np.asarray(pm3).reshape(-1)[0])
+    _near(errs, "P(y_new < -3 | sigma=16)", p, 0.2587447,
+          pub_atol=_half_unit(0.2587447, 7) + slop * p)
+    _report(errs)
+
+
+def test_bda3_published_values():
+    """BDA3 (exact computation): uniform/flat and half-Cauchy(5)/normal(0,5) posterior means."""
+    errs = []
+    f = _fit(EIGHT_Y, EIGHT_S)
+    r = _ref(EIGHT_Y, EIGHT_S)
+    _near(errs, "uniform E[mu]", float(f.mu.mean[0]), 7.932, 5e-4, sd=r.marginal("mu").sd)
+    _near(errs, "uniform E[tau]", float(f.tau.mean[0]), 6.575, 5e-4, sd=r.marginal("tau").sd)
+    f = _fit(EIGHT_Y, EIGHT_S, "half-cauchy:5", "normal:0,5")
+    r = _ref(EIGHT_Y, EIGHT_S, "half-cauchy:5", "normal:0,5")
+    _near(errs, "HC5 E[mu]", float(f.mu.mean[0]), 4.397, 5e-4, sd=r.marginal("mu").sd)
+    _near(errs, "HC5 E[tau]", float(f.tau.mean[0]), 3.598, 5e-4, sd=r.marginal("tau").sd)
+    _report(errs)
+
+
+def test_bayesmeta_published_values():
+    """bayesmeta's vignette on Rubin's unrounded eight schools (hierjax.rubin_eight_schools())."""
+    y, s = hierjax.rubin_eight_schools()
+    assert tuple(y) == RUBIN_Y and tuple(s) == RUBIN_S
+    errs = []
+    f = _fit(RUBIN_Y, RUBIN_S)
+    r = _ref(RUBIN_Y, RUBIN_S)
+    sd_mu, sd_tau = r.marginal("mu").sd, r.marginal("tau").sd
+    # bayesmeta's mu summaries carry ~1e-3 relative error by design; tau's ~1e-7
+    _near(errs, "uniform E[mu]", float(f.mu.mean[0]), 8.092138, pub_rtol=2e-3, sd=sd_mu)
+    _near(errs, "uniform sd(mu)", float(f.mu.sd[0]), 5.246683, pub_rtol=2e-3, sd=sd_mu)
+    _near(errs, "uniform E[tau]", float(f.tau.mean[0]), 6.585992, pub_rtol=2e-7, sd=sd_tau)
+    _near(errs, "uniform sd(tau)", float(f.tau.sd[0]), 5.685974, pub_rtol=2e-7, sd=sd_tau)
+    med = float(f.tau.quantiles[0][LEVELS.index(0.5)])
+    _near(errs, "uniform median(tau)", med, 5.227732, pub_rtol=2e-7, sd=sd_tau)
+    f = _fit(RUBIN_Y, RUBIN_S, "half-cauchy:25", "normal:0,50")
+    r = _ref(RUBIN_Y, RUBIN_S, "half-cauchy:25", "normal:0,50")
+    sd_mu, sd_tau = r.marginal("mu").sd, r.marginal("tau").sd
+    _near(errs, "HC25 E[mu]", float(f.mu.mean[0]), 7.985729, pub_rtol=2e-3, sd=sd_mu)
+    _near(errs, "HC25 E[tau]", float(f.tau.mean[0]), 5.884511, pub_rtol=1e-6, sd=sd_tau)
+    _near(errs, "HC25 sd(tau)", float(f.tau.sd[0]), 4.869904, pub_rtol=1e-6, sd=sd_tau)
+    _near(errs, "HC25 P(mu>0)", float(f.mu.p_gt0[0]), 0.9487521, pub_rtol=2e-3)
+    _report(errs)
+
+
+# --------------------------------------------------------------------------- partial pooling
+@pytest.mark.parametrize("tau", [0.5, 5.0, 50.0])
+@pytest.mark.parametrize("mu_prior", ["flat", "normal:0,5"])
+@pytest.mark.parametrize("data", ["eight", "sigma-ratio-1e6"])
+def test_partial_pooling_fixed_tau_dense(tau, mu_prior, data):
+    """partial_pooling at a fixed tau equals the dense joint-Gaussian conditioning."""
+    y, s = (np.array(v) for v in ((EIGHT_Y, EIGHT_S) if data == "eight"
+                                  else CASES["sigma-ratio-1e6"][:2]))
+    pp = hierjax.partial_pooling(y, s, tau, mu_prior=mu_prior)
+    if mu_prior == "flat":
+        mean, cov = precision_posterior(y, s, tau)
+    elif data == "eight":
+        mean, cov = joint_gaussian_posterior(y, s, tau, 0.0, 5.0)
+    else:   # the covariance form cancels digits when a posterior sd is 1e-6 of a prior sd
+        mean, cov = precision_posterior(y, s, tau, 0.0, 5.0)
+    sd = np.sqrt(np.diag(cov))
+    t = tol()
+    got_m = np.concatenate([np.asarray(pp.mu_mean, np.float64).reshape(-1),
+                            np.asarray(pp.theta_mean, np.float64).reshape(-1)])
+    got_s = np.concatenate([np.asarray(pp.mu_sd, np.float64).reshape(-1),
+                            np.asarray(pp.theta_sd, np.float64).reshape(-1)])
+    np.testing.assert_array_less(np.abs(got_m - mean) / sd, t,
+                                 err_msg=f"means (mu, theta) {got_m} vs dense {mean}")
+    np.testing.assert_array_less(np.abs(got_s - sd) / sd, t,
+                                 err_msg=f"sds (mu, theta) {got_s} vs dense {sd}")
+    np.testing.assert_allclose(np.asarray(pp.shrinkage, np.float64).reshape(-1),
+                               s ** 2 / (s ** 2 + tau ** 2), rtol=t)
+
+
+@pytest.mark.parametrize("tau,mu", [(5.0, 8.0), (0.5, -3.0), (50.0, 20.0)])
+def test_partial_pooling_known_mu_tau(tau, mu):
+    """With mu and tau known: the seed's precision-weighted shrinkage formula."""
+    y, s = np.array(EIGHT_Y), np.array(EIGHT_S)
+    pp = hierjax.partial_pooling(y, s, tau, mu=mu)
+    prec = 1 / s ** 2 + 1 / tau ** 2
+    want_m = (y / s ** 2 + mu / tau ** 2) / prec
+    want_s = np.sqrt(1 / prec)
+    t = tol()
+    np.testing.assert_array_less(np.abs(np.asarray(pp.theta_mean[0], np.float64) - want_m) / want_s,
+                                 t, err_msg=f"{pp.theta_mean} vs {want_m}")
+    np.testing.assert_allclose(np.asarray(pp.theta_sd[0], np.float64), want_s, rtol=t)
+    assert float(pp.mu_mean[0]) == mu and float(pp.mu_sd[0]) == 0.0
+    # and it is the conditional of the dense joint Gaussian given mu as well
+    mean, cov = precision_posterior(y, s, tau, m0=mu, s0=1e-9)
+    np.testing.assert_allclose(mean[1:], want_m, rtol=1e-9, atol=1e-9 * want_s.min())
+
+
+def test_partial_pooling_tau_zero_is_complete_pooling():
+    y, s = np.array(EIGHT_Y), np.array(EIGHT_S)
+    pp = hierjax.partial_pooling(y, s, 0.0)
+    cp = hierjax.complete_pooling(y, s)
+    prec = 1 / s ** 2
+    m, sd = float(np.sum(prec * y) / prec.sum()), math.sqrt(1 / prec.sum())
+    t = tol()
+    np.testing.assert_array_less(np.abs(np.asarray(pp.theta_mean[0], np.float64) - m) / sd, t)
+    np.testing.assert_allclose(np.asarray(pp.theta_sd[0], np.float64), sd, rtol=t)
+    assert abs(float(pp.mu_mean[0]) - m) / sd <= t and abs(float(pp.mu_sd[0]) - sd) / sd <= t
+    assert abs(float(cp.mean[0]) - m) / sd <= t and abs(float(cp.sd[0]) - sd) / sd <= t
+    np.testing.assert_array_equal(np.asarray(pp.shrinkage[0]), 1.0)

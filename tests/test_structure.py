@@ -1,0 +1,364 @@
+"""Structural properties of the batched engine.
+
+* batching is invisible: a vmapped batch equals a Python loop of single fits,
+  padding (via ``mask`` or ``pad_to``) and chunking change nothing;
+* one compile per (shapes, prior types, dtype): prior *values* and ragged sizes
+  that pad to the same ``J`` never recompile;
+* dtype in equals dtype out; ``import hierjax`` leaves JAX's configuration alone;
+* basic sanity of the summaries on ordinary data.
+
+"Equal" for differently batched runs means: bit-for-bit on the kernel's
+inputs where they are identical, otherwise within ``1e-12`` (float64) / ``1e-6``
+(float32) relative to the quantity's natural scale (its own magnitude; for
+locations at least the posterior sd, for probabilities and the relative
+grid-error estimate at least 1).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import hierjax
+from hierjax.batch import as_batch
+from hierjax import engine
+from hierjax.engine import fit_standardized
+
+from conftest import BATCH_RTOL, DEFAULT_DTYPE, eps_of
+
+MARGINALS = ("mu", "tau", "theta", "theta_new")
+LOCATIONS = ("mu", "theta", "theta_new")
+FLOAT_FIELDS = ("tau_mode", "log_marginal_likelihood", "grid_error")
+
+
+def _close(actual, expected, floor=None, rtol=None, err_msg=""):
+    """``|a - e| <= rtol * max(|e|, floor)`` elementwise; nan/inf patterns must match."""
+    rtol = BATCH_RTOL if rtol is None else rtol
+    a = np.asarray(actual, np.float64)
+    e = np.asarray(expected, np.float64)
+    assert a.shape == e.shape, f"{err_msg}: shape {a.shape} != {e.shape}"
+    np.testing.assert_array_equal(np.isnan(a), np.isnan(e), err_msg=f"{err_msg}: nan pattern")
+    inf = np.isinf(e)
+    np.testing.assert_array_equal(a[inf], e[inf], err_msg=f"{err_msg}: infinities")
+    fin = np.isfinite(e)
+    scale = np.abs(e)
+    if floor is not None:
+        scale = np.fmax(scale, np.broadcast_to(np.asarray(floor, np.float64), e.shape))
+    with np.errstate(invalid="ignore", over="ignore"):
+        bad = fin & ~(np.abs(a - e) <= rtol * scale)
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise AssertionError(
+            f"{err_msg}: {int(bad.sum())} of {int(fin.sum())} values differ beyond rtol={rtol}; "
+            f"first at {idx}: {a[idx]!r} vs {e[idx]!r} (relative {abs(a[idx] - e[idx]) / scale[idx]:.2g})")
+
+
+def assert_fits_equal(got: hierjax.Fit, want: hierjax.Fit, rtol=None, width=None, what=""):
+    """Every field of two Fits agrees (see the module doc for the tolerance).
+
+    A location's natural scale is its posterior sd, or where that does not exist
+    (heavy tails) the width of its outer quantile interval.
+    """
+    J = want.theta.mean.shape[1] if width is None else width
+    for name in MARGINALS:
+        g, w = getattr(got, name), getattr(want, name)
+        if name == "theta":
+            g = type(g)(*[a[:, :J] for a in g])
+            w = type(w)(*[a[:, :J] for a in w])
+        spread = w.quantiles[..., -1] - w.quantiles[..., 0]
+        loc_floor = np.where(np.isfinite(w.sd), w.sd, spread) if name in LOCATIONS else None
+        _close(g.mean, w.mean, loc_floor, rtol, f"{what}{name}.mean")
+        _close(g.sd, w.sd, None, rtol, f"{what}{name}.sd")
+        _close(g.quantiles, w.quantiles,
+               None if loc_floor is None else loc_floor[..., None], rtol, f"{what}{name}.quantiles")
+        _close(g.p_gt0, w.p_gt0, 1.0, rtol, f"{what}{name}.p_gt0")
+        np.testing.assert_array_equal(g.mean_exists, w.mean_exists, err_msg=f"{what}{name}.mean_exists")
+        np.testing.assert_array_equal(g.sd_exists, w.sd_exists, err_msg=f"{what}{name}.sd_exists")
+        for a, b in zip(g, w):
+            assert np.asarray(a).dtype == np.asarray(b).dtype, f"{what}{name}: dtype"
+    _close(got.tau_mode, want.tau_mode, None, rtol, f"{what}tau_mode")
+    _close(got.log_marginal_likelihood, want.log_marginal_likelihood, 1.0, rtol,
+           f"{what}log_marginal_likelihood")
+    _close(got.grid_error, want.grid_error, 1.0, rtol, f"{what}grid_error")
+    np.testing.assert_array_equal(got.status, want.status, err_msg=f"{what}status")
+    np.testing.assert_array_equal(got.n_groups, want.n_groups, err_msg=f"{what}n_groups")
+    np.testing.assert_array_equal(got.mask[:, :J], want.mask[:, :J], err_msg=f"{what}mask")
+    np.testing.assert_array_equal(got.levels, want.levels, err_msg=f"{what}levels")
+    assert got.notes == want.notes
+    for f in FLOAT_FIELDS:
+        assert getattr(got, f).dtype == getattr(want, f).dtype, f"{what}{f}: dtype"
+
+
+def concat_fits(fits) -> hierjax.Fit:
+    """Stack single-dataset Fits along the batch axis (names etc. concatenated)."""
+    def cat(*xs):
+        return np.concatenate(xs, axis=0)
+
+    out = {}
+    for name in hierjax.Fit._fields:
+        vals = [getattr(f, name) for f in fits]
+        if name in MARGINALS:
+            out[name] = type(vals[0])(*[cat(*parts) for parts in zip(*vals)])
+        elif name == "levels":
+            out[name] = vals[0]
+        elif name in ("names", "groups", "notes"):
+            out[name] = tuple(v for t in vals for v in t)
+        else:
+            out[name] = cat(*vals)
+    return hierjax.Fit(**out)
+
+
+def ragged(sim, sizes):
+    return ([sim.y[b, :n].copy() for b, n in enumerate(sizes)],
+            [sim.sigma[b, :n].copy() for b, n in enumerate(sizes)])
+
+
+# --------------------------------------------------------------------------------------
+# batching is invisible
+# --------------------------------------------------------------------------------------
+
+def test_vmap_equals_python_loop(sim, sim_fit):
+    loop = concat_fits([hierjax.fit(sim.y[b], sim.sigma[b]) for b in range(sim.y.shape[0])])
+    assert sim_fit.theta.mean.shape == loop.theta.mean.shape == (sim.y.shape[0], 8)
+    assert_fits_equal(sim_fit._replace(names=loop.names), loop, what="batch vs loop: ")
+
+
+def test_chunked_equals_unchunked(sim, sim_fit):
+    # 20 datasets in chunks of 3: six full chunks and a remainder of 2.
+    chunked = hierjax.fit(sim.y, sim.sigma, chunk=3)
+    assert_fits_equal(chunked, sim_fit, what="chunk=3 vs default: ")
+
+
+def test_mask_with_garbage_in_padded_slots_changes_nothing(sim):
+    sizes = [3 + b % 6 for b in range(sim.y.shape[0])]          # 3..8 real groups
+    ys, ss = ragged(sim, sizes)
+    want = hierjax.fit(ys, ss)
+    mask = np.arange(8)[None, :] < np.array(sizes)[:, None]
+    y = np.where(mask, sim.y, np.nan)
+    s = np.where(mask, sim.sigma, -1.0)
+    y[~mask & (np.arange(8)[None, :] % 2 == 0)] = np.inf
+    s[~mask & (np.arange(8)[None, :] % 3 == 0)] = 0.0
+    y[0, 7], s[0, 7] = 1e300, np.nan
+    got = hierjax.fit(y, s, mask=mask)
+    # The kernel sees identical arrays: the results must be identical, bit for bit.
+    assert_fits_equal(got, want, rtol=0.0, what="mask+garbage vs ragged: ")
+    np.testing.assert_array_equal(got.n_groups, sizes)
+    assert np.all(np.isnan(got.theta.mean[~mask]))
+    assert np.all(np.isnan(got.theta.quantiles[~mask]))
+
+
+# --------------------------------------------------------------------------------------
+# one compile per shape; padding to a larger J
+# --------------------------------------------------------------------------------------
+
+class _Runs:
+    """Results and compile counts of the half-Cauchy, ``B = 6`` sequence of fits."""
+
+
+@pytest.fixture(scope="module")
+def hc_runs(sim):
+    """A sequence of fits with a half-Cauchy prior and ``B = 6``, counting compiles.
+
+    Module-scoped so that the counts do not depend on test order: every key here
+    (``B = 6``, half-Cauchy tau, flat mu, five levels) is compiled by no other test.
+    ``r.traces`` records, for diagnosis, each trace of the per-dataset kernel as
+    ``(step, n, robust)``.
+    """
+    B = 6
+    size = fit_standardized._cache_size
+    y, s = sim.y[:B], sim.sigma[:B]
+    r = _Runs()
+    r.traces = []
+    step = ["first"]
+    real = engine.fit_dataset
+
+    def spy(*args, **kwargs):
+        n = args[7] if len(args) > 7 else kwargs.get("n")
+        robust = args[8] if len(args) > 8 else kwargs.get("robust", False)
+        r.traces.append((step[0], n, robust))
+        return real(*args, **kwargs)
+
+    engine.fit_dataset = spy
+    try:
+        r.n0 = size()
+        hierjax.fit(y, s, tau_prior="half-cauchy:5")
+        r.n_first = size()
+        step[0] = "values"
+        hierjax.fit(3.0 * y - 7.0, 2.0 * s, tau_prior="half-cauchy:7")
+        hierjax.fit(y, s, tau_prior=hierjax.HalfCauchy(np.asarray(0.5)))
+        hierjax.fit(y[::-1].copy(), s[::-1].copy(), tau_prior="half-cauchy:25")
+        r.n_values = size()
+        step[0] = "ragged8"
+        r.sizes8 = [3, 4, 5, 6, 7, 8]
+        ys, ss = ragged(sim, r.sizes8)
+        r.ragged8 = hierjax.fit(ys, ss, tau_prior="half-cauchy:5")
+        r.n_ragged8 = size()
+        step[0] = "J16"
+        big = hierjax.simulate(B, 12, seed=11)
+        hierjax.fit(big.y, big.sigma, tau_prior="half-cauchy:5")
+        r.n_J16 = size()
+        step[0] = "ragged16"
+        ys16 = [big.y[b, :9 + b] for b in range(B - 2)] + [big.y[4], big.y[5, :10]]
+        ss16 = [big.sigma[b, :9 + b] for b in range(B - 2)] + [big.sigma[4], big.sigma[5, :10]]
+        hierjax.fit(ys16, ss16, tau_prior="half-cauchy:3")
+        r.n_ragged16 = size()
+        step[0] = "padded16"
+        # the 3..8-group datasets again, padded to J = 16 (the kernel compiled just above)
+        r.wide = as_batch(ys, ss, pad_to=16)
+        r.padded16 = hierjax.fit(r.wide, tau_prior="half-cauchy:5")
+        r.n_padded16 = size()
+    finally:
+        engine.fit_dataset = real
+    return r
+
+
+def test_one_compile_per_shape(hc_runs):
+    r = hc_runs
+    why = f" (kernel traces as (step, n, robust): {r.traces})"
+    assert r.n_first == r.n0 + 1, \
+        f"the first fit of a new shape compiled {r.n_first - r.n0} times" + why
+    assert r.n_values == r.n_first, \
+        "a change of prior scale (half-cauchy:5 -> 7) or of data values recompiled" + why
+    assert r.n_ragged8 == r.n_values, \
+        "ragged datasets with 3..8 groups (padded to 8) recompiled" + why
+    assert r.n_J16 == r.n_ragged8 + 1, \
+        f"a new padded J compiled {r.n_J16 - r.n_ragged8} times (want 1)" + why
+    assert r.n_ragged16 == r.n_J16, \
+        "ragged datasets with 9..12 groups (padded to 16) recompiled" + why
+    assert r.n_padded16 == r.n_ragged16, "pad_to=16 on an already compiled J = 16 recompiled" + why
+    np.testing.assert_array_equal(r.ragged8.n_groups, r.sizes8)
+
+
+def test_pad_to_larger_J_changes_nothing(hc_runs):
+    r = hc_runs
+    assert r.wide.y.shape == (6, 16)
+    got, want = r.padded16, r.ragged8
+    assert got.theta.mean.shape == (6, 16) and want.theta.mean.shape == (6, 8)
+    assert_fits_equal(got, want, width=8, what="pad_to=16 vs 8: ")
+    assert np.all(np.isnan(got.theta.mean[:, 8:]))
+    assert np.all(np.isnan(got.theta.sd[:, 8:]))
+    assert np.all(np.isnan(got.theta.quantiles[:, 8:]))
+    assert not got.mask[:, 8:].any()
+
+
+# --------------------------------------------------------------------------------------
+# dtypes and global configuration
+# --------------------------------------------------------------------------------------
+
+def _float_dtypes(f: hierjax.Fit):
+    out = {}
+    for name in MARGINALS:
+        m = getattr(f, name)
+        for field in ("mean", "sd", "quantiles", "p_gt0"):
+            out[f"{name}.{field}"] = np.asarray(getattr(m, field)).dtype
+    for name in FLOAT_FIELDS:
+        out[name] = np.asarray(getattr(f, name)).dtype
+    return out
+
+
+def test_float32_in_float32_out(eight_schools):
+    y, s = eight_schools
+    f = hierjax.fit(y.astype(np.float32), s.astype(np.float32))
+    assert set(_float_dtypes(f).values()) == {np.dtype(np.float32)}, _float_dtypes(f)
+    assert np.all(np.isfinite(f.mu.quantiles))
+
+
+def test_float32_ragged_lists_give_float32(eight_schools):
+    y, s = eight_schools
+    f = hierjax.fit([y.astype(np.float32)], [s.astype(np.float32)])
+    assert set(_float_dtypes(f).values()) == {np.dtype(np.float32)}, _float_dtypes(f)
+
+
+def test_dtype_argument(eight_schools):
+    y, s = eight_schools
+    f = hierjax.fit(y, s, dtype=jnp.float32)
+    assert set(_float_dtypes(f).values()) == {np.dtype(np.float32)}, _float_dtypes(f)
+
+
+def test_float64_in_default_dtype_out(eight_schools):
+    """float64 stays float64 under x64; without x64 it is computed in float32."""
+    y, s = eight_schools
+    f = hierjax.fit(y, s)
+    assert set(_float_dtypes(f).values()) == {DEFAULT_DTYPE}, _float_dtypes(f)
+
+
+@pytest.mark.skipif(not jax.config.jax_enable_x64, reason="float64 needs JAX_ENABLE_X64=1")
+def test_float64_in_float64_out_under_x64(eight_schools):
+    y, s = eight_schools
+    f = hierjax.fit(y.astype(np.float64), s.astype(np.float64))
+    assert set(_float_dtypes(f).values()) == {np.dtype(np.float64)}, _float_dtypes(f)
+
+
+def test_import_changes_no_jax_setting():
+    code = (
+        "import jax\n"
+        "before = {k: repr(v) for k, v in jax.config.values.items()}\n"
+        "x64 = jax.config.jax_enable_x64\n"
+        "import hierjax, hierjax.cli, hierjax.io, hierjax.pooling\n"
+        "assert jax.config.jax_enable_x64 == x64\n"
+        "after = {k: repr(v) for k, v in jax.config.values.items()}\n"
+        "changed = sorted(k for k in before if before[k] != after.get(k))\n"
+        "assert not changed, changed\n"
+    )
+    for x64 in ("0", "1"):
+        env = dict(os.environ, JAX_ENABLE_X64=x64, JAX_PLATFORMS="cpu")
+        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0, f"JAX_ENABLE_X64={x64}: {r.stderr}"
+
+
+# --------------------------------------------------------------------------------------
+# sanity of the summaries on ordinary data
+# --------------------------------------------------------------------------------------
+
+def _check_sane(f: hierjax.Fit, what):
+    dtype = np.asarray(f.mu.mean).dtype
+    limit = 10.0 * eps_of(dtype) ** 0.25      # README "Accuracy": the grid_unresolved threshold
+    real = f.mask
+    for name in MARGINALS:
+        m = getattr(f, name)
+        keep = real if name == "theta" else np.ones(m.mean.shape, bool)
+        q = m.quantiles[keep]
+        assert np.all(np.isfinite(q)), f"{what}{name}: non-finite quantiles"
+        d = np.diff(q, axis=-1)
+        bad = np.argwhere(~(d > 0))
+        assert bad.size == 0, (f"{what}{name}: quantiles not increasing in level at "
+                               f"{[tuple(i) for i in bad[:5]]}: e.g. {q[tuple(bad[0][:-1])]}")
+        p = m.p_gt0[keep]
+        assert np.all((p >= 0) & (p <= 1)), f"{what}{name}.p_gt0 outside [0, 1]"
+        assert np.all(m.sd[keep] > 0), f"{what}{name}.sd not > 0"
+        assert np.all(m.mean_exists[keep]) and np.all(m.sd_exists[keep])
+        assert np.all(np.isfinite(m.mean[keep])) and np.all(np.isfinite(m.sd[keep]))
+        # the median lies within the central interval, the mean within the outer quantiles
+        assert np.all((m.mean[keep] > q[..., 0]) & (m.mean[keep] < q[..., -1])), f"{what}{name}.mean"
+    np.testing.assert_array_equal(f.tau.p_gt0, 1.0)
+    assert np.all(f.tau.quantiles > 0)
+    assert np.all(np.isnan(f.theta.mean[~real]))
+    assert np.all(f.grid_error >= 0)
+    # the status bit and the estimate it is based on agree
+    np.testing.assert_array_equal((f.status & hierjax.STATUS["grid_unresolved"]) != 0,
+                                  f.grid_error > limit, err_msg=f"{what}grid_unresolved bit")
+    flagged = {int(b): hierjax.status_text(f.status[b]) for b in np.flatnonzero(f.status)}
+    assert not flagged, f"{what}status != 0 on ordinary data: {flagged}, grid_error " \
+        f"{dict((b, float(f.grid_error[b])) for b in flagged)}"
+    assert np.all(f.grid_error <= limit), f"{what}grid_error {f.grid_error.max()} > {limit}"
+
+
+def test_eight_schools_summaries_sane(eight_schools):
+    y, s = eight_schools
+    f = hierjax.fit(y, s)
+    _check_sane(f, "eight schools: ")
+    assert f.status[0] == 0
+    assert hierjax.status_text(f.status[0]) == "ok"
+    # BDA3 sec. 5.5: posterior mean of mu about 8, tau's posterior mode at 0
+    assert 7.0 < float(f.mu.mean[0]) < 9.0
+    assert float(f.tau_mode[0]) == 0.0
+
+
+def test_simulated_summaries_sane(sim_fit):
+    _check_sane(sim_fit, "simulated batch: ")
