@@ -208,7 +208,7 @@ def mixture_summary(w, m, s, levels, threshold, mean_exists, sd_exists, coarse=N
     var = jnp.sum(w * s * s) + jnp.sum(w * (m - mean) ** 2)
     mo = _mixture_moments(w, m, s)
     q, conv = jax.vmap(lambda p: mixture_quantile(p, w, m, s, mo, coarse))(levels)
-    p_gt = jnp.sum(w * _Phi((m - threshold) / s))
+    p_gt = jnp.clip(jnp.sum(w * _Phi((m - threshold) / s)), 0.0, 1.0)   # round-off can pass 1
     mean = jnp.where(mean_exists, mean, jnp.nan)
     sd = jnp.where(sd_exists, jnp.sqrt(var), jnp.inf)
     return Marginal(mean, sd, q, p_gt, mean_exists, sd_exists), jnp.all(conv)

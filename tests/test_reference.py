@@ -398,12 +398,15 @@ def test_fit_status_ok(case):
     say that round-off limits it."""
     y, sigma, tp, mp, _ = CASES[case]
     f = _fit(y, sigma, tp, mp)
-    want = 0
+    status = int(f.status[0])
+    msg = (f"status {status} ({hierjax.status_text(status)}), "
+           f"grid_error {float(f.grid_error[0]):.3g}")
     if case in ROUNDOFF_LIMITED_F32 and not jax.config.jax_enable_x64:
-        want = hierjax.STATUS["roundoff_limited"]
-    assert int(f.status[0]) == want, (f"status {int(f.status[0])} "
-                                      f"({hierjax.status_text(int(f.status[0]))}), "
-                                      f"grid_error {float(f.grid_error[0]):.3g}")
+        # the round-off flag must be there; the n- and 2n-rules may then also disagree
+        limited = hierjax.STATUS["roundoff_limited"]
+        assert status & limited and not status & ~(limited | hierjax.STATUS["grid_unresolved"]), msg
+    else:
+        assert status == 0, msg
 
 
 @pytest.mark.slow
