@@ -10,7 +10,6 @@ standardisation in float64, the jitted batch, and the map back to the user's uni
 from __future__ import annotations
 
 import functools
-import math
 from typing import NamedTuple, Optional, Sequence
 
 import jax

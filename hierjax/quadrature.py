@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import functools
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["clenshaw_curtis", "chebyshev_matrix", "cdf_coefficients", "chebyshev_eval"]
+__all__ = ["clenshaw_curtis", "chebyshev_matrix", "cdf_coefficients"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -87,14 +86,3 @@ def cdf_coefficients(a):
     sign = jnp.where(jnp.arange(1, n1 + 1) % 2 == 0, 1.0, -1.0).astype(a.dtype)  # T_m(-1)
     b0 = -jnp.sum(b_rest * sign, axis=-1, keepdims=True)
     return jnp.concatenate([b0, b_rest], axis=-1)
-
-
-def chebyshev_eval(coef, z):
-    r"""Evaluate ``sum_m coef[m] T_m(z)`` at a scalar ``z`` in ``[-1, 1]``.
-
-    Uses ``T_m(cos theta) = cos(m theta)``: one vectorised pass over ``m`` (a small
-    graph to compile and no sequential recurrence under ``vmap``).
-    """
-    theta = jnp.arccos(jnp.clip(z, -1.0, 1.0))
-    m = jnp.arange(coef.shape[-1], dtype=coef.dtype)
-    return jnp.sum(coef * jnp.cos(m * theta))
