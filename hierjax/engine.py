@@ -244,34 +244,54 @@ def fit(y, sigma=None, *, tau_prior="uniform", mu_prior="flat",
         first = [p for p in problems if p is not None]
         more = f" (and {len(first) - 1} more invalid datasets)" if len(first) > 1 else ""
         raise InputError(first[0] + more)
-    if bad.any():
-        # Benign stand-ins keep the batch rectangular; their results are replaced by nan.
-        n_min = 3  # padded J >= 8; three groups make any supported posterior proper
-        y_, s_, m_ = batch.y.copy(), batch.sigma.copy(), batch.mask.copy()
-        y_[bad], s_[bad] = 0.0, 1.0
-        m_[bad] = False
-        m_[np.ix_(bad, np.arange(n_min))] = True
-        y_[np.ix_(bad, np.arange(n_min))] = np.array([-1.0, 0.0, 1.0])
-        work = batch._replace(y=y_, sigma=s_, mask=m_)
-    else:
-        work = batch
-    st = standardize(work)
-    tp_std, mp_std = rescale_priors(tp, mp, st)
     n = default_nodes(dt) if nodes is None else int(nodes)
     if n < 4 or n % 2:
         raise InputError(f"nodes must be an even integer >= 4, got {nodes}")
-    B, J = work.y.shape
+    B, J = batch.y.shape
     ch = _default_chunk(n + 1, J) if chunk is None else int(chunk)
+    if ch < 1:
+        raise InputError(f"chunk must be a positive integer, got {chunk}")
+    # Fixed shapes: pad the batch with benign stand-ins (invalid datasets are replaced
+    # by them too) to a power of two below one chunk, or to whole chunks; the jitted
+    # kernel then sees [chunk, J] blocks whatever B is, and compiles once per J.
+    size = 1 << max(0, B - 1).bit_length() if B < ch else ch
+    n_pad = -B % size
+    work = _with_stand_ins(batch, bad, n_pad)
+    st = standardize(work)
+    tp_std, mp_std = rescale_priors(tp, mp, st)
     cast = functools.partial(jnp.asarray, dtype=dt)
-    args = (cast(st.y), cast(st.sigma2), jnp.asarray(work.mask), cast(st.threshold),
-            jax.tree.map(cast, tp_std), jax.tree.map(cast, mp_std))
-    out = fit_standardized(*args, cast(levels), n=n, chunk=ch)
-    return _to_user_units(out, st, work, batch, bad, problems, levels, dt)
+    lv = cast(levels)
+    tp_c, mp_c = jax.tree.map(cast, tp_std), jax.tree.map(cast, mp_std)
+    blocks = []
+    for start in range(0, B + n_pad, size):
+        sl = slice(start, start + size)
+        block = fit_standardized(cast(st.y[sl]), cast(st.sigma2[sl]), jnp.asarray(work.mask[sl]),
+                                 cast(st.threshold[sl]), jax.tree.map(lambda a: a[sl], tp_c),
+                                 jax.tree.map(lambda a: a[sl], mp_c), lv, n=n, chunk=size)
+        blocks.append(jax.tree.map(np.asarray, block))
+    out = jax.tree.map(lambda *a: np.concatenate(a)[:B], *blocks)
+    st = jax.tree.map(lambda a: a[:B], st)
+    return _to_user_units(out, st, batch, bad, problems, levels, dt)
 
 
-def _to_user_units(out: DatasetFit, st, work: Batch, batch: Batch, bad, problems, levels, dt):
+def _with_stand_ins(batch: Batch, bad, n_pad: int) -> Batch:
+    """Replace invalid datasets by benign ones (y = -1, 0, 1; sigma = 1) and append
+    ``n_pad`` more; their results are dropped or replaced by nan."""
+    y_ = np.concatenate([batch.y, np.zeros((n_pad,) + batch.y.shape[1:])])
+    s_ = np.concatenate([batch.sigma, np.ones((n_pad,) + batch.y.shape[1:])])
+    m_ = np.concatenate([batch.mask, np.zeros((n_pad,) + batch.y.shape[1:], bool)])
+    stand_in = np.concatenate([bad, np.ones(n_pad, bool)])
+    if stand_in.any():
+        three = np.arange(3)   # padded J >= 8; three groups make any supported posterior proper
+        y_[stand_in], s_[stand_in], m_[stand_in] = 0.0, 1.0, False
+        m_[np.ix_(stand_in, three)] = True
+        y_[np.ix_(stand_in, three)] = np.array([-1.0, 0.0, 1.0])
+    return Batch(y_, s_, m_, batch.names, batch.groups)
+
+
+def _to_user_units(out: DatasetFit, st, batch: Batch, bad, problems, levels, dt):
     """Map standardised summaries back: ``phi = loc + scale * phi_std`` (tau: ``scale * tau``)."""
-    o = jax.tree.map(lambda a: np.asarray(a) if a.dtype == bool else np.asarray(a, np.float64), out)
+    o = jax.tree.map(lambda a: a if a.dtype == bool else np.asarray(a, np.float64), out)
     loc, scale = st.loc, st.scale
 
     def location(m: Marginal, axes):
