@@ -2,10 +2,12 @@
 
 :func:`fit_dataset` is the whole computation for one standardised dataset.
 :func:`fit_standardized` maps it over a batch with ``jax.lax.map(batch_size=chunk)``
-inside a single module-level ``jax.jit``: one compile per (shapes, prior types,
-dtype), chunked so that a million datasets never hold more than one chunk's
-intermediates. :func:`fit` is the convenient layer: host-side checks and
-standardisation in float64, the jitted batch, and the map back to the user's units.
+inside a single module-level ``jax.jit``. :func:`fit` is the convenient layer:
+host-side checks and standardisation in float64, then the batch in fixed-shape blocks
+(padded with benign stand-ins to a power of two, or to whole chunks, and looped over
+on the host), so the kernel compiles once per (J, prior types, dtype) whatever B is
+and never holds more than one block's intermediates; then the map back to the user's
+units.
 """
 from __future__ import annotations
 
