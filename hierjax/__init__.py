@@ -2,8 +2,8 @@
 
 ``y_j ~ N(theta_j, sigma_j^2)``, ``theta_j ~ N(mu, tau^2)``, ``mu`` flat or normal, ``tau``
 with a prior; tau is integrated out by quadrature, everything else is closed form.
-Importing hierjax changes no global JAX setting: enable float64 yourself with
-``jax.config.update("jax_enable_x64", True)`` (or ``JAX_ENABLE_X64=1``) at program start.
+Importing hierjax changes no global JAX setting: turn on float64 yourself at program
+start (the ``jax_enable_x64`` config flag, or ``JAX_ENABLE_X64=1``).
 """
 from hierjax.batch import Batch, as_batch
 from hierjax.datasets import eight_schools, rubin_eight_schools
