@@ -44,7 +44,7 @@ from hierjax.priors import MuPrior, NormalMu, TauPrior
 from hierjax.quadrature import chebyshev_matrix, clenshaw_curtis
 from hierjax.solvers import iterate, maximize
 
-__all__ = ["TauGrid", "tau_grid", "tail_alpha", "log_posterior_x", "default_nodes", "grid_z_of_tau",
+__all__ = ["TauGrid", "tau_grid", "tail_alpha", "log_posterior_x", "default_nodes",
            "grid_tau_of_z", "KAPPA"]
 
 KAPPA = 2.0          # x = x0 + KAPPA * logit(u)
@@ -181,14 +181,6 @@ def grid_tau_of_z(z, x0, u_lo, one_minus_u_hi):
     omu = one_minus_u_hi + width * 0.5 * (1.0 - z)
     x = x0 + KAPPA * (jnp.log(u) - jnp.log(omu))
     return jnp.exp(x), x, u, omu
-
-
-def grid_z_of_tau(tau, x0, u_lo, one_minus_u_hi):
-    """Inverse of :func:`grid_tau_of_z` (``tau = 0`` maps below ``z = -1``)."""
-    d = (jnp.log(tau) - x0) / KAPPA
-    u = jax.nn.sigmoid(d)
-    width = 1.0 - u_lo - one_minus_u_hi
-    return 2.0 * (u - u_lo) / width - 1.0
 
 
 def tau_grid(y, sigma2, mask, tau_prior: TauPrior, mu_prior: MuPrior, n: int) -> TauGrid:

@@ -32,7 +32,7 @@ from hierjax.grid import TauGrid, chebyshev_density_coefficients, grid_tau_of_z
 from hierjax.quadrature import cdf_coefficients, clenshaw_curtis
 from hierjax.solvers import iterate, maximize
 
-__all__ = ["Marginal", "mixture_summary", "coarse_weights", "mixture_quantile", "mixture_cdf", "tau_summary",
+__all__ = ["Marginal", "mixture_summary", "coarse_weights", "mixture_quantile", "tau_summary",
            "tau_quantile", "tau_mode"]
 
 _MAX_ITER = 100
@@ -70,11 +70,6 @@ _INV_SQRT2PI = 0.3989422804014327
 def _Phi(t):
     """Standard normal CDF as ``erfc(-t/sqrt 2)/2``: one special function, accurate in both tails."""
     return 0.5 * erfc(-t * _INV_SQRT2)
-
-
-def mixture_cdf(q, w, m, s):
-    """``F(q) = sum_k w_k Phi((q - m_k)/s_k)``; ``w, m, s`` are ``[K]``, ``q`` scalar."""
-    return jnp.sum(w * _Phi((q - m) / s))
 
 
 class _Moments(NamedTuple):
