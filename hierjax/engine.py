@@ -23,7 +23,7 @@ from hierjax.batch import (Batch, InputError, as_batch, describe_priors, min_gro
 from hierjax.conditionals import mu_given_tau, theta_given_tau
 from hierjax.grid import default_nodes, tail_alpha, tau_grid
 from hierjax.priors import MuPrior, NormalMu, TauPrior, parse_mu_prior, parse_tau_prior
-from hierjax.summaries import Marginal, coarse_weights, mixture_summary, tau_mode, tau_summary
+from hierjax.summaries import Marginal, coarse_stages, mixture_summary, tau_mode, tau_summary
 
 __all__ = ["Fit", "DatasetFit", "fit", "fit_batch", "fit_dataset", "fit_standardized",
            "DEFAULT_LEVELS", "STATUS", "status_text", "compute_dtype"]
@@ -91,9 +91,8 @@ def fit_dataset(y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPri
     # A normal mu prior bounds V_mu; under a flat one V_mu ~ tau^2 / J inherits tau's tail.
     mu_mean, mu_sd = (always, always) if isinstance(mu_prior, NormalMu) else (has_mean, has_sd)
 
-    # the nested rule with about 17 nodes starts the quantile searches cheaply
-    stride = 4 if n >= 64 else 2
-    coarse = coarse_weights(grid, stride) if n % (2 * stride) == 0 else None
+    # nested rules with about 17 and 33 nodes start the quantile searches cheaply
+    coarse = coarse_stages(grid)
     mu, ok_mu = mixture_summary(w, grid.mu.mean, jnp.sqrt(grid.mu.var), levels, threshold,
                                 mu_mean, mu_sd, coarse)
     theta_m, theta_v = jax.vmap(lambda t2, mm, mv: theta_given_tau(
@@ -130,12 +129,25 @@ def fit_standardized(y, sigma2, mask, threshold, tau_prior, mu_prior, levels, *,
     ``lax.map`` with ``batch_size=chunk`` vmaps ``chunk`` datasets at a time inside
     this one compiled function (no retrace per chunk, bounded memory).
     """
+    moments_only = levels.shape[0] == 0
+
     def one(args):
         yb, sb, mb, cb, tp, mp = args
-        return fit_dataset(yb, sb, mb, cb, tp, mp, levels, n)
+        out = fit_dataset(yb, sb, mb, cb, tp, mp, levels, n)
+        # lax.map cannot stack size-0 outputs: carry one placeholder level, dropped below
+        return _pad_quantiles(out, 1) if moments_only else out
 
-    return jax.lax.map(one, (y, sigma2, mask, threshold, tau_prior, mu_prior),
-                       batch_size=min(chunk, y.shape[0]))
+    out = jax.lax.map(one, (y, sigma2, mask, threshold, tau_prior, mu_prior),
+                      batch_size=min(chunk, y.shape[0]))
+    return _pad_quantiles(out, 0) if moments_only else out
+
+
+def _pad_quantiles(out: DatasetFit, size: int) -> DatasetFit:
+    """``out`` with every Marginal's quantile axis set to ``size`` zeros (moments only)."""
+    def fix(m: Marginal):
+        return m._replace(quantiles=jnp.zeros(m.quantiles.shape[:-1] + (size,), m.mean.dtype))
+    return out._replace(mu=fix(out.mu), tau=fix(out.tau), theta=fix(out.theta),
+                        theta_new=fix(out.theta_new))
 
 
 class Fit(NamedTuple):
@@ -213,7 +225,8 @@ def fit(y, sigma=None, *, tau_prior="uniform", mu_prior="flat",
         tau_prior: spec string (``"uniform"``, ``"half-cauchy:5"``, ...), a TauPrior, or a
             JAX log-density of tau.
         mu_prior: ``"flat"`` or ``"normal:M,S"`` (or a MuPrior).
-        quantiles: levels in (0, 1), ``[Q]``.
+        quantiles: levels in (0, 1), ``[Q]``; ``()`` or None for moments only (means,
+            sds, P(> 0), tau mode, evidence: no quantile searches, several times faster).
         mask: ``[B, J]`` bool for padded rectangular input.
         names, groups: dataset and group labels (optional).
         skip_invalid: fit the valid datasets and mark invalid ones (status ``invalid``,
@@ -235,8 +248,8 @@ def fit(y, sigma=None, *, tau_prior="uniform", mu_prior="flat",
         7.93
     """
     tp, mp = parse_tau_prior(tau_prior), parse_mu_prior(mu_prior)
-    levels = np.asarray(quantiles, np.float64).reshape(-1)
-    if levels.size == 0 or not np.all((levels > 0) & (levels < 1)):
+    levels = np.asarray(() if quantiles is None else quantiles, np.float64).reshape(-1)
+    if not np.all((levels > 0) & (levels < 1)):
         raise InputError(f"quantile levels must lie strictly between 0 and 1, got {list(levels)}")
     dt = compute_dtype(y, sigma, dtype=dtype)
     batch = y if isinstance(y, Batch) else as_batch(y, sigma, mask=mask, names=names, groups=groups)

@@ -32,14 +32,16 @@ from hierjax.grid import TauGrid, chebyshev_density_coefficients, grid_tau_of_z
 from hierjax.quadrature import cdf_coefficients, clenshaw_curtis
 from hierjax.solvers import iterate, maximize
 
-__all__ = ["Marginal", "mixture_summary", "coarse_weights", "mixture_quantile", "tau_summary",
+__all__ = ["Marginal", "mixture_summary", "coarse_weights", "coarse_stages", "mixture_quantile", "tau_summary",
            "tau_quantile", "tau_mode"]
 
 _MAX_ITER = 100
 _COARSE_STEPS = 2     # Halley steps on the quarter-size nested rule
-_FAST_STEPS = 2       # then full Halley steps for mixture quantiles
+_MEDIUM_STEPS = 1     # then on the half-size one (float64)
+_FAST_STEPS = 1       # then full Halley steps for mixture quantiles
 _TAU_FAST_STEPS = 4   # Newton steps on the tau CDF
 _MODE_FAST_STEPS = 8  # Newton steps for the tau mode
+_TOL_RES = 2e-12     # residual tolerance per unit of min(p, 1 - p), see mixture_quantile
 
 
 class Marginal(NamedTuple):
@@ -116,20 +118,22 @@ def mixture_quantile(p, w, m, s, moments=None, coarse=None):
 
     Starts from the Cornish-Fisher expansion with the mixture's first four moments
     (near-normal mixtures) or the weighted mean of the components' quantiles (heavy
-    tails); on the fast path two Halley steps on the ``coarse`` mixture (the nested
-    quarter-size rule, a quarter of the work) bring it to that rule's accuracy, and
+    tails); on the fast path Halley steps on the ``coarse`` mixtures (the nested
+    quarter- and half-size rules) bring it to ~1e-6 sd of the root, and
     full Halley steps (cubic convergence; ``F' = f``, ``F'' = -sum w phi(t) t / s^2``)
     finish, kept inside the bracket ``[min_k q_k, max_k q_k]`` of the components'
     own ``p``-quantiles by bisection. Converged when ``|F(q) - p|`` is at round-off or
-    a full step ``h`` leaves a residual ``f C |h|^3`` below ``16 eps``, ``C h^3`` being
-    Halley's error term; unrolled steps first, a while loop for the rare stragglers.
+    a full step ``h`` leaves a residual ``f C |h|^3`` below ``2e-12 min(p, 1 - p)``
+    (``16 eps`` in float32), ``C h^3`` being Halley's error term: a quantile error of
+    ~1e-12 sd. One unrolled step first, a while loop for the stragglers.
 
     Args:
         p: level in (0, 1), scalar.
         w: weights summing to one, ``[K]``.
         m, s: component means and sds, ``[K]``.
         moments: precomputed :func:`_mixture_moments` (optional).
-        coarse: ``(w_c, stride)``: weights of the nested rule on nodes ``::stride``.
+        coarse: stages ``(w_c, stride, steps)``: Halley steps on nested rules with
+            weights ``w_c`` on the nodes ``::stride`` (see :func:`coarse_stages`).
 
     Returns:
         ``(q, converged)``.
@@ -153,14 +157,17 @@ def mixture_quantile(p, w, m, s, moments=None, coarse=None):
     x = jnp.clip(jnp.where(near_normal, x_cf, x_avg), lo, hi)
     tol_f = 4.0 * eps        # |F - p| at round-off: q is within 4 eps / f of the root
     # After a Halley step h the error is C h^3 with C = |F'''/(6F') - (F''/(2F'))^2|; the
-    # residual it leaves in F, f C |h|^3, must be at round-off (16 eps).
-    tol_res = 16.0 * eps
+    # residual it leaves in F, f C |h|^3, must be below 2e-12 min(p, 1 - p) (or at
+    # round-off, 16 eps, in float32). With f ~ p z / sd in a tail (Mills' ratio) that is
+    # a quantile error of ~1e-12 sd at every level: 1e4 below the accuracy goal, and
+    # above the ~1e-14 noise of a sum of K erfc's, so one full-rule step nearly always
+    # suffices after the nested rules.
+    tol_res = jnp.maximum(16.0 * eps, _TOL_RES * jnp.minimum(p, 1.0 - p))
     inv_s = 1.0 / s
 
-    if coarse is not None:
-        w_c, stride = coarse
+    for w_c, stride, steps in (coarse or ()):
         m_c, inv_c = m[::stride], inv_s[::stride]
-        for _ in range(_COARSE_STEPS):
+        for _ in range(steps):
             F, f, fp, _ = _halley_terms(x, p, w_c, m_c, inv_c)
             step = _halley_step(F, f, fp)
             x_c = jnp.clip(x - jnp.clip(step, -mo.sd, mo.sd), lo, hi)
@@ -201,21 +208,38 @@ def mixture_summary(w, m, s, levels, threshold, mean_exists, sd_exists, coarse=N
     """
     mean = jnp.sum(w * m)
     var = jnp.sum(w * s * s) + jnp.sum(w * (m - mean) ** 2)
-    mo = _mixture_moments(w, m, s)
-    q, conv = jax.vmap(lambda p: mixture_quantile(p, w, m, s, mo, coarse))(levels)
+    if levels.shape[0]:
+        mo = _mixture_moments(w, m, s)
+        q, conv = jax.vmap(lambda p: mixture_quantile(p, w, m, s, mo, coarse))(levels)
+    else:     # moments only
+        q, conv = jnp.zeros((0,), m.dtype), jnp.array(True)
     p_gt = jnp.clip(jnp.sum(w * _Phi((m - threshold) / s)), 0.0, 1.0)   # round-off can pass 1
     mean = jnp.where(mean_exists, mean, jnp.nan)
     sd = jnp.where(sd_exists, jnp.sqrt(var), jnp.inf)
     return Marginal(mean, sd, q, p_gt, mean_exists, sd_exists), jnp.all(conv)
 
 
-def coarse_weights(grid: TauGrid, stride: int = 4):
+def coarse_weights(grid: TauGrid, stride: int = 4, steps: int = 1):
     """Normalised weights of the nested Clenshaw-Curtis rule on every ``stride``-th node
-    of the n-rule (a cheap approximation of the mixtures for starting points)."""
+    of the n-rule (a cheap approximation of the mixtures for starting points), as a
+    stage ``(weights, stride, steps)`` of :func:`mixture_quantile`."""
     n = grid.tau.shape[0] - 1
     _, w = clenshaw_curtis(n // stride)
     wc = jnp.asarray(w, grid.density_z.dtype) * grid.density_z[::2 * stride]
-    return wc / jnp.sum(wc), stride
+    return wc / jnp.sum(wc), stride, steps
+
+
+def coarse_stages(grid: TauGrid):
+    """The nested rules that start the mixture quantile searches: ``_COARSE_STEPS`` Halley
+    steps on the ~17-node rule, then (float64's 65-node rule) one on the 33-node rule.
+    The 17-node rule's quantiles can be 1e-2 sd off in the tails; the 33-node rule's are
+    close enough that one full-rule step reaches round-off."""
+    n = grid.tau.shape[0] - 1
+    if n >= 64 and n % 8 == 0:
+        return (coarse_weights(grid, 4, _COARSE_STEPS), coarse_weights(grid, 2, _MEDIUM_STEPS))
+    if n % 4 == 0:
+        return (coarse_weights(grid, 2, _COARSE_STEPS),)
+    return ()
 
 
 def _barycentric(z, nodes, lam, values):
@@ -280,11 +304,14 @@ def tau_summary(grid: TauGrid, levels, mean_exists, sd_exists):
     w = jnp.exp(grid.log_weight_fine)
     mean = jnp.sum(w * grid.tau_fine)
     var = jnp.sum(w * (grid.tau_fine - mean) ** 2)
-    coef_cdf = cdf_coefficients(chebyshev_density_coefficients(grid))
-    T, lam = _cdf_tables(grid.density_z.shape[0] - 1)
-    F_nodes = jnp.asarray(T, coef_cdf.dtype) @ coef_cdf
-    lam = jnp.asarray(lam, coef_cdf.dtype)
-    q, conv = jax.vmap(lambda p: tau_quantile(p, grid, F_nodes, lam))(levels)
+    if levels.shape[0]:
+        coef_cdf = cdf_coefficients(chebyshev_density_coefficients(grid))
+        T, lam = _cdf_tables(grid.density_z.shape[0] - 1)
+        F_nodes = jnp.asarray(T, coef_cdf.dtype) @ coef_cdf
+        lam = jnp.asarray(lam, coef_cdf.dtype)
+        q, conv = jax.vmap(lambda p: tau_quantile(p, grid, F_nodes, lam))(levels)
+    else:     # moments only
+        q, conv = jnp.zeros((0,), grid.tau.dtype), jnp.array(True)
     mean = jnp.where(mean_exists, mean, jnp.inf)
     sd = jnp.where(sd_exists, jnp.sqrt(var), jnp.inf)
     one = jnp.ones((), grid.tau.dtype)
