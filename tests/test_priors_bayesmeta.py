@@ -16,16 +16,32 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference import Reference, bayesmeta_tau_prior
 from scipy import integrate
 
 import hierjax
 from hierjax import cli
 from hierjax.batch import min_groups
-from hierjax.priors import (BergerDeely, Conventional, DataTauPrior, DuMouchel, FlatMu,
-                            HalfLogistic, InputError, InvGammaTau2, Jeffreys, LogNormal, Lomax,
-                            NormalMu, OverallJeffreys, Rayleigh, UniformI2, UniformShrinkage,
-                            UniformSqrt, parse_tau_prior)
-from reference import Reference, bayesmeta_tau_prior
+from hierjax.priors import (
+    BergerDeely,
+    Conventional,
+    DataTauPrior,
+    DuMouchel,
+    FlatMu,
+    HalfLogistic,
+    InputError,
+    InvGammaTau2,
+    Jeffreys,
+    LogNormal,
+    Lomax,
+    NormalMu,
+    OverallJeffreys,
+    Rayleigh,
+    UniformI2,
+    UniformShrinkage,
+    UniformSqrt,
+    parse_tau_prior,
+)
 
 X64 = bool(jax.config.jax_enable_x64)
 #: log-density agreement (float64 / float32 evaluation of the same formula)
@@ -218,7 +234,7 @@ def _check_fit(spec, y, sigma, mu="flat"):
     worst = 0.0
     for what, j, m in checks:
         rm = ref.marginal(what, j, levels)
-        got = jax.tree.map(lambda a: np.asarray(a)[0] if j is None else np.asarray(a)[0, j], m)
+        got = jax.tree.map(lambda a, j=j: np.asarray(a)[0] if j is None else np.asarray(a)[0, j], m)
         sd = rm.scale
         for a, b in ((got.mean, rm.mean), (got.sd, rm.sd)):
             worst = max(worst, abs(float(a) - b) / sd)
