@@ -382,7 +382,9 @@ class LogNormal(TauPrior):
                 - 0.5 * ((lt - self.loc) / self.sigma) ** 2)
 
     def rescaled(self, scale):
-        return LogNormal(self.loc - np.log(scale), self.sigma)
+        loc = self.loc - np.log(scale)
+        # every leaf needs the per-dataset leading axis (the engine slices leaves by dataset)
+        return LogNormal(loc, np.broadcast_to(np.asarray(self.sigma, np.float64), np.shape(loc)).copy())
 
     def _check(self):
         if not np.all(np.isfinite(np.asarray(self.loc, dtype=np.float64))):
