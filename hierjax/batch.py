@@ -17,7 +17,7 @@ from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from hierjax.priors import FlatMu, InputError, MuPrior, NormalMu, TauPrior
+from hierjax.priors import DataTauPrior, FlatMu, InputError, MuPrior, NormalMu, TauPrior
 
 __all__ = ["InputError", "Batch", "as_batch", "validate", "min_groups", "describe_priors", "padded_size", "Standardized",
            "standardize"]
@@ -133,12 +133,14 @@ def as_batch(y, sigma, mask=None, names: Optional[Sequence] = None, groups=None,
 
 def min_groups(tau_prior: TauPrior, mu_prior: MuPrior) -> int:
     """Fewest groups giving a proper posterior: ``alpha = J - 2 + c > 0`` (flat mu) or
-    ``J - 1 + c > 0`` (normal mu), and at least one group."""
+    ``J - 1 + c > 0`` (normal mu), at least one group, and at least what the tau prior
+    itself needs (``tau_prior.min_groups_floor``, e.g. 2 for the uniform-I^2 prior)."""
     c = tau_prior.tail_power
     base = 1 if isinstance(mu_prior, NormalMu) else 2
+    floor = int(getattr(tau_prior, "min_groups_floor", 1))
     if math.isinf(c):
-        return 1
-    return max(1, math.floor(base - c) + 1)
+        return max(1, floor)
+    return max(1, floor, math.floor(base - c) + 1)
 
 
 def validate(batch: Batch, need: int, prior_text: str = "") -> list:
@@ -211,8 +213,17 @@ def standardize(batch: Batch) -> Standardized:
     return Standardized(y, s2, loc, scale, -loc / scale)
 
 
-def rescale_priors(tau_prior: TauPrior, mu_prior: MuPrior, st: Standardized):
-    """Priors for the standardised data, with ``[B]`` leaves (one scale per dataset)."""
-    tau_std = tau_prior.rescaled(st.scale)
+def rescale_priors(tau_prior: TauPrior, mu_prior: MuPrior, st: Standardized, mask=None):
+    """Priors for the standardised data, with ``[B]`` leaves (one scale per dataset).
+
+    An unbound data-dependent tau prior (:class:`hierjax.priors.DataTauPrior`) is bound
+    to each dataset's standardised ``sigma_j`` (``mask`` ``[B, J]`` marks the real groups;
+    default all), giving ``[B]`` or ``[B, J]`` leaves: the priors are scale equivariant, so
+    this is the prior bound to the raw ``sigma_j``, rescaled.
+    """
+    if isinstance(tau_prior, DataTauPrior) and not tau_prior.bound:
+        tau_std = tau_prior.bind(np.sqrt(st.sigma2), mask)
+    else:
+        tau_std = tau_prior.rescaled(st.scale)
     mu_std = mu_prior.rescaled(st.loc, st.scale) if isinstance(mu_prior, NormalMu) else FlatMu()
     return tau_std, mu_std

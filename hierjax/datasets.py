@@ -2,12 +2,15 @@
 
 * Eight schools, BDA3 Table 5.2 (rounded), as used by the seed lecture, Stan and NumPyro.
 * Eight schools with Rubin's (1981) unrounded values, as in R's bayesmeta (``Rubin1981``).
+* Beta-blocker trials, BDA3 Table 5.4 (Yusuf et al. 1985): deaths / total per arm.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
-__all__ = ["eight_schools", "rubin_eight_schools", "SCHOOLS"]
+__all__ = ["SCHOOLS", "BetaBlockers", "beta_blockers", "eight_schools", "rubin_eight_schools"]
 
 SCHOOLS = ("A", "B", "C", "D", "E", "F", "G", "H")
 
@@ -24,3 +27,42 @@ def rubin_eight_schools():
     y = np.array([28.39, 7.94, -2.75, 6.82, -0.64, 0.63, 18.01, 12.16])
     sigma = np.array([14.9, 10.2, 16.3, 11.0, 9.4, 11.4, 10.4, 17.6])
     return y, sigma
+
+
+class BetaBlockers(NamedTuple):
+    """Deaths and patients per arm of the 22 beta-blocker trials, each ``[22]`` (int).
+
+    Attributes:
+        control_deaths, control_total: control arm.
+        treated_deaths, treated_total: beta-blocker arm.
+    """
+
+    control_deaths: np.ndarray
+    control_total: np.ndarray
+    treated_deaths: np.ndarray
+    treated_total: np.ndarray
+
+
+def beta_blockers() -> BetaBlockers:
+    """The 22 beta-blocker trials of BDA3 Table 5.4 (Yusuf et al. 1985; Carlin 1992).
+
+    BDA3 sec. 5.6 analyses the log odds ratio treated vs control
+    (:func:`hierjax.effects.log_odds_ratio`), ``y_j = log(d_t/(n_t-d_t)) - log(d_c/(n_c-d_c))``
+    with ``sigma_j^2 = 1/d_t + 1/(n_t-d_t) + 1/d_c + 1/(n_c-d_c)`` (no zero cells here).
+
+    Example:
+        >>> from hierjax.effects import log_odds_ratio
+        >>> d = beta_blockers()
+        >>> y, sigma = log_odds_ratio(d.treated_deaths, d.treated_total,
+        ...                           d.control_deaths, d.control_total)
+    """
+    return BetaBlockers(
+        control_deaths=np.array([3, 14, 11, 127, 27, 6, 152, 48, 37, 188, 52, 47, 16, 45, 31,
+                                 38, 12, 6, 3, 40, 43, 39]),
+        control_total=np.array([39, 116, 93, 1520, 365, 52, 939, 471, 282, 1921, 583, 266, 293,
+                                883, 147, 213, 122, 154, 134, 218, 364, 674]),
+        treated_deaths=np.array([3, 7, 5, 102, 28, 4, 98, 60, 25, 138, 64, 45, 9, 57, 25, 33,
+                                 28, 8, 6, 32, 27, 22]),
+        treated_total=np.array([38, 114, 69, 1533, 355, 59, 945, 632, 278, 1916, 873, 263, 291,
+                                858, 154, 207, 251, 151, 174, 209, 391, 680]),
+    )

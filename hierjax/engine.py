@@ -273,7 +273,8 @@ def fit(y, sigma=None, *, tau_prior="uniform", mu_prior="flat",
     n_pad = -B % size
     work = _with_stand_ins(batch, bad, n_pad)
     st = standardize(work)
-    tp_std, mp_std = rescale_priors(tp, mp, st)
+    # issue 5 (priors): data-dependent tau priors are bound here to each dataset's sigma
+    tp_std, mp_std = rescale_priors(tp, mp, st, work.mask)
     cast = functools.partial(jnp.asarray, dtype=dt)
     lv = cast(levels)
     tp_c, mp_c = jax.tree.map(cast, tp_std), jax.tree.map(cast, mp_std)

@@ -16,12 +16,28 @@ Every tau prior provides
   are standardised on the host).
 
 Spec strings (CLI and Python): ``uniform``, ``half-normal:S``, ``half-cauchy:S``,
-``half-t:NU,S``, ``exponential:RATE`` for tau; ``flat``, ``normal:M,S`` for mu.
+``half-t:NU,S``, ``exponential:RATE``, and bayesmeta's (Röver 2020) ``sqrt``, ``jeffreys``,
+``overall-jeffreys``, ``berger-deely``, ``conventional``, ``dumouchel``, ``shrinkage``, ``i2``,
+``half-logistic:S``, ``lomax:SHAPE,SCALE``, ``rayleigh:S``, ``log-normal:MU,SIGMA`` (of log tau),
+``log-normal-tau2:MU,SIGMA`` (of log tau^2, Turner et al. 2015's parametrisation),
+``inv-gamma:A,B`` (tau^2 ~ IG(A, B)) for tau; ``flat``, ``normal:M,S`` for mu.
+
+Data-dependent priors (:class:`DataTauPrior`: Jeffreys, overall Jeffreys, Berger-Deely,
+conventional, DuMouchel, uniform shrinkage, uniform I^2) are functions of the dataset's
+``sigma_j``. They are created *unbound* and bound to each dataset on the host
+(:meth:`DataTauPrior.bind`, called by :func:`hierjax.batch.rescale_priors` inside
+:func:`hierjax.fit`), which gives them ``[B, J]`` or ``[B]`` leaves like any other prior.
 
 References:
     Gelman et al. (2013), *Bayesian Data Analysis*, 3rd ed., sec. 5.4 and 5.7.
     Gelman (2006), Prior distributions for variance parameters in hierarchical
     models, *Bayesian Analysis* 1(3).
+    Röver (2020), Bayesian random-effects meta-analysis using the bayesmeta R package,
+    *J. Stat. Softw.* 93(6); bayesmeta's R help for ``bayesmeta`` (argument ``tau.prior``,
+    "Prior specification details"), ``dhalflogistic``, ``dlomax``, ``drayleigh``,
+    ``dinvchi`` and ``TurnerEtAlPrior``.
+    Röver et al. (2021), On weakly informative prior distributions for the heterogeneity
+    parameter in Bayesian random-effects meta-analysis, *Res. Synth. Methods* 12(4).
 """
 from __future__ import annotations
 
@@ -32,7 +48,7 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import gammaln
+from jax.scipy.special import gammaln, logsumexp
 
 
 class InputError(ValueError):
@@ -41,6 +57,9 @@ class InputError(ValueError):
 __all__ = [
     "TauPrior", "MuPrior",
     "Uniform", "HalfNormal", "HalfCauchy", "HalfT", "Exponential", "CustomTau",
+    "UniformSqrt", "HalfLogistic", "Lomax", "Rayleigh", "LogNormal", "InvGammaTau2",
+    "DataTauPrior", "Jeffreys", "OverallJeffreys", "BergerDeely", "Conventional", "DuMouchel",
+    "UniformShrinkage", "UniformI2",
     "FlatMu", "NormalMu",
     "parse_tau_prior", "parse_mu_prior",
 ]
@@ -59,6 +78,8 @@ class TauPrior:
 
     proper: bool = True
     tail_power: float = math.inf
+    #: fewest groups the prior itself needs (beyond the tail condition), e.g. 2 for I^2
+    min_groups_floor: int = 1
 
     def log_density(self, tau):
         raise NotImplementedError
@@ -236,6 +257,513 @@ def _estimate_tail_power(logpdf) -> float:
     return (a - b) / math.log(t2 / t1)
 
 
+# ----------------------------------------------------------------------------------------
+# bayesmeta's families (Röver 2020; Röver et al. 2021): fixed priors with array leaves.
+# ----------------------------------------------------------------------------------------
+def _log(x):
+    return jnp.log(x)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class UniformSqrt(TauPrior):
+    r"""Improper uniform prior on :math:`\sqrt\tau`: :math:`p(\tau) \propto \tau^{-1/2}`.
+
+    bayesmeta's ``tau.prior = "sqrt"`` (Röver 2020, sec. 2.2). Integrable at
+    ``tau = 0``; tail power ``c = 1/2``, so ``J >= 2`` groups with a flat mu prior.
+    """
+
+    proper = False
+    tail_power = 0.5
+
+    def log_density(self, tau):
+        return -0.5 * jnp.log(tau)
+
+    def rescaled(self, scale):
+        return self
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class HalfLogistic(TauPrior):
+    r"""Half-logistic prior (bayesmeta ``dhalflogistic``; Johnson et al. 1994, ch. 23.11).
+
+    .. math::
+        p(\tau) = \frac{2\, e^{-\tau/S}}{S\,(1 + e^{-\tau/S})^2}, \qquad \tau \ge 0
+    """
+
+    scale: np.ndarray
+
+    tail_power = math.inf
+
+    def log_density(self, tau):
+        z = tau / self.scale
+        return _LOG2 - jnp.log(self.scale) - z - 2.0 * jax.nn.softplus(-z)
+
+    def rescaled(self, scale):
+        return HalfLogistic(self.scale / scale)
+
+    def _check(self):
+        _positive("scale", self.scale, "half-logistic")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Lomax(TauPrior):
+    r"""Lomax (Pareto II) prior (bayesmeta ``dlomax``), shape :math:`\alpha`, scale :math:`\lambda`.
+
+    .. math::
+        p(\tau) = \frac{\alpha}{\lambda} \left(1 + \frac{\tau}{\lambda}\right)^{-(\alpha + 1)}
+
+    Tail power ``c = alpha + 1``; ``shape`` is static (it decides which moments exist).
+    """
+
+    shape: float = dataclasses.field(metadata={"static": True})
+    scale: np.ndarray = None
+
+    @property
+    def tail_power(self):
+        return self.shape + 1.0
+
+    def log_density(self, tau):
+        a, lam = self.shape, self.scale
+        return math.log(a) - jnp.log(lam) - (a + 1.0) * jnp.log1p(tau / lam)
+
+    def rescaled(self, scale):
+        return Lomax(self.shape, self.scale / scale)
+
+    def _check(self):
+        _positive("shape", self.shape, "lomax")
+        _positive("scale", self.scale, "lomax")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Rayleigh(TauPrior):
+    r"""Rayleigh prior (bayesmeta ``drayleigh``): :math:`p(\tau) = \frac{\tau}{S^2} e^{-\tau^2/2S^2}`."""
+
+    scale: np.ndarray
+
+    tail_power = math.inf
+
+    def log_density(self, tau):
+        s = self.scale
+        return jnp.log(tau) - 2.0 * jnp.log(s) - 0.5 * (tau / s) ** 2
+
+    def rescaled(self, scale):
+        return Rayleigh(self.scale / scale)
+
+    def _check(self):
+        _positive("scale", self.scale, "rayleigh")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class LogNormal(TauPrior):
+    r"""Log-normal prior on tau: :math:`\log\tau \sim N(m, s^2)`.
+
+    .. math::
+        p(\tau) = \frac{1}{\tau s \sqrt{2\pi}} \exp\!\left(-\frac{(\log\tau - m)^2}{2 s^2}\right)
+
+    Turner et al. (2015) and bayesmeta's ``TurnerEtAlPrior`` state their empirical priors
+    for ``tau^2`` (``log tau^2 ~ N(m2, s2^2)``): that is this prior with ``m = m2 / 2``,
+    ``s = s2 / 2`` (spec ``log-normal-tau2:M2,S2``). Its tail decays faster than any
+    power (``tail_power = inf``).
+    """
+
+    loc: np.ndarray
+    sigma: np.ndarray
+
+    tail_power = math.inf
+
+    def log_density(self, tau):
+        lt = jnp.log(tau)
+        return (-lt - jnp.log(self.sigma) - _LOG_SQRT_2PI
+                - 0.5 * ((lt - self.loc) / self.sigma) ** 2)
+
+    def rescaled(self, scale):
+        loc = self.loc - np.log(scale)
+        # every leaf needs the per-dataset leading axis (the engine slices leaves by dataset)
+        return LogNormal(loc, np.broadcast_to(np.asarray(self.sigma, np.float64), np.shape(loc)).copy())
+
+    def _check(self):
+        if not np.all(np.isfinite(np.asarray(self.loc, dtype=np.float64))):
+            raise InputError(f"log-normal: mu must be finite, got {self.loc!r}")
+        _positive("sigma", self.sigma, "log-normal")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class InvGammaTau2(TauPrior):
+    r"""Inverse-gamma prior on the variance: :math:`\tau^2 \sim IG(a, b)`, as a density of tau.
+
+    .. math::
+        p(\tau) = 2\tau \, p_{IG}(\tau^2) = \frac{2\, b^a}{\Gamma(a)} \tau^{-2a-1} e^{-b/\tau^2}
+
+    (Jacobian ``d tau^2 / d tau = 2 tau``). bayesmeta's scaled inverse-chi prior
+    ``dinvchi(df = nu, scale = s)`` is the case ``a = nu/2``, ``b = s^2/2``. Tail power
+    ``c = 2a + 1``; ``shape`` (``a``) is static.
+    """
+
+    shape: float = dataclasses.field(metadata={"static": True})
+    scale: np.ndarray = None
+
+    @property
+    def tail_power(self):
+        return 2.0 * self.shape + 1.0
+
+    def log_density(self, tau):
+        a, b = self.shape, self.scale
+        return (_LOG2 + a * jnp.log(b) - math.lgamma(a)
+                - (2.0 * a + 1.0) * jnp.log(tau) - b / (tau * tau))
+
+    def rescaled(self, scale):
+        return InvGammaTau2(self.shape, self.scale / np.asarray(scale, np.float64) ** 2)
+
+    def _check(self):
+        _positive("shape", self.shape, "inv-gamma")
+        _positive("scale", self.scale, "inv-gamma")
+
+
+# ----------------------------------------------------------------------------------------
+# bayesmeta's data-dependent "non-informative" priors (functions of the sigma_j).
+# ----------------------------------------------------------------------------------------
+def _per_dataset(scale, leaf):
+    """``scale`` (scalar or ``[B]``) shaped to broadcast against ``leaf`` (``[B]`` or ``[B, J]``)."""
+    s = np.asarray(scale, np.float64)
+    leaf = np.asarray(leaf)
+    return s.reshape(s.shape + (1,) * max(0, leaf.ndim - s.ndim))
+
+
+def _as_sigma_mask(sigma, mask, name):
+    """Host side: ``sigma`` as float64 ``[..., J]`` and a bool mask of the same shape."""
+    s = np.asarray(sigma, np.float64)
+    if s.ndim == 0:
+        s = s[None]
+    m = np.ones(s.shape, bool) if mask is None else np.broadcast_to(np.asarray(mask, bool), s.shape)
+    if not np.all(np.isfinite(s[m])) or np.any(s[m] <= 0):
+        raise InputError(f"{name} tau prior: sigma must be positive and finite to bind the prior")
+    k = m.sum(axis=-1)
+    if np.any(k < 1):
+        raise InputError(f"{name} tau prior: a dataset has no groups")
+    return np.where(m, s, 1.0), m, k
+
+
+def _log_v(sigma2, tau):
+    """``log(sigma_j^2 + tau^2)`` without overflow at large tau, ``[J]``."""
+    return jnp.logaddexp(jnp.log(sigma2), 2.0 * jnp.log(tau))
+
+
+def _host_log_integral(log_f_of_x, s2, m, h=0.125, left=22.0, right=45.0):
+    r"""``log int_0^inf f(tau) dtau`` for ``[B, J]`` sigma^2 (host, float64, trapezoid in x = log tau).
+
+    ``log_f_of_x(x[K, 1, 1], s2[1, B, J], m) -> log(tau f(tau)) [K, B]``. The integrands used here
+    are analytic in the strip ``|Im x| < pi/4`` and decay like ``e^{2x}`` (left) and
+    ``e^{-x}`` (right), so the trapezoid rule with step ``h`` has relative error about
+    ``exp(-pi^2 / (2h))`` (4e-18 for ``h = 1/8``; Trefethen & Weideman 2014, SIAM Rev.
+    56(3), thm. 5.1) plus the tails cut at ``e^{-44}``.
+    """
+    ls = 0.5 * np.log(s2)
+    lo = np.min(np.where(m, ls, np.inf), axis=-1) - left      # [B]
+    hi = np.max(np.where(m, ls, -np.inf), axis=-1) + right
+    n = int(np.ceil(np.max(hi - lo) / h)) + 1
+    out = np.empty(s2.shape[0])
+    step = max(1, (1 << 21) // (n * s2.shape[1]))
+    for a in range(0, s2.shape[0], step):
+        sl = slice(a, a + step)
+        x = lo[sl][None, :] + h * np.arange(n)[:, None]          # [K, b]
+        lf = log_f_of_x(x[:, :, None], s2[None, sl], m[None, sl])  # [K, b]
+        top = lf.max(axis=0)
+        out[sl] = top + np.log(h * np.sum(np.exp(lf - top), axis=0))
+    return out
+
+
+class DataTauPrior(TauPrior):
+    """A tau prior that is a function of the dataset's ``sigma_j`` (bayesmeta's defaults).
+
+    Created unbound (``Jeffreys()``); :meth:`bind` computes its leaves from ``sigma``
+    (``[J]`` or ``[B, J]``) and a mask on the host, in float64. :func:`hierjax.fit` binds
+    it to each dataset's standardised ``sigma_j`` (the priors are scale equivariant:
+    the prior bound to ``sigma / c`` is the prior for ``tau / c``).
+    """
+
+    def bind(self, sigma, mask=None):
+        raise NotImplementedError
+
+    @property
+    def bound(self) -> bool:
+        return all(getattr(self, f.name) is not None for f in dataclasses.fields(self))
+
+    def _need_bound(self):
+        if not self.bound:
+            raise InputError(f"{type(self).__name__} tau prior depends on the data's sigma; "
+                             "bind it first (fit does this for you)")
+
+
+class _VectorDataPrior(DataTauPrior):
+    """Data priors holding the whole ``sigma2 [.., J]`` and ``mask [.., J]``."""
+
+    def rescaled(self, scale):
+        self._need_bound()
+        c = _per_dataset(scale, self.sigma2)
+        changes = {"sigma2": np.asarray(self.sigma2) / c ** 2}
+        if hasattr(self, "log_norm"):
+            changes["log_norm"] = np.asarray(self.log_norm) - np.log(_per_dataset(scale, self.log_norm))
+        return dataclasses.replace(self, **changes)
+
+    def _parts(self, tau):
+        mask = jnp.asarray(self.mask) > 0            # cast-proof: the engine casts leaves to floats
+        k = jnp.sum(mask).astype(jnp.result_type(tau))
+        return mask, k, _log_v(self.sigma2, tau)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Jeffreys(_VectorDataPrior):
+    r"""Tibshirani's (1989) noninformative prior, the Berger-Bernardo reference prior for tau
+    (Bodnar et al. 2016); bayesmeta's ``"Jeffreys"`` (Röver 2020, sec. 2.2):
+
+    .. math::
+        p(\tau) \propto \sqrt{\sum_j \left(\frac{\tau}{\sigma_j^2 + \tau^2}\right)^2}
+
+    Improper: ``~ tau`` at 0 and ``~ sqrt(J) / tau`` at infinity (``c = 1``).
+    """
+
+    sigma2: np.ndarray | None = None
+    mask: np.ndarray | None = None
+
+    proper = False
+    tail_power = 1.0
+
+    def bind(self, sigma, mask=None):
+        s, m, _ = _as_sigma_mask(sigma, mask, "jeffreys")
+        return Jeffreys(s ** 2, m)
+
+    def log_density(self, tau):
+        mask, _, lv = self._parts(tau)
+        return 0.5 * logsumexp(jnp.where(mask, 2.0 * (jnp.log(tau) - lv), -jnp.inf))
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class OverallJeffreys(_VectorDataPrior):
+    r"""The "overall" Jeffreys prior of bayesmeta (``"overallJeffreys"``; Mathur 2025's
+    "Jeffreys2"): the square root of the determinant of the Fisher information of
+    ``(mu, tau)`` in ``y_j ~ N(mu, sigma_j^2 + tau^2)``, which is diagonal with entries
+    ``sum_j 1/v_j`` and ``2 sum_j tau^2/v_j^2`` (``v_j = sigma_j^2 + tau^2``):
+
+    .. math::
+        p(\tau) \propto \sqrt{\sum_j \frac{1}{\sigma_j^2 + \tau^2}}
+                        \sqrt{\sum_j \left(\frac{\tau}{\sigma_j^2 + \tau^2}\right)^2}
+
+    It behaves like ``tau`` at 0 and like ``J / tau^2`` at infinity (``c = 2``), so it is
+    integrable: :meth:`bind` normalises it numerically (``log_norm``) and it counts as proper.
+    """
+
+    sigma2: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    log_norm: np.ndarray | None = None
+
+    proper = True
+    tail_power = 2.0
+
+    @staticmethod
+    def _log_unnorm(lt, lv, mask, xp):
+        """log of the unnormalised density from log tau and log v_j (numpy or jax)."""
+        lse = (lambda a, axis: logsumexp(a, axis=axis)) if xp is jnp else _np_logsumexp
+        return 0.5 * (lse(xp.where(mask, -lv, -xp.inf), -1)
+                      + lse(xp.where(mask, 2.0 * (lt - lv), -xp.inf), -1))
+
+    def bind(self, sigma, mask=None):
+        s, m, _ = _as_sigma_mask(sigma, mask, "overall-jeffreys")
+        s2 = s ** 2
+        shape = s2.shape[:-1]
+        s2b, mb = s2.reshape(-1, s2.shape[-1]), m.reshape(-1, m.shape[-1])
+
+        def log_f(x, s2_, m_):
+            lv = np.logaddexp(np.log(s2_), 2.0 * x)
+            return x[..., 0] + self._log_unnorm(x, lv, m_, np)
+        log_z = _host_log_integral(log_f, s2b, mb).reshape(shape)
+        return OverallJeffreys(s2, m, -log_z)
+
+    def log_density(self, tau):
+        mask, _, lv = self._parts(tau)
+        return self.log_norm + self._log_unnorm(jnp.log(tau), lv, mask, jnp)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class BergerDeely(_VectorDataPrior):
+    r"""Berger and Deely's (1988) prior, bayesmeta's ``"BergerDeely"`` (improper):
+
+    .. math::
+        p(\tau) \propto \prod_j \left(\frac{\tau}{\sigma_j^2 + \tau^2}\right)^{1/J}
+
+    ``~ tau`` at 0, ``~ 1/tau`` at infinity (``c = 1``). Equal to :class:`Jeffreys` (up to a
+    constant) when all ``sigma_j`` are equal.
+    """
+
+    sigma2: np.ndarray | None = None
+    mask: np.ndarray | None = None
+
+    proper = False
+    tail_power = 1.0
+
+    def bind(self, sigma, mask=None):
+        s, m, _ = _as_sigma_mask(sigma, mask, "berger-deely")
+        return BergerDeely(s ** 2, m)
+
+    def log_density(self, tau):
+        mask, k, lv = self._parts(tau)
+        return jnp.log(tau) - jnp.sum(jnp.where(mask, lv, 0.0)) / k
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Conventional(_VectorDataPrior):
+    r"""The "conventional" prior of bayesmeta (proper; for testing and model selection):
+
+    .. math::
+        p(\tau) \propto \prod_j \left(\frac{\tau}{(\sigma_j^2 + \tau^2)^{3/2}}\right)^{1/J}
+
+    ``~ tau`` at 0, ``~ tau^-2`` at infinity (``c = 2``). The normalising constant has no
+    closed form for unequal ``sigma_j`` (it is ``sigma`` when they are equal); :meth:`bind`
+    computes it on the host (``log_norm``).
+    """
+
+    sigma2: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    log_norm: np.ndarray | None = None
+
+    proper = True
+    tail_power = 2.0
+
+    def bind(self, sigma, mask=None):
+        s, m, k = _as_sigma_mask(sigma, mask, "conventional")
+        s2 = s ** 2
+        shape = s2.shape[:-1]
+        s2b, mb = s2.reshape(-1, s2.shape[-1]), m.reshape(-1, m.shape[-1])
+        kb = k.reshape(-1).astype(np.float64)
+
+        def log_f(x, s2_, m_):
+            lv = np.logaddexp(np.log(s2_), 2.0 * x)
+            return 2.0 * x[..., 0] - 1.5 * np.sum(np.where(m_, lv, 0.0), axis=-1) / kb
+        log_z = _host_log_integral(log_f, s2b, mb).reshape(shape)
+        return Conventional(s2, m, -log_z)
+
+    def log_density(self, tau):
+        mask, k, lv = self._parts(tau)
+        return self.log_norm + jnp.log(tau) - 1.5 * jnp.sum(jnp.where(mask, lv, 0.0)) / k
+
+
+def _np_logsumexp(a, axis):
+    top = np.max(a, axis=axis, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0.0)
+    return np.squeeze(top, axis) + np.log(np.sum(np.exp(a - top), axis=axis))
+
+
+def _harmonic_s02(s, m, k):
+    """``s_0^2 = J / sum_j sigma_j^-2``: harmonic mean of the squared standard errors."""
+    return k / np.sum(np.where(m, 1.0 / s ** 2, 0.0), axis=-1)
+
+
+class _ScalarDataPrior(DataTauPrior):
+    """Data priors holding one scale per dataset (``[B]`` leaf ``s2``, a variance)."""
+
+    def rescaled(self, scale):
+        self._need_bound()
+        return dataclasses.replace(self, s2=np.asarray(self.s2) / _per_dataset(scale, self.s2) ** 2)
+
+    def _check(self):
+        if self.bound:
+            _positive("s2", self.s2, type(self).__name__)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class DuMouchel(_ScalarDataPrior):
+    r"""DuMouchel's prior (Spiegelhalter et al. 2004, sec. 5.7.3; bayesmeta ``"DuMouchel"``):
+
+    .. math::
+        p(\tau) = \frac{s_0}{(s_0 + \tau)^2}, \qquad s_0^2 = \frac{J}{\sum_j \sigma_j^{-2}}
+
+    (``s_0^2`` the harmonic mean of the ``sigma_j^2``). Proper, ``c = 2``. The leaf is
+    ``s2 = s_0^2``; ``DuMouchel(s2=...)`` fixes it instead of binding it to the data.
+    """
+
+    s2: np.ndarray | None = None
+
+    proper = True
+    tail_power = 2.0
+
+    def bind(self, sigma, mask=None):
+        s, m, k = _as_sigma_mask(sigma, mask, "dumouchel")
+        return DuMouchel(_harmonic_s02(s, m, k))
+
+    def log_density(self, tau):
+        ls0 = 0.5 * jnp.log(self.s2)
+        return ls0 - 2.0 * jnp.logaddexp(ls0, jnp.log(tau))
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class UniformShrinkage(_ScalarDataPrior):
+    r"""The uniform shrinkage prior (Spiegelhalter et al. 2004, sec. 5.7.3; bayesmeta
+    ``"shrinkage"``): uniform on ``B = s_0^2 / (s_0^2 + tau^2)``,
+
+    .. math::
+        p(\tau) = \frac{2 s_0^2 \tau}{(s_0^2 + \tau^2)^2}, \qquad s_0^2 = \frac{J}{\sum_j \sigma_j^{-2}}
+
+    Proper, ``c = 3``. Leaf ``s2 = s_0^2``.
+    """
+
+    s2: np.ndarray | None = None
+
+    proper = True
+    tail_power = 3.0
+
+    def bind(self, sigma, mask=None):
+        s, m, k = _as_sigma_mask(sigma, mask, "shrinkage")
+        return UniformShrinkage(_harmonic_s02(s, m, k))
+
+    def log_density(self, tau):
+        ls2 = jnp.log(self.s2)
+        return _LOG2 + ls2 + jnp.log(tau) - 2.0 * jnp.logaddexp(ls2, 2.0 * jnp.log(tau))
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class UniformI2(_ScalarDataPrior):
+    r"""Uniform prior on ``I^2 = tau^2 / (hat sigma^2 + tau^2)`` (bayesmeta ``"I2"``):
+
+    .. math::
+        p(\tau) = \frac{2 \hat\sigma^2 \tau}{(\hat\sigma^2 + \tau^2)^2}, \qquad
+        \hat\sigma^2 = \frac{(J - 1) \sum_j \sigma_j^{-2}}{(\sum_j \sigma_j^{-2})^2 - \sum_j \sigma_j^{-4}}
+
+    (Higgins and Thompson 2002, eq. 9, the "typical" within-study variance). Proper,
+    ``c = 3``; ``hat sigma^2`` needs ``J >= 2`` groups. Leaf ``s2 = hat sigma^2``.
+    """
+
+    s2: np.ndarray | None = None
+
+    proper = True
+    tail_power = 3.0
+    min_groups_floor = 2
+
+    def bind(self, sigma, mask=None):
+        s, m, k = _as_sigma_mask(sigma, mask, "i2")
+        if np.any(k < 2):
+            raise InputError("i2 tau prior: needs at least 2 groups per dataset (hat sigma^2 "
+                             "is undefined for one)")
+        w = np.where(m, 1.0 / s ** 2, 0.0)
+        sw = w.sum(axis=-1)
+        return UniformI2((k - 1) * sw / (sw ** 2 - np.sum(w ** 2, axis=-1)))
+
+    def log_density(self, tau):
+        ls2 = jnp.log(self.s2)
+        return _LOG2 + ls2 + jnp.log(tau) - 2.0 * jnp.logaddexp(ls2, 2.0 * jnp.log(tau))
+
+
 class MuPrior:
     """Base class of mu priors."""
 
@@ -289,7 +817,26 @@ _TAU_SPECS = {
     "half-cauchy": (1, lambda s: HalfCauchy(_leaf(s))),
     "half-t": (2, lambda nu, s: HalfT(float(nu), _leaf(s))),
     "exponential": (1, lambda r: Exponential(_leaf(r))),
+    # bayesmeta (Röver 2020): see the classes for the densities
+    "sqrt": (0, lambda: UniformSqrt()),
+    "jeffreys": (0, lambda: Jeffreys()),
+    "overall-jeffreys": (0, lambda: OverallJeffreys()),
+    "berger-deely": (0, lambda: BergerDeely()),
+    "conventional": (0, lambda: Conventional()),
+    "dumouchel": (0, lambda: DuMouchel()),
+    "shrinkage": (0, lambda: UniformShrinkage()),
+    "i2": (0, lambda: UniformI2()),
+    "half-logistic": (1, lambda s: HalfLogistic(_leaf(s))),
+    "lomax": (2, lambda a, s: Lomax(float(a), _leaf(s))),
+    "rayleigh": (1, lambda s: Rayleigh(_leaf(s))),
+    "log-normal": (2, lambda m, s: LogNormal(_leaf(m), _leaf(s))),
+    "log-normal-tau2": (2, lambda m, s: LogNormal(_leaf(0.5 * m), _leaf(0.5 * s))),
+    "inv-gamma": (2, lambda a, b: InvGammaTau2(float(a), _leaf(b))),
 }
+#: bayesmeta's own spellings (case-insensitive) and other common ones
+_TAU_ALIASES = {"overalljeffreys": "overall-jeffreys", "bergerdeely": "berger-deely",
+                "uniform-shrinkage": "shrinkage", "halflogistic": "half-logistic",
+                "lognormal": "log-normal", "invgamma": "inv-gamma"}
 
 
 def parse_tau_prior(spec) -> TauPrior:
@@ -305,6 +852,7 @@ def parse_tau_prior(spec) -> TauPrior:
         prior = CustomTau(spec)
     elif isinstance(spec, str):
         name, _, rest = spec.strip().lower().partition(":")
+        name = _TAU_ALIASES.get(name, name)
         if name not in _TAU_SPECS:
             raise InputError(f"unknown tau prior {spec!r}; expected one of "
                              + ", ".join(_TAU_SPECS) + " (or a JAX log-density)")

@@ -43,7 +43,7 @@ from scipy import integrate, optimize, special
 
 __all__ = ["LEVELS", "Reference", "RefMarginal", "reference", "parse_tau", "parse_mu",
            "log_prior_tau", "joint_gaussian_posterior", "precision_posterior",
-           "joint_log_evidence"]
+           "joint_log_evidence", "CallableTau", "bayesmeta_tau_prior"]
 
 LEVELS = (0.025, 0.25, 0.5, 0.75, 0.975)
 
@@ -80,6 +80,9 @@ def parse_mu(spec):
 def log_prior_tau(kind, params, tau):
     """Normalised log density of tau (0 for the improper uniform); textbook formulas."""
     tau = np.asarray(tau, dtype=np.float64)
+    if isinstance(kind, CallableTau):
+        with np.errstate(divide="ignore"):
+            return np.asarray(kind.logpdf(np.atleast_1d(tau)), dtype=np.float64).reshape(tau.shape)
     if kind == "uniform":
         return np.zeros_like(tau)
     if kind == "half-normal":
@@ -101,6 +104,13 @@ def log_prior_tau(kind, params, tau):
 
 def dlog_prior_tau(kind, params, tau):
     """d/dtau of :func:`log_prior_tau`."""
+    if isinstance(kind, CallableTau):
+        # central difference in log tau (used only to locate the mode for breakpoints)
+        t = np.asarray(tau, dtype=np.float64)
+        h = 1e-5
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d = (kind.logpdf(t * math.exp(h)) - kind.logpdf(t * math.exp(-h))) / (t * 2.0 * math.sinh(h))
+        return np.where(t > 0, d, 0.0)
     if kind == "uniform":
         return 0.0 * tau
     if kind == "half-normal":
@@ -118,8 +128,100 @@ def dlog_prior_tau(kind, params, tau):
 
 def tail_power(kind, params):
     """``c`` with ``p(tau) ~ tau^-c`` at infinity."""
+    if isinstance(kind, CallableTau):
+        return kind.tail_power
     return {"uniform": 0.0, "half-cauchy": 2.0}.get(
         kind, params[0] + 1.0 if kind == "half-t" else math.inf)
+
+
+@dataclasses.dataclass(frozen=True)
+class CallableTau:
+    """A tau prior given as a NumPy log density ``logpdf(tau[n]) -> [n]`` (normalised if proper).
+
+    ``tail_power``: ``c`` with ``p(tau) ~ tau^-c`` at infinity (decides moment existence).
+    """
+
+    name: str
+    logpdf: object
+    tail_power: float
+    proper: bool
+
+    def __hash__(self):
+        return hash((self.name, id(self.logpdf)))
+
+
+def _normalised(name, log_unnorm, tail, scale):
+    """A proper CallableTau from an unnormalised log density, normalised by ``quad``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", integrate.IntegrationWarning)
+        z = sum(integrate.quad(lambda t: math.exp(float(log_unnorm(np.array([t]))[0])), a, b,
+                               epsabs=0.0, epsrel=1e-13, limit=500)[0]
+                for a, b in ((0.0, scale), (scale, 100 * scale), (100 * scale, math.inf)))
+    return CallableTau(name, lambda t: log_unnorm(t) - math.log(z), tail, True)
+
+
+def bayesmeta_tau_prior(name, sigma, *params) -> CallableTau:
+    r"""bayesmeta's named tau priors for a dataset's ``sigma``, written from Röver (2020) and
+    bayesmeta's R help (``tau.prior``; ``dhalflogistic``, ``dlomax``, ``drayleigh``) with
+    NumPy/SciPy, independently of hierjax.
+
+    ``name``: sqrt, jeffreys, overall-jeffreys, berger-deely, conventional, dumouchel,
+    shrinkage, i2, half-logistic (S), lomax (A, L), rayleigh (S), log-normal (M, S),
+    inv-gamma (A, B; on tau^2).
+    """
+    from scipy import stats
+
+    s2 = np.asarray(sigma, np.float64) ** 2
+    k = s2.size
+
+    def col(t):
+        return np.asarray(t, np.float64).reshape(-1, 1)
+
+    if name == "sqrt":
+        return CallableTau(name, lambda t: -0.5 * np.log(t), 0.5, False)
+    if name == "jeffreys":
+        return CallableTau(name, lambda t: 0.5 * np.log(np.sum((col(t) / (s2 + col(t) ** 2)) ** 2,
+                                                                axis=1)), 1.0, False)
+    if name == "berger-deely":
+        return CallableTau(name, lambda t: np.log(np.prod((col(t) / (s2 + col(t) ** 2)) ** (1.0 / k),
+                                                          axis=1)), 1.0, False)
+    if name == "overall-jeffreys":
+        def lu(t):
+            v = s2 + col(t) ** 2
+            return 0.5 * np.log(np.sum(1.0 / v, axis=1) * np.sum((col(t) / v) ** 2, axis=1))
+        return _normalised(name, lu, 2.0, float(np.sqrt(s2.max())))
+    if name == "conventional":
+        def lu(t):
+            return np.log(np.prod((col(t) / (s2 + col(t) ** 2) ** 1.5) ** (1.0 / k), axis=1))
+        return _normalised(name, lu, 2.0, float(np.sqrt(s2.max())))
+    if name == "dumouchel":
+        s0 = math.sqrt(k / np.sum(1.0 / s2))
+        return CallableTau(name, lambda t: np.log(s0 / (s0 + t) ** 2), 2.0, True)
+    if name in ("shrinkage", "i2"):
+        if name == "shrinkage":
+            c2 = k / np.sum(1.0 / s2)
+        else:   # Higgins and Thompson (2002), eq. 9
+            w = 1.0 / s2
+            c2 = (k - 1) * w.sum() / (w.sum() ** 2 - np.sum(w ** 2))
+        return CallableTau(name, lambda t: np.log(2.0 * c2 * t / (c2 + t ** 2) ** 2), 3.0, True)
+    if name == "half-logistic":
+        (s,) = params
+        return CallableTau(name, lambda t: stats.halflogistic(scale=s).logpdf(t), math.inf, True)
+    if name == "lomax":
+        a, lam = params
+        return CallableTau(name, lambda t: stats.lomax(a, scale=lam).logpdf(t), a + 1.0, True)
+    if name == "rayleigh":
+        (s,) = params
+        return CallableTau(name, lambda t: stats.rayleigh(scale=s).logpdf(t), math.inf, True)
+    if name == "log-normal":
+        m, s = params
+        return CallableTau(name, lambda t: stats.lognorm(s, scale=math.exp(m)).logpdf(t),
+                           math.inf, True)
+    if name == "inv-gamma":   # tau^2 ~ IG(a, b); p(tau) = 2 tau p_IG(tau^2)
+        a, b = params
+        return CallableTau(name, lambda t: stats.invgamma(a, scale=b).logpdf(np.asarray(t) ** 2)
+                           + np.log(2.0 * np.asarray(t)), 2.0 * a + 1.0, True)
+    raise ValueError(name)
 
 
 # --------------------------------------------------------------------------- results
@@ -151,7 +253,10 @@ class Reference:
         if self.y.ndim != 1 or self.y.shape != self.sigma.shape:
             raise ValueError("y and sigma must be 1-D of equal length")
         self.J = J = self.y.size
-        self.kind, self.params = parse_tau(tau_prior)
+        if isinstance(tau_prior, CallableTau):
+            self.kind, self.params = tau_prior, ()
+        else:
+            self.kind, self.params = parse_tau(tau_prior)
         self.mu_prior = parse_mu(mu_prior)
         s2 = self.sigma ** 2
         # Centre: the model is translation equivariant (the mu prior's location moves too).
@@ -165,7 +270,8 @@ class Reference:
             self.p0, self.m0c, self.logdet0, n = 1.0 / s0 ** 2, m0 - self.c, 2.0 * math.log(s0), J + 1
         self.const = (n - 1) * _LOG_2PI + self.logdet0
         self.alpha = J - (2.0 if self.mu_prior is None else 1.0) + tail_power(self.kind, self.params)
-        self.proper = self.kind != "uniform" and self.mu_prior is not None
+        self.proper = (self.kind.proper if isinstance(self.kind, CallableTau)
+                       else self.kind != "uniform") and self.mu_prior is not None
         self._memo = {}
         self._setup()
 
@@ -255,15 +361,17 @@ class Reference:
         # The mode of p(tau | y) in tau (>= 0): roots of d/dtau where it turns negative.
         tau_grid = np.concatenate([[0.0], np.exp(x)])
         d = self._dlog_post(tau_grid)
-        lp0 = float(self.log_post([0.0])[0])
-        cands = [(lp0, 0.0)]
+        with np.errstate(divide="ignore"):
+            lp0 = float(self.log_post([0.0])[0])
+        # a prior density infinite at 0 (e.g. tau^-1/2) has no mode there worth a candidate
+        cands = [(lp0, 0.0)] if math.isfinite(lp0) or lp0 < 0 else []
         for k in np.flatnonzero((d[:-1] > 0) & (d[1:] <= 0)):
             a, b = tau_grid[k], tau_grid[k + 1]
             root = optimize.brentq(lambda t: float(self._dlog_post([t])[0]), a, b,
                                    xtol=1e-300, rtol=4 * np.finfo(float).eps, maxiter=200) \
                 if d[k + 1] < 0 else b
             cands.append((float(self.log_post([root])[0]), root))
-        lmode, self.mode = max(cands)
+        lmode, self.mode = max(cands) if cands else (-math.inf, 0.0)
         self.lmax = max(lmode, float(lp.max()))
 
         # Dense tabulation in x = log tau (trapezoid weights): breakpoints and start values.
