@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     batch = as_batch(sim.y, sim.sigma)
     st = standardize(batch)
     tp, mp = rescale_priors(Uniform(), FlatMu(), st)
-    cast = lambda a: jnp.asarray(a, dtype)  # noqa: E731
+    cast = lambda a: jnp.asarray(a, dtype)
     kargs = (cast(st.y), cast(st.sigma2), jnp.asarray(batch.mask), cast(st.threshold), tp, mp,
              cast(np.array(hierjax.DEFAULT_LEVELS)))
     chunk = _default_chunk(n + 1, batch.y.shape[1])
