@@ -48,28 +48,70 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp, ndtr
 
-from hierjax.batch import Batch, InputError, as_batch, describe_priors, min_groups, \
-    rescale_priors, standardize, validate
-from hierjax.conditionals import MuGivenTau, mu_given_tau, mu_given_tau_near, reference_point, \
-    theta_given_tau
+from hierjax.batch import (
+    Batch,
+    InputError,
+    as_batch,
+    describe_priors,
+    min_groups,
+    rescale_priors,
+    standardize,
+    validate,
+)
+from hierjax.conditionals import (
+    MuGivenTau,
+    mu_given_tau,
+    mu_given_tau_near,
+    reference_point,
+    theta_given_tau,
+)
 from hierjax.engine import DEFAULT_LEVELS, STATUS, compute_dtype
-from hierjax.grid import KAPPA, TauGrid, chebyshev_density_coefficients, default_nodes, \
-    tail_alpha, tau_grid
+from hierjax.grid import (
+    KAPPA,
+    TauGrid,
+    chebyshev_density_coefficients,
+    default_nodes,
+    tail_alpha,
+    tau_grid,
+)
 from hierjax.priors import MuPrior, NormalMu, TauPrior, parse_mu_prior, parse_tau_prior
 from hierjax.quadrature import cdf_coefficients, clenshaw_curtis
 from hierjax.solvers import iterate
-from hierjax.summaries import _barycentric, _cdf_tables, _Phi, mixture_quantile, tau_quantile
+from hierjax.summaries import (
+    _barycentric,
+    _cdf_tables,
+    _Phi,
+    mixture_quantile,
+    tau_quantile,
+)
 
-__all__ = ["Posterior", "posterior", "PARAMS", "pdf", "cdf", "quantile", "prob_greater",
-           "interval", "predictive_prob", "PredictiveCheck", "predictive_check", "shrinkage",
-           "Weights", "weights", "I2Summary", "i2", "pairwise_prob", "difference_given_tau"]
+__all__ = [
+    "PARAMS",
+    "I2Summary",
+    "Posterior",
+    "PredictiveCheck",
+    "Weights",
+    "cdf",
+    "difference_given_tau",
+    "i2",
+    "interval",
+    "pairwise_prob",
+    "pdf",
+    "posterior",
+    "predictive_check",
+    "predictive_prob",
+    "prob_greater",
+    "quantile",
+    "shrinkage",
+    "weights",
+]
 
 #: Parameters the distribution functions know. ``theta`` and ``y_rep`` are per group
 #: (a ``J`` axis after ``B``); ``y_new`` needs ``sigma_new``.
@@ -172,7 +214,8 @@ def _in_blocks(kernel, args, **static):
     padded = jax.tree.map(pad, args)
     outs = []
     for start in range(0, B + n_pad, size):
-        block = jax.tree.map(lambda a: jnp.asarray(a[start:start + size]), padded)
+        sl = slice(start, start + size)
+        block = jax.tree.map(lambda a, sl=sl: jnp.asarray(a[sl]), padded)
         outs.append(jax.tree.map(np.asarray, kernel(*block, **static)))
     return jax.tree.map(lambda *a: np.concatenate(a)[:B], *outs)
 
@@ -186,7 +229,7 @@ def _build(y, sigma2, mask, tau_prior, mu_prior, *, n: int):
 
 
 def posterior(y, sigma=None, *, tau_prior="uniform", mu_prior="flat", mask=None, names=None,
-              groups=None, nodes: Optional[int] = None, dtype=None) -> Posterior:
+              groups=None, nodes: int | None = None, dtype=None) -> Posterior:
     r"""Build and keep the posterior of one or many datasets (see the module doc).
 
     .. math::

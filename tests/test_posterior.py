@@ -22,12 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import BATCH_RTOL
+from reference import precision_posterior, reference
 from scipy import special
 
 import hierjax
 from hierjax.conditionals import MuGivenTau, mu_given_tau
 from hierjax.posterior import difference_given_tau
-from reference import precision_posterior, reference
 
 X64 = bool(jax.config.jax_enable_x64)
 TOL = 1e-8 if X64 else 1e-4          # sd units / absolute on probabilities
@@ -68,10 +68,10 @@ def report(errs):
 # --------------------------------------------------------------------------- pdf / cdf / sf
 @pytest.mark.parametrize("param", ["mu", "theta", "theta_new", "y_new", "y_rep"])
 def test_mixture_distribution_functions_vs_quad(post, param):
-    B, J = post.y.shape
+    B = post.y.shape[0]
     x = np.stack([points(b) for b in range(B)])                      # [B, P]
     sn = np.array([15.0, 4.0, 16.0]) if param == "y_new" else None
-    kw = dict(sigma_new=sn) if sn is not None else {}
+    kw = {"sigma_new": sn} if sn is not None else {}
     f, F, S = (fn(post, param, x, **kw) for fn in (hierjax.pdf, hierjax.cdf,
                                                     hierjax.prob_greater))
     assert f.dtype == F.dtype == S.dtype == post.grid.tau.dtype
@@ -142,7 +142,7 @@ def test_quantiles_vs_quad(post, param):
 @pytest.mark.parametrize("param", hierjax.PARAMS)
 def test_cdf_of_quantile(post, param):
     """``cdf(quantile(p)) = p`` for every parameter, dataset and group."""
-    kw = dict(sigma_new=15.0) if param == "y_new" else {}
+    kw = {"sigma_new": 15.0} if param == "y_new" else {}
     q = hierjax.quantile(post, param, P5, **kw)
     F = hierjax.cdf(post, param, q, **kw)
     expect = np.broadcast_to(P5, F.shape)
