@@ -14,6 +14,9 @@ from hierjax.pooling import (CompletePooling, PartialPooling, complete_pooling,
 from hierjax.priors import (CustomTau, InputError, Exponential, FlatMu, HalfCauchy, HalfNormal, HalfT,
                             NormalMu, Uniform, parse_mu_prior, parse_tau_prior)
 from hierjax.summaries import Marginal
+from hierjax.posterior import (PARAMS, I2Summary, Posterior, PredictiveCheck, Weights, cdf, i2,
+                               interval, pairwise_prob, pdf, posterior, predictive_check,
+                               predictive_prob, prob_greater, quantile, shrinkage, weights)
 
 __all__ = [
     "fit", "fit_batch", "Fit", "Marginal", "Batch", "as_batch", "DEFAULT_LEVELS", "STATUS",
@@ -23,5 +26,8 @@ __all__ = [
     "Uniform", "HalfNormal", "HalfCauchy", "HalfT", "Exponential", "CustomTau", "FlatMu",
     "NormalMu", "parse_tau_prior", "parse_mu_prior",
     "eight_schools", "rubin_eight_schools", "simulate", "InputError",
+    "posterior", "Posterior", "PARAMS", "pdf", "cdf", "quantile", "prob_greater", "interval",
+    "predictive_prob", "predictive_check", "PredictiveCheck", "shrinkage", "weights", "Weights",
+    "i2", "I2Summary", "pairwise_prob",
 ]
 __version__ = "0.1.0"

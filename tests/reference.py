@@ -482,6 +482,112 @@ class Reference:
         return self._integrate(lambda t: self._node(t)[0], q, math.inf,
                                check_scale=self.Z)[0] / self.Z
 
+    # ---- distribution functions, predictive, shrinkage, weights, pairs -------------
+    # (for tests/test_posterior.py; each is one quad over tau of a closed form given tau)
+    def _general_component(self, name, j=None, sigma_new=None):
+        """Components of ``mu``, ``theta``, ``theta_new``, ``y_new`` (a new group's new
+        observation with sd ``sigma_new``) and ``y_rep`` (group ``j`` replicated)."""
+        if name == "y_new":
+            sn2 = float(sigma_new) ** 2
+            return lambda t, m, v: (m, math.sqrt(t * t + v + sn2))
+        if name == "y_rep":
+            comp = self._component("theta", j)
+            s2j = float(self.s2[j])
+
+            def rep(t, m, v):
+                mm, ss = comp(t, m, v)
+                return mm, math.sqrt(ss * ss + s2j)
+            return rep
+        return self._component(name, j)
+
+    def tau_density(self, q):
+        """``p(tau = q | y)`` from the unnormalised posterior and the normaliser."""
+        return math.exp(float(self.log_post([q])[0]) - self.lmax) / self.Z
+
+    def density(self, name, q, j=None, sigma_new=None):
+        """Posterior density at ``q`` (data units) of any marginal, tau included."""
+        if name == "tau":
+            return self.tau_density(q)
+        comp = self._general_component(name, j, sigma_new)
+        qc = q - self.c
+
+        def f(t, m, v):
+            mm, ss = comp(t, m, v)
+            z = (qc - mm) / ss
+            return math.exp(-0.5 * z * z) / (ss * math.sqrt(2.0 * math.pi))
+        return self.expect(f)
+
+    def cdf(self, name, q, j=None, sigma_new=None):
+        """``P(phi <= q | y)`` of any marginal, tau included."""
+        if name == "tau":
+            return self.tau_cdf(q)
+        comp = self._general_component(name, j, sigma_new)
+        qc = q - self.c
+        return self.expect(lambda t, m, v: _phi((qc - comp(t, m, v)[0]) / comp(t, m, v)[1]),
+                           check_scale=1.0)
+
+    def sf(self, name, q, j=None, sigma_new=None):
+        """``P(phi > q | y)`` of any marginal, tau included."""
+        if name == "tau":
+            return self.tau_sf(q)
+        comp = self._general_component(name, j, sigma_new)
+        qc = q - self.c
+        return self.expect(lambda t, m, v: _phi((comp(t, m, v)[0] - qc) / comp(t, m, v)[1]),
+                           check_scale=1.0)
+
+    def shrinkage(self, j):
+        """``E[sigma_j^2 / (sigma_j^2 + tau^2) | y]``."""
+        s2j = float(self.s2[j])
+        return self.expect(lambda t, m, v: s2j / (s2j + t * t), check_scale=1.0)
+
+    def _mu_weight(self, t, i):
+        """Weight of ``y_i`` (``i = None``: of the prior mean) in ``mu_hat(tau)``."""
+        prec = 1.0 / (self.s2 + t * t)
+        P = float(prec.sum()) + self.p0
+        return (self.p0 if i is None else float(prec[i])) / P
+
+    def mu_weight(self, i=None):
+        """``E[W_i(tau) | y]``, ``W_i = (1/v_i) / (sum 1/v + 1/s0^2)`` (prior: ``i = None``)."""
+        return self.expect(lambda t, m, v: self._mu_weight(t, i), check_scale=1.0)
+
+    def theta_weight(self, j, i=None):
+        """Weight of ``y_i`` (prior mean: ``i = None``) in ``E[theta_j | y]``:
+        ``E[(1 - B_j) [i == j] + B_j W_i | y]``."""
+        s2j = float(self.s2[j])
+
+        def f(t, m, v):
+            b = s2j / (s2j + t * t)
+            own = (1.0 - b) if i == j else 0.0
+            return own + b * self._mu_weight(t, i)
+        return self.expect(f, check_scale=1.0)
+
+    def i2_s2(self):
+        """Higgins-Thompson typical within-study variance."""
+        w = 1.0 / self.s2
+        return (self.J - 1) * w.sum() / (w.sum() ** 2 - (w * w).sum())
+
+    def i2_cdf(self, x):
+        """``P(I^2 <= x | y)`` with ``I^2 = tau^2 / (tau^2 + s^2)``."""
+        return self.tau_cdf(math.sqrt(self.i2_s2() * x / (1.0 - x)))
+
+    def i2_mean(self):
+        s2 = self.i2_s2()
+        return self.expect(lambda t, m, v: t * t / (t * t + s2), check_scale=1.0)
+
+    def pairwise(self, i, j):
+        """``P(theta_i > theta_j | y)``: given tau, ``(theta_i, theta_j)`` is bivariate
+        normal with ``Cov = B_i B_j V_mu`` (both shrink towards the same ``mu_hat``)."""
+        ci, cj = self._component("theta", i), self._component("theta", j)
+        s2i, s2j = float(self.s2[i]), float(self.s2[j])
+
+        def f(t, m, v):
+            mi, si = ci(t, m, v)
+            mj, sj = cj(t, m, v)
+            bi, bj = s2i / (s2i + t * t), s2j / (s2j + t * t)
+            var = si * si + sj * sj - 2.0 * bi * bj * v
+            return _phi((mi - mj) / math.sqrt(var)) if var > 0 else 0.5
+        return self.expect(f, check_scale=1.0)
+
     # ---- quantiles ---------------------------------------------------------
     @staticmethod
     def _root(fun, guess, delta):
