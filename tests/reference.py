@@ -374,6 +374,18 @@ class Reference:
         return self._integrate(lambda t: self._node(t)[0], q, math.inf,
                                check_scale=self.Z)[0] / self.Z
 
+    # ---- densities -------------------------------------------------------
+    def tau_density(self, tau):
+        """``p(tau | y)`` at an array of ``tau >= 0``: the unnormalised posterior over its
+        ``quad`` integral ``exp(log_evidence)``."""
+        return np.exp(self.log_post(tau) - self.log_evidence)
+
+    def mu_density(self, mu):
+        """``p(mu | y) = int p(tau | y) N(mu | mu_hat(tau), V_mu(tau)) dtau`` (one ``quad``)."""
+        mc = float(mu) - self.c
+        return self.expect(lambda t, m, v: math.exp(-0.5 * (mc - m) ** 2 / v)
+                           / math.sqrt(2.0 * math.pi * v))
+
     # ---- quantiles ---------------------------------------------------------
     @staticmethod
     def _root(fun, guess, delta):
