@@ -405,8 +405,8 @@ def plot_forest(y, sigma, *, fit=None, dataset: int = 0, tau_prior="uniform", mu
     pct = f"{100 * level:g}%"
 
     height = 1.6 + 0.42 * (J + 3)
-    fig = _figure(figsize=(11.0, height))
-    ax, tab = fig.subplots(1, 2, sharey=True, width_ratios=[1.7, 1.0])
+    fig = _figure(figsize=(10.0, height))
+    ax, tab = fig.subplots(1, 2, sharey=True, width_ratios=[1.8, 1.0])
     rows = np.arange(J, dtype=np.float64)[::-1] + 3.0      # studies on top, summaries below
     d = 0.18
     w = 1.0 / sv ** 2
@@ -433,7 +433,8 @@ def plot_forest(y, sigma, *, fit=None, dataset: int = 0, tau_prior="uniform", mu
     ax.set_ylim(0.0, J + 3.6)
     ax.set_xlabel("effect" + _unit(units))
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.8, -0.1), ncols=2, fontsize=8.5, frameon=False)
+    fig.legend(handles=ax.get_legend_handles_labels()[0], loc="outside lower center", ncols=2,
+               fontsize=8.5, frameon=False)
 
     # the numbers, in a table beside the plot
     def fmt(c, lo, hi):
@@ -442,16 +443,16 @@ def plot_forest(y, sigma, *, fit=None, dataset: int = 0, tau_prior="uniform", mu
     tab.set_xlim(0.0, 1.0)
     tab.axis("off")
     top = J + 3.0
-    tab.text(0.02, top, f"y ± {z:.2f}σ", fontsize=9, weight="bold", va="center")
-    tab.text(0.52, top, f"posterior ({pct})", fontsize=9, weight="bold", va="center")
+    tab.text(0.46, top, f"y ± {z:.2f}σ", fontsize=9, weight="bold", va="center", ha="right")
+    tab.text(1.0, top, f"posterior ({pct})", fontsize=9, weight="bold", va="center", ha="right")
     for j in range(J):
-        tab.text(0.02, rows[j], fmt(yv[j], yv[j] - z * sv[j], yv[j] + z * sv[j]), fontsize=8.5,
-                 va="center", family="monospace")
-        tab.text(0.52, rows[j], fmt(post[j], q[j, lo_i], q[j, hi_i]), fontsize=8.5, va="center",
+        tab.text(0.46, rows[j], fmt(yv[j], yv[j] - z * sv[j], yv[j] + z * sv[j]), fontsize=8.5,
+                 va="center", ha="right", family="monospace")
+        tab.text(1.0, rows[j], fmt(post[j], q[j, lo_i], q[j, hi_i]), fontsize=8.5, va="center", ha="right",
                  family="monospace", color=_BLUE)
-    tab.text(0.52, r_mu, fmt(mu_c, mq[lo_i], mq[hi_i]), fontsize=8.5, va="center",
+    tab.text(1.0, r_mu, fmt(mu_c, mq[lo_i], mq[hi_i]), fontsize=8.5, va="center", ha="right",
              family="monospace", color=_RED)
-    tab.text(0.52, r_new, fmt(new_c, nq[lo_i], nq[hi_i]), fontsize=8.5, va="center",
+    tab.text(1.0, r_new, fmt(new_c, nq[lo_i], nq[hi_i]), fontsize=8.5, va="center", ha="right",
              family="monospace", color=_RED)
     ax.set_title("Forest plot" + (f": {title}" if title else ""), fontsize=11)
     return _save(fig, path)
