@@ -5,6 +5,10 @@ a simulated batch (printing throughput and interval coverage); with a CSV input
 it fits every dataset in it. ``--out`` writes the tidy CSV atomically. Errors in
 the input give one message naming the dataset and field, exit status 2, and no
 output file.
+
+``hierjax plot`` draws the figures of :mod:`hierjax.plotting` (impact of tau, shrinkage,
+densities, forest) for each dataset of a CSV, or the eight schools, into ``--out``;
+without matplotlib it says which extra to install and exits with status 2.
 """
 from __future__ import annotations
 
@@ -52,7 +56,82 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--out", metavar="OUT.csv", help="write the tidy results table here")
     f.add_argument("--simulate", type=int, default=20000, metavar="B",
                    help="with no INPUT: size of the simulated batch (default 20000; 0 to skip)")
+    g = sub.add_parser("plot", help="draw figures of a dataset (needs matplotlib)",
+                       description="Draw the figures of every dataset of a long CSV (columns "
+                       "dataset,y,sigma[,group]); with no INPUT, the eight schools. Files are "
+                       "written as OUT/<dataset>-<kind>.<format>.")
+    g.add_argument("input", nargs="?", metavar="INPUT", help="CSV with columns dataset,y,sigma[,group]")
+    g.add_argument("--kind", default="all", choices=("impact", "shrinkage", "densities", "forest", "all"),
+                   help="which figure (default: all)")
+    g.add_argument("--out", required=True, metavar="DIR", help="directory for the figures")
+    g.add_argument("--tau-prior", default="uniform", metavar="SPEC", help="as for 'hierjax fit'")
+    g.add_argument("--mu-prior", default="flat", metavar="SPEC", help="as for 'hierjax fit'")
+    g.add_argument("--dataset", metavar="NAME", help="only this dataset of the CSV")
+    g.add_argument("--units", metavar="TEXT", help="unit of y for axis labels (e.g. points)")
+    g.add_argument("--format", default="png", choices=("png", "pdf", "svg"), help="file format")
+    g.add_argument("--x64", action="store_true", help="compute in float64 (default float32)")
     return p
+
+
+def _plot(args) -> int:
+    """``hierjax plot``: the figures of each dataset, written to ``--out``."""
+    import re
+
+    import hierjax
+    from hierjax.batch import InputError
+    try:
+        from hierjax.plotting import KINDS, plot_all, require_matplotlib
+        require_matplotlib()
+    except ImportError:
+        print("hierjax: error: plotting needs matplotlib: pip install 'hierjax[plots]'", file=sys.stderr)
+        return 2
+    if args.input:
+        from hierjax.io import read_long_csv
+        batch = read_long_csv(args.input)
+        units = args.units
+    else:
+        y, sigma = hierjax.eight_schools()
+        batch = hierjax.as_batch(y, sigma, names=["eight_schools"], groups=[hierjax.datasets.SCHOOLS])
+        units = args.units or "points"
+    names = [str(n) for n in batch.names]
+    if args.dataset is not None:
+        if args.dataset not in names:
+            raise InputError(f"--dataset {args.dataset!r} is not in the input (datasets: "
+                             + ", ".join(names[:10]) + (" ..." if len(names) > 10 else "") + ")")
+        b = names.index(args.dataset)
+        batch = type(batch)(*(a[b:b + 1] for a in batch))
+        names = [names[b]]
+    kinds = KINDS if args.kind == "all" else (args.kind,)
+    pri = dict(tau_prior=args.tau_prior, mu_prior=args.mu_prior)
+    fit = hierjax.fit_batch(batch, **pri) if {"shrinkage", "forest"} & set(kinds) else None
+    curves = None
+    if {"impact", "densities"} & set(kinds):
+        from hierjax.curves import tau_curves
+        curves = tau_curves(batch, **pri)
+    for b, name in enumerate(names):
+        m = batch.mask[b]
+        y, sigma = batch.y[b][m], batch.sigma[b][m]
+        labels = batch.groups[b]
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or f"dataset{b}"
+        paths = plot_all(y, sigma, args.out, kinds=kinds, labels=labels, units=units,
+                         prefix=f"{safe}-", fmt=args.format, fit=_one(fit, b), curves=_one(curves, b),
+                         **pri)
+        for p in paths.values():
+            print(f"wrote {p}", file=sys.stderr)
+    return 0
+
+
+def _one(res, b):
+    """Dataset ``b`` of a batched NamedTuple result (Fit, TauCurves) as a batch of one."""
+    if res is None:
+        return None
+    unbatched = ("levels", "prior_proper")
+
+    def take(a):
+        if hasattr(a, "_fields"):
+            return type(a)(*[v if k in unbatched else take(v) for k, v in zip(a._fields, a)])
+        return a[b:b + 1]
+    return take(res)
 
 
 def _print_table(fit, b: int, out=None) -> None:
@@ -163,6 +242,18 @@ def main(argv=None) -> int:
             parse_tau_prior(args.tau_prior)
             parse_mu_prior(args.mu_prior)
             return _fit_file(args) if args.input else _default_job(args)
+        except InputError as e:
+            print(f"hierjax: error: {e}", file=sys.stderr)
+            return 2
+    if args.command == "plot":
+        import jax
+        if args.x64:
+            jax.config.update("jax_enable_x64", True)
+        from hierjax.priors import InputError, parse_mu_prior, parse_tau_prior
+        try:
+            parse_tau_prior(args.tau_prior)
+            parse_mu_prior(args.mu_prior)
+            return _plot(args)
         except InputError as e:
             print(f"hierjax: error: {e}", file=sys.stderr)
             return 2

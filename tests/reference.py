@@ -501,8 +501,10 @@ class Reference:
         return self._component(name, j)
 
     def tau_density(self, q):
-        """``p(tau = q | y)`` from the unnormalised posterior and the normaliser."""
-        return math.exp(float(self.log_post([q])[0]) - self.lmax) / self.Z
+        """``p(tau = q | y)`` (scalar or array ``q >= 0``): the unnormalised posterior over
+        its ``quad`` integral ``exp(log_evidence)``."""
+        dens = np.exp(self.log_post(np.atleast_1d(np.asarray(q, float))) - self.log_evidence)
+        return float(dens[0]) if np.ndim(q) == 0 else dens
 
     def density(self, name, q, j=None, sigma_new=None):
         """Posterior density at ``q`` (data units) of any marginal, tau included."""
@@ -587,6 +589,12 @@ class Reference:
             var = si * si + sj * sj - 2.0 * bi * bj * v
             return _phi((mi - mj) / math.sqrt(var)) if var > 0 else 0.5
         return self.expect(f, check_scale=1.0)
+    # ---- densities -------------------------------------------------------
+    def mu_density(self, mu):
+        """``p(mu | y) = int p(tau | y) N(mu | mu_hat(tau), V_mu(tau)) dtau`` (one ``quad``)."""
+        mc = float(mu) - self.c
+        return self.expect(lambda t, m, v: math.exp(-0.5 * (mc - m) ** 2 / v)
+                           / math.sqrt(2.0 * math.pi * v))
 
     # ---- quantiles ---------------------------------------------------------
     @staticmethod
