@@ -1,0 +1,130 @@
+"""Host-side preparation shared by the batched entry points that build on the tau grid.
+
+The same steps as :func:`hierjax.engine.fit`, from the same helpers (no copies): parse
+the priors, assemble and validate the batch, replace invalid datasets by stand-ins,
+standardise in float64 and rescale the priors. Blocks are full blocks of ``chunk``
+datasets and then single datasets (:func:`block_slices`), so a kernel compiles for at
+most two block shapes per (J, priors, dtype) and nothing is spent on padding datasets.
+"""
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hierjax.batch import (Batch, InputError, Standardized, as_batch, describe_priors, min_groups,
+                           rescale_priors, standardize, validate)
+from hierjax.engine import _with_stand_ins, compute_dtype
+from hierjax.grid import default_nodes, tau_grid
+from hierjax.priors import MuPrior, TauPrior, parse_mu_prior, parse_tau_prior
+
+__all__ = ["Prepared", "block_slices", "grids_standardized", "prepare"]
+
+
+class Prepared(NamedTuple):
+    """A batch ready for a jitted one-dataset kernel.
+
+    Attributes:
+        batch: the user's datasets (host, float64), ``B`` of them.
+        tau_prior, mu_prior: the parsed priors (user units).
+        bad: invalid datasets (replaced by stand-ins), ``[B]`` bool.
+        problems: a message or None per dataset, length ``B``.
+        work: the batch with invalid datasets replaced by stand-ins.
+        st: its standardisation (float64), ``[B, ...]``.
+        tau_std, mu_std: the priors for the standardised data, ``[B]`` leaves, already
+            cast to ``dtype``.
+        dtype: the compute dtype.
+        n: Clenshaw-Curtis order.
+        size: datasets per full block.
+    """
+
+    batch: Batch
+    tau_prior: TauPrior
+    mu_prior: MuPrior
+    bad: np.ndarray
+    problems: list
+    work: Batch
+    st: Standardized
+    tau_std: object
+    mu_std: object
+    dtype: object
+    n: int
+    size: int
+
+    def cast(self, a):
+        return jnp.asarray(a, dtype=self.dtype)
+
+    def blocks(self):
+        """:func:`block_slices` of this batch."""
+        return block_slices(self.batch.y.shape[0], self.size)
+
+    def block(self, sl):
+        """``(y, sigma2, mask, threshold, tau_prior, mu_prior)`` of a block, on the device."""
+        def take(a):
+            return a[sl]
+        return (self.cast(self.st.y[sl]), self.cast(self.st.sigma2[sl]),
+                jnp.asarray(self.work.mask[sl]), self.cast(self.st.threshold[sl]),
+                jax.tree.map(take, self.tau_std), jax.tree.map(take, self.mu_std))
+
+
+def block_slices(B: int, size: int):
+    """Full blocks of ``size`` datasets, then the rest one at a time."""
+    full = (B // size) * size
+    return ([slice(s, s + size) for s in range(0, full, size)]
+            + [slice(s, s + 1) for s in range(full, B)])
+
+
+def prepare(y, sigma, *, tau_prior, mu_prior, mask=None, names=None, groups=None,
+            nodes: Optional[int] = None, chunk: Optional[int] = None, dtype=None,
+            skip_invalid: bool = False, default_chunk=None) -> Prepared:
+    """Host checks, stand-ins, padding and standardisation as in :func:`hierjax.fit`.
+
+    Args:
+        default_chunk: ``(K, J) -> datasets per block`` when ``chunk`` is None.
+
+    Raises:
+        InputError: bad input, naming the dataset and field (unless ``skip_invalid``).
+    """
+    tp, mp = parse_tau_prior(tau_prior), parse_mu_prior(mu_prior)
+    dt = compute_dtype(y, sigma, dtype=dtype)
+    batch = y if isinstance(y, Batch) else as_batch(y, sigma, mask=mask, names=names,
+                                                    groups=groups)
+    problems = validate(batch, min_groups(tp, mp), describe_priors(tp, mp))
+    bad = np.array([p is not None for p in problems])
+    if bad.any() and not skip_invalid:
+        first = [p for p in problems if p is not None]
+        more = f" (and {len(first) - 1} more invalid datasets)" if len(first) > 1 else ""
+        raise InputError(first[0] + more)
+    n = default_nodes(dt) if nodes is None else int(nodes)
+    if n < 4 or n % 2:
+        raise InputError(f"nodes must be an even integer >= 4, got {nodes}")
+    J = batch.y.shape[1]
+    ch = default_chunk(n + 1, J) if chunk is None else int(chunk)
+    if ch < 1:
+        raise InputError(f"chunk must be a positive integer, got {chunk}")
+    work = _with_stand_ins(batch, bad, 0)
+    st = standardize(work)
+    tp_std, mp_std = rescale_priors(tp, mp, st)
+    cast = functools.partial(jnp.asarray, dtype=dt)
+    return Prepared(batch, tp, mp, bad, problems, work, st, jax.tree.map(cast, tp_std),
+                    jax.tree.map(cast, mp_std), dt, n, ch)
+
+
+@functools.partial(jax.jit, static_argnames=("n",))
+def grids_standardized(y, sigma2, mask, tau_prior, mu_prior, *, n: int):
+    """:func:`hierjax.grid.tau_grid` for each dataset of a block (``[B, J]`` inputs, ``[B]``
+    prior leaves) -> TauGrid with a leading ``B`` axis.
+
+    One dataset at a time (``lax.map`` without vmap): each dataset's grid is then computed
+    by the same code at the same vector width whatever the block size or its position in
+    it, so results are bitwise reproducible per dataset; and the one compiled function is
+    shared by every module that starts from the grid (draws, evidence).
+    """
+    def one(args):
+        yb, sb, mb, tp, mp = args
+        return tau_grid(yb, sb, mb, tp, mp, n)
+
+    return jax.lax.map(one, (y, sigma2, mask, tau_prior, mu_prior))
