@@ -4,15 +4,26 @@
 with a prior; tau is integrated out by quadrature, everything else is closed form.
 Importing hierjax changes no global JAX setting: turn on float64 yourself at program
 start (the ``jax_enable_x64`` config flag, or ``JAX_ENABLE_X64=1``).
+
+Optional parts, imported on use: :mod:`hierjax.plotting` (matplotlib, extra ``plots``),
+:mod:`hierjax.nuts` (NumPyro, extra ``nuts``), :func:`to_arviz` (ArviZ, extra ``arviz``).
 """
 from hierjax.batch import Batch, as_batch
-from hierjax.datasets import eight_schools, rubin_eight_schools
+from hierjax.datasets import beta_blockers, eight_schools, rubin_eight_schools
 from hierjax.simulate import simulate
 from hierjax.engine import DEFAULT_LEVELS, STATUS, Fit, fit, fit_batch, status_text
 from hierjax.pooling import (CompletePooling, PartialPooling, complete_pooling,
                              complete_pooling_predictive, no_pooling, partial_pooling)
-from hierjax.priors import (CustomTau, InputError, Exponential, FlatMu, HalfCauchy, HalfNormal, HalfT,
-                            NormalMu, Uniform, parse_mu_prior, parse_tau_prior)
+from hierjax.priors import (BergerDeely, Conventional, CustomTau, DuMouchel, Exponential, FlatMu,
+                            HalfCauchy, HalfLogistic, HalfNormal, HalfT, InputError, InvGammaTau2,
+                            Jeffreys, LogNormal, Lomax, NormalMu, OverallJeffreys, Rayleigh,
+                            Uniform, UniformI2, UniformShrinkage, UniformSqrt, parse_mu_prior,
+                            parse_tau_prior)
+from hierjax.effects import (EffectSizes, log_odds_ratio, log_risk_ratio, mean_difference,
+                             risk_difference, standardized_mean_difference)
+from hierjax.curves import MuDensity, TauCurves, mu_density, tau_curves
+from hierjax.sampling import Draws, draws, to_arviz
+from hierjax.evidence import Estimate, Evidence, evidence
 from hierjax.summaries import Marginal
 from hierjax.posterior import (PARAMS, I2Summary, Posterior, PredictiveCheck, Weights, cdf, i2,
                                interval, pairwise_prob, pdf, posterior, predictive_check,
@@ -25,7 +36,14 @@ __all__ = [
     "CompletePooling", "PartialPooling",
     "Uniform", "HalfNormal", "HalfCauchy", "HalfT", "Exponential", "CustomTau", "FlatMu",
     "NormalMu", "parse_tau_prior", "parse_mu_prior",
-    "eight_schools", "rubin_eight_schools", "simulate", "InputError",
+    "UniformSqrt", "Jeffreys", "OverallJeffreys", "BergerDeely", "Conventional", "DuMouchel",
+    "UniformShrinkage", "UniformI2", "HalfLogistic", "Lomax", "Rayleigh", "LogNormal",
+    "InvGammaTau2",
+    "eight_schools", "rubin_eight_schools", "beta_blockers", "simulate", "InputError",
+    "EffectSizes", "log_odds_ratio", "log_risk_ratio", "risk_difference", "mean_difference",
+    "standardized_mean_difference",
+    "tau_curves", "TauCurves", "mu_density", "MuDensity",
+    "draws", "Draws", "to_arviz", "evidence", "Evidence", "Estimate",
     "posterior", "Posterior", "PARAMS", "pdf", "cdf", "quantile", "prob_greater", "interval",
     "predictive_prob", "predictive_check", "PredictiveCheck", "shrinkage", "weights", "Weights",
     "i2", "I2Summary", "pairwise_prob",

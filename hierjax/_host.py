@@ -107,7 +107,7 @@ def prepare(y, sigma, *, tau_prior, mu_prior, mask=None, names=None, groups=None
         raise InputError(f"chunk must be a positive integer, got {chunk}")
     work = _with_stand_ins(batch, bad, 0)
     st = standardize(work)
-    tp_std, mp_std = rescale_priors(tp, mp, st)
+    tp_std, mp_std = rescale_priors(tp, mp, st, work.mask)
     cast = functools.partial(jnp.asarray, dtype=dt)
     return Prepared(batch, tp, mp, bad, problems, work, st, jax.tree.map(cast, tp_std),
                     jax.tree.map(cast, mp_std), dt, n, ch)

@@ -45,7 +45,10 @@ def _parser() -> argparse.ArgumentParser:
                        "with no INPUT, the eight schools and a simulated batch.")
     f.add_argument("input", nargs="?", metavar="INPUT", help="CSV with columns dataset,y,sigma[,group]")
     f.add_argument("--tau-prior", default="uniform", metavar="SPEC",
-                   help="uniform | half-normal:S | half-cauchy:S | half-t:NU,S | exponential:RATE "
+                   help="uniform | half-normal:S | half-cauchy:S | half-t:NU,S | exponential:RATE | "
+                   "half-logistic:S | lomax:SHAPE,SCALE | rayleigh:S | log-normal:MU,SIGMA | "
+                   "log-normal-tau2:MU,SIGMA | inv-gamma:A,B (on tau^2) | bayesmeta's sqrt, jeffreys, "
+                   "overall-jeffreys, berger-deely, conventional, dumouchel, shrinkage, i2 "
                    "(default: uniform)")
     f.add_argument("--mu-prior", default="flat", metavar="SPEC", help="flat | normal:M,S (default: flat)")
     f.add_argument("--quantiles", type=_levels, default=[0.025, 0.25, 0.5, 0.75, 0.975],

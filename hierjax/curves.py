@@ -236,7 +236,7 @@ def _prepare(y, sigma, tau_prior, mu_prior, mask, nodes, dtype) -> _Prepared:
     n_pad = (1 << max(0, B - 1).bit_length()) - B
     work = _with_stand_ins(batch, np.zeros(B, bool), n_pad)
     st = standardize(work)
-    tp_std, mp_std = rescale_priors(tp, mp, st)
+    tp_std, mp_std = rescale_priors(tp, mp, st, work.mask)
     return _Prepared(batch, st, tp, mp, tp_std, mp_std, dt, n, B)
 
 

@@ -272,7 +272,7 @@ def posterior(y, sigma=None, *, tau_prior="uniform", mu_prior="flat", mask=None,
     if n < 4 or n % 2:
         raise InputError(f"nodes must be an even integer >= 4, got {nodes}")
     st = standardize(batch)
-    tp_std, mp_std = rescale_priors(tp, mp, st)
+    tp_std, mp_std = rescale_priors(tp, mp, st, batch.mask)
     B = batch.y.shape[0]
 
     def cast(a):
