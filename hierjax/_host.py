@@ -17,11 +17,42 @@ import numpy as np
 
 from hierjax.batch import (Batch, InputError, Standardized, as_batch, describe_priors, min_groups,
                            rescale_priors, standardize, validate)
-from hierjax.engine import _with_stand_ins, compute_dtype
 from hierjax.grid import default_nodes, tau_grid
 from hierjax.priors import MuPrior, TauPrior, parse_mu_prior, parse_tau_prior
 
-__all__ = ["Prepared", "block_slices", "grids_standardized", "prepare"]
+__all__ = ["Prepared", "block_slices", "grids_standardized", "prepare", "compute_dtype",
+           "with_stand_ins"]
+
+
+def compute_dtype(*arrays, dtype=None):
+    """float64 when x64 is on and the inputs are not float32; float32 otherwise."""
+    if dtype is not None:
+        return jnp.dtype(jax.dtypes.canonicalize_dtype(dtype))
+    def is_f32(a):
+        if isinstance(a, (np.ndarray, jax.Array, np.generic)):
+            return a.dtype == np.float32
+        if isinstance(a, (list, tuple)) and a:        # ragged lists: look at the datasets
+            return all(is_f32(v) for v in a)
+        return False
+
+    if any(is_f32(a) for a in arrays):
+        return jnp.dtype(jnp.float32)
+    return jnp.dtype(jax.dtypes.canonicalize_dtype(np.float64))
+
+
+def with_stand_ins(batch: Batch, bad, n_pad: int) -> Batch:
+    """Replace invalid datasets by benign ones (y = -1, 0, 1; sigma = 1) and append
+    ``n_pad`` more; their results are dropped or replaced by nan."""
+    y_ = np.concatenate([batch.y, np.zeros((n_pad,) + batch.y.shape[1:])])
+    s_ = np.concatenate([batch.sigma, np.ones((n_pad,) + batch.y.shape[1:])])
+    m_ = np.concatenate([batch.mask, np.zeros((n_pad,) + batch.y.shape[1:], bool)])
+    stand_in = np.concatenate([bad, np.ones(n_pad, bool)])
+    if stand_in.any():
+        three = np.arange(3)   # padded J >= 8; three groups make any supported posterior proper
+        y_[stand_in], s_[stand_in], m_[stand_in] = 0.0, 1.0, False
+        m_[np.ix_(stand_in, three)] = True
+        y_[np.ix_(stand_in, three)] = np.array([-1.0, 0.0, 1.0])
+    return Batch(y_, s_, m_, batch.names, batch.groups)
 
 
 class Prepared(NamedTuple):
@@ -39,6 +70,7 @@ class Prepared(NamedTuple):
         dtype: the compute dtype.
         n: Clenshaw-Curtis order.
         size: datasets per full block.
+        n_pad: stand-in datasets appended to ``work`` and ``st`` (``pad_blocks``).
     """
 
     batch: Batch
@@ -53,6 +85,7 @@ class Prepared(NamedTuple):
     dtype: object
     n: int
     size: int
+    n_pad: int = 0
 
     def cast(self, a):
         return jnp.asarray(a, dtype=self.dtype)
@@ -79,11 +112,16 @@ def block_slices(B: int, size: int):
 
 def prepare(y, sigma, *, tau_prior, mu_prior, mask=None, names=None, groups=None,
             nodes: Optional[int] = None, chunk: Optional[int] = None, dtype=None,
-            skip_invalid: bool = False, default_chunk=None) -> Prepared:
-    """Host checks, stand-ins, padding and standardisation as in :func:`hierjax.fit`.
+            skip_invalid: bool = False, default_chunk=None, pad_blocks: bool = False) -> Prepared:
+    """Host checks, stand-ins, padding and standardisation: the one place every batched
+    entry point (:func:`hierjax.fit`, posterior, curves, draws, evidence) prepares a batch.
 
     Args:
-        default_chunk: ``(K, J) -> datasets per block`` when ``chunk`` is None.
+        default_chunk: ``(K, J) -> datasets per block`` when ``chunk`` is None (default:
+            the whole batch is one block).
+        pad_blocks: append stand-in datasets so the batch is a power of two below one
+            block, or whole blocks (:func:`hierjax.fit`'s fixed shapes); ``size`` is then
+            the block size.
 
     Raises:
         InputError: bad input, naming the dataset and field (unless ``skip_invalid``).
@@ -101,16 +139,23 @@ def prepare(y, sigma, *, tau_prior, mu_prior, mask=None, names=None, groups=None
     n = default_nodes(dt) if nodes is None else int(nodes)
     if n < 4 or n % 2:
         raise InputError(f"nodes must be an even integer >= 4, got {nodes}")
-    J = batch.y.shape[1]
-    ch = default_chunk(n + 1, J) if chunk is None else int(chunk)
+    B, J = batch.y.shape
+    if chunk is not None:
+        ch = int(chunk)
+    else:
+        ch = default_chunk(n + 1, J) if default_chunk is not None else max(B, 1)
     if ch < 1:
         raise InputError(f"chunk must be a positive integer, got {chunk}")
-    work = _with_stand_ins(batch, bad, 0)
+    n_pad = 0
+    if pad_blocks:
+        ch = 1 << max(0, B - 1).bit_length() if B < ch else ch
+        n_pad = -B % ch
+    work = with_stand_ins(batch, bad, n_pad)
     st = standardize(work)
     tp_std, mp_std = rescale_priors(tp, mp, st, work.mask)
     cast = functools.partial(jnp.asarray, dtype=dt)
     return Prepared(batch, tp, mp, bad, problems, work, st, jax.tree.map(cast, tp_std),
-                    jax.tree.map(cast, mp_std), dt, n, ch)
+                    jax.tree.map(cast, mp_std), dt, n, ch, n_pad)
 
 
 @functools.partial(jax.jit, static_argnames=("n",))

@@ -33,20 +33,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hierjax.batch import (
-    Batch,
-    InputError,
-    as_batch,
-    describe_priors,
-    min_groups,
-    rescale_priors,
-    standardize,
-    validate,
-)
+from hierjax._host import prepare
+from hierjax.batch import Batch, InputError
 from hierjax.conditionals import mu_given_tau_near, reference_point, theta_given_tau
-from hierjax.engine import STATUS, _with_stand_ins, compute_dtype
-from hierjax.grid import default_nodes, tau_grid
-from hierjax.priors import NormalMu, Uniform, parse_mu_prior, parse_tau_prior
+from hierjax.engine import STATUS
+from hierjax.grid import tau_grid
+from hierjax.priors import NormalMu, Uniform
 from hierjax.summaries import mixture_quantile, tau_summary
 
 __all__ = ["TauCurves", "MuDensity", "tau_curves", "mu_density", "DEFAULT_POINTS",
@@ -219,25 +211,12 @@ class _Prepared(NamedTuple):
 
 
 def _prepare(y, sigma, tau_prior, mu_prior, mask, nodes, dtype) -> _Prepared:
-    """Host checks and standardisation exactly as :func:`hierjax.fit` (its helpers)."""
-    tp, mp = parse_tau_prior(tau_prior), parse_mu_prior(mu_prior)
-    dt = compute_dtype(y, sigma, dtype=dtype)
-    batch = y if isinstance(y, Batch) else as_batch(y, sigma, mask=mask)
-    problems = [p for p in validate(batch, min_groups(tp, mp), describe_priors(tp, mp))
-                if p is not None]
-    if problems:
-        more = f" (and {len(problems) - 1} more invalid datasets)" if len(problems) > 1 else ""
-        raise InputError(problems[0] + more)
-    n = default_nodes(dt) if nodes is None else int(nodes)
-    if n < 4 or n % 2:
-        raise InputError(f"nodes must be an even integer >= 4, got {nodes}")
-    B = batch.y.shape[0]
-    # fixed shapes: B padded to a power of two with benign stand-ins (as fit does)
-    n_pad = (1 << max(0, B - 1).bit_length()) - B
-    work = _with_stand_ins(batch, np.zeros(B, bool), n_pad)
-    st = standardize(work)
-    tp_std, mp_std = rescale_priors(tp, mp, st, work.mask)
-    return _Prepared(batch, st, tp, mp, tp_std, mp_std, dt, n, B)
+    """Host checks and standardisation as :func:`hierjax.fit` (:func:`hierjax._host.prepare`),
+    B padded to a power of two with benign stand-ins (fixed shapes)."""
+    p = prepare(y, sigma, tau_prior=tau_prior, mu_prior=mu_prior, mask=mask, nodes=nodes,
+                dtype=dtype, pad_blocks=True)
+    return _Prepared(p.batch, p.st, p.tau_prior, p.mu_prior, p.tau_std, p.mu_std, p.dtype, p.n,
+                     p.batch.y.shape[0])
 
 
 def _axis(values, name, B, lower=None):
@@ -262,7 +241,7 @@ def _run(kernel, prep: _Prepared, axis_std, auto: bool):
         axis_std = np.concatenate([axis_std, np.repeat(axis_std[:1], size - axis_std.shape[0], 0)])
     work_mask = np.zeros(st.y.shape, bool)
     work_mask[:prep.B] = prep.batch.mask
-    if size > prep.B:              # stand-ins: three groups (see engine._with_stand_ins)
+    if size > prep.B:              # stand-ins: three groups (see _host.with_stand_ins)
         work_mask[prep.B:, :3] = True
     out = kernel(cast(st.y), cast(st.sigma2), jnp.asarray(work_mask),
                  jax.tree.map(cast, prep.tp_std), jax.tree.map(cast, prep.mp_std), cast(axis_std),

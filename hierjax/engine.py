@@ -18,11 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hierjax.batch import (Batch, InputError, as_batch, describe_priors, min_groups, rescale_priors,
-                           standardize, validate)
+from hierjax._host import compute_dtype, prepare
+from hierjax.batch import Batch, InputError
 from hierjax.conditionals import mu_given_tau, theta_given_tau
-from hierjax.grid import default_nodes, tail_alpha, tau_grid
-from hierjax.priors import MuPrior, NormalMu, TauPrior, parse_mu_prior, parse_tau_prior
+from hierjax.grid import tail_alpha, tau_grid
+from hierjax.priors import MuPrior, NormalMu, TauPrior
 from hierjax.summaries import Marginal, coarse_stages, mixture_summary, tau_mode, tau_summary
 
 __all__ = ["Fit", "DatasetFit", "fit", "fit_batch", "fit_dataset", "fit_standardized",
@@ -187,22 +187,6 @@ class Fit(NamedTuple):
     notes: tuple
 
 
-def compute_dtype(*arrays, dtype=None):
-    """float64 when x64 is on and the inputs are not float32; float32 otherwise."""
-    if dtype is not None:
-        return jnp.dtype(jax.dtypes.canonicalize_dtype(dtype))
-    def is_f32(a):
-        if isinstance(a, (np.ndarray, jax.Array, np.generic)):
-            return a.dtype == np.float32
-        if isinstance(a, (list, tuple)) and a:        # ragged lists: look at the datasets
-            return all(is_f32(v) for v in a)
-        return False
-
-    if any(is_f32(a) for a in arrays):
-        return jnp.dtype(jnp.float32)
-    return jnp.dtype(jax.dtypes.canonicalize_dtype(np.float64))
-
-
 def _default_chunk(K: int, J: int) -> int:
     """Datasets per chunk: about 2**22 (tau node x group) elements in flight."""
     return int(max(1, min(16384, (1 << 22) // (K * J))))
@@ -247,62 +231,26 @@ def fit(y, sigma=None, *, tau_prior="uniform", mu_prior="flat",
         >>> round(float(f.mu.mean[0]), 2)
         7.93
     """
-    tp, mp = parse_tau_prior(tau_prior), parse_mu_prior(mu_prior)
     levels = np.asarray(() if quantiles is None else quantiles, np.float64).reshape(-1)
     if not np.all((levels > 0) & (levels < 1)):
         raise InputError(f"quantile levels must lie strictly between 0 and 1, got {list(levels)}")
-    dt = compute_dtype(y, sigma, dtype=dtype)
-    batch = y if isinstance(y, Batch) else as_batch(y, sigma, mask=mask, names=names, groups=groups)
-    problems = validate(batch, min_groups(tp, mp), describe_priors(tp, mp))
-    bad = np.array([p is not None for p in problems])
-    if bad.any() and not skip_invalid:
-        first = [p for p in problems if p is not None]
-        more = f" (and {len(first) - 1} more invalid datasets)" if len(first) > 1 else ""
-        raise InputError(first[0] + more)
-    n = default_nodes(dt) if nodes is None else int(nodes)
-    if n < 4 or n % 2:
-        raise InputError(f"nodes must be an even integer >= 4, got {nodes}")
-    B, J = batch.y.shape
-    ch = _default_chunk(n + 1, J) if chunk is None else int(chunk)
-    if ch < 1:
-        raise InputError(f"chunk must be a positive integer, got {chunk}")
-    # Fixed shapes: pad the batch with benign stand-ins (invalid datasets are replaced
-    # by them too) to a power of two below one chunk, or to whole chunks; the jitted
-    # kernel then sees [chunk, J] blocks whatever B is, and compiles once per J.
-    size = 1 << max(0, B - 1).bit_length() if B < ch else ch
-    n_pad = -B % size
-    work = _with_stand_ins(batch, bad, n_pad)
-    st = standardize(work)
-    # issue 5 (priors): data-dependent tau priors are bound here to each dataset's sigma
-    tp_std, mp_std = rescale_priors(tp, mp, st, work.mask)
-    cast = functools.partial(jnp.asarray, dtype=dt)
-    lv = cast(levels)
-    tp_c, mp_c = jax.tree.map(cast, tp_std), jax.tree.map(cast, mp_std)
+    # Fixed shapes: the batch is padded with benign stand-ins (invalid datasets are
+    # replaced by them too) to a power of two below one chunk, or to whole chunks; the
+    # jitted kernel then sees [size, J] blocks whatever B is, and compiles once per J.
+    prep = prepare(y, sigma, tau_prior=tau_prior, mu_prior=mu_prior, mask=mask, names=names,
+                   groups=groups, nodes=nodes, chunk=chunk, dtype=dtype,
+                   skip_invalid=skip_invalid, default_chunk=_default_chunk, pad_blocks=True)
+    batch, bad, problems, st, n, size = (prep.batch, prep.bad, prep.problems, prep.st, prep.n,
+                                         prep.size)
+    B = batch.y.shape[0]
+    lv = prep.cast(levels)
     blocks = []
-    for start in range(0, B + n_pad, size):
-        sl = slice(start, start + size)
-        block = fit_standardized(cast(st.y[sl]), cast(st.sigma2[sl]), jnp.asarray(work.mask[sl]),
-                                 cast(st.threshold[sl]), jax.tree.map(lambda a: a[sl], tp_c),
-                                 jax.tree.map(lambda a: a[sl], mp_c), lv, n=n, chunk=size)
+    for start in range(0, B + prep.n_pad, size):
+        block = fit_standardized(*prep.block(slice(start, start + size)), lv, n=n, chunk=size)
         blocks.append(jax.tree.map(np.asarray, block))
     out = jax.tree.map(lambda *a: np.concatenate(a)[:B], *blocks)
     st = jax.tree.map(lambda a: a[:B], st)
-    return _to_user_units(out, st, batch, bad, problems, levels, dt)
-
-
-def _with_stand_ins(batch: Batch, bad, n_pad: int) -> Batch:
-    """Replace invalid datasets by benign ones (y = -1, 0, 1; sigma = 1) and append
-    ``n_pad`` more; their results are dropped or replaced by nan."""
-    y_ = np.concatenate([batch.y, np.zeros((n_pad,) + batch.y.shape[1:])])
-    s_ = np.concatenate([batch.sigma, np.ones((n_pad,) + batch.y.shape[1:])])
-    m_ = np.concatenate([batch.mask, np.zeros((n_pad,) + batch.y.shape[1:], bool)])
-    stand_in = np.concatenate([bad, np.ones(n_pad, bool)])
-    if stand_in.any():
-        three = np.arange(3)   # padded J >= 8; three groups make any supported posterior proper
-        y_[stand_in], s_[stand_in], m_[stand_in] = 0.0, 1.0, False
-        m_[np.ix_(stand_in, three)] = True
-        y_[np.ix_(stand_in, three)] = np.array([-1.0, 0.0, 1.0])
-    return Batch(y_, s_, m_, batch.names, batch.groups)
+    return _to_user_units(out, st, batch, bad, problems, levels, prep.dtype)
 
 
 def _to_user_units(out: DatasetFit, st, batch: Batch, bad, problems, levels, dt):

@@ -55,16 +55,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp, ndtr
 
-from hierjax.batch import (
-    Batch,
-    InputError,
-    as_batch,
-    describe_priors,
-    min_groups,
-    rescale_priors,
-    standardize,
-    validate,
-)
+from hierjax._host import prepare
+from hierjax.batch import InputError
 from hierjax.conditionals import (
     MuGivenTau,
     mu_given_tau,
@@ -72,16 +64,15 @@ from hierjax.conditionals import (
     reference_point,
     theta_given_tau,
 )
-from hierjax.engine import DEFAULT_LEVELS, STATUS, compute_dtype
+from hierjax.engine import DEFAULT_LEVELS, STATUS
 from hierjax.grid import (
     KAPPA,
     TauGrid,
     chebyshev_density_coefficients,
-    default_nodes,
     tail_alpha,
     tau_grid,
 )
-from hierjax.priors import MuPrior, NormalMu, TauPrior, parse_mu_prior, parse_tau_prior
+from hierjax.priors import MuPrior, NormalMu, TauPrior
 from hierjax.quadrature import cdf_coefficients, clenshaw_curtis
 from hierjax.solvers import iterate
 from hierjax.summaries import (
@@ -260,26 +251,19 @@ def posterior(y, sigma=None, *, tau_prior="uniform", mu_prior="flat", mask=None,
         >>> float(lo[0])
         0.0
     """
-    tp, mp = parse_tau_prior(tau_prior), parse_mu_prior(mu_prior)
-    dt = compute_dtype(y, sigma, dtype=dtype)
-    batch = y if isinstance(y, Batch) else as_batch(y, sigma, mask=mask, names=names,
-                                                     groups=groups)
-    problems = [p for p in validate(batch, min_groups(tp, mp), describe_priors(tp, mp)) if p]
-    if problems:
-        more = f" (and {len(problems) - 1} more invalid datasets)" if len(problems) > 1 else ""
-        raise InputError(problems[0] + more)
-    n = default_nodes(dt) if nodes is None else int(nodes)
-    if n < 4 or n % 2:
-        raise InputError(f"nodes must be an even integer >= 4, got {nodes}")
-    st = standardize(batch)
-    tp_std, mp_std = rescale_priors(tp, mp, st, batch.mask)
+    prep = prepare(y, sigma, tau_prior=tau_prior, mu_prior=mu_prior, mask=mask, names=names,
+                   groups=groups, nodes=nodes, dtype=dtype)
+    tp, mp, dt, n, batch, st = (prep.tau_prior, prep.mu_prior, prep.dtype, prep.n, prep.batch,
+                                prep.st)
+    tp_std, mp_std = prep.tau_std, prep.mu_std
     B = batch.y.shape[0]
 
     def cast(a):
         return np.asarray(a, dt)
 
-    def per_dataset(prior):    # leaves [B] (a scalar parameter broadcasts)
-        return jax.tree.map(lambda a: np.broadcast_to(cast(a), (B,)).copy(), prior)
+    def per_dataset(prior):    # leaves [B] or [B, J] (a scalar parameter broadcasts)
+        return jax.tree.map(lambda a: np.broadcast_to(cast(a), (B,) + np.shape(a)[1:]).copy(),
+                            prior)
 
     tp_b, mp_b = per_dataset(tp_std), per_dataset(mp_std)
     ys, s2 = cast(st.y), cast(st.sigma2)
