@@ -134,6 +134,20 @@ def test_chunked_equals_unchunked(sim, sim_fit):
     assert_fits_equal(chunked, sim_fit, what="chunk=3 vs default: ")
 
 
+def test_moments_only_equals_full_summaries(sim, sim_fit):
+    """``quantiles=()`` skips the quantile searches and changes no other number."""
+    m = hierjax.fit(sim.y, sim.sigma, quantiles=())
+    assert m.mu.quantiles.shape == (sim.y.shape[0], 0)
+    assert m.theta.quantiles.shape == sim.y.shape + (0,)
+    for name in ("mu", "tau", "theta", "theta_new"):
+        a, b = getattr(m, name), getattr(sim_fit, name)
+        for field in ("mean", "sd", "p_gt0"):
+            np.testing.assert_allclose(getattr(a, field), getattr(b, field), rtol=BATCH_RTOL,
+                                       err_msg=f"{name}.{field}")
+    np.testing.assert_allclose(m.tau_mode, sim_fit.tau_mode, rtol=BATCH_RTOL)
+    np.testing.assert_array_equal(m.status, sim_fit.status)
+
+
 def test_mask_with_garbage_in_padded_slots_changes_nothing(sim):
     sizes = [3 + b % 6 for b in range(sim.y.shape[0])]          # 3..8 real groups
     ys, ss = ragged(sim, sizes)
