@@ -85,6 +85,9 @@ def _crosscheck_parser(sub) -> None:
     c.add_argument("--warmup", type=_positive_int, default=500, help="warmup iterations (default 500)")
     c.add_argument("--samples", type=_positive_int, default=1000, help="draws per chain (default 1000)")
     c.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    c.add_argument("--target-accept", type=float, default=0.8, metavar="P",
+                   help="NUTS target acceptance probability (default 0.8; 0.95-0.99 for a "
+                   "smaller step and fewer divergences in the tails of tau)")
     c.add_argument("--x64", action="store_true", help="compute in float64 (default float32)")
     c.add_argument("--json", metavar="OUT.json", help="write the full report here (atomically)")
 
@@ -196,7 +199,8 @@ def _crosscheck(args) -> int:
         batch = hierjax.as_batch(y, sigma, names=["eight_schools"])
     _, run, cmp = crosscheck(batch, tau_prior=args.tau_prior, mu_prior=args.mu_prior,
                              centered=args.centered, chains=args.chains, warmup=args.warmup,
-                             samples=args.samples, seed=args.seed)
+                             samples=args.samples, seed=args.seed,
+                             target_accept=args.target_accept)
     print(f"NUTS vs exact: tau prior {args.tau_prior}, mu prior {args.mu_prior}, "
           f"{'centered' if args.centered else 'non-centered'}, z = (exact - NUTS) / MCSE")
     print_report(cmp, run)

@@ -151,8 +151,8 @@ def _tau_log_prior(prior, tau):
     if isinstance(prior, TauPriorCode):
         branches = [lambda t: jnp.zeros_like(t)] + [
             functools.partial(_tau_log_prior, fam(**kw)) for fam, kw in (
-                (HalfNormal, dict(scale=prior.a)), (HalfCauchy, dict(scale=prior.a)),
-                (_HalfTCode, dict(df=prior.df, scale=prior.a)), (Exponential, dict(rate=prior.a)))]
+                (HalfNormal, {"scale": prior.a}), (HalfCauchy, {"scale": prior.a}),
+                (_HalfTCode, {"df": prior.df, "scale": prior.a}), (Exponential, {"rate": prior.a}))]
         return jax.lax.switch(prior.kind, branches, tau)
     if isinstance(prior, Uniform):
         return None
@@ -345,6 +345,7 @@ class NutsRun(NamedTuple):
         tau_prior, mu_prior: the priors sampled under (data units).
         centered: parameterisation used.
         warmup: warmup iterations per chain.
+        target_accept: NUTS's target acceptance probability (step-size adaptation).
         seconds: wall time of the sampling (compiled code only, excluding compile).
         compile_seconds: time spent compiling in this call (0 when cached).
     """
@@ -364,6 +365,7 @@ class NutsRun(NamedTuple):
     mu_prior: MuPrior
     centered: bool
     warmup: int
+    target_accept: float
     seconds: float
     compile_seconds: float
 
@@ -454,8 +456,8 @@ def run_nuts(y, sigma=None, *, tau_prior="uniform", mu_prior="flat", centered: b
     tau_code, mu_code = prior_codes(tp, mp)
     tp_c = jax.tree.map(lambda a: a if np.asarray(a).dtype.kind in "ib" else cast(a), tau_code)
     mp_c = jax.tree.map(lambda a: a if np.asarray(a).dtype.kind in "ib" else cast(a), mu_code)
-    statics = dict(centered=bool(centered), warmup=int(warmup), samples=int(samples),
-                   max_tree_depth=int(max_tree_depth))
+    statics = {"centered": bool(centered), "warmup": int(warmup), "samples": int(samples),
+                   "max_tree_depth": int(max_tree_depth)}
     blocks, run_s, compile_s = [], 0.0, 0.0
     for start in range(0, order.size, size):
         idx = order[start:start + size]
@@ -475,7 +477,7 @@ def run_nuts(y, sigma=None, *, tau_prior="uniform", mu_prior="flat", centered: b
                    step_size=f64(out.step_size), accept_prob=f64(out.accept_prob), mask=m,
                    n_groups=m.sum(axis=1), datasets=sel, names=tuple(batch.names[i] for i in sel),
                    tau_prior=tp, mu_prior=mp, centered=bool(centered), warmup=int(warmup),
-                   seconds=run_s, compile_seconds=compile_s)
+                   target_accept=float(target_accept), seconds=run_s, compile_seconds=compile_s)
 
 
 # --------------------------------------------------------------------------------------
@@ -542,7 +544,7 @@ class Comparison(NamedTuple):
 
 def _split(x):
     """``[C, S, ...] -> [2C, S // 2, ...]``: split chains for split-ESS and split-R-hat."""
-    C, S = x.shape[:2]
+    _C, S = x.shape[:2]
     h = S // 2
     return np.concatenate([x[:, :h], x[:, S - h:]], axis=0)
 
@@ -607,10 +609,22 @@ def compare(fit, run: NutsRun, *, alpha: float = 0.01) -> Comparison:
     For each selected dataset and each of ``mu``, ``tau``, ``theta_j``: the posterior
     mean, sd and the quantiles at ``fit.levels``, as ``z = (exact - NUTS) / MCSE``.
     MCSEs come from split effective sample sizes (NumPyro's
-    ``effective_sample_size``): ``sd / sqrt(ESS)`` for the mean, the delta method on
-    the ESS of ``(x - mean)^2`` for the sd, and the Beta-interval method of Vehtari et
-    al. (2021) for quantiles. If the exact values are right and NUTS works, each
-    z is approximately N(0, 1), and independent across datasets.
+    ``effective_sample_size``), as in Vehtari et al. (2021) and the posterior R
+    package: ``sd / sqrt(ESS)`` for the mean; for the sd the delta method on the ESS
+    of ``(x - mean)^2`` (posterior's ``mcse_sd``); for a quantile ``q_p`` the ESS of
+    the indicator ``x <= q_p`` and the central 68 % interval of
+    ``Beta(ESS p + 1, ESS (1 - p) + 1)`` mapped to order statistics (posterior's
+    ``mcse_quantile``). If the exact values are right and NUTS works, each z is
+    approximately N(0, 1), and independent across datasets. The ESS-based MCSE is
+    trustworthy where the ESS is a few hundred or more (Vehtari et al. recommend
+    > 400); with much shorter effective chains the split-ESS is optimistic and
+    the z-scores are too wide.
+
+    NUTS itself can be off in tau's upper tail: the non-centered model has a funnel
+    at large tau, and at NumPyro's default ``target_accept=0.8`` its few divergences
+    sit there and tau's upper quantiles come out low by a fraction of an MCSE
+    (visible across 200 datasets); ``target_accept=0.99`` removes it
+    (benchmarks/results/nuts_crosscheck.md).
 
     Args:
         fit: the exact :class:`hierjax.Fit` of the batch ``run`` was drawn from (same
@@ -737,28 +751,29 @@ def comparison_json(cmp: Comparison, run: NutsRun) -> dict:
     for b, name in enumerate(cmp.names):
         n = int(run.n_groups[b])
         keep = list(range(2)) + [2 + j for j in range(run.mask.shape[1]) if run.mask[b, j]]
-        datasets.append(dict(
-            name=str(name), index=int(run.datasets[b]), n_groups=n,
-            divergences=int(cmp.divergences[b]), max_abs_z=clean(cmp.max_abs_z[b]),
-            flagged=bool(cmp.flagged[b]),
-            parameters={cmp.params[p]: dict(
+        datasets.append({
+            "name": str(name), "index": int(run.datasets[b]), "n_groups": n,
+            "divergences": int(cmp.divergences[b]), "max_abs_z": clean(cmp.max_abs_z[b]),
+            "flagged": bool(cmp.flagged[b]),
+            "parameters": {cmp.params[p]: dict(
                 rhat=clean(cmp.rhat[b, p]), ess=clean(cmp.ess[b, p]),
-                **{s: dict(exact=clean(cmp.exact[b, p, t]), nuts=clean(cmp.nuts[b, p, t]),
-                           mcse=clean(cmp.mcse[b, p, t]), z=clean(cmp.z[b, p, t]))
-                   for t, s in enumerate(cmp.stats)}) for p in keep}))
-    tests = [dict(parameter=cmp.params[p], statistic=cmp.stats[t], n=int(cmp.n_z[p, t]),
-                  ks_p=clean(cmp.ks_p[p, t]), chi2_p=clean(cmp.chi2_p[p, t]))
+                **{s: {"exact": clean(cmp.exact[b, p, t]), "nuts": clean(cmp.nuts[b, p, t]),
+                           "mcse": clean(cmp.mcse[b, p, t]), "z": clean(cmp.z[b, p, t])}
+                   for t, s in enumerate(cmp.stats)}) for p in keep}})
+    tests = [{"parameter": cmp.params[p], "statistic": cmp.stats[t], "n": int(cmp.n_z[p, t]),
+                  "ks_p": clean(cmp.ks_p[p, t]), "chi2_p": clean(cmp.chi2_p[p, t])}
              for p in range(len(cmp.params)) for t in range(len(cmp.stats)) if cmp.n_z[p, t]]
     n_draws = run.diverging.size
-    return dict(
-        tau_prior=repr(run.tau_prior), mu_prior=repr(run.mu_prior), centered=run.centered,
-        chains=int(run.mu.shape[1]), warmup=run.warmup, samples=int(run.mu.shape[2]),
-        draws_per_dataset=cmp.draws, sampling_seconds=run.seconds,
-        compile_seconds=run.compile_seconds,
-        datasets_per_second=(len(cmp.names) / run.seconds if run.seconds > 0 else None),
-        divergence_rate=float(run.diverging.sum() / n_draws),
-        alpha=cmp.alpha, z_threshold=cmp.z_threshold, p_value=clean(cmp.p_value), ok=cmp.ok,
-        n_flagged=int(cmp.flagged.sum()), datasets=datasets, tests=tests)
+    return {
+        "tau_prior": repr(run.tau_prior), "mu_prior": repr(run.mu_prior), "centered": run.centered,
+        "chains": int(run.mu.shape[1]), "warmup": run.warmup, "samples": int(run.mu.shape[2]),
+        "target_accept": run.target_accept,
+        "draws_per_dataset": cmp.draws, "sampling_seconds": run.seconds,
+        "compile_seconds": run.compile_seconds,
+        "datasets_per_second": (len(cmp.names) / run.seconds if run.seconds > 0 else None),
+        "divergence_rate": float(run.diverging.sum() / n_draws),
+        "alpha": cmp.alpha, "z_threshold": cmp.z_threshold, "p_value": clean(cmp.p_value), "ok": cmp.ok,
+        "n_flagged": int(cmp.flagged.sum()), "datasets": datasets, "tests": tests}
 
 
 def crosscheck(y, sigma=None, *, tau_prior="uniform", mu_prior="flat", centered: bool = False,
@@ -776,7 +791,7 @@ def crosscheck(y, sigma=None, *, tau_prior="uniform", mu_prior="flat", centered:
     run = run_nuts(batch, tau_prior=tau_prior, mu_prior=mu_prior, centered=centered,
                    chains=chains, warmup=warmup, samples=samples, seed=seed, datasets=datasets,
                    **kwargs)
-    sel = sorted(set(int(i) for i in run.datasets))
+    sel = sorted({int(i) for i in run.datasets})
     sub = Batch(batch.y[sel], batch.sigma[sel], batch.mask[sel],
                 tuple(batch.names[i] for i in sel), tuple(batch.groups[i] for i in sel))
     f = exact_fit(sub, None, tau_prior=tau_prior, mu_prior=mu_prior, quantiles=levels,

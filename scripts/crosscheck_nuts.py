@@ -3,7 +3,8 @@
 Usage::
 
     PYTHONPATH=. python scripts/crosscheck_nuts.py [INPUT.csv] [--tau-prior SPEC] [--mu-prior SPEC]
-        [--centered] [--chains C] [--warmup W] [--samples S] [--seed N] [--x64] [--json OUT.json]
+        [--centered] [--chains C] [--warmup W] [--samples S] [--seed N] [--target-accept P]
+        [--x64] [--json OUT.json]
 
 With no INPUT: the eight schools (BDA3 Table 5.2).
 """
