@@ -11,6 +11,7 @@ is checked on the host, and errors name the file, line, dataset and column.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import tempfile
@@ -21,7 +22,8 @@ import numpy as np
 from hierjax.batch import Batch, InputError, as_batch
 from hierjax.engine import Fit, status_text
 
-__all__ = ["read_long_csv", "fit_rows", "write_csv_atomic", "format_level", "OUTPUT_COLUMNS"]
+__all__ = ["read_long_csv", "fit_rows", "write_csv_atomic", "write_json_atomic", "format_level",
+           "OUTPUT_COLUMNS"]
 
 REQUIRED = ("dataset", "y", "sigma")
 
@@ -138,6 +140,25 @@ def write_csv_atomic(path, header: list, rows: Iterable[list]) -> None:
             w = csv.writer(fh)
             w.writerow(header)
             w.writerows(rows)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json_atomic(path, obj) -> None:
+    """Write ``obj`` as JSON (strict: no NaN) via a temporary file and ``os.replace``,
+    like :func:`write_csv_atomic`."""
+    path = os.fspath(path)
+    text = json.dumps(obj, indent=1, allow_nan=False)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".hierjax-", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text + "\n")
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
