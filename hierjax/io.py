@@ -129,17 +129,15 @@ def fit_rows(f: Fit) -> tuple:
     return header, rows
 
 
-def write_csv_atomic(path, header: list, rows: Iterable[list]) -> None:
-    """Write a CSV via a temporary file in the same folder and ``os.replace``: a reader
-    sees the old file or the whole new one, never half of it."""
+def _write_atomic(path, write, newline=None) -> None:
+    """Call ``write(fh)`` on a temporary file in the same folder, then ``os.replace`` it onto
+    ``path``: a reader sees the old file or the whole new one, never half of it."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".hierjax-", suffix=".tmp", dir=folder)
     try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
-            w.writerow(header)
-            w.writerows(rows)
+        with os.fdopen(fd, "w", newline=newline, encoding="utf-8") as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -147,22 +145,18 @@ def write_csv_atomic(path, header: list, rows: Iterable[list]) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_csv_atomic(path, header: list, rows: Iterable[list]) -> None:
+    """Write a CSV atomically (see :func:`_write_atomic`)."""
+    def write(fh):
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+    _write_atomic(path, write, newline="")
 
 
 def write_json_atomic(path, obj) -> None:
-    """Write ``obj`` as JSON (strict: no NaN) via a temporary file and ``os.replace``,
-    like :func:`write_csv_atomic`."""
-    path = os.fspath(path)
-    text = json.dumps(obj, indent=1, allow_nan=False)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".hierjax-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``obj`` as JSON (strict: no NaN) atomically, like :func:`write_csv_atomic`."""
+    text = json.dumps(obj, indent=1, allow_nan=False)   # fails before any file is touched
+    _write_atomic(path, lambda fh: fh.write(text + "\n"))
