@@ -68,18 +68,17 @@ from hierjax.engine import DEFAULT_LEVELS, STATUS
 from hierjax.grid import (
     KAPPA,
     TauGrid,
-    chebyshev_density_coefficients,
     tail_alpha,
     tau_grid,
 )
 from hierjax.priors import MuPrior, NormalMu, TauPrior
-from hierjax.quadrature import cdf_coefficients, clenshaw_curtis
+from hierjax.quadrature import clenshaw_curtis
 from hierjax.solvers import iterate
 from hierjax.summaries import (
     _barycentric,
-    _cdf_tables,
     _Phi,
     mixture_quantile,
+    tau_cdf_nodes,
     tau_quantile,
 )
 
@@ -330,9 +329,7 @@ def _tau_tools(d: _Data) -> _Tools:
     g = d.grid
     dt = g.tau.dtype
     N = g.density_z.shape[0] - 1
-    T, lam = _cdf_tables(N)
-    F_nodes = jnp.asarray(T, dt) @ cdf_coefficients(chebyshev_density_coefficients(g))
-    lam = jnp.asarray(lam, dt)
+    F_nodes, lam = tau_cdf_nodes(g)
     nodes = jnp.asarray(clenshaw_curtis(N)[0], dt)
     # log p(y | tau) as a change from the map's centre, as the grid computed it
     ref = reference_point(jnp.exp(2.0 * g.x0), d.y, d.sigma2, d.mask, d.mu_prior)

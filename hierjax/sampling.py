@@ -11,7 +11,7 @@ Each draw follows the factorisation of the posterior (BDA3 sec. 5.4):
 where ``F`` is the posterior CDF of tau: the exact integral of the Chebyshev
 interpolant of ``p(tau | y)`` through the 2n-rule nodes of the dataset's tau grid
 (:mod:`hierjax.grid`), inverted by safeguarded Newton to round-off
-(as :func:`hierjax.summaries.tau_quantile`, in :func:`inverse_cdf_tau`). No histogram, no resampling of grid nodes:
+(:func:`hierjax.summaries.tau_quantile`). No histogram, no resampling of grid nodes:
 the draws are iid from the posterior up to the interpolant's error (the same error
 as the reported tau quantiles, ~1e-10 in float64).
 
@@ -36,70 +36,18 @@ from hierjax._host import grids_standardized, prepare
 from hierjax.batch import InputError
 from hierjax.conditionals import mu_given_tau, theta_given_mu_tau
 from hierjax.engine import STATUS
-from hierjax.grid import TauGrid, grid_tau_of_z
+from hierjax.grid import TauGrid
 from hierjax.priors import MuPrior
-from hierjax.quadrature import cdf_coefficients, chebyshev_matrix, clenshaw_curtis
-from hierjax.solvers import iterate
-from hierjax.summaries import _cdf_tables
+from hierjax.summaries import tau_cdf_nodes, tau_quantile
 
 __all__ = ["DRAW_CHUNK", "DatasetDraws", "Draws", "draws", "draws_dataset", "draws_standardized",
-           "inverse_cdf_tau", "to_arviz"]
+           "to_arviz"]
 
 #: Draws vmapped at once for one dataset; ``num_draws`` is padded to a multiple of it so
 #: that every draw is computed at the same vector width whatever ``S`` (bitwise prefixes).
 DRAW_CHUNK = 256
 _MAX_ITER = 100
 _FAST_STEPS = 0   # a single while loop: a small compile; lanes stop when done
-
-
-def _barycentric2(z, nodes, lam, F, f):
-    """Barycentric interpolation of two node vectors at ``z`` (sums, not a matmul: the
-    result must not depend on how many lanes XLA vectorises together)."""
-    d = z - nodes
-    d = jnp.where(d == 0, jnp.finfo(d.dtype).tiny, d)
-    c = lam / d
-    sc = jnp.sum(c)
-    return jnp.sum(c * F) / sc, jnp.sum(c * f) / sc
-
-
-def inverse_cdf_tau(u, grid: TauGrid, nodes, lam, F_nodes):
-    r"""Solve ``F(tau) = u`` on the Chebyshev interpolant of the tau CDF, to round-off.
-
-    ``F`` and the density in ``z`` are interpolated barycentrically through the 2n-rule's
-    nodes; Newton in ``z`` safeguarded by bisection inside ``[-1, 1]``, started by linear
-    interpolation between the nodes whose CDF values bracket ``u`` (as
-    :func:`hierjax.summaries.tau_quantile`). Stops when ``|F - u| <= 4 eps``, a Newton
-    step is below ``1e-2 sqrt(eps)`` (quadratic convergence: the next would be below
-    eps) or the bracket is below ``64 eps``.
-
-    Returns:
-        ``(tau, converged)``.
-    """
-    dtype = F_nodes.dtype
-    eps = float(jnp.finfo(dtype).eps)
-    z_inc, F_inc = nodes[::-1], F_nodes[::-1]
-    j = jnp.clip(jnp.searchsorted(F_inc, u), 1, z_inc.shape[0] - 1)
-    t = jnp.clip((u - F_inc[j - 1]) / (F_inc[j] - F_inc[j - 1]), 0.0, 1.0)
-    z0 = z_inc[j - 1] + t * (z_inc[j] - z_inc[j - 1])
-
-    def newton(state):
-        i, z, lo, hi, done = state
-        F, f = _barycentric2(z, nodes, lam, F_nodes, grid.density_z)
-        F = F - u
-        lo = jnp.where(F < 0, z, lo)
-        hi = jnp.where(F < 0, hi, z)
-        step = F / f
-        ok = (f > 0) & (z - step > lo) & (z - step < hi)
-        at_root = jnp.abs(F) <= 4.0 * eps
-        z_new = jnp.where(at_root | done, z, jnp.where(ok, z - step, 0.5 * (lo + hi)))
-        now = at_root | (ok & (jnp.abs(step) <= 1e-2 * eps ** 0.5)) | (hi - lo <= 64.0 * eps)
-        return i + 1, z_new, lo, hi, done | now
-
-    one = jnp.ones((), dtype)
-    state = iterate(newton, (0, z0, -one, one, jnp.array(False)), fast_steps=_FAST_STEPS,
-                    max_iter=_MAX_ITER)
-    tau, _, _, _ = grid_tau_of_z(state[1], grid.x0, grid.u_lo, grid.one_minus_u_hi)
-    return tau, state[4]
 
 
 class DatasetDraws(NamedTuple):
@@ -159,19 +107,13 @@ def draws_dataset(key, grid: TauGrid, y, sigma2, mask, mu_prior: MuPrior,
     dtype = y.dtype
     J = y.shape[0]
     # the tau CDF at the 2n-rule nodes: exact integral of the density's interpolant
-    N = grid.density_z.shape[0] - 1
-    M = jnp.asarray(chebyshev_matrix(N), dtype)
-    coef_cdf = cdf_coefficients(jnp.sum(M * grid.density_z, axis=1))
-    T, lam = _cdf_tables(N)
-    F_nodes = jnp.sum(jnp.asarray(T, dtype) * coef_cdf, axis=1)
-    lam = jnp.asarray(lam, dtype)
-    nodes = jnp.asarray(clenshaw_curtis(N)[0], dtype)
+    F_nodes, lam = tau_cdf_nodes(grid)
     groups = jnp.arange(J, dtype=jnp.uint32)
 
     def one(s):
         k = jax.random.fold_in(key, s)
         u = jax.random.uniform(jax.random.fold_in(k, 0), (), dtype)
-        tau, ok = inverse_cdf_tau(u, grid, nodes, lam, F_nodes)   # tau = F^{-1}(U)
+        tau, ok = tau_quantile(u, grid, F_nodes, lam, fast_steps=_FAST_STEPS)  # tau = F^-1(U)
         tau2 = tau * tau
         cond = mu_given_tau(tau2, y, sigma2, mask, mu_prior)     # mu | tau, y
         mu = cond.mean + jnp.sqrt(cond.var) * jax.random.normal(jax.random.fold_in(k, 1), (),

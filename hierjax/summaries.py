@@ -28,12 +28,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import erfc, ndtri
 
-from hierjax.grid import TauGrid, chebyshev_density_coefficients, grid_tau_of_z
-from hierjax.quadrature import cdf_coefficients, clenshaw_curtis
+from hierjax.grid import TauGrid, grid_tau_of_z
+from hierjax.quadrature import cdf_coefficients, chebyshev_matrix, clenshaw_curtis
 from hierjax.solvers import iterate, maximize
 
 __all__ = ["Marginal", "mixture_summary", "coarse_weights", "coarse_stages", "mixture_quantile",
-           "tau_summary", "tau_quantile", "tau_mode"]
+           "tau_summary", "tau_cdf_nodes", "tau_quantile", "tau_mode"]
 
 _MAX_ITER = 100
 _COARSE_STEPS = 2     # Halley steps on the quarter-size nested rule
@@ -244,11 +244,13 @@ def coarse_stages(grid: TauGrid):
 
 
 def _barycentric(z, nodes, lam, values):
-    """Barycentric interpolation of ``values [V, N+1]`` at Chebyshev points ``nodes``."""
+    """Barycentric interpolation of ``values [V, N+1]`` at Chebyshev points ``nodes``
+    (sums, not a matmul: the result must not depend on how many lanes XLA vectorises
+    together, so that exact draws are bitwise reproducible)."""
     d = z - nodes
     d = jnp.where(d == 0, jnp.finfo(d.dtype).tiny, d)
     c = lam / d
-    return (values @ c) / jnp.sum(c)
+    return jnp.sum(values * c, axis=-1) / jnp.sum(c)
 
 
 @functools.lru_cache(maxsize=None)
@@ -262,9 +264,29 @@ def _cdf_tables(N: int):
     return T, lam
 
 
-def tau_quantile(p, grid: TauGrid, F_nodes, lam):
+def tau_cdf_nodes(grid: TauGrid):
+    """``(F_nodes, lam)``: the tau CDF at the 2n-rule's nodes, the exact integral of the
+    density's Chebyshev interpolant, ``[2n + 1]``, and the barycentric weights (sums, not
+    matmuls, as in :func:`_barycentric`)."""
+    N = grid.density_z.shape[0] - 1
+    dtype = grid.density_z.dtype
+    M = jnp.asarray(chebyshev_matrix(N), dtype)
+    coef_cdf = cdf_coefficients(jnp.sum(M * grid.density_z, axis=1))
+    T, lam = _cdf_tables(N)
+    return jnp.sum(jnp.asarray(T, dtype) * coef_cdf, axis=1), jnp.asarray(lam, dtype)
+
+
+def tau_quantile(p, grid: TauGrid, F_nodes, lam, fast_steps: int = _TAU_FAST_STEPS):
     """Solve ``F(tau) = p``: Newton in ``z`` on the barycentric interpolants of the tau CDF
-    and density through the 2n-rule's nodes; returns ``(tau, converged)``."""
+    and density through the 2n-rule's nodes (:func:`tau_cdf_nodes`), safeguarded by
+    bisection in ``[-1, 1]`` and started by linear interpolation between the nodes whose
+    CDF values bracket ``p``. Stops when ``|F - p| <= 4 eps``, a Newton step is below
+    ``1e-2 sqrt(eps)`` (quadratic convergence: the next is below eps) or the bracket is
+    below ``64 eps``. ``fast_steps`` unrolled steps, then a while loop.
+
+    Returns:
+        ``(tau, converged)``.
+    """
     dtype = grid.tau.dtype
     eps = float(jnp.finfo(dtype).eps)
     nodes = jnp.asarray(clenshaw_curtis(F_nodes.shape[0] - 1)[0], dtype)
@@ -289,7 +311,7 @@ def tau_quantile(p, grid: TauGrid, F_nodes, lam):
         return i + 1, z_new, lo, hi, done | now
 
     one = jnp.ones((), dtype)
-    state = iterate(newton, (0, z0, -one, one, jnp.array(False)), fast_steps=_TAU_FAST_STEPS,
+    state = iterate(newton, (0, z0, -one, one, jnp.array(False)), fast_steps=fast_steps,
                     max_iter=_MAX_ITER)
     tau, _, _, _ = grid_tau_of_z(state[1], grid.x0, grid.u_lo, grid.one_minus_u_hi)
     return tau, state[4]
@@ -306,10 +328,7 @@ def tau_summary(grid: TauGrid, levels, mean_exists, sd_exists):
     mean = jnp.sum(w * grid.tau_fine)
     var = jnp.sum(w * (grid.tau_fine - mean) ** 2)
     if levels.shape[0]:
-        coef_cdf = cdf_coefficients(chebyshev_density_coefficients(grid))
-        T, lam = _cdf_tables(grid.density_z.shape[0] - 1)
-        F_nodes = jnp.asarray(T, coef_cdf.dtype) @ coef_cdf
-        lam = jnp.asarray(lam, coef_cdf.dtype)
+        F_nodes, lam = tau_cdf_nodes(grid)
         q, conv = jax.vmap(lambda p: tau_quantile(p, grid, F_nodes, lam))(levels)
     else:     # moments only
         q, conv = jnp.zeros((0,), grid.tau.dtype), jnp.array(True)
