@@ -294,47 +294,28 @@ def _crosscheck(args) -> int:
 
 
 def main(argv=None) -> int:
-    """Entry point of the ``hierjax`` command."""
+    """Entry point of the ``hierjax`` command: x64 if asked (at program start), the priors
+    checked before anything compiles, one-line errors with exit status 2."""
     args = _parser().parse_args(argv)
-    if args.command == "crosscheck":
-        import jax
-        if args.x64:
-            jax.config.update("jax_enable_x64", True)
-        from hierjax.priors import InputError
-        try:
-            return _crosscheck(args)
-        except InputError as e:
-            print(f"hierjax: error: {e}", file=sys.stderr)
-            return 2
-        except ImportError as e:
-            print(f"hierjax: error: crosscheck needs numpyro and scipy ({e}); "
-                  "pip install 'hierjax[nuts,test]'", file=sys.stderr)
-            return 2
-    if args.command == "fit":
-        import jax
-        if args.x64:
-            jax.config.update("jax_enable_x64", True)
-        from hierjax.priors import InputError, parse_mu_prior, parse_tau_prior
-        try:
-            parse_tau_prior(args.tau_prior)
-            parse_mu_prior(args.mu_prior)
-            return _fit_file(args) if args.input else _default_job(args)
-        except InputError as e:
-            print(f"hierjax: error: {e}", file=sys.stderr)
-            return 2
-    if args.command == "plot":
-        import jax
-        if args.x64:
-            jax.config.update("jax_enable_x64", True)
-        from hierjax.priors import InputError, parse_mu_prior, parse_tau_prior
-        try:
-            parse_tau_prior(args.tau_prior)
-            parse_mu_prior(args.mu_prior)
-            return _plot(args)
-        except InputError as e:
-            print(f"hierjax: error: {e}", file=sys.stderr)
-            return 2
-    return 2
+    import jax
+    if args.x64:
+        jax.config.update("jax_enable_x64", True)
+    from hierjax.priors import InputError, parse_mu_prior, parse_tau_prior
+    commands = {"fit": lambda a: _fit_file(a) if a.input else _default_job(a),
+                "plot": _plot, "crosscheck": _crosscheck}
+    try:
+        parse_tau_prior(args.tau_prior)
+        parse_mu_prior(args.mu_prior)
+        return commands[args.command](args)
+    except InputError as e:
+        print(f"hierjax: error: {e}", file=sys.stderr)
+        return 2
+    except ImportError as e:
+        if args.command != "crosscheck":
+            raise
+        print(f"hierjax: error: crosscheck needs numpyro and scipy ({e}); "
+              "pip install 'hierjax[nuts,test]'", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

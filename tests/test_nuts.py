@@ -87,8 +87,9 @@ def test_eight_schools_agree_with_nuts(eight):
 def test_planted_error_fails(eight, where):
     """Test the test: an exact value moved by 0.3 posterior sd is caught."""
     tp, _mp, f, run, cmp = eight
-    if where == "mu sd" and tp == "uniform":
-        pytest.skip("mu's sd is not compared under the uniform prior (alpha = 6)")
+    # mu's sd is not compared under the uniform prior (alpha = 6): there a planted error in
+    # it must go unflagged (heavy tails make its MCSE unreliable), elsewhere it is caught
+    not_compared = where == "mu sd" and tp == "uniform"
     bad = f
     if where == "tau mean":
         bad = f._replace(tau=f.tau._replace(mean=f.tau.mean + 0.3 * f.tau.sd))
@@ -99,7 +100,10 @@ def test_planted_error_fails(eight, where):
     else:
         bad = f._replace(mu=f.mu._replace(sd=f.mu.sd * 1.3))
     c = compare(bad, run)
-    assert not c.ok and c.flagged.all(), (c.p_value, c.max_abs_z)
+    if not_compared:
+        assert c.ok and not c.flagged.any() and c.p_value == cmp.p_value
+    else:
+        assert not c.ok and c.flagged.all(), (c.p_value, c.max_abs_z)
     assert cmp.ok                                         # the true values pass
 
 
