@@ -9,7 +9,7 @@ Optional parts, imported on use: :mod:`hierjax.plotting` (matplotlib, extra ``pl
 :mod:`hierjax.nuts` (NumPyro, extra ``nuts``), :func:`to_arviz` (ArviZ, extra ``arviz``).
 """
 from hierjax.batch import Batch, as_batch
-from hierjax.datasets import beta_blockers, eight_schools, rubin_eight_schools
+from hierjax.datasets import beta_blockers, efron_morris, eight_schools, rubin_eight_schools
 from hierjax.simulate import simulate
 from hierjax.engine import DEFAULT_LEVELS, STATUS, Fit, fit, fit_batch, status_text
 from hierjax.pooling import (CompletePooling, PartialPooling, complete_pooling,
@@ -39,7 +39,7 @@ __all__ = [
     "UniformSqrt", "Jeffreys", "OverallJeffreys", "BergerDeely", "Conventional", "DuMouchel",
     "UniformShrinkage", "UniformI2", "HalfLogistic", "Lomax", "Rayleigh", "LogNormal",
     "InvGammaTau2",
-    "eight_schools", "rubin_eight_schools", "beta_blockers", "simulate", "InputError",
+    "eight_schools", "rubin_eight_schools", "beta_blockers", "efron_morris", "simulate", "InputError",
     "EffectSizes", "log_odds_ratio", "log_risk_ratio", "risk_difference", "mean_difference",
     "standardized_mean_difference",
     "tau_curves", "TauCurves", "mu_density", "MuDensity",

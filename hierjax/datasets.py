@@ -3,6 +3,8 @@
 * Eight schools, BDA3 Table 5.2 (rounded), as used by the seed lecture, Stan and NumPyro.
 * Eight schools with Rubin's (1981) unrounded values, as in R's bayesmeta (``Rubin1981``).
 * Beta-blocker trials, BDA3 Table 5.4 (Yusuf et al. 1985): deaths / total per arm.
+* Efron and Morris (1975) baseball: 18 players' first 45 at-bats and their averages over
+  the rest of the season (the "truth" that shrinkage predicts better).
 """
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["SCHOOLS", "BetaBlockers", "beta_blockers", "eight_schools", "rubin_eight_schools"]
+__all__ = ["SCHOOLS", "BetaBlockers", "beta_blockers", "Baseball", "efron_morris", "eight_schools",
+           "rubin_eight_schools"]
 
 SCHOOLS = ("A", "B", "C", "D", "E", "F", "G", "H")
 
@@ -66,3 +69,41 @@ def beta_blockers() -> BetaBlockers:
         treated_total=np.array([38, 114, 69, 1533, 355, 59, 945, 632, 278, 1916, 873, 263, 291,
                                 858, 154, 207, 251, 151, 174, 209, 391, 680]),
     )
+
+
+class Baseball(NamedTuple):
+    r"""Efron and Morris (1975): 18 batters of 1970, on the variance-stabilising scale.
+
+    .. math::
+        y_j = \sqrt{45}\, \arcsin(2 h_j / 45 - 1) \approx N(\theta_j, 1),\qquad
+        \theta_j^{\rm season} = \sqrt{45}\, \arcsin(2 a_j - 1)
+
+    Attributes:
+        names: the players, length 18.
+        hits: hits in the first 45 at-bats, ``[18]``.
+        y: transformed early averages, ``[18]``; ``sigma`` is 1 for all.
+        sigma: ``[18]`` ones.
+        season: the rest-of-season averages ``a_j``, ``[18]``.
+        truth: ``a_j`` on the same scale as ``y``, ``[18]``.
+    """
+
+    names: tuple
+    hits: np.ndarray
+    y: np.ndarray
+    sigma: np.ndarray
+    season: np.ndarray
+    truth: np.ndarray
+
+
+def efron_morris() -> Baseball:
+    """The Efron and Morris (1975) baseball data (Table 1 of their JASA paper)."""
+    names = ("Clemente", "F. Robinson", "F. Howard", "Johnstone", "Berry", "Spencer",
+             "Kessinger", "L. Alvarado", "Santo", "Swoboda", "Petrocelli", "E. Rodriguez",
+             "G. Scott", "Unser", "B. Williams", "Campaneris", "Munson", "Alvis")
+    hits = np.array([18, 17, 16, 15, 14, 14, 13, 12, 11, 11, 10, 10, 10, 10, 10, 9, 8, 7])
+    season = np.array([.346, .2981, .2764, .2218, .2727, .2704, .2645, .2101, .2686, .2300,
+                       .2639, .2258, .3034, .2635, .3299, .2849, .3162, .2000])
+    scale = np.sqrt(45.0)
+    y = scale * np.arcsin(2.0 * hits / 45.0 - 1.0)
+    truth = scale * np.arcsin(2.0 * season - 1.0)
+    return Baseball(names, hits, y, np.ones(18), season, truth)
