@@ -23,11 +23,13 @@ def iterate(step, state, *, fast_steps: int, max_iter: int):
     return jax.lax.while_loop(lambda st: (st[0] < max_iter) & ~st[-1], step, state)
 
 
-def maximize(h, x, lo, hi, tol, *, fast_steps: int, max_iter: int = 100):
+def maximize(h, x, lo, hi, tol, *, fast_steps: int, max_iter: int = 100, done=False):
     r"""A maximum of the scalar function ``h`` in ``[lo, hi]`` with ``h'(lo) > 0 > h'(hi)``.
 
     Newton steps ``x - h'(x)/h''(x)`` (``jax.grad``) while they stay inside the
-    bracket and ``h'' < 0``; bisection on the sign of ``h'`` otherwise.
+    bracket and ``h'' < 0``; bisection on the sign of ``h'`` otherwise. A lane that
+    starts ``done`` (scalar bool: its answer is known without a search) keeps ``x``
+    and never holds the while loop up.
 
     Returns:
         ``(x, converged)``: converged when a step or the bracket is below ``tol``
@@ -47,6 +49,6 @@ def maximize(h, x, lo, hi, tol, *, fast_steps: int, max_iter: int = 100):
         now = (ok & (jnp.abs(x_new - x) <= tol)) | (hi - lo <= tol) | (g == 0)
         return i + 1, jnp.where(done, x, x_new), lo, hi, done | now
 
-    state = iterate(step, (0, x, lo, hi, jnp.array(False)), fast_steps=fast_steps,
+    state = iterate(step, (0, x, lo, hi, jnp.asarray(done)), fast_steps=fast_steps,
                     max_iter=max_iter)
     return state[1], state[4]
