@@ -107,6 +107,7 @@ class Reference(NamedTuple):
 
     Attributes:
         tau2: ``tau_r^2``, scalar.
+        y: the group estimates ``y_j``, ``[J]``.
         v: ``v_j(tau_r)``, ``[J]``.
         r_over_v: ``(y_j - mu_hat_r) / v_j(tau_r)`` (0 where masked), ``[J]``.
         r2_over_v: ``(y_j - mu_hat_r)^2 / v_j(tau_r)`` (0 where masked), ``[J]``.
@@ -115,6 +116,7 @@ class Reference(NamedTuple):
     """
 
     tau2: jnp.ndarray
+    y: jnp.ndarray
     v: jnp.ndarray
     r_over_v: jnp.ndarray
     r2_over_v: jnp.ndarray
@@ -127,7 +129,7 @@ def reference_point(tau2, y, sigma2, mask, mu_prior: MuPrior) -> Reference:
     mu = mu_given_tau(tau2, y, sigma2, mask, mu_prior)
     v = jnp.where(mask, sigma2 + tau2, 1.0)
     r = jnp.where(mask, y - mu.mean, 0.0)
-    return Reference(tau2, v, r / v, r * r / v, 1.0 / mu.var, mu)
+    return Reference(tau2, y, v, r / v, r * r / v, 1.0 / mu.var, mu)
 
 
 def mu_given_tau_near(ref: Reference, tau2, sigma2, mask, mu_prior: MuPrior) -> MuGivenTau:
@@ -161,7 +163,13 @@ def mu_given_tau_near(ref: Reference, tau2, sigma2, mask, mu_prior: MuPrior) -> 
     S = jnp.sum(ref.r_over_v * g)
     dQ = -jnp.sum(ref.r2_over_v * g) - S * S / P
     log_lik = ref.mu.log_lik - 0.5 * (dlogdet + log_ratio + dQ)
-    return MuGivenTau(ref.mu.mean - S / P, 1.0 / P, log_lik)
+    # mu_hat itself: the change S / P near the reference; far from it the direct weighted
+    # mean, since S (zero at the reference up to round-off eps sum|r/v_r|) over P ~ J/tau^2
+    # would leave an error ~ eps tau^2 in mu_hat at large tau.
+    _, p0m0 = _prior_terms(mu_prior, sigma2.dtype)
+    direct = (jnp.sum(jnp.where(mask, ref.y / v, 0.0)) + p0m0) / P
+    mean = jnp.where(all_near, ref.mu.mean - S / P, direct)
+    return MuGivenTau(mean, 1.0 / P, log_lik)
 
 
 def log_marginal_likelihood(tau2, y, sigma2, mask, mu_prior: MuPrior):
