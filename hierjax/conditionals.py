@@ -145,7 +145,8 @@ def mu_given_tau_near(ref: Reference, tau2, sigma2, mask, mu_prior: MuPrior) -> 
 
     Each sum is over small terms near the reference, so ``log p(y | tau)`` differences
     between nearby tau keep their digits even when ``log p`` itself is large (J = 3000
-    groups in float32); far from it the terms fall back to direct forms.
+    groups in float32); far from it the terms fall back to direct forms, and ``mu_hat``
+    to the weighted mean ``(sum_j y_j / v_j + m_0 / s_0^2) / P``.
     """
     dt = tau2 - ref.tau2
     v = jnp.where(mask, sigma2 + tau2, 1.0)
