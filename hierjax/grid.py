@@ -73,6 +73,7 @@ class TauGrid(NamedTuple):
         log_weight: normalised log weights of the n-rule, ``[K]``;
             ``E[g(tau) | y] ~= sum_k exp(log_weight_k) g(tau_k)``.
         mu: ``mu | tau_k, y`` and ``log p(y | tau_k)`` at the n-rule's nodes (fields ``[K]``).
+        mu_fine: the same at the 2n-rule's nodes (fields ``[2n + 1]``; its even nodes are ``mu``).
         tau_fine: nodes of the 2n-rule (its even nodes are ``tau``), ``[2n + 1]``.
         log_weight_fine: normalised log weights of the 2n-rule, ``[2n + 1]``.
         density_z: normalised posterior density in ``z`` at the 2n-rule's nodes,
@@ -93,6 +94,7 @@ class TauGrid(NamedTuple):
     tau: jnp.ndarray
     log_weight: jnp.ndarray
     mu: MuGivenTau
+    mu_fine: MuGivenTau
     tau_fine: jnp.ndarray
     log_weight_fine: jnp.ndarray
     density_z: jnp.ndarray
@@ -279,7 +281,7 @@ def tau_grid(y, sigma2, mask, tau_prior: TauPrior, mu_prior: MuPrior, n: int) ->
         jnp.where(mask, jnp.abs(jnp.log(ref.v)) + ref.r2_over_v + 1.0, 0.0))
 
     return TauGrid(
-        tau=tau[::2], log_weight=log_weight, mu=jax.tree.map(lambda a: a[::2], mu),
+        tau=tau[::2], log_weight=log_weight, mu=jax.tree.map(lambda a: a[::2], mu), mu_fine=mu,
         roundoff=roundoff,
         tau_fine=tau, log_weight_fine=log_weight_fine, density_z=jnp.exp(log_f - log_z_fine),
         log_evidence=log_z_fine, error=error, truncated=~(ok_left & ok_right),

@@ -33,7 +33,7 @@ from hierjax.quadrature import cdf_coefficients, chebyshev_matrix, clenshaw_curt
 from hierjax.solvers import iterate, maximize
 
 __all__ = ["Marginal", "mixture_summary", "coarse_weights", "coarse_stages", "mixture_quantile",
-           "tau_summary", "tau_cdf_nodes", "tau_quantile", "tau_mode"]
+           "quantile_error", "tau_summary", "tau_cdf_nodes", "tau_quantile", "tau_mode"]
 
 _MAX_ITER = 100
 _COARSE_STEPS = 2     # Halley steps on the quarter-size nested rule
@@ -122,7 +122,8 @@ def mixture_quantile(p, w, m, s, moments=None, coarse=None):
     quarter- and half-size rules) bring it to ~1e-6 sd of the root, and
     full Halley steps (cubic convergence; ``F' = f``, ``F'' = -sum w phi(t) t / s^2``)
     finish, kept inside the bracket ``[min_k q_k, max_k q_k]`` of the components'
-    own ``p``-quantiles by bisection. Converged when ``|F(q) - p|`` is at round-off or
+    own ``p``-quantiles by bisection; levels above 1/2 are solved as the lower-tail
+    quantile of the reflected mixture. Converged when ``|F(q) - p|`` is at round-off or
     a full step ``h`` leaves a residual ``f C |h|^3`` below ``2e-10 min(p, 1 - p)``
     (``16 eps`` in float32), ``C h^3`` being Halley's error term: a quantile error of
     ~1e-10 sd. One unrolled step first, a while loop for the stragglers.
@@ -141,6 +142,13 @@ def mixture_quantile(p, w, m, s, moments=None, coarse=None):
     dtype = m.dtype
     eps = float(jnp.finfo(dtype).eps)
     mo = _mixture_moments(w, m, s) if moments is None else moments
+    # Upper levels by reflection, q_p(m) = -q_{1-p}(-m): the search then always works on
+    # a lower tail, where F = sum w Phi keeps its relative precision (F near 1 would
+    # carry an absolute eps, 6e-5 of the tail mass at p = 0.999 in float32).
+    sign = jnp.where(p > 0.5, -1.0, 1.0).astype(dtype)
+    p = jnp.where(p > 0.5, 1.0 - p, p)
+    m = sign * m
+    mo = mo._replace(mean=sign * mo.mean, skew=sign * mo.skew)
     zp = ndtri(p)
     qk = m + s * zp
     live = w > eps * 1e-3
@@ -191,7 +199,42 @@ def mixture_quantile(p, w, m, s, moments=None, coarse=None):
 
     state = iterate(halley, (0, x, lo, hi, jnp.array(False)),
                     fast_steps=_FAST_STEPS, max_iter=_MAX_ITER)
-    return state[1], state[4]
+    return sign * state[1], state[4]
+
+
+def quantile_error(q, levels, w, m, s, w_fine, m_fine, s_fine, scale):
+    r"""Error estimate of mixture quantiles solved on the n-rule, in units of ``scale``.
+
+    .. math::
+        e_i = \frac{|F_{2n}(q_i) - p_i|}{f_n(q_i)\,\text{scale}},\qquad
+        F_{2n}(q) = \sum_k w^{2n}_k \Phi\big((q - m^{2n}_k)/s^{2n}_k\big)
+
+    the 2n-rule's CDF at the n-rule's quantile ``q_i`` (where ``F_n(q_i) = p_i``), turned
+    into a quantile shift by the density. The grid's own nested-rule error checks the
+    CDFs within two sds of the centre; far quantiles of heavy-tailed mixtures (mu and
+    theta_new for J = 3 under a uniform prior: the 0.001 quantile sits thousands of sds
+    out, where only the last few tau nodes contribute) need this direct check.
+
+    Args:
+        q: quantiles from the n-rule, ``[Q]``; levels: their levels ``p_i``, ``[Q]``.
+        w, m, s: the n-rule's weights, means and sds, ``[K]``.
+        w_fine, m_fine, s_fine: the 2n-rule's, ``[2n + 1]``.
+        scale: the unit of the error (a typical component sd), scalar.
+
+    Returns:
+        ``max_i e_i``, scalar (0 when ``Q = 0``).
+    """
+    def one(qq, p):
+        t = (qq - m) / s
+        f = jnp.sum(w * _INV_SQRT2PI * jnp.exp(-0.5 * t * t) / s)
+        # the tail's own mass (the survival function above the median), as in the search
+        sign = jnp.where(p > 0.5, -1.0, 1.0).astype(m.dtype)
+        F = jnp.sum(w_fine * _Phi(sign * (qq - m_fine) / s_fine))
+        return jnp.abs(F - jnp.where(p > 0.5, 1.0 - p, p)) / (f * scale)
+
+    if levels.shape[0] == 0:
+        return jnp.zeros((), m.dtype)
+    return jnp.max(jax.vmap(one)(q, levels))
 
 
 def mixture_summary(w, m, s, levels, threshold, mean_exists, sd_exists, coarse=None):
