@@ -222,7 +222,7 @@ def quantile_error(q, levels, w, m, s, w_fine, m_fine, s_fine, scale):
         scale: the unit of the error (a typical component sd), scalar.
 
     Returns:
-        ``max_i e_i``, scalar (0 when ``Q = 0``).
+        ``max e_i`` over the lowest and the highest level, scalar (0 when ``Q = 0``).
     """
     def one(qq, p):
         t = (qq - m) / s
@@ -234,7 +234,11 @@ def quantile_error(q, levels, w, m, s, w_fine, m_fine, s_fine, scale):
 
     if levels.shape[0] == 0:
         return jnp.zeros((), m.dtype)
-    return jnp.max(jax.vmap(one)(q, levels))
+    # the two outermost levels: the quadrature error of F grows towards the tails (the
+    # nested-rule error already covers the centre), and checking only these keeps the
+    # cost at 4 CDFs of the 2n-rule per dataset
+    ends = jnp.stack([jnp.argmin(levels), jnp.argmax(levels)])
+    return jnp.max(jax.vmap(one)(q[ends], levels[ends]))
 
 
 def mixture_summary(w, m, s, levels, threshold, mean_exists, sd_exists, coarse=None):
