@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from typing import NamedTuple
 
 import jax
@@ -78,6 +79,7 @@ from hierjax.summaries import (
     _barycentric,
     _Phi,
     mixture_quantile,
+    quantile_error,
     tau_cdf_nodes,
     tau_quantile,
 )
@@ -125,7 +127,8 @@ class Posterior(NamedTuple):
     Attributes:
         grid: each dataset's :class:`hierjax.grid.TauGrid` with a leading ``B`` axis:
             ``tau [B, K]`` nodes, ``log_weight [B, K]`` normalised log weights,
-            ``mu`` (``mean``, ``var``, ``log_lik`` of ``mu | tau_k, y``) ``[B, K]``,
+            ``mu`` (``mean``, ``var``, ``log_lik`` of ``mu | tau_k, y``) ``[B, K]``
+            (``mu_fine`` the same at the 2n-rule's nodes, ``[B, 2n + 1]``),
             ``tau_fine``, ``log_weight_fine``, ``density_z`` ``[B, 2n + 1]`` (the
             2n-rule; the Chebyshev interpolant of ``density_z`` integrates to the tau
             CDF), ``log_evidence [B]`` (``log int p(tau) p(y | tau) dtau``, normaliser
@@ -642,17 +645,53 @@ def _level_op(post, param, levels, sigma_new, op):
     return _run_op(post, param, pts, sigma_new, op), lv.ndim == 0
 
 
+@jax.jit
+def _far_quantile_error(grid: TauGrid, q, levels, new):
+    """:func:`hierjax.summaries.quantile_error` per dataset for mu (``new`` False) or
+    theta_new (True): ``q [B, P]`` standard units, ``levels [P]``; returns ``[B]``."""
+    def one(g, qb):
+        w, w_fine = jnp.exp(g.log_weight), jnp.exp(g.log_weight_fine)
+        extra = jnp.where(new, g.tau ** 2, 0.0)
+        extra_fine = jnp.where(new, g.tau_fine ** 2, 0.0)
+        k = jnp.argmax(w)
+        return quantile_error(qb, levels, w, g.mu.mean, jnp.sqrt(extra + g.mu.var), w_fine,
+                              g.mu_fine.mean, jnp.sqrt(extra_fine + g.mu_fine.var),
+                              jnp.sqrt(extra[k] + g.mu.var[k]))
+    return jax.vmap(one)(grid, q)
+
+
+def _check_far_quantiles(post: Posterior, param: str, q, levels):
+    """Warn (naming the datasets) where a quantile of mu or theta_new moves by more than
+    ``0.25 sqrt(eps)`` sd between the n- and the 2n-rule: the far tails of few-group
+    posteriors, as flagged ``grid_unresolved`` by :func:`hierjax.fit`."""
+    if param not in ("mu", "theta_new"):
+        return
+    dt = _dtype(post)
+    err = np.asarray(_far_quantile_error(post.grid, jnp.asarray(q, dt),
+                                         jnp.asarray(np.reshape(levels, -1), dt),
+                                         param == "theta_new"))
+    bad = np.nonzero(err > 0.25 * float(np.finfo(dt).eps) ** 0.5)[0]
+    if bad.size:
+        names = ", ".join(str(post.names[b]) for b in bad[:5]) + (" ..." if bad.size > 5 else "")
+        warnings.warn(f"quantiles of {param} for {bad.size} dataset(s) ({names}) may be off by "
+                      f"up to {err[bad].max():.2g} sd at these levels (the 2n-rule disagrees): "
+                      "pass more nodes to hierjax.posterior", stacklevel=3)
+
+
 def quantile(post: Posterior, param: str, p, *, sigma_new=None):
     """Posterior quantiles of ``param`` at levels ``p`` (scalar or ``[P]``), user units.
 
     Mixtures: Halley's method on the mixture CDF (:func:`hierjax.summaries.mixture_quantile`);
     tau: Newton on the Chebyshev CDF (:func:`hierjax.summaries.tau_quantile`); I^2: the
-    tau quantile mapped by ``tau^2 / (tau^2 + s^2)``.
+    tau quantile mapped by ``tau^2 / (tau^2 + s^2)``. For mu and theta_new the outermost
+    levels are checked against the 2n-rule, with a warning naming the datasets where a
+    quantile moves by more than ``0.25 sqrt(eps)`` sd (far tails of few-group posteriors).
 
     Returns:
         ``[B, P]`` (``[B, J, P]`` per group); the ``P`` axis dropped for a scalar ``p``.
     """
     (q, _), scalar = _level_op(post, param, p, sigma_new, "quantile")
+    _check_far_quantiles(post, param, q, p)
     return _finish(post, param, _from_std(post, param, np.asarray(q, np.float64)), scalar)
 
 
@@ -675,6 +714,7 @@ def interval(post: Posterior, param: str, level=0.95, kind: str = "central", *, 
         lv = _levels(level, "level")
         p = np.concatenate([0.5 * (1.0 - lv.reshape(-1)), 0.5 * (1.0 + lv.reshape(-1))])
         (q, _), _ = _level_op(post, param, p, sigma_new, "quantile")
+        _check_far_quantiles(post, param, q, p)
         lo, hi, scalar = q[..., :lv.size], q[..., lv.size:], lv.ndim == 0
     else:
         (lo, hi, _), scalar = _level_op(post, param, level, sigma_new, kind)

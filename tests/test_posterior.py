@@ -400,3 +400,33 @@ def test_bad_input(post):
     with pytest.raises(hierjax.InputError, match="dataset 1.*sigma"):
         hierjax.posterior([np.array(EIGHT_Y), np.array(HET_Y)],
                           [np.array(EIGHT_S), np.array(HET_S) * 0])
+
+
+def test_far_quantiles_warn_or_agree():
+    """J = 3 (Cauchy-like tails of mu): the 0.001/0.999 quantiles need more than the default
+    nodes. Posterior.quantile warns, naming the dataset; with 4x the nodes it agrees with the
+    quad reference and stays silent (float64); at the usual levels the eight schools raise
+    no warning (both precisions)."""
+    import warnings
+
+    from hierjax.grid import default_nodes
+    from hierjax.posterior import quantile
+
+    levels = [0.001, 0.999]
+    dt = np.float64 if X64 else np.float32
+    if X64:
+        y, s = EIGHT_Y[:3], EIGHT_S[:3]
+        with pytest.warns(UserWarning, match="quantiles of mu for 1 dataset"):
+            quantile(hierjax.posterior(np.array(y), np.array(s)), "mu", levels)
+        post = hierjax.posterior(np.array(y), np.array(s), nodes=4 * default_nodes(dt))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            q = quantile(post, "mu", levels)[0]
+        r = reference(tuple(y), tuple(s))
+        iqr = r.quantile("mu", 0.75) - r.quantile("mu", 0.25)
+        for p, a in zip(levels, q):
+            assert abs(a - r.quantile("mu", p)) / iqr <= TOL, (p, a, r.quantile("mu", p))
+    with warnings.catch_warnings():      # no spurious warning at the usual levels
+        warnings.simplefilter("error")
+        quantile(hierjax.posterior(np.array(EIGHT_Y), np.array(EIGHT_S)), "theta_new",
+                 [0.025, 0.975])
