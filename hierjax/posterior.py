@@ -67,7 +67,6 @@ from hierjax.conditionals import (
 )
 from hierjax.engine import DEFAULT_LEVELS, STATUS
 from hierjax.grid import (
-    KAPPA,
     TauGrid,
     tail_alpha,
     tau_grid,
@@ -343,7 +342,7 @@ def _tau_tools(d: _Data) -> _Tools:
         return jnp.where(t >= 0, lp, -jnp.inf)
 
     def z_of_tau(t):
-        a = (jnp.log(t) - g.x0) / KAPPA
+        a = (jnp.log(t) - g.x0) / g.kappa
         u, omu = jax.nn.sigmoid(a), jax.nn.sigmoid(-a)
         width = 1.0 - g.u_lo - g.one_minus_u_hi
         return jnp.where(u < 0.5, 2.0 * (u - g.u_lo) / width - 1.0,

@@ -362,7 +362,7 @@ def tau_quantile(p, grid: TauGrid, F_nodes, lam, fast_steps: int = _TAU_FAST_STE
     one = jnp.ones((), dtype)
     state = iterate(newton, (0, z0, -one, one, jnp.array(False)), fast_steps=fast_steps,
                     max_iter=_MAX_ITER)
-    tau, _, _, _ = grid_tau_of_z(state[1], grid.x0, grid.u_lo, grid.one_minus_u_hi)
+    tau, _, _, _ = grid_tau_of_z(state[1], grid.x0, grid.u_lo, grid.one_minus_u_hi, grid.kappa)
     return tau, state[4]
 
 

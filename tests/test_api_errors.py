@@ -14,6 +14,7 @@ import pytest
 import hierjax
 
 from conftest import N_SIM
+from test_structure import assert_fits_equal
 
 INVALID = hierjax.STATUS["invalid"]
 
@@ -263,12 +264,20 @@ def test_skip_invalid_marks_status_and_nans(skipped):
 def test_skip_invalid_leaves_valid_datasets_alone(skipped, sim_fit):
     f, bad = skipped
     good = np.array([b for b in range(N_SIM) if b not in bad])
-    # same kernel, same inputs for these datasets: identical results
-    for name in ("mu", "tau", "theta", "theta_new"):
-        for field in ("mean", "sd", "quantiles", "p_gt0"):
-            np.testing.assert_array_equal(getattr(getattr(f, name), field)[good],
-                                          getattr(getattr(sim_fit, name), field)[good],
-                                          err_msg=f"{name}.{field}")
-    for field in ("tau_mode", "log_marginal_likelihood", "grid_error", "status"):
-        np.testing.assert_array_equal(getattr(f, field)[good], getattr(sim_fit, field)[good],
-                                      err_msg=field)
+    # The same inputs for these datasets, but not the same batches: the general grid's
+    # pass (the fast grid's flagged datasets, and the invalid ones' stand-ins) has another
+    # composition and shape, and XLA's vectorised round-off depends on the shape. So the
+    # results agree to round-off (the structural tolerance), not bit for bit.
+    assert_fits_equal(_subset(f, good), _subset(sim_fit, good), what="skip-invalid vs all valid: ")
+    np.testing.assert_array_equal(f.status[good], sim_fit.status[good], err_msg="status")
+
+
+def _subset(f: hierjax.Fit, idx) -> hierjax.Fit:
+    """The datasets ``idx`` of a Fit."""
+    def take(a):
+        if isinstance(a, hierjax.Marginal):
+            return hierjax.Marginal(*[x[idx] for x in a])
+        if isinstance(a, tuple):
+            return tuple(a[i] for i in idx)
+        return a if a.ndim == 1 and a.shape[0] != len(f.names) else a[idx]
+    return hierjax.Fit(*[a if k == "levels" else take(a) for k, a in zip(f._fields, f)])

@@ -29,7 +29,7 @@ from hierjax.batch import as_batch
 from hierjax import engine
 from hierjax.engine import fit_standardized
 
-from conftest import BATCH_RTOL, DEFAULT_DTYPE, eps_of
+from conftest import BATCH_RTOL, DEFAULT_DTYPE, X64, eps_of
 
 MARGINALS = ("mu", "tau", "theta", "theta_new")
 LOCATIONS = ("mu", "theta", "theta_new")
@@ -135,16 +135,29 @@ def test_chunked_equals_unchunked(sim, sim_fit):
 
 
 def test_moments_only_equals_full_summaries(sim, sim_fit):
-    """``quantiles=()`` skips the quantile searches and changes no other number."""
+    """``quantiles=()`` skips the quantile searches and changes no other number, beyond
+    the accuracy goal: a dataset that the fast grid resolves for its moments but not for
+    its quantiles is fitted again on the general grid only when quantiles are asked for
+    (both grids are within ~4e-9 sd of the exact numbers in float64). Where both runs use
+    the same grid, they agree to round-off."""
     m = hierjax.fit(sim.y, sim.sigma, quantiles=())
     assert m.mu.quantiles.shape == (sim.y.shape[0], 0)
     assert m.theta.quantiles.shape == sim.y.shape + (0,)
+    goal = 1e-8 if X64 else 1e-4
+    n_exact = 0
     for name in ("mu", "tau", "theta", "theta_new"):
         a, b = getattr(m, name), getattr(sim_fit, name)
+        sd = b.sd if name == "theta" else b.sd[:, None]
         for field in ("mean", "sd", "p_gt0"):
-            np.testing.assert_allclose(getattr(a, field), getattr(b, field), rtol=BATCH_RTOL,
-                                       err_msg=f"{name}.{field}")
-    np.testing.assert_allclose(m.tau_mode, sim_fit.tau_mode, rtol=BATCH_RTOL)
+            x, y = getattr(a, field), getattr(b, field)
+            unit = {"mean": sd.reshape(y.shape), "sd": y, "p_gt0": 1.0}[field]
+            np.testing.assert_array_less(np.abs(x - y), goal * unit + 1e-300,
+                                         err_msg=f"{name}.{field}")
+            n_exact += int(np.sum(np.abs(x - y) <= BATCH_RTOL * np.maximum(np.abs(y), unit)))
+    # most datasets stay on the same grid (7.5% of eight-schools-like ones change)
+    assert n_exact >= 0.7 * sum(getattr(m, k).mean.size * 3 for k in ("mu", "tau", "theta",
+                                                                         "theta_new"))
+    np.testing.assert_allclose(m.tau_mode, sim_fit.tau_mode, rtol=goal)
     np.testing.assert_array_equal(m.status, sim_fit.status)
 
 
@@ -180,8 +193,7 @@ def hc_runs(sim):
 
     Module-scoped so that the counts do not depend on test order: every key here
     (``B = 6``, half-Cauchy tau, flat mu, five levels) is compiled by no other test.
-    ``r.traces`` records, for diagnosis, each trace of the per-dataset kernel as
-    ``(step, n, robust)``.
+    ``r.traces`` records each trace of the per-dataset kernel as ``(step, n, kappa, J)``.
     """
     B = 6
     size = fit_standardized._cache_size
@@ -193,8 +205,8 @@ def hc_runs(sim):
 
     def spy(*args, **kwargs):
         n = args[7] if len(args) > 7 else kwargs.get("n")
-        robust = args[8] if len(args) > 8 else kwargs.get("robust", False)
-        r.traces.append((step[0], n, robust))
+        kappa = args[8] if len(args) > 8 else kwargs.get("kappa", engine.KAPPA)
+        r.traces.append((step[0], n, float(kappa), int(args[0].shape[0])))
         return real(*args, **kwargs)
 
     engine.fit_dataset = spy
@@ -233,18 +245,19 @@ def hc_runs(sim):
 
 def test_one_compile_per_shape(hc_runs):
     r = hc_runs
-    why = f" (kernel traces as (step, n, robust): {r.traces})"
-    assert r.n_first == r.n0 + 1, \
-        f"the first fit of a new shape compiled {r.n_first - r.n0} times" + why
-    assert r.n_values == r.n_first, \
-        "a change of prior scale (half-cauchy:5 -> 7) or of data values recompiled" + why
-    assert r.n_ragged8 == r.n_values, \
-        "ragged datasets with 3..8 groups (padded to 8) recompiled" + why
-    assert r.n_J16 == r.n_ragged8 + 1, \
-        f"a new padded J compiled {r.n_J16 - r.n_ragged8} times (want 1)" + why
-    assert r.n_ragged16 == r.n_J16, \
-        "ragged datasets with 9..12 groups (padded to 16) recompiled" + why
-    assert r.n_padded16 == r.n_ragged16, "pad_to=16 on an already compiled J = 16 recompiled" + why
+    why = f" (kernel traces as (step, n, kappa, J): {r.traces})"
+    # A fit may run two kernels (the fast grid, then the general grid for the datasets
+    # it flags), each compiled once per block shape: no kernel is ever traced twice.
+    keys = [t[1:] for t in r.traces]
+    assert len(keys) == len(set(keys)), "a kernel was traced twice for the same shape" + why
+    assert r.n_first > r.n0, "the first fit of a new shape compiled nothing" + why
+    # new prior values and data values compile only a kernel that had not been needed yet
+    assert r.n_values - r.n_first == sum(t[0] == "values" for t in r.traces), why
+    # ragged datasets padded to an already compiled J, and pad_to=16 on the J = 16 kernels
+    # of the fit just before, compile only kernels not used before for that J
+    for step, J in (("ragged8", 8), ("ragged16", 16), ("padded16", 16)):
+        assert all(t[3] == J for t in r.traces if t[0] == step), why
+    assert {t[3] for t in r.traces if t[0] == "J16"} == {16}, why
     np.testing.assert_array_equal(r.ragged8.n_groups, r.sizes8)
 
 
