@@ -151,8 +151,15 @@ def validate(batch: Batch, need: int, prior_text: str = "") -> list:
         need: fewest groups a dataset may have (:func:`min_groups`).
         prior_text: how to name the priors in the "too few groups" message.
     """
-    problems = []
-    for b in range(batch.y.shape[0]):
+    # vectorised first: only the datasets that fail a check get the loop below that
+    # words the message (the loop over all of them cost ~15 us per dataset)
+    mask, y_all, s_all = batch.mask, batch.y, batch.sigma
+    with np.errstate(invalid="ignore"):
+        fails = ((mask.sum(axis=1) < max(need, 1))
+                 | np.any(mask & ~np.isfinite(y_all), axis=1)
+                 | np.any(mask & ~(np.isfinite(s_all) & (s_all > 0)), axis=1))
+    problems = [None] * y_all.shape[0]
+    for b in np.flatnonzero(fails):
         m = batch.mask[b]
         y, s = batch.y[b][m], batch.sigma[b][m]
         name = batch.names[b]
@@ -171,7 +178,7 @@ def validate(batch: Batch, need: int, prior_text: str = "") -> list:
         elif m.sum() < need:
             msg = (f"has {int(m.sum())} group(s); {prior_text or 'this model'} needs at least "
                    f"{need} for a proper posterior")
-        problems.append(None if msg is None else f"dataset {name!r}: {msg}")
+        problems[b] = None if msg is None else f"dataset {name!r}: {msg}"
     return problems
 
 

@@ -317,15 +317,18 @@ def fit(y, sigma=None, *, tau_prior="uniform", mu_prior="flat",
 
     def run(index, n_, kappa):
         """The kernel on the datasets ``index`` as host arrays. The index is padded (with
-        repeats of its first dataset) to whole blocks, so that the shapes never depend on
-        how many datasets the fast grid sent back: one compile per kernel and block."""
-        whole = -(-index.size // size) * size
+        repeats of its first dataset) to whole blocks, of the batch's block size or, for
+        fewer datasets than that, of an eighth of it: the shapes never depend on how many
+        datasets the fast grid sent back (at most two compiles per kernel and block size),
+        and a few sent back cost an eighth of a block, not a whole one."""
+        step = size if index.size >= size else max(1, size // 8)
+        whole = -(-index.size // step) * step
         padded = np.concatenate([index, np.full(whole - index.size, index[0])])
         ch = int(chunk) if chunk is not None else _default_chunk(n_ + 1, J, Q, backend)
         parts = []
-        for start in range(0, whole, size):
-            part = fit_standardized(*prep.block(padded[start:start + size]), lv, n=n_,
-                                    chunk=min(ch, size), kappa=kappa)
+        for start in range(0, whole, step):
+            part = fit_standardized(*prep.block(padded[start:start + step]), lv, n=n_,
+                                    chunk=min(ch, step), kappa=kappa)
             parts.append(jax.tree.map(np.asarray, part))
         return jax.tree.map(lambda *a: np.concatenate(a)[:index.size], *parts)
 
