@@ -13,6 +13,7 @@ cache); then the map back to the user's units.
 from __future__ import annotations
 
 import functools
+import math
 from typing import NamedTuple, Optional, Sequence
 
 import jax
@@ -422,7 +423,25 @@ def _fast_grid_applies(n_groups, tau_prior: TauPrior, mu_prior: MuPrior):
     general one (1.5x the general alone), so beyond ~J = 16 the fast grid stops paying.
     """
     alpha = n_groups - (1.0 if isinstance(mu_prior, NormalMu) else 2.0) + tau_prior.tail_power
-    return (alpha >= FAST_MIN_ALPHA) & (n_groups <= FAST_MAX_GROUPS)
+    return ((alpha >= FAST_MIN_ALPHA) & (n_groups <= FAST_MAX_GROUPS)
+            & _smooth_at_origin(tau_prior.origin_power))
+
+
+def _smooth_at_origin(b) -> bool:
+    """Whether the fast grid's integrand is smooth at ``tau = 0`` for ``p(tau) ~ tau^b``.
+
+    The posterior of ``x = log tau`` starts like ``e^{(1 + b) x}``; under ``x = x0 +
+    kappa logit(u)`` (with ``dx = kappa du / (u (1 - u))``) that is ``u^{kappa (1 + b) - 1}``
+    at ``u = 0``: ``u^b`` on the fast grid (kappa = 1), a polynomial only for an integer
+    ``b >= 0`` (or a prior vanishing faster than any power). For bayesmeta's sqrt prior
+    (``b = -1/2``) the fast grid's ``u^{-1/2}`` fooled both nested rules (the eight schools:
+    E[tau] 1.4e-9 against 3.80, status ok), while the general grid (``u^{1 + 2b} = u^0``) is
+    exact. Priors with an unknown ``b`` (user log-densities, the data-dependent priors) use
+    the general grid.
+    """
+    if b is None:
+        return False
+    return b == math.inf or (b >= 0 and float(b).is_integer())
 
 
 def _block_for(chunk):

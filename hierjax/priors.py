@@ -78,6 +78,9 @@ class TauPrior:
 
     proper: bool = True
     tail_power: float = math.inf
+    #: ``b`` with ``p(tau) ~ tau^b`` as ``tau -> 0`` (``inf``: faster than any power; None:
+    #: not known). The posterior of ``x = log tau`` then starts like ``e^{(1 + b) x}``.
+    origin_power: Optional[float] = None
     #: fewest groups the prior itself needs (beyond the tail condition), e.g. 2 for I^2
     min_groups_floor: int = 1
 
@@ -108,6 +111,7 @@ class Uniform(TauPrior):
 
     proper = False
     tail_power = 0.0
+    origin_power = 0.0
 
     def log_density(self, tau):
         return jnp.zeros_like(tau)
@@ -124,6 +128,7 @@ class HalfNormal(TauPrior):
     scale: np.ndarray
 
     tail_power = math.inf
+    origin_power = 0.0
 
     def log_density(self, tau):
         s = self.scale
@@ -144,6 +149,7 @@ class HalfCauchy(TauPrior):
     scale: np.ndarray
 
     tail_power = 2.0
+    origin_power = 0.0
 
     def log_density(self, tau):
         s = self.scale
@@ -168,6 +174,7 @@ class HalfT(TauPrior):
 
     df: float = dataclasses.field(metadata=dict(static=True))
     scale: np.ndarray = None
+    origin_power = 0.0
 
     @property
     def tail_power(self):
@@ -195,6 +202,7 @@ class Exponential(TauPrior):
     rate: np.ndarray
 
     tail_power = math.inf
+    origin_power = 0.0
 
     def log_density(self, tau):
         return jnp.log(self.rate) - self.rate * tau
@@ -275,6 +283,7 @@ class UniformSqrt(TauPrior):
 
     proper = False
     tail_power = 0.5
+    origin_power = -0.5
 
     def log_density(self, tau):
         return -0.5 * jnp.log(tau)
@@ -295,6 +304,7 @@ class HalfLogistic(TauPrior):
     scale: np.ndarray
 
     tail_power = math.inf
+    origin_power = 0.0
 
     def log_density(self, tau):
         z = tau / self.scale
@@ -320,6 +330,7 @@ class Lomax(TauPrior):
 
     shape: float = dataclasses.field(metadata={"static": True})
     scale: np.ndarray = None
+    origin_power = 0.0
 
     @property
     def tail_power(self):
@@ -345,6 +356,7 @@ class Rayleigh(TauPrior):
     scale: np.ndarray
 
     tail_power = math.inf
+    origin_power = 1.0
 
     def log_density(self, tau):
         s = self.scale
@@ -369,6 +381,7 @@ class LogNormal(TauPrior):
     for ``tau^2`` (``log tau^2 ~ N(m2, s2^2)``): that is this prior with ``m = m2 / 2``,
     ``s = s2 / 2`` (spec ``log-normal-tau2:M2,S2``). Its tail decays faster than any
     power (``tail_power = inf``).
+    origin_power = math.inf
     """
 
     loc: np.ndarray
@@ -407,6 +420,7 @@ class InvGammaTau2(TauPrior):
 
     shape: float = dataclasses.field(metadata={"static": True})
     scale: np.ndarray = None
+    origin_power = math.inf
 
     @property
     def tail_power(self):

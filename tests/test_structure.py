@@ -134,6 +134,25 @@ def test_chunked_equals_unchunked(sim, sim_fit):
     assert_fits_equal(chunked, sim_fit, what="chunk=3 vs default: ")
 
 
+def test_fast_grid_choice():
+    """The fast grid (kappa = 1) is tried only where its integrand is smooth at both ends
+    and it usually suffices: few groups, a tau tail alpha >= 3.5, a prior with a known
+    integer power (or faster decay) at tau = 0."""
+    from hierjax.priors import CustomTau, FlatMu, HalfCauchy, NormalMu, UniformSqrt
+    applies = engine._fast_grid_applies
+    J = np.array([3, 5, 6, 8, 16, 17, 50])
+    np.testing.assert_array_equal(applies(J, hierjax.Uniform(), FlatMu()),
+                                  [False, False, True, True, True, False, False])
+    # half-Cauchy: alpha = J (flat mu) or J + 1 (normal mu)
+    np.testing.assert_array_equal(applies(np.array([3, 4]), HalfCauchy(np.asarray(1.0)),
+                                          FlatMu()), [False, True])
+    np.testing.assert_array_equal(applies(np.array([3]), HalfCauchy(np.asarray(1.0)),
+                                          NormalMu(np.asarray(0.0), np.asarray(1.0))), [True])
+    assert not applies(np.array([8]), UniformSqrt(), FlatMu()).any()      # tau^-1/2 at 0
+    custom = CustomTau(lambda t: -t, tail_power=np.inf)                   # unknown at 0
+    assert not applies(np.array([8]), custom, FlatMu()).any()
+
+
 def test_moments_only_equals_full_summaries(sim, sim_fit):
     """``quantiles=()`` skips the quantile searches and changes no other number, beyond
     the accuracy goal: a dataset that the fast grid resolves for its moments but not for
