@@ -739,3 +739,45 @@ def test_far_quantiles_are_exact_or_flagged(J):
             continue          # flagged: the user is told to refit with more nodes
         assert not flagged, f"{label}: status {hierjax.engine.status_text(f.status[0])}"
         _report(errs)
+
+
+# Three of 30 random datasets (J = 4-16, sigma ratios up to 1e3, five priors) on which the
+# fast grid (kappa = 1) reported a theta_j sd or tail quantile 1.0-1.6e-8 sd off with status
+# ok, before it checked theta_j against its 2n-rule (the general grid was exact on them).
+FAST_GRID_THETA = {
+    "J15-half-t-normal": (
+        [17.914123268645554, 10.983564756244714, 23.734957851138727, 5.19096257619013,
+         14.304556647466335, 19.03168126093937, 12.399099094822283, 4.211737224599991,
+         3.6300467427252805, 9.04516428235757, 13.772019301471095, 5.77073443152793,
+         10.054203771682054, 10.777827701016488, 16.761276742155427],
+        [1.5812743203565542, 1.5108511880597364, 6.669194705183388, 8.02773197291722,
+         4.537657350764168, 5.705192737128156, 4.034904693273939, 8.36864663138923,
+         6.701379747623014, 1.4725203788162378, 7.24091963580823, 1.5596520017984947,
+         5.706882307319518, 2.0324203696027805, 7.319265406469697],
+        "half-t:3,5", "normal:0,20"),
+    "J6-half-t-flat": (
+        [8.900934520542066, 6.006640919434575, 28.7331024351273, 6.052523068228212,
+         6.179288642234576, 4.730547365829315],
+        [3.8132058180538837, 1.4904212709722964, 11.939852651701589, 1.1040740658847974,
+         1.0284070012241042, 0.23853060121042824],
+        "half-t:3,5", "flat"),
+    "J15-exponential-flat": (
+        [493.674924127922, -193.6557430589338, 1250.677021937367, -693.2834402971506,
+         249.81718940340366, 837.0534569011272, -713.8950222865261, 658.3917051796461,
+         1114.5941442299693, 699.9251928046795, -4141.707803375532, -70.10756587212404,
+         2333.8105805067235, 523.9213147857718, 349.9218957527734],
+        [260.30374436925393, 648.276066531284, 573.0139717594396, 217.1758636832988,
+         188.20746677520495, 479.5842944055398, 620.0077636018917, 616.3286435926885,
+         255.8679117498173, 518.0880883019254, 2617.1458548841315, 304.57612478802736,
+         1509.165004997442, 79.98868122109268, 1708.7917880567447],
+        "exponential:0.2", "flat"),
+}
+
+
+@pytest.mark.skipif(not jax.config.jax_enable_x64, reason="a 1e-8 sd question (float64)")
+@pytest.mark.parametrize("case", list(FAST_GRID_THETA))
+def test_fast_grid_theta_exact_or_sent_back(case):
+    y, sigma, tp, mp = (tuple(a) if isinstance(a, list) else a for a in FAST_GRID_THETA[case])
+    f = _fit(y, sigma, tp, mp)
+    errs = compare_fit(f, 0, _ref(y, sigma, tp, mp), None, tol())
+    assert errs == [] or int(f.status[0]) != 0, errs
