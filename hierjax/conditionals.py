@@ -44,6 +44,7 @@ __all__ = ["MuGivenTau", "mu_given_tau", "log_marginal_likelihood", "theta_given
            "theta_given_mu_tau", "Reference", "reference_point", "mu_given_tau_near"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
+_LOG_2 = math.log(2.0)
 
 
 class MuGivenTau(NamedTuple):
@@ -109,6 +110,7 @@ class Reference(NamedTuple):
         tau2: ``tau_r^2``, scalar.
         y: the group estimates ``y_j``, ``[J]``.
         v: ``v_j(tau_r)``, ``[J]``.
+        inv_v: ``1 / v_j(tau_r)`` (0 where masked), ``[J]``.
         r_over_v: ``(y_j - mu_hat_r) / v_j(tau_r)`` (0 where masked), ``[J]``.
         r2_over_v: ``(y_j - mu_hat_r)^2 / v_j(tau_r)`` (0 where masked), ``[J]``.
         P: precision of mu at ``tau_r``, scalar.
@@ -118,6 +120,7 @@ class Reference(NamedTuple):
     tau2: jnp.ndarray
     y: jnp.ndarray
     v: jnp.ndarray
+    inv_v: jnp.ndarray
     r_over_v: jnp.ndarray
     r2_over_v: jnp.ndarray
     P: jnp.ndarray
@@ -129,7 +132,8 @@ def reference_point(tau2, y, sigma2, mask, mu_prior: MuPrior) -> Reference:
     mu = mu_given_tau(tau2, y, sigma2, mask, mu_prior)
     v = jnp.where(mask, sigma2 + tau2, 1.0)
     r = jnp.where(mask, y - mu.mean, 0.0)
-    return Reference(tau2, y, v, r / v, r * r / v, 1.0 / mu.var, mu)
+    inv_v = jnp.where(mask, 1.0 / v, 0.0)
+    return Reference(tau2, y, v, inv_v, r * inv_v, r * r * inv_v, 1.0 / mu.var, mu)
 
 
 def mu_given_tau_near(ref: Reference, tau2, sigma2, mask, mu_prior: MuPrior) -> MuGivenTau:
@@ -150,14 +154,24 @@ def mu_given_tau_near(ref: Reference, tau2, sigma2, mask, mu_prior: MuPrior) -> 
     """
     dt = tau2 - ref.tau2
     v = jnp.where(mask, sigma2 + tau2, 1.0)
-    delta = jnp.where(mask, dt / ref.v, 0.0)
-    g = jnp.where(mask, dt / v, 0.0)
+    inv_v = jnp.where(mask, 1.0 / v, 0.0)          # the one division per group
+    delta = dt * ref.inv_v                           # (0 where masked)
+    g = dt * inv_v
     near = jnp.abs(delta) < 0.5
-    dlogdet = jnp.sum(jnp.where(mask, jnp.where(near, jnp.log1p(jnp.where(near, delta, 0.0)),
-                                                  jnp.log(v) - jnp.log(ref.v)), 0.0))
+    # log(v_j / v_rj): log1p(delta_j) near the reference; far from it, with
+    # v_j / v_rj = m 2^e (m in [1/2, 1), so m - 1 is exact), log1p(m - 1) + e log 2.
+    # One log per group either way; log1p(delta) alone would lose the digits of a
+    # tiny 1 + delta (sigma_j^2 << tau_r^2 at tau -> 0).
+    # (The exponents are summed as integers and scaled once: a product added inside the
+    # fused sum may or may not become an FMA depending on the batch's shape, and the
+    # exact draws must not depend on it.)
+    m, e = jnp.frexp(v * ref.inv_v)
+    arg = jnp.where(near, delta, m - 1.0)
+    e_far = jnp.sum(jnp.where(mask & ~near, e, 0))
+    dlogdet = jnp.sum(jnp.where(mask, jnp.log1p(arg), 0.0)) + e_far.astype(v.dtype) * _LOG_2
     p0, _ = _prior_terms(mu_prior, sigma2.dtype)
-    P = jnp.sum(jnp.where(mask, 1.0 / v, 0.0)) + p0
-    dP = -jnp.sum(g / ref.v)                                  # P - P_r, summed small
+    P = jnp.sum(inv_v) + p0
+    dP = -jnp.sum(g * ref.inv_v)                              # P - P_r, summed small
     all_near = jnp.all(near)
     log_ratio = jnp.where(all_near, jnp.log1p(jnp.where(all_near, dP / ref.P, 0.0)),
                           jnp.log(P) - jnp.log(ref.P))
@@ -168,7 +182,7 @@ def mu_given_tau_near(ref: Reference, tau2, sigma2, mask, mu_prior: MuPrior) -> 
     # mean, since S (zero at the reference up to round-off eps sum|r/v_r|) over P ~ J/tau^2
     # would leave an error ~ eps tau^2 in mu_hat at large tau.
     _, p0m0 = _prior_terms(mu_prior, sigma2.dtype)
-    direct = (jnp.sum(jnp.where(mask, ref.y / v, 0.0)) + p0m0) / P
+    direct = (jnp.sum(ref.y * inv_v) + p0m0) / P
     mean = jnp.where(all_near, ref.mu.mean - S / P, direct)
     return MuGivenTau(mean, 1.0 / P, log_lik)
 

@@ -37,7 +37,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.special import logsumexp, ndtr
+from jax.scipy.special import erfc, logsumexp
 
 from hierjax.conditionals import MuGivenTau, mu_given_tau, mu_given_tau_near, reference_point
 from hierjax.priors import MuPrior, NormalMu, TauPrior
@@ -94,6 +94,8 @@ class TauGrid(NamedTuple):
         mu_fine: the same at the 2n-rule's nodes (fields ``[2n + 1]``; its even nodes are ``mu``).
         tau_fine: nodes of the 2n-rule (its even nodes are ``tau``), ``[2n + 1]``.
         log_weight_fine: normalised log weights of the 2n-rule, ``[2n + 1]``.
+        log_joint_fine: ``log p(tau) + log p(y | tau)`` (unnormalised) at the 2n-rule's
+            nodes, ``[2n + 1]``.
         density_z: normalised posterior density in ``z`` at the 2n-rule's nodes,
             ``[2n + 1]`` (its Chebyshev interpolant gives the tau CDF anywhere).
         log_evidence: ``log int p(tau) p(y | tau) dtau`` (2n-rule), scalar.
@@ -116,6 +118,7 @@ class TauGrid(NamedTuple):
     mu_fine: MuGivenTau
     tau_fine: jnp.ndarray
     log_weight_fine: jnp.ndarray
+    log_joint_fine: jnp.ndarray
     density_z: jnp.ndarray
     log_evidence: jnp.ndarray
     error: jnp.ndarray
@@ -273,8 +276,8 @@ def tau_grid(y, sigma2, mask, tau_prior: TauPrior, mu_prior: MuPrior, n: int,
     log_prior = jax.vmap(tau_prior.log_density)(tau)
     # density in z: p(tau|y) dtau/dz, with dtau/dx = tau, dx/du = KAPPA/(u(1-u)), du/dz = width/2
     du_dz = 0.5 * (1.0 - u_lo - one_minus_u_hi)
-    log_f = (log_prior + mu.log_lik + x + math.log(kappa) - jnp.log(u) - jnp.log(omu)
-             + jnp.log(du_dz))
+    log_joint = log_prior + mu.log_lik
+    log_f = log_joint + x + math.log(kappa) - jnp.log(u) - jnp.log(omu) + jnp.log(du_dz)
     log_f = jnp.where(jnp.isnan(log_f), -jnp.inf, log_f)
 
     def rule(order, log_f):
@@ -293,7 +296,7 @@ def tau_grid(y, sigma2, mask, tau_prior: TauPrior, mu_prior: MuPrior, n: int,
     for v in (mu.var, mu.var + tau * tau):
         centre = jnp.sum(jnp.exp(log_weight_fine) * mu.mean)
         for c in (centre - 2.0 * jnp.sqrt(v[k]), centre, centre + 2.0 * jnp.sqrt(v[k])):
-            F = ndtr((c - mu.mean) * jax.lax.rsqrt(v))
+            F = 0.5 * erfc((mu.mean - c) * jax.lax.rsqrt(2.0 * v))
             errs.append(jnp.abs(jnp.sum(jnp.exp(log_weight) * F[::2])
                                 - jnp.sum(jnp.exp(log_weight_fine) * F)))
     error = jnp.max(jnp.stack(errs))
@@ -306,7 +309,8 @@ def tau_grid(y, sigma2, mask, tau_prior: TauPrior, mu_prior: MuPrior, n: int,
     return TauGrid(
         tau=tau[::2], log_weight=log_weight, mu=jax.tree.map(lambda a: a[::2], mu), mu_fine=mu,
         roundoff=roundoff,
-        tau_fine=tau, log_weight_fine=log_weight_fine, density_z=jnp.exp(log_f - log_z_fine),
+        tau_fine=tau, log_weight_fine=log_weight_fine, log_joint_fine=log_joint,
+        density_z=jnp.exp(log_f - log_z_fine),
         log_evidence=log_z_fine, error=error, truncated=~(ok_left & ok_right),
         converged=conv_left & conv_right,
         x0=x0, kappa=jnp.asarray(kappa, dtype), u_lo=u_lo, one_minus_u_hi=one_minus_u_hi,

@@ -390,8 +390,8 @@ def tau_summary(grid: TauGrid, levels, mean_exists, sd_exists):
 def tau_mode(grid: TauGrid, log_density_tau):
     r"""The posterior mode of tau, ``argmax_{tau >= 0} log p(tau) + log p(y | tau)``.
 
-    The best grid node is refined by safeguarded Newton in ``x = log tau`` between its
-    neighbours, then compared with ``tau = 0`` itself (the mode is 0 when
+    The best node of the grid's 2n-rule is refined by safeguarded Newton in ``x = log tau``
+    between its neighbours, then compared with ``tau = 0`` itself (the mode is 0 when
     ``p(tau | y)`` is largest there, as for the eight schools under a uniform prior).
 
     Args:
@@ -401,10 +401,11 @@ def tau_mode(grid: TauGrid, log_density_tau):
     Returns:
         ``(mode, converged)``.
     """
-    g_nodes = jax.vmap(log_density_tau)(grid.tau)
-    g_nodes = jnp.where(jnp.isnan(g_nodes), -jnp.inf, g_nodes)
-    k = jnp.argmax(g_nodes)
-    x = jnp.log(grid.tau)
+    # the best of the 2n-rule's nodes, where the grid has evaluated log p(tau) + log p(y |
+    # tau); its value again by log_density_tau, which the comparisons below all use
+    g_fine = jnp.where(jnp.isnan(grid.log_joint_fine), -jnp.inf, grid.log_joint_fine)
+    k = jnp.argmax(g_fine)
+    x = jnp.log(grid.tau_fine)
     K = x.shape[0]
     # nodes run from large tau (k = 0) to small tau (k = K - 1)
     hi = jnp.where(k > 0, x[jnp.maximum(k - 1, 0)], x[k] + 1.0)
@@ -415,6 +416,7 @@ def tau_mode(grid: TauGrid, log_density_tau):
 
     eps = float(jnp.finfo(x.dtype).eps)
     g_zero = log_density_tau(jnp.zeros((), x.dtype))
+    g_k = g(x[k])
 
     def zero_wins(g_best):
         # tau = 0 wins ties at round-off: p(tau | y) is flat to machine precision there.
@@ -425,9 +427,9 @@ def tau_mode(grid: TauGrid, log_density_tau):
     # towards -inf there, and bisecting down that plateau held every lane's while loop.
     # A maximiser is only determined to ~sqrt(eps) (the function is flat there).
     xx, conv = maximize(g, x[k], lo, hi, 4.0 * eps ** 0.5 * (1.0 + jnp.abs(x[k])),
-                        fast_steps=_MODE_FAST_STEPS, done=zero_wins(g_nodes[k]))
+                        fast_steps=_MODE_FAST_STEPS, done=zero_wins(g_k))
     g_xx = g(xx)
-    g_inner = jnp.maximum(g_xx, g_nodes[k])
-    x_best = jnp.where(g_xx >= g_nodes[k], xx, x[k])
+    g_inner = jnp.maximum(g_xx, g_k)
+    x_best = jnp.where(g_xx >= g_k, xx, x[k])
     at_zero = zero_wins(g_inner)
     return jnp.where(at_zero, 0.0, jnp.exp(x_best)), conv | at_zero

@@ -134,6 +134,18 @@ def test_chunked_equals_unchunked(sim, sim_fit):
     assert_fits_equal(chunked, sim_fit, what="chunk=3 vs default: ")
 
 
+def test_host_threads_change_nothing(sim, monkeypatch):
+    """On a CPU, fit runs its pieces (here 20 datasets: eighths of a 32-dataset block, so
+    five pieces of 4) on a pool of host threads; one thread or several, the pieces are
+    the same and come back in order: bit for bit the same fit."""
+    fits = []
+    for workers in (1, 3):
+        monkeypatch.setattr(engine, "_host_workers", lambda w=workers: w)
+        fits.append(hierjax.fit(sim.y, sim.sigma))
+    for a, b in zip(jax.tree.leaves(fits[0]), jax.tree.leaves(fits[1])):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_fast_grid_choice():
     """The fast grid (kappa = 1) is tried only where its integrand is smooth at both ends
     and it usually suffices: few groups, a tau tail alpha >= 3.5, a prior with a known
