@@ -45,6 +45,41 @@ __all__ = ["MuGivenTau", "mu_given_tau", "log_marginal_likelihood", "theta_given
 
 _LOG_2PI = math.log(2.0 * math.pi)
 _LOG_2 = math.log(2.0)
+_SQRT_HALF = math.sqrt(0.5)
+# fdlibm's minimax coefficients for 2 atanh(s) = 2 s + s^3 R(s^2), |s| <= 0.1716
+_LG = (6.666666666666735130e-01, 3.999999999940941908e-01, 2.857142874366239149e-01,
+       2.222219843214978396e-01, 1.818357216161805012e-01, 1.531383769920937332e-01,
+       1.479819860511658591e-01)
+
+
+def _log1p_small(f):
+    r"""``log(1 + f)`` for ``f`` in ``[sqrt(1/2) - 1, sqrt(2) - 1]``, within 1 ulp.
+
+    .. math::
+        s = \frac{f}{2 + f},\quad \log(1 + f) = 2\,\mathrm{atanh}(s)
+          = f - \tfrac{f^2}{2} + s\Big(\tfrac{f^2}{2} + R(s^2)\Big)
+
+    with fdlibm's degree-7 minimax ``R`` (``|s| <= 0.1716``). One division and eleven
+    multiply-adds, vectorised: XLA's float64 ``log`` and ``log1p`` cost about three
+    times its ``exp`` on a CPU, and :func:`mu_given_tau_near` takes one per group and tau
+    node (+8% for a moments-only fit). Checked against ``numpy.log1p`` and mpmath (at most
+    1 ulp in float64 and float32) in the tests.
+    """
+    s = f / (2.0 + f)
+    z = s * s
+    w = z * z
+    t1 = w * (_LG[1] + w * (_LG[3] + w * _LG[5]))
+    t2 = z * (_LG[0] + w * (_LG[2] + w * (_LG[4] + w * _LG[6])))
+    hfsq = 0.5 * f * f
+    return f - (hfsq - s * (hfsq + t1 + t2))
+
+
+def _log_parts(x):
+    """``(f, e)`` with ``x = (1 + f) 2^e`` and ``1 + f`` in ``[sqrt(1/2), sqrt(2))`` (``f``
+    exact), for positive normal ``x``: ``log x = e log 2 + log1p(f)``."""
+    m, e = jnp.frexp(x)                       # m in [1/2, 1)
+    low = m < _SQRT_HALF
+    return jnp.where(low, 2.0 * m, m) - 1.0, e - low.astype(e.dtype)
 
 
 class MuGivenTau(NamedTuple):
@@ -158,17 +193,18 @@ def mu_given_tau_near(ref: Reference, tau2, sigma2, mask, mu_prior: MuPrior) -> 
     delta = dt * ref.inv_v                           # (0 where masked)
     g = dt * inv_v
     near = jnp.abs(delta) < 0.5
-    # log(v_j / v_rj): log1p(delta_j) near the reference; far from it, with
-    # v_j / v_rj = m 2^e (m in [1/2, 1), so m - 1 is exact), log1p(m - 1) + e log 2.
-    # One log per group either way; log1p(delta) alone would lose the digits of a
-    # tiny 1 + delta (sigma_j^2 << tau_r^2 at tau -> 0).
-    # (The exponents are summed as integers and scaled once: a product added inside the
+    # log(v_j / v_rj): log1p(delta_j) near the reference; elsewhere, with v_j / v_rj =
+    # (1 + f) 2^e (f exact), log1p(f) + e log 2. One log per group either way (log1p(delta)
+    # alone would lose the digits of a tiny 1 + delta: sigma_j^2 << tau_r^2 at tau -> 0).
+    # The exponents are summed as integers and scaled once: a product added inside the
     # fused sum may or may not become an FMA depending on the batch's shape, and the
-    # exact draws must not depend on it.)
-    m, e = jnp.frexp(v * ref.inv_v)
-    arg = jnp.where(near, delta, m - 1.0)
-    e_far = jnp.sum(jnp.where(mask & ~near, e, 0))
-    dlogdet = jnp.sum(jnp.where(mask, jnp.log1p(arg), 0.0)) + e_far.astype(v.dtype) * _LOG_2
+    # exact draws must not depend on it.
+    in_kernel = (delta >= _SQRT_HALF - 1.0) & (delta < 2.0 * _SQRT_HALF - 1.0)
+    f, e = _log_parts(v * ref.inv_v)
+    arg = jnp.where(in_kernel, delta, f)
+    e_far = jnp.sum(jnp.where(mask & ~in_kernel, e, 0))
+    dlogdet = (jnp.sum(jnp.where(mask, _log1p_small(arg), 0.0))
+               + e_far.astype(v.dtype) * _LOG_2)
     p0, _ = _prior_terms(mu_prior, sigma2.dtype)
     P = jnp.sum(inv_v) + p0
     dP = -jnp.sum(g * ref.inv_v)                              # P - P_r, summed small

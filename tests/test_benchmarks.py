@@ -161,7 +161,8 @@ def test_limit_small():
     c = limit.ceiling(DTYPE, 1 << 12, fma_steps=8)
     _finite_positive(c, ["ceiling_mix_elements_per_s", "ceiling_exp_elements_per_s",
                          "ceiling_fma_flops_per_s"])
-    _finite_positive(c["op_elements_per_s"], ["fma", "div", "log", "exp", "sqrt", "erfc"])
+    _finite_positive(c["op_elements_per_s"], ["fma", "div", "log", "log1p", "log1p_kernel",
+                                              "exp", "sqrt", "erfc", "ndtr"])
     m = limit.moment_kernel_rate(8, DTYPE, 9, B=16)
     _finite_positive(m, ["moment_kernel_elements_per_s", "moment_kernel_datasets_per_s"])
 
