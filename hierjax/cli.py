@@ -220,13 +220,14 @@ def _default_job(args) -> int:
     if args.simulate > 0:
         sim = hierjax.simulate(args.simulate, 8, seed=1)
         kw = dict(tau_prior=args.tau_prior, mu_prior=args.mu_prior, quantiles=args.quantiles)
-        # compile first, on one block of the batch (the block shape and the general grid's
-        # pass for the datasets the fast grid sends back, an eighth of a block)
+        # compile first, on one block and one more dataset (the two piece shapes: a whole
+        # block, and an eighth of one for the rest and for the general grid's pass over
+        # the datasets the fast grid sends back)
         from hierjax._host import compute_dtype
         from hierjax.engine import _default_block
         from hierjax.grid import default_nodes
         block = _default_block(default_nodes(compute_dtype(sim.y, sim.sigma)) + 1, 8)
-        hierjax.fit(sim.y[:block], sim.sigma[:block], **kw)
+        hierjax.fit(sim.y[:block + 1], sim.sigma[:block + 1], **kw)
         t0 = time.perf_counter()
         res = hierjax.fit(sim.y, sim.sigma, **kw)
         dt = time.perf_counter() - t0

@@ -4,11 +4,11 @@
 :func:`fit_standardized` maps it over a batch with ``jax.lax.map(batch_size=chunk)``
 inside a single module-level ``jax.jit``. :func:`fit` is the convenient layer:
 host-side checks and standardisation in float64, then the batch in fixed-shape blocks
-(padded with benign stand-ins to a power of two, or to whole blocks, and looped over
-on the host), so each kernel (the fast grid, the general grid) compiles once per (J,
-prior types, dtype) whatever B is
-and never holds more than one chunk's intermediates (a chunk is sized to the CPU's
-cache); then the map back to the user's units.
+(padded with benign stand-ins to a power of two, or to whole blocks and eighths of one;
+on a CPU run concurrently by one host thread per core), so each kernel (the fast grid,
+the general grid) compiles once per (J, prior types, dtype, block shape) whatever B is
+and a call never holds more than one chunk's intermediates (a chunk is sized to the
+CPU's cache); then the map back to the user's units.
 """
 from __future__ import annotations
 
