@@ -218,7 +218,7 @@ def mu_given_tau_near(ref: Reference, tau2, sigma2, mask, mu_prior: MuPrior) -> 
     # mean, since S (zero at the reference up to round-off eps sum|r/v_r|) over P ~ J/tau^2
     # would leave an error ~ eps tau^2 in mu_hat at large tau.
     _, p0m0 = _prior_terms(mu_prior, sigma2.dtype)
-    direct = (jnp.sum(ref.y * inv_v) + p0m0) / P
+    direct = (jnp.sum(jnp.where(mask, ref.y * inv_v, 0.0)) + p0m0) / P
     mean = jnp.where(all_near, ref.mu.mean - S / P, direct)
     return MuGivenTau(mean, 1.0 / P, log_lik)
 
