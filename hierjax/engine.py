@@ -483,9 +483,9 @@ def _host_workers() -> int:
 
 
 def _map_pieces(call, pieces, workers: int):
-    """``[call(p) for p in pieces]``, on ``workers`` threads. The first piece of each shape
-    runs alone first, so each shape is traced and compiled once (concurrent first calls
-    could each trace it)."""
+    """``[call(p) for p in pieces]``, on ``workers`` threads, in order. The first piece of
+    each shape runs before any other piece of that shape, so each shape is traced and
+    compiled once (concurrent first calls of one shape could each trace it)."""
     if workers <= 1 or len(pieces) <= 1:
         return [call(p) for p in pieces]
     first = {}
