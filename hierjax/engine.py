@@ -92,7 +92,10 @@ def fit_dataset(y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPri
         DatasetFit (``theta`` fields are ``[J]``, quantiles ``[..., Q]``).
     """
     dtype = y.dtype
-    grid = tau_grid(y, sigma2, mask, tau_prior, mu_prior, n, kappa)
+    # The fast grid (kappa != KAPPA) only ever sees datasets with at most FAST_MAX_GROUPS
+    # groups: their log p(y | tau) is evaluated directly, its round-off (grid.roundoff,
+    # ~1e-14 in float64) far inside the goals; the general grid keeps the relative form.
+    grid = tau_grid(y, sigma2, mask, tau_prior, mu_prior, n, kappa, relative=kappa == KAPPA)
     w = jnp.exp(grid.log_weight)
     tau2 = grid.tau ** 2
     alpha = tail_alpha(jnp.sum(mask).astype(dtype), tau_prior, mu_prior)

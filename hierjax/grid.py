@@ -209,7 +209,7 @@ def grid_tau_of_z(z, x0, u_lo, one_minus_u_hi, kappa=KAPPA):
 
 
 def tau_grid(y, sigma2, mask, tau_prior: TauPrior, mu_prior: MuPrior, n: int,
-             kappa: float = KAPPA) -> TauGrid:
+             kappa: float = KAPPA, relative: bool = True) -> TauGrid:
     """Build the quadrature grid for ``p(tau | y)`` of one dataset (see the module doc).
 
     Args:
@@ -219,7 +219,13 @@ def tau_grid(y, sigma2, mask, tau_prior: TauPrior, mu_prior: MuPrior, n: int,
         tau_prior, mu_prior: priors for the standardised data (scalar leaves).
         n: Clenshaw-Curtis order (even); the grid has ``K = n + 1`` nodes.
         kappa: the map's stretch (static): ``KAPPA = 2`` in general; ``1`` puts the nodes
-            closer to the mode (see :data:`FAST`).
+            closer to the mode (see :func:`fast_nodes`).
+        relative: evaluate the nodes as changes from the map centre
+            (:func:`~hierjax.conditionals.mu_given_tau_near`, static). ``False`` uses the
+            direct :func:`~hierjax.conditionals.mu_given_tau`, ~20% cheaper per dataset
+            (fewer sums over the groups), whose ``log p(y | tau)`` carries a round-off of
+            about ``roundoff`` itself rather than of its changes: fine for a few groups
+            (the fast grid's at most 16), not for a needle posterior of 3000 in float32.
 
     Returns:
         TauGrid.
@@ -272,7 +278,10 @@ def tau_grid(y, sigma2, mask, tau_prior: TauPrior, mu_prior: MuPrior, n: int,
     tau, x, u, omu = grid_tau_of_z(z, x0, u_lo, one_minus_u_hi, kappa)
     # Node values as changes from the map centre keep their digits for needle posteriors.
     ref = reference_point(jnp.exp(2.0 * x0), y, sigma2, mask, mu_prior)
-    mu = jax.vmap(lambda t: mu_given_tau_near(ref, t * t, sigma2, mask, mu_prior))(tau)
+    if relative:
+        mu = jax.vmap(lambda t: mu_given_tau_near(ref, t * t, sigma2, mask, mu_prior))(tau)
+    else:
+        mu = jax.vmap(lambda t: mu_given_tau(t * t, y, sigma2, mask, mu_prior))(tau)
     log_prior = jax.vmap(tau_prior.log_density)(tau)
     # density in z: p(tau|y) dtau/dz, with dtau/dx = tau, dx/du = KAPPA/(u(1-u)), du/dz = width/2
     du_dz = 0.5 * (1.0 - u_lo - one_minus_u_hi)
