@@ -92,6 +92,10 @@ CASES = {
     # sigma ratio 1e6 within one dataset
     "sigma-ratio-1e6": ((0.3, -1.2, 2.5, 40.0, 0.8, -0.5), (1e-3, 1.0, 2.0, 1e3, 1.0, 1.5),
                         "uniform", "flat", None),
+    # two groups with tiny sigma_j far apart: each theta_j sits ~1e3 of its own sds from
+    # the standardised origin (the Fisher-weighted mean), where float32's ulp is ~1e-4 sd
+    "precise-groups-apart": ((1.0, -1.0, 0.3, -0.8, 2.1, 0.4, -1.5, 1.2),
+                             (1e-3, 1e-3, 1.0, 1.3, 0.9, 1.1, 1.6, 1.2), "uniform", "flat", None),
     # large J: a needle-sharp p(tau | y)
     "J300-uniform-flat": J300 + ("uniform", "flat", _some_groups(*J300)),
     "J3000-uniform-flat": J3000 + ("uniform", "flat", _some_groups(*J3000)),
