@@ -47,7 +47,14 @@ STATUS = {
     "invalid": 8,              # skipped input (see Fit.notes)
     "roundoff_limited": 16,    # log-likelihood round-off > 1e-5 (float32 with many groups):
                                # tail quantiles may miss 1e-4 sd; use float64
+    "output_rounded": 32,      # the result's dtype cannot hold a mean or quantile of mu, a
+                               # theta_j or theta_new to the accuracy goal (1e-4 sd in
+                               # float32, 1e-8 in float64): an offset large against the
+                               # posterior sd (|mean| / sd > ~1e3 in float32); use float64
 }
+
+#: The accuracy goal per dtype, in posterior sds (README "Accuracy").
+GOAL = {32: 1e-4, 64: 1e-8}
 
 
 def status_text(code: int) -> str:
@@ -390,6 +397,24 @@ def fit(y, sigma=None, *, tau_prior="uniform", mu_prior="flat",
     return _to_user_units(out, st, batch, bad, problems, levels, prep.dtype)
 
 
+def _output_rounded(marginals, dt):
+    """Datasets whose location summaries move by more than the dtype's accuracy goal, in
+    posterior sds, when cast to ``dt``: the computation keeps its accuracy whatever the
+    offset (it runs on data standardised in float64), but a float32 result cannot hold
+    ``-0.01 +- 1e-9``. ``marginals``: float64 Marginals with a leading ``[B]`` axis (nan
+    where padded); judged where the sd exists. Returns ``[B]`` bool."""
+    if np.dtype(dt) == np.float64:       # the results are float64 already: nothing moves
+        return np.zeros(marginals[0].mean.shape[0], bool)
+    goal = GOAL[np.finfo(dt).bits]
+    flag = False
+    for m in marginals:
+        sd = np.where(np.isfinite(m.sd), m.sd, np.nan)
+        for v, unit in ((m.mean, sd), (m.quantiles, sd[..., None])):
+            moved = np.abs(v.astype(dt).astype(np.float64) - v) > goal * unit   # nan: False
+            flag = flag | moved.reshape(moved.shape[0], -1).any(axis=1)
+    return flag
+
+
 def _to_user_units(out: DatasetFit, st, batch: Batch, bad, problems, levels, dt):
     """Map standardised summaries back: ``phi = loc + scale * phi_std`` (tau: ``scale * tau``)."""
     o = jax.tree.map(lambda a: a if a.dtype == bool else np.asarray(a, np.float64), out)
@@ -425,10 +450,12 @@ def _to_user_units(out: DatasetFit, st, batch: Batch, bad, problems, levels, dt)
     def cast(m: Marginal):
         return Marginal(*[a if a.dtype == bool else a.astype(dt) for a in m])
 
+    mu, tau, theta, new = blank(mu), blank(tau), blank(theta, batch.mask), blank(new)
+    status = status | np.where(_output_rounded((mu, theta, new), dt),
+                               STATUS["output_rounded"], 0).astype(np.int32)
     nanb = np.where(bad, np.nan, 1.0)
     return Fit(
-        mu=cast(blank(mu)), tau=cast(blank(tau)), theta=cast(blank(theta, batch.mask)),
-        theta_new=cast(blank(new)),
+        mu=cast(mu), tau=cast(tau), theta=cast(theta), theta_new=cast(new),
         tau_mode=(scale * o.tau_mode * nanb).astype(dt),
         log_marginal_likelihood=(log_ml * nanb).astype(dt),
         grid_error=(o.grid_error * nanb).astype(dt),

@@ -413,6 +413,28 @@ def test_fit_status_ok(case):
         assert status == 0, msg
 
 
+def test_output_rounded_is_flagged():
+    """The engine keeps its accuracy under any offset (it works on data standardised in
+    float64), but a float32 result cannot hold ``-1e5 +- 5`` to 1e-4 sd (its half ulp
+    there is 7.8e-4 sd): such datasets carry `output_rounded`, and only they."""
+    shifted = np.array(EIGHT_Y) - 1e5
+    f = hierjax.fit(np.stack([shifted, np.array(EIGHT_Y)]),
+                    np.stack([np.array(EIGHT_S)] * 2), dtype=np.float32)
+    flag = hierjax.STATUS["output_rounded"]
+    assert f.status[0] & flag and not f.status[1] & flag, f.status
+    # the flag is needed: some summary of the shifted dataset misses 1e-4 sd
+    r = _ref(EIGHT_Y, EIGHT_S)
+    worst = 0.0
+    for j in range(8):
+        m = r.marginal("theta", j)
+        got = np.asarray(f.theta.quantiles[0, j], np.float64) + 1e5
+        worst = max(worst, float(np.max(np.abs(got - np.asarray(m.quantiles)) / m.scale)))
+    assert worst > 1e-4, worst
+    if jax.config.jax_enable_x64:      # float64 holds it
+        g = hierjax.fit(shifted, np.array(EIGHT_S))
+        assert not g.status[0] & flag, g.status
+
+
 @pytest.mark.slow
 def test_custom_log_density_prior():
     """A JAX callable (unnormalised half-normal(10)) gives the half-normal:10 posterior."""
