@@ -25,7 +25,7 @@ import numpy as np
 from hierjax._host import compute_dtype, prepare
 from hierjax.batch import Batch, InputError
 from hierjax.conditionals import mu_given_tau, theta_given_tau
-from hierjax.grid import FAST_KAPPA, KAPPA, fast_nodes, tail_alpha, tau_grid
+from hierjax.grid import FAST_KAPPA, fast_nodes, tail_alpha, tau_grid
 from hierjax.priors import MuPrior, NormalMu, TauPrior
 from hierjax.summaries import (Marginal, coarse_stages, mixture_summary, quantile_error, tau_mode,
                                tau_summary)
@@ -77,7 +77,7 @@ class DatasetFit(NamedTuple):
 
 
 def fit_dataset(y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPrior, levels,
-                n: int, kappa: float = KAPPA) -> DatasetFit:
+                n: int, kappa: Optional[float] = None) -> DatasetFit:
     r"""Exact posterior summaries of one standardised dataset.
 
     .. math::
@@ -93,16 +93,18 @@ def fit_dataset(y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPri
         tau_prior, mu_prior: priors for the standardised data (scalar leaves).
         levels: quantile levels, ``[Q]``.
         n: Clenshaw-Curtis order; ``K = n + 1`` tau nodes.
-        kappa: the grid map's stretch (:func:`hierjax.grid.tau_grid`), static.
+        kappa: the grid map's stretch (:func:`hierjax.grid.tau_grid`), static: None for
+            the general grid, ``FAST_KAPPA`` for the fast grid (which adds checks).
 
     Returns:
         DatasetFit (``theta`` fields are ``[J]``, quantiles ``[..., Q]``).
     """
     dtype = y.dtype
-    # The fast grid (kappa != KAPPA) only ever sees datasets with at most FAST_MAX_GROUPS
+    # The fast grid (a kappa given) only ever sees datasets with at most FAST_MAX_GROUPS
     # groups: their log p(y | tau) is evaluated directly, its round-off (grid.roundoff,
     # ~1e-14 in float64) far inside the goals; the general grid keeps the relative form.
-    grid = tau_grid(y, sigma2, mask, tau_prior, mu_prior, n, kappa, relative=kappa == KAPPA)
+    fast = kappa is not None
+    grid = tau_grid(y, sigma2, mask, tau_prior, mu_prior, n, kappa, relative=not fast)
     w = jnp.exp(grid.log_weight)
     tau2 = grid.tau ** 2
     alpha = tail_alpha(jnp.sum(mask).astype(dtype), tau_prior, mu_prior)
@@ -149,7 +151,7 @@ def fit_dataset(y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPri
     m_err = jnp.maximum(
         moment_error(mu, fine.mean, fine.var, jnp.sqrt(grid.mu.var[k])),
         moment_error(new, fine.mean, tau2_fine + fine.var, jnp.sqrt(tau2[k] + grid.mu.var[k])))
-    if kappa != KAPPA:
+    if fast:
         # The fast grid also checks each theta_j's mean, sd and outermost quantiles (in units
         # of its posterior sd): on 30 random datasets against quad, a theta_j sd (J = 6) and
         # tail quantiles (J = 15) were 1.0-1.6e-8 sd off with every mu / theta_new check
@@ -159,7 +161,7 @@ def fit_dataset(y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPri
         theta_err = jax.vmap(moment_error, in_axes=(0, 1, 1, 0))(
             theta, theta_m_f, theta_v_f, theta.sd)
         m_err = jnp.maximum(m_err, jnp.max(jnp.where(mask, theta_err, 0.0)))
-    if kappa != KAPPA and levels.shape[0]:
+    if fast and levels.shape[0]:
         q_err_theta = jax.vmap(
             lambda q, m, v, m_f, v_f, sc: quantile_error(q, levels, w, m, jnp.sqrt(v), w_fine,
                                                          m_f, jnp.sqrt(v_f), sc),
@@ -190,7 +192,7 @@ def fit_dataset(y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPri
 
 @functools.partial(jax.jit, static_argnames=("n", "chunk", "kappa"))
 def fit_standardized(y, sigma2, mask, threshold, tau_prior, mu_prior, levels, *, n: int,
-                     chunk: int, kappa: float = KAPPA) -> DatasetFit:
+                     chunk: int, kappa: Optional[float] = None) -> DatasetFit:
     """:func:`fit_dataset` over a batch: ``[B, J]`` inputs, ``[B]`` prior leaves.
 
     ``lax.map`` with ``batch_size=chunk`` vmaps ``chunk`` datasets at a time inside
@@ -374,7 +376,7 @@ def fit(y, sigma=None, *, tau_prior="uniform", mu_prior="flat",
         return jax.tree.map(lambda *a: np.concatenate(a)[:index.size], *parts)
 
     if nodes is not None:
-        out = run(np.arange(B), n, KAPPA)
+        out = run(np.arange(B), n, None)
     else:
         # The fast grid first where it usually suffices (few groups, a light enough tau
         # tail); the datasets whose error estimates flag it are fitted again, with the
@@ -388,7 +390,7 @@ def fit(y, sigma=None, *, tau_prior="uniform", mu_prior="flat",
             results.append((fast_idx[~redo], jax.tree.map(lambda a: a[~redo], out_fast)))
             general = np.concatenate([general, fast_idx[redo]])
         if general.size:
-            results.append((general, run(general, n, KAPPA)))
+            results.append((general, run(general, n, None)))
         out = jax.tree.map(lambda a: np.empty((B,) + a.shape[1:], a.dtype), results[0][1])
         for index, part in results:
             for o, a in zip(jax.tree.leaves(out), jax.tree.leaves(part)):

@@ -33,7 +33,7 @@ Everything is in log space; weights are normalised with ``logsumexp``.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +45,7 @@ from hierjax.quadrature import chebyshev_matrix, clenshaw_curtis
 from hierjax.solvers import iterate, maximize
 
 __all__ = ["TauGrid", "tau_grid", "tail_alpha", "log_posterior_x", "default_nodes",
-           "grid_tau_of_z", "KAPPA", "FAST_KAPPA", "fast_nodes"]
+           "grid_tau_of_z", "KAPPA", "FAST_KAPPA", "fast_nodes", "general_kappa"]
 
 KAPPA = 2.0          # x = x0 + KAPPA * logit(u)
 _SCOUT = 17          # scout points
@@ -53,6 +53,25 @@ _SCOUT_HALF = 14.0   # scout covers x0_guess +- 14 (tau over ~12 orders of magni
 _NEWTON_FAST = 8
 _DOUBLINGS_FAST = 6
 _BISECTIONS = 5
+
+
+def general_kappa(origin_power) -> float:
+    r"""The general grid's stretch for a prior with ``p(tau) ~ tau^b`` as ``tau -> 0``.
+
+    Under ``x = x0 + kappa logit(u)`` the posterior of ``x`` starts like ``e^{(1+b)x}``,
+    which is ``u^{kappa (1 + b) - 1}`` in ``u``: a polynomial (smooth for Clenshaw-Curtis)
+    when ``kappa (1 + b)`` is a positive integer. ``KAPPA = 2`` gives that for every
+    ``b`` in ``{-1/2, 0, 1/2, 1, ...}``; any other ``b > -1`` (a user's Gamma(0.3) prior,
+    ``tau^-0.7``) gets the least stretch above ``KAPPA`` that does,
+    ``kappa = ceil(2 (1 + b)) / (1 + b)``. ``b`` None (unknown), ``inf`` or ``<= -1``
+    (improper, refused on the host): ``KAPPA``.
+    """
+    if origin_power is None or not math.isfinite(origin_power) or origin_power <= -1:
+        return KAPPA
+    e = KAPPA * (1.0 + origin_power)
+    if abs(e - round(e)) < 1e-6:
+        return KAPPA
+    return math.ceil(e) / (1.0 + origin_power)
 
 
 def default_nodes(dtype) -> int:
@@ -209,7 +228,7 @@ def grid_tau_of_z(z, x0, u_lo, one_minus_u_hi, kappa=KAPPA):
 
 
 def tau_grid(y, sigma2, mask, tau_prior: TauPrior, mu_prior: MuPrior, n: int,
-             kappa: float = KAPPA, relative: bool = True) -> TauGrid:
+             kappa: Optional[float] = None, relative: bool = True) -> TauGrid:
     """Build the quadrature grid for ``p(tau | y)`` of one dataset (see the module doc).
 
     Args:
@@ -218,8 +237,9 @@ def tau_grid(y, sigma2, mask, tau_prior: TauPrior, mu_prior: MuPrior, n: int,
         mask: real groups, ``[J]``.
         tau_prior, mu_prior: priors for the standardised data (scalar leaves).
         n: Clenshaw-Curtis order (even); the grid has ``K = n + 1`` nodes.
-        kappa: the map's stretch (static): ``KAPPA = 2`` in general; ``1`` puts the nodes
-            closer to the mode (see :func:`fast_nodes`).
+        kappa: the map's stretch (static): None for the general grid's,
+            :func:`general_kappa` of the prior (``KAPPA = 2`` for every shipped prior);
+            ``FAST_KAPPA = 1`` puts the nodes closer to the mode (see :func:`fast_nodes`).
         relative: evaluate the nodes as changes from the map centre
             (:func:`~hierjax.conditionals.mu_given_tau_near`, static). ``False`` uses the
             direct :func:`~hierjax.conditionals.mu_given_tau`, ~20% cheaper per dataset
@@ -233,6 +253,8 @@ def tau_grid(y, sigma2, mask, tau_prior: TauPrior, mu_prior: MuPrior, n: int,
     dtype = y.dtype
     x_min, x_max = _x_limits(dtype)
     drop = _drop(dtype)
+    if kappa is None:
+        kappa = general_kappa(tau_prior.origin_power)
 
     def h(x):
         return log_posterior_x(x, y, sigma2, mask, tau_prior, mu_prior)

@@ -228,16 +228,25 @@ class CustomTau(TauPrior):
         proper: whether ``logpdf`` is a normalised density.
         tail_power: ``c`` with ``p(tau) ~ tau^(-c)`` at infinity; estimated from
             ``logpdf`` at two large points when not given.
+        origin_power: ``b`` with ``p(tau) ~ tau^b`` as ``tau -> 0`` (``inf``: faster than
+            any power); estimated from ``logpdf`` at three tiny points when not given
+            (None if they disagree). It picks the grid's map near ``tau = 0``
+            (:func:`hierjax.grid.general_kappa`): a Gamma(0.3) prior's ``tau^-0.7`` is
+            integrated exactly. ``b <= -1`` is refused: the posterior would be improper.
     """
 
     logpdf: Callable = dataclasses.field(metadata=dict(static=True))
     proper: bool = dataclasses.field(default=False, metadata=dict(static=True))
     tail_power: Optional[float] = dataclasses.field(default=None, metadata=dict(static=True))
     scale: np.ndarray = dataclasses.field(default_factory=lambda: _leaf(1.0))
+    origin_power: Optional[float] = dataclasses.field(default=None,
+                                                      metadata=dict(static=True))
 
     def __post_init__(self):
         if self.tail_power is None:
             object.__setattr__(self, "tail_power", _estimate_tail_power(self.logpdf))
+        if self.origin_power is None:
+            object.__setattr__(self, "origin_power", _estimate_origin_power(self.logpdf))
 
     def log_density(self, tau):
         return self.logpdf(tau * self.scale) + jnp.log(self.scale)
@@ -249,6 +258,12 @@ class CustomTau(TauPrior):
         lp = np.asarray(jax.jit(self.logpdf)(jnp.asarray(1.0)))
         if lp.shape != ():
             raise InputError(f"custom tau prior: logpdf must return a scalar, got shape {lp.shape}")
+        b = self.origin_power
+        if b is not None and b <= -1:
+            raise InputError(
+                f"custom tau prior: p(tau) ~ tau^b near tau = 0 with b = {b:.6g} <= -1 is not "
+                "integrable there, and p(y | tau) tends to a positive limit as tau -> 0: the "
+                "posterior would be improper")
 
 
 def _estimate_tail_power(logpdf) -> float:
@@ -263,6 +278,24 @@ def _estimate_tail_power(logpdf) -> float:
         raise InputError("custom tau prior: logpdf is not finite at large tau; "
                          "pass tail_power= explicitly")
     return (a - b) / math.log(t2 / t1)
+
+
+def _estimate_origin_power(logpdf) -> Optional[float]:
+    """``b`` in ``p(tau) ~ tau^b`` as ``tau -> 0``: the log-log slope of ``logpdf`` over
+    1e-30..1e-25 and 1e-25..1e-20 (normal numbers in float32 too), when both agree (host
+    side); ``inf`` for a density that vanishes faster than any power; None otherwise."""
+    t = (1e-30, 1e-25, 1e-20)
+    with jax.ensure_compile_time_eval():
+        a, b, c = (float(logpdf(jnp.asarray(v))) for v in t)
+    step = math.log(t[1] / t[0])
+    if a == -math.inf or (math.isfinite(a) and math.isfinite(b) and (b - a) / step > 50):
+        return math.inf
+    if not all(math.isfinite(v) for v in (a, b, c)):
+        return None
+    s1, s2 = (b - a) / step, (c - b) / step
+    if abs(s1 - s2) > 1e-4 * max(1.0, abs(s1)):
+        return None
+    return round(s1, 5)
 
 
 # ----------------------------------------------------------------------------------------

@@ -236,8 +236,8 @@ def hc_runs(sim):
 
     def spy(*args, **kwargs):
         n = args[7] if len(args) > 7 else kwargs.get("n")
-        kappa = args[8] if len(args) > 8 else kwargs.get("kappa", engine.KAPPA)
-        r.traces.append((step[0], n, float(kappa), int(args[0].shape[0])))
+        kappa = args[8] if len(args) > 8 else kwargs.get("kappa")   # None: the general grid
+        r.traces.append((step[0], n, kappa, int(args[0].shape[0])))
         return real(*args, **kwargs)
 
     engine.fit_dataset = spy
