@@ -161,8 +161,13 @@ def test_fast_grid_choice():
     np.testing.assert_array_equal(applies(np.array([3]), HalfCauchy(np.asarray(1.0)),
                                           NormalMu(np.asarray(0.0), np.asarray(1.0))), [True])
     assert not applies(np.array([8]), UniformSqrt(), FlatMu()).any()      # tau^-1/2 at 0
-    custom = CustomTau(lambda t: -t, tail_power=np.inf)                   # unknown at 0
-    assert not applies(np.array([8]), custom, FlatMu()).any()
+    custom = CustomTau(lambda t: -t, tail_power=np.inf)                   # tau^0 at 0
+    assert custom.origin_power == 0 and applies(np.array([8]), custom, FlatMu()).all()
+    spike = CustomTau(lambda t: -0.7 * jnp.log(t) - t)                    # tau^-0.7 at 0
+    assert not applies(np.array([8]), spike, FlatMu()).any()
+    wobbly = CustomTau(lambda t: jnp.sin(jnp.log(t)) - t)                 # no power at 0
+    assert wobbly.origin_power is None
+    assert not applies(np.array([8]), wobbly, FlatMu()).any()
 
 
 def test_moments_only_equals_full_summaries(sim, sim_fit):
