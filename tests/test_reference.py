@@ -413,6 +413,21 @@ def test_fit_status_ok(case):
         assert status == 0, msg
 
 
+def test_general_grid_far_nodes_keep_their_digits():
+    """The eight schools with one sigma_j = 1e-3 on the general grid: at tau nodes far from
+    the map's centre the relative form's quadratic-form sums grow like r_j^2 / sigma_j^2
+    and cancel; float32 put tau 5e-4 sd off (status ok) before they were summed directly
+    there. theta_7 itself (18 +- 1e-3) cannot be held by float32 (output_rounded)."""
+    sigma = list(EIGHT_S)
+    sigma[6] = 1e-3
+    general = hierjax.grid.default_nodes(hierjax.engine.compute_dtype(np.array(EIGHT_Y)))
+    f = hierjax.fit(np.array(EIGHT_Y), np.array(sigma), nodes=general)
+    rounded = 0 if jax.config.jax_enable_x64 else hierjax.STATUS["output_rounded"]
+    assert f.status[0] == rounded, hierjax.engine.status_text(f.status[0])
+    groups = [0, 1, 2, 3, 4, 5, 7] if rounded else None
+    _report(compare_fit(f, 0, _ref(EIGHT_Y, tuple(sigma)), groups, tol()))
+
+
 def test_output_rounded_is_flagged():
     """The engine keeps its accuracy under any offset (it works on data standardised in
     float64), but a float32 result cannot hold ``-1e5 +- 5`` to 1e-4 sd (its half ulp
