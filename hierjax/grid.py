@@ -28,7 +28,9 @@ four steps, all inside ``jit`` with fixed work:
    the normal mixtures of mu and theta (half the work), and its difference from the
    ``2n``-rule is its error estimate.
 
-Everything is in log space; weights are normalised with ``logsumexp``.
+Everything is in log space; weights are normalised with ``logsumexp``. The fast grid of
+a moments-only fit skips steps 1 and 2: it centres its map on the data's spread and
+spans the dtype's whole range of tau (``locate=False``, :func:`_whole_line`).
 """
 from __future__ import annotations
 
@@ -227,38 +229,15 @@ def grid_tau_of_z(z, x0, u_lo, one_minus_u_hi, kappa=KAPPA):
     return jnp.exp(x), x, u, omu
 
 
-def tau_grid(y, sigma2, mask, tau_prior: TauPrior, mu_prior: MuPrior, n: int,
-             kappa: Optional[float] = None, relative: bool = True) -> TauGrid:
-    """Build the quadrature grid for ``p(tau | y)`` of one dataset (see the module doc).
-
-    Args:
-        y: standardised group estimates, ``[J]``.
-        sigma2: standardised sampling variances, ``[J]``.
-        mask: real groups, ``[J]``.
-        tau_prior, mu_prior: priors for the standardised data (scalar leaves).
-        n: Clenshaw-Curtis order (even); the grid has ``K = n + 1`` nodes.
-        kappa: the map's stretch (static): None for the general grid's,
-            :func:`general_kappa` of the prior (``KAPPA = 2`` for every shipped prior);
-            ``FAST_KAPPA = 1`` puts the nodes closer to the mode (see :func:`fast_nodes`).
-        relative: evaluate the nodes as changes from the map centre
-            (:func:`~hierjax.conditionals.mu_given_tau_near`, static). ``False`` uses the
-            direct :func:`~hierjax.conditionals.mu_given_tau`, ~20% cheaper per dataset
-            (fewer sums over the groups), whose ``log p(y | tau)`` carries a round-off of
-            about ``roundoff`` itself rather than of its changes: fine for a few groups
-            (the fast grid's at most 16), not for a needle posterior of 3000 in float32.
+def _locate(h, y, mask, tau_prior: TauPrior, mu_prior: MuPrior, kappa: float):
+    """Steps 1-3 of the module doc: the map ``x = x0 + kappa logit(u)`` on ``[u_lo, u_hi]``.
 
     Returns:
-        TauGrid.
+        ``(x0, u_lo, 1 - u_hi, truncated, converged)``, scalars.
     """
     dtype = y.dtype
     x_min, x_max = _x_limits(dtype)
     drop = _drop(dtype)
-    if kappa is None:
-        kappa = general_kappa(tau_prior.origin_power)
-
-    def h(x):
-        return log_posterior_x(x, y, sigma2, mask, tau_prior, mu_prior)
-
     # 1. Locate: scout grid around the data's spread, then Newton inside the bracket.
     n_obs = jnp.maximum(jnp.sum(mask), 1)
     ybar = jnp.sum(jnp.where(mask, y, 0.0)) / n_obs
@@ -290,9 +269,86 @@ def tau_grid(y, sigma2, mask, tau_prior: TauPrior, mu_prior: MuPrior, n: int,
     right, ok_right, conv_right = _extent(h_moment, x0, h0, width, x_max - x0, drop, 1.0)
     left, ok_left, conv_left = _extent(h, x0, h0, width, x0 - x_min, drop, -1.0)
 
-    # 3. Map: u in [u_lo, u_hi] with x = x0 + KAPPA * logit(u).
+    # 3. Map: u in [u_lo, u_hi] with x = x0 + kappa * logit(u).
     u_lo = jax.nn.sigmoid(-left / kappa)
     one_minus_u_hi = jax.nn.sigmoid(-right / kappa)
+    return x0, u_lo, one_minus_u_hi, ~(ok_left & ok_right), conv_left & conv_right
+
+
+def _whole_line(y, sigma2, mask, kappa: float):
+    r"""The map without a search: ``x = x0 + kappa logit(u)`` over the dtype's whole range.
+
+    .. math::
+        e^{2 x_0} = c^2 = \frac1J \sum_j (y_j - \bar y)^2 + \frac1J \overline{\sigma^2}
+
+    (the spread of the estimates, kept away from 0 by the groups' own variance). On the
+    fast grid (``kappa = 1``, ``tau = c u / (1 - u)``) the posteriors it serves
+    (``alpha >= 3.5``; ``p(tau) ~ tau^b`` at 0 for an integer ``b >= 0``) go like ``u^b``
+    at ``u = 0`` and like ``(1 - u)^{alpha - 1 - k}`` at ``u = 1`` for ``tau^k p(tau | y)``
+    (``k <= 2``): polynomials for an integer ``alpha`` (uniform and half-Cauchy priors),
+    or faster-decaying for light-tailed priors. So nothing is cut off but the dtype's own
+    range, ``tau / c`` from ~1e-138 to ~1e138 in float64 (~1e-17 to ~1e17 in float32),
+    whose mass outside is ~1e-138 (~1e-17) of the density's scale. A centre away from the
+    posterior's costs nodes, not accuracy: the nested rules flag what this map does not
+    resolve. Measured on 4096 simulated eight-school datasets (float64, ``n = 32``), 8.8%
+    are flagged against 2.6% on the searched map, at ~0.7x its cost per dataset.
+
+    Returns:
+        ``(x0, u_lo, 1 - u_hi, truncated, converged)`` as :func:`_locate`.
+    """
+    dtype = y.dtype
+    x_min, x_max = _x_limits(dtype)
+    n_obs = jnp.maximum(jnp.sum(mask), 1)
+    ybar = jnp.sum(jnp.where(mask, y, 0.0)) / n_obs
+    spread = jnp.sum(jnp.where(mask, (y - ybar) ** 2, 0.0)) / n_obs
+    s2bar = jnp.sum(jnp.where(mask, sigma2, 0.0)) / n_obs
+    x0 = 0.5 * jnp.log(spread + s2bar / n_obs)
+    u_lo = jax.nn.sigmoid(-(x0 - x_min) / kappa)
+    one_minus_u_hi = jax.nn.sigmoid(-(x_max - x0) / kappa)
+    return x0, u_lo, one_minus_u_hi, jnp.array(False), jnp.array(True)
+
+
+def tau_grid(y, sigma2, mask, tau_prior: TauPrior, mu_prior: MuPrior, n: int,
+             kappa: Optional[float] = None, relative: bool = True,
+             locate: bool = True) -> TauGrid:
+    """Build the quadrature grid for ``p(tau | y)`` of one dataset (see the module doc).
+
+    Args:
+        y: standardised group estimates, ``[J]``.
+        sigma2: standardised sampling variances, ``[J]``.
+        mask: real groups, ``[J]``.
+        tau_prior, mu_prior: priors for the standardised data (scalar leaves).
+        n: Clenshaw-Curtis order (even); the grid has ``K = n + 1`` nodes.
+        kappa: the map's stretch (static): None for the general grid's,
+            :func:`general_kappa` of the prior (``KAPPA = 2`` for every shipped prior);
+            ``FAST_KAPPA = 1`` puts the nodes closer to the mode (see :func:`fast_nodes`).
+        relative: evaluate the nodes as changes from the map centre
+            (:func:`~hierjax.conditionals.mu_given_tau_near`, static). ``False`` uses the
+            direct :func:`~hierjax.conditionals.mu_given_tau`, ~20% cheaper per dataset
+            (fewer sums over the groups), whose ``log p(y | tau)`` carries a round-off of
+            about ``roundoff`` itself rather than of its changes: fine for a few groups
+            (the fast grid's at most 16), not for a needle posterior of 3000 in float32.
+        locate: find the mode and the extents (steps 1 and 2, static). ``False`` (the
+            fast grid of a moments-only fit) skips both: the map is centred at
+            ``c^2 = spread(y) + mean(sigma^2) / J`` and covers the dtype's whole range of
+            tau, ~40% cheaper per dataset; the nested rules then flag ~9% of simulated
+            eight-school datasets instead of ~3% (see :func:`_whole_line`).
+
+    Returns:
+        TauGrid.
+    """
+    dtype = y.dtype
+    if kappa is None:
+        kappa = general_kappa(tau_prior.origin_power)
+
+    def h(x):
+        return log_posterior_x(x, y, sigma2, mask, tau_prior, mu_prior)
+
+    if locate:
+        x0, u_lo, one_minus_u_hi, truncated, converged = _locate(h, y, mask, tau_prior,
+                                                                 mu_prior, kappa)
+    else:
+        x0, u_lo, one_minus_u_hi, truncated, converged = _whole_line(y, sigma2, mask, kappa)
 
     # 4. Clenshaw-Curtis in z on 2n + 1 nodes; its even nodes carry the n-rule.
     z_np, w_np = clenshaw_curtis(2 * n)
@@ -342,8 +398,7 @@ def tau_grid(y, sigma2, mask, tau_prior: TauPrior, mu_prior: MuPrior, n: int,
         roundoff=roundoff,
         tau_fine=tau, log_weight_fine=log_weight_fine, log_joint_fine=log_joint,
         density_z=jnp.exp(log_f - log_z_fine),
-        log_evidence=log_z_fine, error=error, truncated=~(ok_left & ok_right),
-        converged=conv_left & conv_right,
+        log_evidence=log_z_fine, error=error, truncated=truncated, converged=converged,
         x0=x0, kappa=jnp.asarray(kappa, dtype), u_lo=u_lo, one_minus_u_hi=one_minus_u_hi,
     )
 

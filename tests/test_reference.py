@@ -15,6 +15,7 @@ import functools
 import math
 
 import jax
+import jax.numpy as jnp
 import mpmath
 import numpy as np
 import pytest
@@ -169,7 +170,7 @@ def compare_marginal(label, m, idx, ref, t, *, is_tau=False):
 def compare_fit(f, b, r, groups, t, label=""):
     """All checks of dataset ``b`` of Fit ``f`` against Reference ``r``."""
     errs = []
-    assert tuple(np.asarray(f.levels)) == LEVELS
+    assert tuple(np.asarray(f.levels)) in (LEVELS, ())     # () is a moments-only fit
     errs += compare_marginal(f"{label}tau", f.tau, b, r.marginal("tau"), t, is_tau=True)
     errs += compare_marginal(f"{label}mu", f.mu, b, r.marginal("mu"), t)
     errs += compare_marginal(f"{label}theta_new", f.theta_new, b, r.marginal("theta_new"), t)
@@ -896,3 +897,50 @@ def test_fast_grid_theta_exact_or_sent_back(case):
     f = _fit(y, sigma, tp, mp)
     errs = compare_fit(f, 0, _ref(y, sigma, tp, mp), None, tol())
     assert errs == [] or int(f.status[0]) != 0, errs
+
+
+# Moments only, datasets the fast grid takes (J <= 16, alpha >= 3.5) are first fitted on
+# a map centred on the data's spread that spans all of tau, with no search for the mode or
+# the extents (grid._whole_line). Each case also runs through that kernel alone, so that a
+# case the general grid rescues still has to be resolved by the whole-line map itself
+# where it says so.
+MOMENTS_CASES = ["eight-uniform-flat", "eight-halfcauchy5-normal05", "mode-at-zero",
+                 "eight-1e-6-uniform-flat", "eight-1e6-halfcauchy-normal", "eight-offset-1e4",
+                 "sigma-ratio-1e6", "precise-groups-apart"]
+
+
+def _whole_line_kernel_status(y, sigma, tp, mp):
+    """Status of the fast grid's moments-only kernel alone (no general-grid refit)."""
+    from hierjax.batch import as_batch, rescale_priors, standardize
+    from hierjax.engine import fit_standardized
+    from hierjax.grid import FAST_KAPPA, fast_nodes
+    from hierjax.priors import parse_mu_prior, parse_tau_prior
+
+    dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+    st = standardize(as_batch(np.array([y]), np.array([sigma])))
+    tau_prior, mu_prior = rescale_priors(parse_tau_prior(tp), parse_mu_prior(mp), st)
+    c = functools.partial(jnp.asarray, dtype=dtype)
+    out = fit_standardized(c(st.y), c(st.sigma2), jnp.ones(st.y.shape, bool), c(st.threshold),
+                           jax.tree.map(c, tau_prior), jax.tree.map(c, mu_prior),
+                           c(np.zeros(0)), n=fast_nodes(dtype), chunk=1, kappa=FAST_KAPPA)
+    return int(out.status[0])
+
+
+@pytest.mark.parametrize("case", MOMENTS_CASES)
+def test_moments_only_matches_reference(case):
+    """``quantiles=()``: means, sds, P(> 0), the tau mode and log p(y) against quad."""
+    y, sigma, tp, mp, groups = CASES[case]
+    f = hierjax.fit(np.array(y), np.array(sigma), tau_prior=tp, mu_prior=mp, quantiles=())
+    assert f.mu.quantiles.shape == (1, 0)
+    _report(compare_fit(f, 0, _ref(y, sigma, tp, mp), groups, tol()))
+    assert not int(f.status[0]) & hierjax.STATUS["grid_unresolved"]
+
+
+def test_whole_line_map_resolves_eight_schools():
+    """The whole-line map alone resolves the eight schools (the fallback is not what passes
+    the test above), and flags the 1e6 sigma ratio it cannot resolve with 33 nodes."""
+    for case in ("eight-uniform-flat", "eight-halfcauchy5-normal05", "mode-at-zero"):
+        y, sigma, tp, mp, _ = CASES[case]
+        assert _whole_line_kernel_status(y, sigma, tp, mp) == 0, case
+    y, sigma, tp, mp, _ = CASES["sigma-ratio-1e6"]
+    assert _whole_line_kernel_status(y, sigma, tp, mp) & hierjax.STATUS["grid_unresolved"]

@@ -172,15 +172,14 @@ def test_fast_grid_choice():
 
 def test_moments_only_equals_full_summaries(sim, sim_fit):
     """``quantiles=()`` skips the quantile searches and changes no other number, beyond
-    the accuracy goal: a dataset that the fast grid resolves for its moments but not for
-    its quantiles is fitted again on the general grid only when quantiles are asked for
-    (both grids are within ~4e-9 sd of the exact numbers in float64). Where both runs use
-    the same grid, they agree to round-off."""
+    the accuracy goal. The two fits use different grids for most datasets: moments only,
+    the fast grid maps the whole tau line from the data's spread (no search for the mode),
+    and a dataset either grid leaves unresolved is fitted again on the general grid (every
+    grid is within ~4e-9 sd of the exact numbers in float64)."""
     m = hierjax.fit(sim.y, sim.sigma, quantiles=())
     assert m.mu.quantiles.shape == (sim.y.shape[0], 0)
     assert m.theta.quantiles.shape == sim.y.shape + (0,)
     goal = 1e-8 if X64 else 1e-4
-    n_exact = 0
     for name in ("mu", "tau", "theta", "theta_new"):
         a, b = getattr(m, name), getattr(sim_fit, name)
         sd = b.sd if name == "theta" else b.sd[:, None]
@@ -189,10 +188,6 @@ def test_moments_only_equals_full_summaries(sim, sim_fit):
             unit = {"mean": sd.reshape(y.shape), "sd": y, "p_gt0": 1.0}[field]
             np.testing.assert_array_less(np.abs(x - y), goal * unit + 1e-300,
                                          err_msg=f"{name}.{field}")
-            n_exact += int(np.sum(np.abs(x - y) <= BATCH_RTOL * np.maximum(np.abs(y), unit)))
-    # most datasets stay on the same grid (7.5% of eight-schools-like ones change)
-    assert n_exact >= 0.7 * sum(getattr(m, k).mean.size * 3 for k in ("mu", "tau", "theta",
-                                                                         "theta_new"))
     np.testing.assert_allclose(m.tau_mode, sim_fit.tau_mode, rtol=goal)
     np.testing.assert_array_equal(m.status, sim_fit.status)
 
