@@ -390,7 +390,7 @@ def fit(y, sigma=None, *, tau_prior="uniform", mu_prior="flat",
         fast_idx, general = np.flatnonzero(fast), np.flatnonzero(~fast)
         results = []
         if fast_idx.size:
-            out_fast = run(fast_idx, fast_nodes(prep.dtype), FAST_KAPPA)
+            out_fast = run(fast_idx, fast_nodes(prep.dtype, whole_line=Q == 0), FAST_KAPPA)
             redo = (out_fast.status & STATUS["grid_unresolved"]) != 0
             results.append((fast_idx[~redo], jax.tree.map(lambda a: a[~redo], out_fast)))
             general = np.concatenate([general, fast_idx[redo]])

@@ -89,9 +89,14 @@ def default_nodes(dtype) -> int:
 FAST_KAPPA = 1.0
 
 
-def fast_nodes(dtype) -> int:
+def fast_nodes(dtype, whole_line: bool = False) -> int:
     """Clenshaw-Curtis ``n`` of the fast grid (``kappa = 1``) that :func:`hierjax.fit` tries
     first: 32 in float64, 16 in float32, half of :func:`default_nodes`.
+
+    On the whole-line map of a moments-only fit (``whole_line``, :func:`_whole_line`)
+    float64 takes 36: on simulated eight-school batches (J = 8, B = 1e5) that sends 2.6%
+    of the datasets on to the general grid instead of 8.8%, for ~6% more datasets per
+    second end to end. float32 keeps 16.
 
     With ``kappa = 1`` the map ``u = tau / (tau + c)`` (at ``c = e^{x0}``) turns the
     likelihood's algebraic tail into a polynomial in ``u`` of half the degree ``kappa = 2``
@@ -100,7 +105,8 @@ def fast_nodes(dtype) -> int:
     groups; one ``sigma_j`` 1e6 times another) gets fewer nodes than under ``kappa = 2``;
     such datasets fail the error estimates and are fitted again on the general grid.
     """
-    return default_nodes(dtype) // 2
+    half = default_nodes(dtype) // 2
+    return half + 4 if whole_line and jnp.finfo(dtype).bits > 32 else half
 
 
 class TauGrid(NamedTuple):
@@ -331,8 +337,8 @@ def tau_grid(y, sigma2, mask, tau_prior: TauPrior, mu_prior: MuPrior, n: int,
         locate: find the mode and the extents (steps 1 and 2, static). ``False`` (the
             fast grid of a moments-only fit) skips both: the map is centred at
             ``c^2 = spread(y) + mean(sigma^2) / J`` and covers the dtype's whole range of
-            tau, ~40% cheaper per dataset; the nested rules then flag ~9% of simulated
-            eight-school datasets instead of ~3% (see :func:`_whole_line`).
+            tau, ~30% cheaper per dataset at the same ``n`` but flagging more datasets
+            (see :func:`_whole_line`; :func:`fast_nodes` gives it a few more nodes).
 
     Returns:
         TauGrid.

@@ -922,7 +922,7 @@ def _whole_line_kernel_status(y, sigma, tp, mp):
     c = functools.partial(jnp.asarray, dtype=dtype)
     out = fit_standardized(c(st.y), c(st.sigma2), jnp.ones(st.y.shape, bool), c(st.threshold),
                            jax.tree.map(c, tau_prior), jax.tree.map(c, mu_prior),
-                           c(np.zeros(0)), n=fast_nodes(dtype), chunk=1, kappa=FAST_KAPPA)
+                           c(np.zeros(0)), n=fast_nodes(dtype, whole_line=True), chunk=1, kappa=FAST_KAPPA)
     return int(out.status[0])
 
 
