@@ -65,7 +65,7 @@ from hierjax.conditionals import (
     reference_point,
     theta_given_tau,
 )
-from hierjax.engine import DEFAULT_LEVELS, STATUS
+from hierjax.engine import DEFAULT_LEVELS, GOAL, STATUS
 from hierjax.grid import (
     TauGrid,
     tail_alpha,
@@ -677,6 +677,44 @@ def _check_far_quantiles(post: Posterior, param: str, q, levels):
                       "pass more nodes to hierjax.posterior", stacklevel=3)
 
 
+def _typical_sd(post: Posterior, param: str):
+    """The sd of the most probable tau node's normal component of ``param`` in standard
+    units, ``[B]`` (``[B, J]`` per group): finite under any tail. For ``y_new`` and
+    ``y_rep`` that of ``theta_new`` and ``theta_j`` (smaller: a stricter unit)."""
+    g = post.grid
+    k = np.argmax(np.asarray(g.log_weight), axis=1)[:, None]
+    tau2 = np.take_along_axis(np.asarray(g.tau, np.float64), k, axis=1) ** 2       # [B, 1]
+    v_mu = np.take_along_axis(np.asarray(g.mu.var, np.float64), k, axis=1)          # [B, 1]
+    if param in _GROUPED:
+        # Var(theta_j | tau, y) = (1 - B_j) sigma_j^2 + B_j^2 V_mu, B_j = sigma_j^2 / v_j
+        s2 = np.asarray(post.sigma2, np.float64)
+        v = s2 + tau2
+        return np.sqrt(tau2 / v * s2 + (s2 / v) ** 2 * v_mu)
+    return np.sqrt(v_mu + (0.0 if param == "mu" else tau2))[:, 0]
+
+
+def _check_rounding(post: Posterior, param: str, values):
+    """Warn (naming the datasets) where casting ``values`` (float64, user units, ``[B, ...]``)
+    to the compute dtype moves one by more than the dtype's accuracy goal in posterior sds:
+    the computation keeps its accuracy under any offset, but float32 cannot hold
+    ``-3e4 +- 1e-1`` to 1e-4 of the sd (:func:`hierjax.fit` sets ``output_rounded``)."""
+    dt = np.dtype(_dtype(post))
+    if param not in _LOCATION or dt == np.float64:
+        return
+    sd = _typical_sd(post, param)
+    unit = post.scale.reshape((-1,) + (1,) * (sd.ndim - 1)) * sd
+    unit = unit.reshape(unit.shape + (1,) * (values.ndim - unit.ndim))
+    moved = np.abs(values.astype(dt).astype(np.float64) - values) / unit     # nan: False
+    bad = np.nonzero((moved > GOAL[dt.itemsize * 8]).reshape(moved.shape[0], -1).any(axis=1))[0]
+    if bad.size:
+        names = ", ".join(str(post.names[b]) for b in bad[:5]) + (" ..." if bad.size > 5 else "")
+        worst = np.nanmax(moved[bad])
+        warnings.warn(f"{param} for {bad.size} dataset(s) ({names}) cannot be held in {dt} "
+                      f"to {GOAL[dt.itemsize * 8]:g} of a posterior sd (off by up to "
+                      f"{worst:.2g} sd after the cast): compute in float64 "
+                      "(jax_enable_x64, or hierjax --x64)", stacklevel=3)
+
+
 def quantile(post: Posterior, param: str, p, *, sigma_new=None):
     """Posterior quantiles of ``param`` at levels ``p`` (scalar or ``[P]``), user units.
 
@@ -684,14 +722,18 @@ def quantile(post: Posterior, param: str, p, *, sigma_new=None):
     tau: Newton on the Chebyshev CDF (:func:`hierjax.summaries.tau_quantile`); I^2: the
     tau quantile mapped by ``tau^2 / (tau^2 + s^2)``. For mu and theta_new the outermost
     levels are checked against the 2n-rule, with a warning naming the datasets where a
-    quantile moves by more than ``0.25 sqrt(eps)`` sd (far tails of few-group posteriors).
+    quantile moves by more than ``0.25 sqrt(eps)`` sd (far tails of few-group posteriors);
+    for every location parameter, also where the compute dtype cannot hold a quantile to
+    its accuracy goal (float32 data far from 0 relative to their sd: ``output_rounded``).
 
     Returns:
         ``[B, P]`` (``[B, J, P]`` per group); the ``P`` axis dropped for a scalar ``p``.
     """
     (q, _), scalar = _level_op(post, param, p, sigma_new, "quantile")
     _check_far_quantiles(post, param, q, p)
-    return _finish(post, param, _from_std(post, param, np.asarray(q, np.float64)), scalar)
+    out = _from_std(post, param, np.asarray(q, np.float64))
+    _check_rounding(post, param, out)
+    return _finish(post, param, out, scalar)
 
 
 def interval(post: Posterior, param: str, level=0.95, kind: str = "central", *, sigma_new=None):
@@ -717,8 +759,9 @@ def interval(post: Posterior, param: str, level=0.95, kind: str = "central", *, 
         lo, hi, scalar = q[..., :lv.size], q[..., lv.size:], lv.ndim == 0
     else:
         (lo, hi, _), scalar = _level_op(post, param, level, sigma_new, kind)
-    return (_finish(post, param, _from_std(post, param, np.asarray(lo, np.float64)), scalar),
-            _finish(post, param, _from_std(post, param, np.asarray(hi, np.float64)), scalar))
+    lo, hi = (_from_std(post, param, np.asarray(a, np.float64)) for a in (lo, hi))
+    _check_rounding(post, param, np.stack([lo, hi], axis=-1))
+    return _finish(post, param, lo, scalar), _finish(post, param, hi, scalar)
 
 
 # --------------------------------------------------------------------------- predictive

@@ -430,3 +430,31 @@ def test_far_quantiles_warn_or_agree():
         warnings.simplefilter("error")
         quantile(hierjax.posterior(np.array(EIGHT_Y), np.array(EIGHT_S)), "theta_new",
                  [0.025, 0.975])
+
+
+def test_float32_rounding_warns():
+    """float32 cannot hold the eight schools' quantiles at an offset of -1e5 to 1e-4 sd (half
+    an ulp there is ~8e-4 sd): quantile and interval warn, naming that dataset and only it
+    (hierjax.fit flags it ``output_rounded``). float64 holds it silently."""
+    import warnings
+
+    from hierjax.posterior import interval, quantile
+
+    shifted = np.array(EIGHT_Y) - 1e5
+    post = hierjax.posterior(np.stack([np.array(EIGHT_Y), shifted]),
+                             np.stack([np.array(EIGHT_S)] * 2), names=["plain", "shifted"],
+                             dtype=np.float32)
+    for param in ("mu", "theta", "theta_new", "y_rep"):
+        with pytest.warns(UserWarning, match=r"1 dataset\(s\) \(shifted\) cannot be held"):
+            quantile(post, param, [0.25, 0.5, 0.975])
+    with pytest.warns(UserWarning, match=r"mu for 1 dataset\(s\) \(shifted\)"):
+        interval(post, "mu", 0.95)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quantile(post, "tau", [0.25, 0.5])         # a scale, not a location: holds
+        plain = hierjax.posterior(np.array(EIGHT_Y), np.array(EIGHT_S), dtype=np.float32)
+        quantile(plain, "theta", [0.025, 0.5, 0.975])
+        interval(plain, "theta_new", [0.5, 0.95])
+        if X64:
+            wide = hierjax.posterior(shifted, np.array(EIGHT_S))
+            quantile(wide, "theta", [0.025, 0.5, 0.975])
