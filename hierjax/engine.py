@@ -145,9 +145,9 @@ def fit_dataset(y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPri
 
     # The moments of mu and theta_new (n-rule) against the 2n-rule's: heavy tails (J = 5
     # under a uniform prior: E[tau^2] has a tau^-2 integrand) show here first.
-    def moment_error(mg: Marginal, m_f, v_f, scale):
-        mean_f = jnp.sum(w_fine * m_f)
-        sd_f = jnp.sqrt(jnp.sum(w_fine * (v_f + (m_f - mean_f) ** 2)))
+    def moment_error(mg: Marginal, m_f, v_f, scale, w_f=w_fine):
+        mean_f = jnp.sum(w_f * m_f)
+        sd_f = jnp.sqrt(jnp.sum(w_f * (v_f + (m_f - mean_f) ** 2)))
         unit = jnp.where(mg.sd_exists, sd_f, scale)
         e_mean = jnp.where(mg.mean_exists, jnp.abs(mg.mean - mean_f) / unit, 0.0)
         e_sd = jnp.where(mg.sd_exists, jnp.abs(mg.sd - sd_f) / sd_f, 0.0)
@@ -156,20 +156,27 @@ def fit_dataset(y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPri
     m_err = jnp.maximum(
         moment_error(mu, fine.mean, fine.var, jnp.sqrt(grid.mu.var[k])),
         moment_error(new, fine.mean, tau2_fine + fine.var, jnp.sqrt(tau2[k] + grid.mu.var[k])))
-    if fast:
-        # The fast grid also checks each theta_j's mean, sd and outermost quantiles (in units
-        # of its posterior sd): on 30 random datasets against quad, a theta_j sd (J = 6) and
-        # tail quantiles (J = 15) were 1.0-1.6e-8 sd off with every mu / theta_new check
-        # passing (the general grid, whose theta_j the reference tests cover, was exact).
-        theta_m_f, theta_v_f = jax.vmap(lambda t2, mm, mv: theta_given_tau(
-            t2, y, sigma2, fine._replace(mean=mm, var=mv)))(tau2_fine, fine.mean, fine.var)
-        theta_err = jax.vmap(moment_error, in_axes=(0, 1, 1, 0))(
-            theta, theta_m_f, theta_v_f, theta.sd)
-        m_err = jnp.maximum(m_err, jnp.max(jnp.where(mask, theta_err, 0.0)))
+    # Each theta_j's mean and sd against the 2n-rule too (in units of its posterior sd),
+    # and on the fast grid its outermost quantiles: on random datasets against quad, with
+    # every mu / theta_new check passing, the fast grid had a theta_j sd (J = 6) and tail
+    # quantiles (J = 15) 1.0-1.6e-8 sd off, and the general grid the sd of a group whose
+    # sigma_j is ~1600x the smallest 2.9e-8 off (J = 6, uniform prior: its variance
+    # jumps where tau reaches sigma_j, far out in p(tau | y)'s tail).
+    # (the 2n-rule's even nodes are the n-rule's: theta_j only at its odd nodes)
+    theta_m_odd, theta_v_odd = jax.vmap(lambda t2, mm, mv: theta_given_tau(
+        t2, y, sigma2, fine._replace(mean=mm, var=mv)))(
+            tau2_fine[1::2], fine.mean[1::2], fine.var[1::2])
+    # the 2n-rule with its even nodes first (sums do not care about the order)
+    w_f_even_odd = jnp.concatenate([w_fine[::2], w_fine[1::2]])
+    theta_m_f = jnp.concatenate([theta_m, theta_m_odd])
+    theta_v_f = jnp.concatenate([theta_v, theta_v_odd])
+    theta_err = jax.vmap(moment_error, in_axes=(0, 1, 1, 0, None))(
+        theta, theta_m_f, theta_v_f, theta.sd, w_f_even_odd)
+    m_err = jnp.maximum(m_err, jnp.max(jnp.where(mask, theta_err, 0.0)))
     if fast and not moments_only:
         q_err_theta = jax.vmap(
-            lambda q, m, v, m_f, v_f, sc: quantile_error(q, levels, w, m, jnp.sqrt(v), w_fine,
-                                                         m_f, jnp.sqrt(v_f), sc),
+            lambda q, m, v, m_f, v_f, sc: quantile_error(q, levels, w, m, jnp.sqrt(v),
+                                                         w_f_even_odd, m_f, jnp.sqrt(v_f), sc),
             in_axes=(0, 1, 1, 1, 1, 0))(theta.quantiles, theta_m, theta_v, theta_m_f, theta_v_f,
                                         theta.sd)
         q_err = jnp.maximum(q_err, jnp.max(jnp.where(mask, q_err_theta, 0.0)))
@@ -317,8 +324,10 @@ def fit(y, sigma=None, *, tau_prior="uniform", mu_prior="flat",
             default (None) datasets with few groups and a light enough tau tail
             (:func:`_fast_grid_applies`) are first fitted on the fast grid (half the nodes,
             :func:`hierjax.grid.fast_nodes`), and those its error estimates flag, with all
-            the others, on the general grid of :func:`hierjax.grid.default_nodes`; a given
-            ``nodes`` fits every dataset on the general grid of that order.
+            the others, on the general grid of :func:`hierjax.grid.default_nodes`; what that
+            grid's estimates flag in turn is fitted once more with twice its nodes (a few
+            datasets with far-out features: one more compile when it happens). A given
+            ``nodes`` fits every dataset on the general grid of that order, once.
         chunk: datasets vmapped together (default: sized to the CPU's cache, or the whole
             block of up to 2**22 node x group elements on an accelerator).
         dtype: compute dtype (default: float64 under x64 unless the inputs are float32).
@@ -395,7 +404,13 @@ def fit(y, sigma=None, *, tau_prior="uniform", mu_prior="flat",
             results.append((fast_idx[~redo], jax.tree.map(lambda a: a[~redo], out_fast)))
             general = np.concatenate([general, fast_idx[redo]])
         if general.size:
-            results.append((general, run(general, n, None)))
+            out_general = run(general, n, None)
+            redo = (out_general.status & STATUS["grid_unresolved"]) != 0
+            results.append((general[~redo], jax.tree.map(lambda a: a[~redo], out_general)))
+            if redo.any():
+                # a feature far out in p(tau | y)'s tail (a theta_j whose sigma_j is 1e3x the
+                # others'): twice the nodes, then whatever the status says
+                results.append((general[redo], run(general[redo], 2 * n, None)))
         out = jax.tree.map(lambda a: np.empty((B,) + a.shape[1:], a.dtype), results[0][1])
         for index, part in results:
             for o, a in zip(jax.tree.leaves(out), jax.tree.leaves(part)):

@@ -944,3 +944,24 @@ def test_whole_line_map_resolves_eight_schools():
         assert _whole_line_kernel_status(y, sigma, tp, mp) == 0, case
     y, sigma, tp, mp, _ = CASES["sigma-ratio-1e6"]
     assert _whole_line_kernel_status(y, sigma, tp, mp) & hierjax.STATUS["grid_unresolved"]
+
+
+# A group with a standard error ~1600x the smallest: its theta_j's variance jumps where tau
+# reaches sigma_j, far out in p(tau | y)'s tau^-5 tail. On the general grid's 65 nodes its
+# sd was 2.9e-8 sd off with every check of mu and theta_new passing (found by comparing
+# random datasets against quad).
+FAR_GROUP = ((0.039, -123.524, -31.332, 0.047, -0.708, 0.062),
+             (0.0822, 128.9308, 30.4035, 0.4884, 0.6512, 0.0883))
+
+
+def test_far_group_theta_sd_is_checked_and_refitted():
+    """The general grid checks each theta_j's mean and sd against its 2n-rule (it flags this
+    dataset at its default nodes), and :func:`hierjax.fit` refits what it flags with twice
+    the nodes: the default fit matches quad with status ok."""
+    y, sigma = FAR_GROUP
+    f = hierjax.fit(np.array(y), np.array(sigma), quantiles=())
+    _report(compare_fit(f, 0, _ref(y, sigma), None, tol()))
+    assert int(f.status[0]) == 0, hierjax.status_text(int(f.status[0]))
+    if jax.config.jax_enable_x64:       # a 3e-8 sd question
+        g = hierjax.fit(np.array(y), np.array(sigma), quantiles=(), nodes=64)
+        assert int(g.status[0]) & hierjax.STATUS["grid_unresolved"]
