@@ -38,10 +38,10 @@ DEFAULT_LEVELS = (0.025, 0.25, 0.5, 0.75, 0.975)
 #: Per-dataset status bits (0 = ok).
 STATUS = {
     "grid_unresolved": 1,      # n-rule differs from the 2n-rule by > 0.1 sqrt(eps) in a CDF,
-                               # or moves a quantile, the mean or the sd of mu or theta_new
-                               # (on the fast grid also of each theta_j) by > 0.25 sqrt(eps)
-                               # sd: use more nodes (on the fast grid: fit again on the
-                               # general grid)
+                               # or moves a quantile, the mean or the sd of mu or theta_new,
+                               # or the mean or sd of a theta_j (on the fast grid also its
+                               # outer quantiles) by > 0.25 sqrt(eps) sd: use more nodes
+                               # (fit does: fast grid -> general grid -> twice its nodes)
     "tail_truncated": 2,       # mass beyond the dtype's range of tau (improper posterior?)
     "unconverged": 4,          # a solver (quantile, mode, extent) hit its iteration limit
     "invalid": 8,              # skipped input (see Fit.notes)
