@@ -235,6 +235,13 @@ def grid_tau_of_z(z, x0, u_lo, one_minus_u_hi, kappa=KAPPA):
     return jnp.exp(x), x, u, omu
 
 
+def _spread(y, mask):
+    """``(J, (1/J) sum_j (y_j - ybar)^2)`` over the real groups (``J >= 1``), scalars."""
+    n_obs = jnp.maximum(jnp.sum(mask), 1)
+    ybar = jnp.sum(jnp.where(mask, y, 0.0)) / n_obs
+    return n_obs, jnp.sum(jnp.where(mask, (y - ybar) ** 2, 0.0)) / n_obs
+
+
 def _locate(h, y, mask, tau_prior: TauPrior, mu_prior: MuPrior, kappa: float):
     """Steps 1-3 of the module doc: the map ``x = x0 + kappa logit(u)`` on ``[u_lo, u_hi]``.
 
@@ -245,9 +252,7 @@ def _locate(h, y, mask, tau_prior: TauPrior, mu_prior: MuPrior, kappa: float):
     x_min, x_max = _x_limits(dtype)
     drop = _drop(dtype)
     # 1. Locate: scout grid around the data's spread, then Newton inside the bracket.
-    n_obs = jnp.maximum(jnp.sum(mask), 1)
-    ybar = jnp.sum(jnp.where(mask, y, 0.0)) / n_obs
-    spread = jnp.sum(jnp.where(mask, (y - ybar) ** 2, 0.0)) / n_obs
+    _, spread = _spread(y, mask)
     centre = 0.5 * jnp.log(spread + 1e-2)
     scout = centre + jnp.linspace(-_SCOUT_HALF, _SCOUT_HALF, _SCOUT, dtype=dtype)
     h_scout = jax.vmap(h)(scout)
@@ -304,9 +309,7 @@ def _whole_line(y, sigma2, mask, kappa: float):
     """
     dtype = y.dtype
     x_min, x_max = _x_limits(dtype)
-    n_obs = jnp.maximum(jnp.sum(mask), 1)
-    ybar = jnp.sum(jnp.where(mask, y, 0.0)) / n_obs
-    spread = jnp.sum(jnp.where(mask, (y - ybar) ** 2, 0.0)) / n_obs
+    n_obs, spread = _spread(y, mask)
     s2bar = jnp.sum(jnp.where(mask, sigma2, 0.0)) / n_obs
     x0 = 0.5 * jnp.log(spread + s2bar / n_obs)
     u_lo = jax.nn.sigmoid(-(x0 - x_min) / kappa)

@@ -705,6 +705,8 @@ def _check_rounding(post: Posterior, param: str, values):
     unit = post.scale.reshape((-1,) + (1,) * (sd.ndim - 1)) * sd
     unit = unit.reshape(unit.shape + (1,) * (values.ndim - unit.ndim))
     moved = np.abs(values.astype(dt).astype(np.float64) - values) / unit     # nan: False
+    if param in _GROUPED:                  # padded groups hold stand-in values: not judged
+        moved = np.where(post.mask.reshape(post.mask.shape + (1,) * (moved.ndim - 2)), moved, 0.0)
     bad = np.nonzero((moved > GOAL[dt.itemsize * 8]).reshape(moved.shape[0], -1).any(axis=1))[0]
     if bad.size:
         names = ", ".join(str(post.names[b]) for b in bad[:5]) + (" ..." if bad.size > 5 else "")
