@@ -3,7 +3,8 @@
 ``y_j ~ N(theta_j, sigma_j^2)``, ``theta_j ~ N(mu, tau^2)``, ``mu`` flat or normal, ``tau``
 with a prior; tau is integrated out by quadrature, everything else is closed form.
 Importing hierjax changes no global JAX setting: turn on float64 yourself at program
-start (the ``jax_enable_x64`` config flag, or ``JAX_ENABLE_X64=1``).
+start (the ``jax_enable_x64`` config flag, or ``JAX_ENABLE_X64=1``), and keep compiled
+kernels on disk between runs with :func:`use_compilation_cache` (the CLI does).
 
 Optional parts, imported on use: :mod:`hierjax.plotting` (matplotlib, extra ``plots``),
 :mod:`hierjax.nuts` (NumPyro, extra ``nuts``), :func:`to_arviz` (ArviZ, extra ``arviz``).
@@ -11,6 +12,7 @@ Optional parts, imported on use: :mod:`hierjax.plotting` (matplotlib, extra ``pl
 from hierjax.batch import Batch, as_batch
 from hierjax.datasets import beta_blockers, efron_morris, eight_schools, rubin_eight_schools
 from hierjax.simulate import simulate
+from hierjax.cache import use_compilation_cache
 from hierjax.engine import DEFAULT_LEVELS, STATUS, Fit, fit, fit_batch, status_text
 from hierjax.pooling import (CompletePooling, PartialPooling, complete_pooling,
                              complete_pooling_predictive, no_pooling, partial_pooling)
@@ -46,6 +48,6 @@ __all__ = [
     "draws", "Draws", "to_arviz", "evidence", "Evidence", "Estimate",
     "posterior", "Posterior", "PARAMS", "pdf", "cdf", "quantile", "prob_greater", "interval",
     "predictive_prob", "predictive_check", "PredictiveCheck", "shrinkage", "weights", "Weights",
-    "i2", "I2Summary", "pairwise_prob",
+    "i2", "I2Summary", "pairwise_prob", "use_compilation_cache",
 ]
 __version__ = "0.1.0"

@@ -12,14 +12,21 @@ output file.
 ``hierjax plot`` draws the figures of :mod:`hierjax.plotting` (impact of tau, shrinkage,
 densities, forest) for each dataset of a CSV, or the eight schools, into ``--out``;
 without matplotlib it says which extra to install and exits with status 2.
+
+Every command keeps compiled kernels on disk between runs (:mod:`hierjax.cache`) unless
+given ``--no-cache`` or ``HIERJAX_CACHE_DIR=off``.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
 __all__ = ["main"]
+
+#: ``HIERJAX_CACHE_DIR`` values that turn the compilation cache off.
+_OFF = ("off", "0", "no", "false", "none")
 
 
 def _levels(text: str):
@@ -43,7 +50,13 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="hierjax", description=(
         "Exact posterior of the normal-normal hierarchical model (eight schools), batched in JAX."))
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--no-cache", action="store_true",
+                        help="do not keep compiled kernels on disk between runs (default: kept "
+                        "in $HIERJAX_CACHE_DIR or ~/.cache/hierjax, one directory per machine "
+                        "kind; HIERJAX_CACHE_DIR=off also turns it off)")
     f = sub.add_parser("fit", help="fit datasets from a CSV (or the embedded eight schools)",
+                       parents=[common],
                        description="Fit every dataset of a long CSV (columns dataset,y,sigma[,group]); "
                        "with no INPUT, the eight schools and a simulated batch.")
     f.add_argument("input", nargs="?", metavar="INPUT", help="CSV with columns dataset,y,sigma[,group]")
@@ -62,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--out", metavar="OUT.csv", help="write the tidy results table here")
     f.add_argument("--simulate", type=int, default=20000, metavar="B",
                    help="with no INPUT: size of the simulated batch (default 20000; 0 to skip)")
-    g = sub.add_parser("plot", help="draw figures of a dataset (needs matplotlib)",
+    g = sub.add_parser("plot", help="draw figures of a dataset (needs matplotlib)", parents=[common],
                        description="Draw the figures of every dataset of a long CSV (columns "
                        "dataset,y,sigma[,group]); with no INPUT, the eight schools. Files are "
                        "written as OUT/<dataset>-<kind>.<format>.")
@@ -76,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--units", metavar="TEXT", help="unit of y for axis labels (e.g. points)")
     g.add_argument("--format", default="png", choices=("png", "pdf", "svg"), help="file format")
     g.add_argument("--x64", action="store_true", help="compute in float64 (default float32)")
-    _crosscheck_parser(sub)
+    _crosscheck_parser(sub, common)
     return p
 
 
@@ -151,8 +164,9 @@ def _positive_int(text: str) -> int:
     return v
 
 
-def _crosscheck_parser(sub) -> None:
+def _crosscheck_parser(sub, common) -> None:
     c = sub.add_parser("crosscheck", help="compare the exact posterior with NumPyro NUTS",
+                       parents=[common],
                        description="Run NumPyro NUTS (vmapped over datasets and chains) on the eight "
                        "schools or every dataset of a long CSV, and compare its means, sds and "
                        "quantiles with the exact posterior in Monte Carlo standard errors. "
@@ -301,12 +315,16 @@ def _crosscheck(args) -> int:
 
 
 def main(argv=None) -> int:
-    """Entry point of the ``hierjax`` command: x64 if asked (at program start), the priors
-    checked before anything compiles, one-line errors with exit status 2."""
+    """Entry point of the ``hierjax`` command: x64 if asked and the on-disk cache of
+    compiled kernels (:mod:`hierjax.cache`) unless ``--no-cache``, both at program start;
+    the priors checked before anything compiles; one-line errors with exit status 2."""
     args = _parser().parse_args(argv)
     import jax
     if args.x64:
         jax.config.update("jax_enable_x64", True)
+    from hierjax.cache import ENV, use_compilation_cache
+    if not (args.no_cache or os.environ.get(ENV, "").strip().lower() in _OFF):
+        use_compilation_cache()
     from hierjax.priors import InputError, parse_mu_prior, parse_tau_prior
     commands = {"fit": lambda a: _fit_file(a) if a.input else _default_job(a),
                 "plot": _plot, "crosscheck": _crosscheck}

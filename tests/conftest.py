@@ -11,6 +11,7 @@ default levels) is one compiled kernel that several test modules reuse.
 from __future__ import annotations
 
 import csv
+import os
 
 import jax
 import numpy as np
@@ -26,6 +27,10 @@ DEFAULT_DTYPE = np.dtype(np.float64) if X64 else np.dtype(np.float32)
 #: round-off: ~1e-12 in float64; in float32 a few hundred ulps (3e-5), against float32's
 #: own accuracy goal of 1e-4 of a posterior sd.
 BATCH_RTOL = 1e-12 if X64 else 3e-5
+
+# In-process CLI calls (tests/test_cli.py) must not turn on JAX's on-disk cache of compiled
+# kernels for the test process: tests/test_cache.py checks it in subprocesses.
+os.environ["HIERJAX_CACHE_DIR"] = "off"
 
 N_SIM = 20
 SIM_SEED = 3
