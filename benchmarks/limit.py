@@ -12,6 +12,11 @@
 * :func:`moment_kernel_rate`: the moment arithmetic itself written as one fused jitted
   function over ``[B, K, J]`` with fixed tau nodes (no grid search, no solvers): what a
   moments-only kernel could reach in XLA on this machine.
+* :func:`fused_loops`: the number of fused loops in a compiled executable. On a CPU, XLA
+  fuses chains of elementwise operations into one loop, but a reduction (a sum over the
+  groups or the tau nodes) usually ends one, and every loop re-reads its inputs from
+  memory. Recorded beside the cost analysis; benchmarks/xla_passes.py measures how the
+  moment arithmetic's speed depends on how it is written (benchmarks/README.md).
 """
 from __future__ import annotations
 
@@ -19,7 +24,8 @@ import time
 
 import numpy as np
 
-__all__ = ["HAND_COUNT", "best_time", "ceiling", "kernel_cost", "moment_kernel_rate"]
+__all__ = ["HAND_COUNT", "best_time", "ceiling", "fused_loops", "kernel_cost",
+           "moment_kernel_rate"]
 
 #: Moment arithmetic per (tau node k, group j) element, counted by hand from
 #: conditionals.py / engine.fit_dataset / summaries.mixture_summary.
@@ -44,6 +50,12 @@ def best_time(fn, repeats=5, min_total=0.5):
         if i >= 50:
             break
     return best
+
+
+def fused_loops(compiled) -> int:
+    """Fused loops (``fusion`` instructions) in a compiled executable's optimised HLO: for
+    a ``lax.map`` kernel, the loops each chunk runs (plus a few outside the map)."""
+    return compiled.as_text().count(" fusion(")
 
 
 def kernel_cost(J: int, dtype, levels, block: int | None = None):
@@ -92,7 +104,8 @@ def kernel_cost(J: int, dtype, levels, block: int | None = None):
             "flops_per_dataset": float(ca.get("flops", np.nan)) / block,
             "transcendentals_per_dataset": float(ca.get("transcendentals", np.nan)) / block,
             "bytes_per_dataset": float(ca.get("bytes accessed", np.nan)) / block,
-            "aot_compile_s": t_compile, "kernel_only_datasets_per_s": block / t}
+            "aot_compile_s": t_compile, "kernel_only_datasets_per_s": block / t,
+            "fused_loops": fused_loops(timed)}
 
 
 def ceiling(dtype, n_elements: int = 1 << 22, fma_steps: int = 64):
@@ -201,8 +214,8 @@ def moment_kernel_rate(J: int, dtype, K: int, B: int = 4096):
         pgt = w @ (0.5 * erfc(-m * jax.lax.rsqrt(var) * 0.7071067811865476))
         return mean, jnp.sqrt(second - mean * mean), pgt, w @ mh
 
-    f = jax.jit(jax.vmap(one))
+    f = jax.jit(jax.vmap(one)).lower(y, s2).compile()
     jax.block_until_ready(f(y, s2))
     t = best_time(lambda: jax.block_until_ready(f(y, s2)))
     return {"moment_kernel_elements_per_s": B * K * J / t,
-            "moment_kernel_datasets_per_s": B / t}
+            "moment_kernel_datasets_per_s": B / t, "moment_kernel_fused_loops": fused_loops(f)}

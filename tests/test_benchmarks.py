@@ -164,7 +164,21 @@ def test_limit_small():
     _finite_positive(c["op_elements_per_s"], ["fma", "div", "log", "log1p", "log1p_kernel",
                                               "exp", "sqrt", "erfc", "ndtr"])
     m = limit.moment_kernel_rate(8, DTYPE, 9, B=16)
-    _finite_positive(m, ["moment_kernel_elements_per_s", "moment_kernel_datasets_per_s"])
+    _finite_positive(m, ["moment_kernel_elements_per_s", "moment_kernel_datasets_per_s",
+                         "moment_kernel_fused_loops"])
+
+
+def test_xla_passes_variants_agree(capsys):
+    """benchmarks/xla_passes.py: the four ways of writing the moment arithmetic compute the
+    same E[theta_j] (to round-off) and report a rate and a loop count each."""
+    import xla_passes
+    xla_passes.main(["--B", "64", "--chunk", "16", "--K", "9"] + (["--x64"] if X64 else []))
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [ln.split()[0] for ln in lines] == ["vmap", "batch_last", "unrolled", "dots"]
+    for ln in lines:
+        rate, loops, diff = float(ln.split()[5]), int(ln.split()[7]), float(ln.split()[-1])
+        assert rate > 0 and loops > 0
+        assert diff < (1e-12 if X64 else 1e-4), ln
 
 
 def _history(tmp_path, factor):
