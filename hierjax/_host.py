@@ -94,12 +94,15 @@ class Prepared(NamedTuple):
         """:func:`block_slices` of this batch."""
         return block_slices(self.batch.y.shape[0], self.size)
 
-    def block(self, sl):
-        """``(y, sigma2, mask, threshold, tau_prior, mu_prior)`` of a block, on the device."""
+    def block(self, sl, width: Optional[int] = None):
+        """``(y, sigma2, mask, threshold, tau_prior, mu_prior)`` of a block, on the device;
+        only the first ``width`` groups (all by default: the caller knows the rest are
+        padding)."""
         def take(a):
             return a[sl]
-        return (self.cast(self.st.y[sl]), self.cast(self.st.sigma2[sl]),
-                jnp.asarray(self.work.mask[sl]), self.cast(self.st.threshold[sl]),
+        cols = slice(None, width)
+        return (self.cast(self.st.y[sl, cols]), self.cast(self.st.sigma2[sl, cols]),
+                jnp.asarray(self.work.mask[sl, cols]), self.cast(self.st.threshold[sl]),
                 jax.tree.map(take, self.tau_std), jax.tree.map(take, self.mu_std))
 
 

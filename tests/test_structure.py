@@ -304,6 +304,48 @@ def test_pad_to_larger_J_changes_nothing(hc_runs):
     assert not got.mask[:, 8:].any()
 
 
+def test_bucket_widths():
+    """Each dataset's width holds its last real group (holes included); widths shared by
+    fewer than ``min_bucket`` datasets join the next wider one, up to J."""
+    J = 64
+    last = np.array([3, 8, 9, 16, 17, 40, 64, 5, 2])
+    mask = np.arange(J)[None, :] < last[:, None]
+    mask[7, :] = False
+    mask[7, [0, 1, 30]] = True                     # three groups, the last in column 31
+    np.testing.assert_array_equal(engine.bucket_widths(mask, 1),
+                                  [8, 8, 16, 16, 32, 64, 64, 32, 8])
+    np.testing.assert_array_equal(engine.bucket_widths(mask, 3),     # 16 joins 32
+                                  [8, 8, 32, 32, 32, 64, 64, 32, 8])
+    np.testing.assert_array_equal(engine.bucket_widths(mask, 4),     # 8: 3, 16: 5, 32: 2
+                                  [16, 16, 16, 16, 64, 64, 64, 64, 16])
+    np.testing.assert_array_equal(engine.bucket_widths(mask, 100), [J] * 9)
+    np.testing.assert_array_equal(engine.bucket_widths(mask[:, :8] & False, 1), [8] * 9)
+
+
+def test_narrow_kernels_change_nothing(hc_runs, sim, monkeypatch):
+    """A ragged batch fitted by kernels of its datasets' own widths (``min_bucket=1``)
+    agrees with the same batch at one width; the kernels see 8- and 16-wide blocks.
+    (The half-Cauchy B = 6 shapes of ``hc_runs``: nothing new to compile.)"""
+    big = hierjax.simulate(6, 12, seed=11)
+    ys = [sim.y[0, :3], big.y[0], sim.y[1], big.y[1, :10], sim.y[2, :5], sim.y[3, :7]]
+    ss = [sim.sigma[0, :3], big.sigma[0], sim.sigma[1], big.sigma[1, :10], sim.sigma[2, :5],
+          sim.sigma[3, :7]]
+    want = hierjax.fit(ys, ss, tau_prior="half-cauchy:5")
+    widths = []
+    real = engine.fit_standardized
+
+    def spy(y, *args, **kwargs):
+        widths.append(int(y.shape[1]))
+        return real(y, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "fit_standardized", spy)
+    got = hierjax.fit(ys, ss, tau_prior="half-cauchy:5", min_bucket=1)
+    assert set(widths) == {8, 16}, widths
+    assert got.theta.mean.shape == want.theta.mean.shape == (6, 16)
+    assert_fits_equal(got, want, what="widths 8 and 16 vs 16: ")
+    assert np.all(np.isnan(got.theta.quantiles[0, 3:]))
+
+
 # --------------------------------------------------------------------------------------
 # dtypes and global configuration
 # --------------------------------------------------------------------------------------
