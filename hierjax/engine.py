@@ -4,11 +4,12 @@
 :func:`fit_standardized` maps it over a batch with ``jax.lax.map(batch_size=chunk)``
 inside a single module-level ``jax.jit``. :func:`fit` is the convenient layer:
 host-side checks and standardisation in float64, then the batch in fixed-shape blocks
-(padded with benign stand-ins to a power of two, or to whole blocks and eighths of one;
-on a CPU run concurrently by one host thread per core), so each kernel (the fast grid,
-the general grid) compiles once per (J, prior types, dtype, block shape) whatever B is
-and a call never holds more than one chunk's intermediates (a chunk is sized to the
-CPU's cache); then the map back to the user's units.
+(a power of two, or whole blocks and eighths of one, padded with repeats; on a CPU run
+concurrently by one host thread per core; a ragged batch's large width buckets on
+narrower kernels), so each kernel (the fast grid, the general grid) compiles once per
+(J, prior types, dtype, block shape) whatever B is and a call never holds more than one
+chunk's intermediates (a chunk is sized to the CPU's cache); then the map back to the
+user's units.
 """
 from __future__ import annotations
 
@@ -368,15 +369,16 @@ def fit(y, sigma=None, *, tau_prior="uniform", mu_prior="flat",
         raise InputError(f"quantile levels must lie strictly between 0 and 1, got {list(levels)}")
     if chunk is not None and int(chunk) < 1:
         raise InputError(f"chunk must be a positive integer, got {chunk}")
-    # Fixed shapes: the batch is padded with benign stand-ins (invalid datasets are
-    # replaced by them too) to a power of two below one block, or to whole blocks; the
-    # jitted kernel then sees [size, J] blocks whatever B is, and compiles once per J.
+    # Fixed shapes: invalid datasets are replaced by benign stand-ins, and the kernel runs
+    # on pieces of `size` datasets (a power of two below one block, or whole blocks) or
+    # eighths of one, padded with repeats (see run below): it compiles once per J and
+    # piece shape whatever B is.
     prep = prepare(y, sigma, tau_prior=tau_prior, mu_prior=mu_prior, mask=mask, names=names,
                    groups=groups, nodes=nodes, chunk=None, dtype=dtype,
-                   skip_invalid=skip_invalid, default_chunk=_block_for(chunk), pad_blocks=True)
-    batch, bad, problems, st, n, size = (prep.batch, prep.bad, prep.problems, prep.st, prep.n,
-                                         prep.size)
+                   skip_invalid=skip_invalid, default_chunk=_block_for(chunk))
+    batch, bad, problems, st, n = prep.batch, prep.bad, prep.problems, prep.st, prep.n
     B, J = batch.y.shape
+    size = prep.size if B >= prep.size else 1 << max(0, B - 1).bit_length()
     Q = levels.shape[0]
     backend = jax.default_backend()
     workers = _host_workers() if backend == "cpu" else 1
@@ -449,7 +451,6 @@ def fit(y, sigma=None, *, tau_prior="uniform", mu_prior="flat",
     for index, part in results:
         for o, a in zip(jax.tree.leaves(out), jax.tree.leaves(part)):
             o[index] = a
-    st = jax.tree.map(lambda a: a[:B], st)
     return _to_user_units(out, st, batch, bad, problems, levels, prep.dtype)
 
 
