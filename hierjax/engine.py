@@ -378,7 +378,6 @@ def fit(y, sigma=None, *, tau_prior="uniform", mu_prior="flat",
                    skip_invalid=skip_invalid, default_chunk=_block_for(chunk))
     batch, bad, problems, st, n = prep.batch, prep.bad, prep.problems, prep.st, prep.n
     B, J = batch.y.shape
-    size = prep.size if B >= prep.size else 1 << max(0, B - 1).bit_length()
     Q = levels.shape[0]
     backend = jax.default_backend()
     workers = _host_workers() if backend == "cpu" else 1
@@ -393,7 +392,8 @@ def fit(y, sigma=None, *, tau_prior="uniform", mu_prior="flat",
         of a block, not a whole one. On a CPU the pieces run in a pool of host threads,
         one per core: each call is mostly sequential small ops, so concurrent calls fill
         the cores that one call leaves idle (+20-30% on 2 cores)."""
-        size_w = size if width == J else min(size, _block_for(chunk)(n + 1, width))
+        block = _block_for(chunk)(n + 1, width)
+        size_w = block if B >= block else 1 << max(0, B - 1).bit_length()
         eighth = max(1, size_w // 8)
         full = (index.size // size_w) * size_w
         rest = -(-(index.size - full) // eighth) * eighth

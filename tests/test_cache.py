@@ -91,4 +91,3 @@ def test_cli_cache_location_and_off_switches(tmp_path):
     assert not (tmp_path / "flag").exists()
     run(cli, **{ENV: "off"})
     assert not (tmp_path / "off").exists()
-
