@@ -97,6 +97,13 @@ CASES = {
     # the standardised origin (the Fisher-weighted mean), where float32's ulp is ~1e-4 sd
     "precise-groups-apart": ((1.0, -1.0, 0.3, -0.8, 2.1, 0.4, -1.5, 1.2),
                              (1e-3, 1e-3, 1.0, 1.3, 0.9, 1.1, 1.6, 1.2), "uniform", "flat", None),
+    # every y_j the same (no spread: the whole-line map centres on the sigma_j alone);
+    # two clusters of groups far apart (tau ~ 10 sigma_j)
+    "identical-y": ((3.0,) * 5, (1.0, 2.0, 1.5, 1.0, 3.0), "uniform", "flat", None),
+    "two-clusters": ((-10.0,) * 4 + (10.0,) * 4, (1.0,) * 8, "uniform", "flat", None),
+    # one and two groups, possible with proper priors only
+    "J1-halfnormal-normal": ((2.0,), (1.0,), "half-normal:1", "normal:0,10", None),
+    "J2-halfcauchy-normal": ((-1.0, 5.0), (0.5, 0.5), "half-cauchy:2", "normal:0,5", None),
     # large J: a needle-sharp p(tau | y)
     "J300-uniform-flat": J300 + ("uniform", "flat", _some_groups(*J300)),
     "J3000-uniform-flat": J3000 + ("uniform", "flat", _some_groups(*J3000)),
@@ -906,7 +913,8 @@ def test_fast_grid_theta_exact_or_sent_back(case):
 # where it says so.
 MOMENTS_CASES = ["eight-uniform-flat", "eight-halfcauchy5-normal05", "mode-at-zero",
                  "eight-1e-6-uniform-flat", "eight-1e6-halfcauchy-normal", "eight-offset-1e4",
-                 "sigma-ratio-1e6", "precise-groups-apart"]
+                 "sigma-ratio-1e6", "precise-groups-apart", "identical-y",
+                 "J1-halfnormal-normal"]
 
 
 def _whole_line_kernel_status(y, sigma, tp, mp):
