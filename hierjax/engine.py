@@ -543,7 +543,7 @@ def bucket_widths(mask, min_bucket: int = MIN_BUCKET):
     """
     B, J = mask.shape
     last = np.where(mask.any(axis=1), J - np.argmax(mask[:, ::-1], axis=1), 1)
-    own = np.minimum(np.maximum(8, 2 ** np.ceil(np.log2(last)).astype(np.int64)), J)
+    own = np.minimum(np.maximum(8, 2 ** np.ceil(np.log2(last)).astype(np.int64)), J)  # padded_size
     out = np.full(B, J, np.int64)
     waiting = np.zeros(B, bool)
     for w in np.unique(own):
