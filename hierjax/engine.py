@@ -370,9 +370,9 @@ def fit(y, sigma=None, *, tau_prior="uniform", mu_prior="flat",
     if chunk is not None and int(chunk) < 1:
         raise InputError(f"chunk must be a positive integer, got {chunk}")
     # Fixed shapes: invalid datasets are replaced by benign stand-ins, and the kernel runs
-    # on pieces of `size` datasets (a power of two below one block, or whole blocks) or
-    # eighths of one, padded with repeats (see run below): it compiles once per J and
-    # piece shape whatever B is.
+    # on whole blocks (or, below one block, the next power of two of B) and eighths of
+    # one, padded with repeats (see run below): it compiles once per width and piece
+    # shape whatever B is.
     prep = prepare(y, sigma, tau_prior=tau_prior, mu_prior=mu_prior, mask=mask, names=names,
                    groups=groups, nodes=nodes, chunk=None, dtype=dtype,
                    skip_invalid=skip_invalid, default_chunk=_block_for(chunk))
