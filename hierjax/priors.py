@@ -73,6 +73,37 @@ def _leaf(value):
     return np.asarray(value, dtype=np.float64)
 
 
+def _pytree(cls):
+    """Register the frozen dataclass ``cls`` as a pytree: fields with ``metadata static``
+    are static (part of the tree structure), the others are leaves.
+
+    Not ``jax.tree_util.register_dataclass``: in jaxlib 0.10 the tree structures of two
+    classes registered that way compare *equal* when their fields match (their hashes
+    differ), and ``jax.jit``'s dispatch cache then runs one class's executable for the
+    other when their hashes meet in its table. A half-normal fit came back, with status
+    ok, as the half-Cauchy posterior of the same data. Nodes registered with
+    ``register_pytree_with_keys`` compare by class (``tests/test_structure.py`` checks
+    every pair of families).
+    """
+    fields = dataclasses.fields(cls)
+    data = tuple(f.name for f in fields if not f.metadata.get("static", False))
+    meta = tuple(f.name for f in fields if f.metadata.get("static", False))
+    keys = tuple(jax.tree_util.GetAttrKey(k) for k in data)
+
+    def flatten_with_keys(p):
+        return ([(k, getattr(p, n)) for k, n in zip(keys, data)],
+                tuple(getattr(p, n) for n in meta))
+
+    def flatten(p):
+        return [getattr(p, n) for n in data], tuple(getattr(p, n) for n in meta)
+
+    def unflatten(aux, leaves):
+        return cls(**dict(zip(data, leaves)), **dict(zip(meta, aux)))
+
+    jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)
+    return cls
+
+
 class TauPrior:
     """Base class of tau priors (documentation and ``isinstance`` only)."""
 
@@ -100,7 +131,7 @@ def _positive(name, value, prior):
         raise InputError(f"{prior}: {name} must be a positive finite number, got {value!r}")
 
 
-@jax.tree_util.register_dataclass
+@_pytree
 @dataclasses.dataclass(frozen=True)
 class Uniform(TauPrior):
     r"""Improper uniform prior :math:`p(\tau) \propto 1` on :math:`[0, \infty)` (BDA3's choice).
@@ -120,7 +151,7 @@ class Uniform(TauPrior):
         return self
 
 
-@jax.tree_util.register_dataclass
+@_pytree
 @dataclasses.dataclass(frozen=True)
 class HalfNormal(TauPrior):
     r"""Half-normal prior :math:`p(\tau) = \frac{2}{S\sqrt{2\pi}} e^{-\tau^2 / 2S^2}`."""
@@ -141,7 +172,7 @@ class HalfNormal(TauPrior):
         _positive("scale", self.scale, "half-normal")
 
 
-@jax.tree_util.register_dataclass
+@_pytree
 @dataclasses.dataclass(frozen=True)
 class HalfCauchy(TauPrior):
     r"""Half-Cauchy prior :math:`p(\tau) = \frac{2}{\pi S (1 + \tau^2/S^2)}` (Gelman 2006)."""
@@ -162,7 +193,7 @@ class HalfCauchy(TauPrior):
         _positive("scale", self.scale, "half-cauchy")
 
 
-@jax.tree_util.register_dataclass
+@_pytree
 @dataclasses.dataclass(frozen=True)
 class HalfT(TauPrior):
     r"""Half Student-t prior with ``df`` degrees of freedom and scale ``S``.
@@ -194,7 +225,7 @@ class HalfT(TauPrior):
         _positive("scale", self.scale, "half-t")
 
 
-@jax.tree_util.register_dataclass
+@_pytree
 @dataclasses.dataclass(frozen=True)
 class Exponential(TauPrior):
     r"""Exponential prior :math:`p(\tau) = \lambda e^{-\lambda \tau}`."""
@@ -214,7 +245,7 @@ class Exponential(TauPrior):
         _positive("rate", self.rate, "exponential")
 
 
-@jax.tree_util.register_dataclass
+@_pytree
 @dataclasses.dataclass(frozen=True)
 class CustomTau(TauPrior):
     r"""A user-supplied JAX log-density ``logpdf(tau)`` for tau in the data's units.
@@ -305,7 +336,7 @@ def _log(x):
     return jnp.log(x)
 
 
-@jax.tree_util.register_dataclass
+@_pytree
 @dataclasses.dataclass(frozen=True)
 class UniformSqrt(TauPrior):
     r"""Improper uniform prior on :math:`\sqrt\tau`: :math:`p(\tau) \propto \tau^{-1/2}`.
@@ -325,7 +356,7 @@ class UniformSqrt(TauPrior):
         return self
 
 
-@jax.tree_util.register_dataclass
+@_pytree
 @dataclasses.dataclass(frozen=True)
 class HalfLogistic(TauPrior):
     r"""Half-logistic prior (bayesmeta ``dhalflogistic``; Johnson et al. 1994, ch. 23.11).
@@ -350,7 +381,7 @@ class HalfLogistic(TauPrior):
         _positive("scale", self.scale, "half-logistic")
 
 
-@jax.tree_util.register_dataclass
+@_pytree
 @dataclasses.dataclass(frozen=True)
 class Lomax(TauPrior):
     r"""Lomax (Pareto II) prior (bayesmeta ``dlomax``), shape :math:`\alpha`, scale :math:`\lambda`.
@@ -381,7 +412,7 @@ class Lomax(TauPrior):
         _positive("scale", self.scale, "lomax")
 
 
-@jax.tree_util.register_dataclass
+@_pytree
 @dataclasses.dataclass(frozen=True)
 class Rayleigh(TauPrior):
     r"""Rayleigh prior (bayesmeta ``drayleigh``): :math:`p(\tau) = \frac{\tau}{S^2} e^{-\tau^2/2S^2}`."""
@@ -402,7 +433,7 @@ class Rayleigh(TauPrior):
         _positive("scale", self.scale, "rayleigh")
 
 
-@jax.tree_util.register_dataclass
+@_pytree
 @dataclasses.dataclass(frozen=True)
 class LogNormal(TauPrior):
     r"""Log-normal prior on tau: :math:`\log\tau \sim N(m, s^2)`.
@@ -438,7 +469,7 @@ class LogNormal(TauPrior):
         _positive("sigma", self.sigma, "log-normal")
 
 
-@jax.tree_util.register_dataclass
+@_pytree
 @dataclasses.dataclass(frozen=True)
 class InvGammaTau2(TauPrior):
     r"""Inverse-gamma prior on the variance: :math:`\tau^2 \sim IG(a, b)`, as a density of tau.
@@ -564,7 +595,7 @@ class _VectorDataPrior(DataTauPrior):
         return mask, k, _log_v(self.sigma2, tau)
 
 
-@jax.tree_util.register_dataclass
+@_pytree
 @dataclasses.dataclass(frozen=True)
 class Jeffreys(_VectorDataPrior):
     r"""Tibshirani's (1989) noninformative prior, the Berger-Bernardo reference prior for tau
@@ -591,7 +622,7 @@ class Jeffreys(_VectorDataPrior):
         return 0.5 * logsumexp(jnp.where(mask, 2.0 * (jnp.log(tau) - lv), -jnp.inf))
 
 
-@jax.tree_util.register_dataclass
+@_pytree
 @dataclasses.dataclass(frozen=True)
 class OverallJeffreys(_VectorDataPrior):
     r"""The "overall" Jeffreys prior of bayesmeta (``"overallJeffreys"``; Mathur 2025's
@@ -638,7 +669,7 @@ class OverallJeffreys(_VectorDataPrior):
         return self.log_norm + self._log_unnorm(jnp.log(tau), lv, mask, jnp)
 
 
-@jax.tree_util.register_dataclass
+@_pytree
 @dataclasses.dataclass(frozen=True)
 class BergerDeely(_VectorDataPrior):
     r"""Berger and Deely's (1988) prior, bayesmeta's ``"BergerDeely"`` (improper):
@@ -665,7 +696,7 @@ class BergerDeely(_VectorDataPrior):
         return jnp.log(tau) - jnp.sum(jnp.where(mask, lv, 0.0)) / k
 
 
-@jax.tree_util.register_dataclass
+@_pytree
 @dataclasses.dataclass(frozen=True)
 class Conventional(_VectorDataPrior):
     r"""The "conventional" prior of bayesmeta (proper; for testing and model selection):
@@ -726,7 +757,7 @@ class _ScalarDataPrior(DataTauPrior):
             _positive("s2", self.s2, type(self).__name__)
 
 
-@jax.tree_util.register_dataclass
+@_pytree
 @dataclasses.dataclass(frozen=True)
 class DuMouchel(_ScalarDataPrior):
     r"""DuMouchel's prior (Spiegelhalter et al. 2004, sec. 5.7.3; bayesmeta ``"DuMouchel"``):
@@ -752,7 +783,7 @@ class DuMouchel(_ScalarDataPrior):
         return ls0 - 2.0 * jnp.logaddexp(ls0, jnp.log(tau))
 
 
-@jax.tree_util.register_dataclass
+@_pytree
 @dataclasses.dataclass(frozen=True)
 class UniformShrinkage(_ScalarDataPrior):
     r"""The uniform shrinkage prior (Spiegelhalter et al. 2004, sec. 5.7.3; bayesmeta
@@ -778,7 +809,7 @@ class UniformShrinkage(_ScalarDataPrior):
         return _LOG2 + ls2 + jnp.log(tau) - 2.0 * jnp.logaddexp(ls2, 2.0 * jnp.log(tau))
 
 
-@jax.tree_util.register_dataclass
+@_pytree
 @dataclasses.dataclass(frozen=True)
 class UniformI2(_ScalarDataPrior):
     r"""Uniform prior on ``I^2 = tau^2 / (hat sigma^2 + tau^2)`` (bayesmeta ``"I2"``):
@@ -820,7 +851,7 @@ class MuPrior:
         pass
 
 
-@jax.tree_util.register_dataclass
+@_pytree
 @dataclasses.dataclass(frozen=True)
 class FlatMu(MuPrior):
     r"""Improper flat prior :math:`p(\mu) \propto 1` (BDA3 sec. 5.4, the default)."""
@@ -831,7 +862,7 @@ class FlatMu(MuPrior):
         return self
 
 
-@jax.tree_util.register_dataclass
+@_pytree
 @dataclasses.dataclass(frozen=True)
 class NormalMu(MuPrior):
     r"""Normal prior :math:`\mu \sim N(m, s^2)`."""

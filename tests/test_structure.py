@@ -304,6 +304,60 @@ def test_pad_to_larger_J_changes_nothing(hc_runs):
     assert not got.mask[:, 8:].any()
 
 
+# One spec per prior family; the data-dependent ones are bound to three sigma_j.
+TAU_SPECS = ("uniform", "half-normal:1", "half-cauchy:1", "half-t:3,1", "exponential:1",
+             "sqrt", "half-logistic:1", "lomax:2,1", "rayleigh:1", "log-normal:0,1",
+             "inv-gamma:2,1", "jeffreys", "overall-jeffreys", "berger-deely", "conventional",
+             "dumouchel", "shrinkage", "i2")
+
+
+def _one_of_each_family(scale=1.0):
+    from hierjax.priors import DataTauPrior, parse_mu_prior, parse_tau_prior
+    sigma = np.array([1.0, 2.0, 3.0]) * scale
+    taus = [parse_tau_prior(s) for s in TAU_SPECS]
+    taus = [p.bind(sigma) if isinstance(p, DataTauPrior) else p.rescaled(1.0 / scale)
+            for p in taus]
+    return taus + [parse_tau_prior(lambda t: -t), parse_mu_prior("flat"),
+                   parse_mu_prior(f"normal:0,{scale}")]
+
+
+def test_prior_families_have_distinct_tree_structures():
+    """A prior's family is part of its tree structure (so of every jit cache key), its
+    values are not. With ``register_dataclass`` (jaxlib 0.10) a half-normal and a
+    half-Cauchy prior had *equal* structures, and a half-normal fit once ran the
+    half-Cauchy kernel compiled before it (status ok, the wrong posterior)."""
+    priors = _one_of_each_family()
+    structures = [jax.tree.structure(p) for p in priors]
+    names = [type(p).__name__ for p in priors]
+    assert len(set(names)) == len(names)
+    for i in range(len(priors)):
+        for k in range(i + 1, len(priors)):
+            assert structures[i] != structures[k], (names[i], names[k])
+    # other values, the same families: the same structures (no recompile); the custom
+    # prior's structure holds its function, a new lambda here
+    others = [jax.tree.structure(p) for p in _one_of_each_family(scale=2.5)]
+    assert others[:-3] + others[-2:] == structures[:-3] + structures[-2:]
+
+
+def test_jit_dispatch_tells_prior_classes_apart():
+    """Many classes registered like the priors, with identical fields: ``jax.jit`` runs
+    each one's own executable. Under ``register_dataclass`` 680 of 4000 such calls (2000
+    classes, twice) ran another class's executable, the first at the 14th class."""
+    import dataclasses
+    from hierjax.priors import _pytree
+
+    classes = []
+    for i in range(300):
+        cls = type(f"P{i}", (), {"__annotations__": {"scale": jax.Array},
+                                 "value": lambda self, i=i: self.scale * i})
+        classes.append(_pytree(dataclasses.dataclass(frozen=True)(cls)))
+
+    f = jax.jit(lambda p: p.value())
+    for _ in range(2):
+        got = [int(f(cls(jnp.float32(1.0)))) for cls in classes]
+        assert got == list(range(len(classes)))
+
+
 def test_bucket_widths():
     """Each dataset's width holds its last real group (holes included); widths shared by
     fewer than ``min_bucket`` datasets join the next wider one, up to J."""
