@@ -913,7 +913,8 @@ def test_fast_grid_theta_exact_or_sent_back(case):
 # where it says so.
 MOMENTS_CASES = ["eight-uniform-flat", "eight-halfcauchy5-normal05", "mode-at-zero",
                  "eight-1e-6-uniform-flat", "eight-1e6-halfcauchy-normal", "eight-offset-1e4",
-                 "sigma-ratio-1e6", "precise-groups-apart", "identical-y"]
+                 "sigma-ratio-1e6", "precise-groups-apart", "identical-y",
+                 "J1-halfnormal-normal"]
 
 
 def _whole_line_kernel_status(y, sigma, tp, mp):
