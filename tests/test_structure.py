@@ -326,7 +326,13 @@ def test_prior_families_have_distinct_tree_structures():
     values are not. With ``register_dataclass`` (jaxlib 0.10) a half-normal and a
     half-Cauchy prior had *equal* structures, and a half-normal fit once ran the
     half-Cauchy kernel compiled before it (status ok, the wrong posterior)."""
+    import dataclasses
+    from hierjax import priors as P
+
     priors = _one_of_each_family()
+    families = {c for c in vars(P).values() if isinstance(c, type) and dataclasses.is_dataclass(c)
+                and issubclass(c, (P.TauPrior, P.MuPrior))}
+    assert {type(p) for p in priors} == families, "a prior family is missing here"
     structures = [jax.tree.structure(p) for p in priors]
     names = [type(p).__name__ for p in priors]
     assert len(set(names)) == len(names)
