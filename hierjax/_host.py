@@ -17,6 +17,7 @@ import numpy as np
 
 from hierjax.batch import (Batch, InputError, Standardized, as_batch, describe_priors, min_groups,
                            rescale_priors, standardize, validate)
+from hierjax.cache import make_room, register
 from hierjax.grid import default_nodes, tau_grid
 from hierjax.priors import MuPrior, TauPrior, parse_mu_prior, parse_tau_prior
 
@@ -129,6 +130,7 @@ def prepare(y, sigma, *, tau_prior, mu_prior, mask=None, names=None, groups=None
     Raises:
         InputError: bad input, naming the dataset and field (unless ``skip_invalid``).
     """
+    make_room()          # before this call's kernels compile (hierjax.cache)
     tp, mp = parse_tau_prior(tau_prior), parse_mu_prior(mu_prior)
     dt = compute_dtype(y, sigma, dtype=dtype)
     batch = y if isinstance(y, Batch) else as_batch(y, sigma, mask=mask, names=names,
@@ -161,6 +163,7 @@ def prepare(y, sigma, *, tau_prior, mu_prior, mask=None, names=None, groups=None
                     jax.tree.map(cast, mp_std), dt, n, ch, n_pad)
 
 
+@register
 @functools.partial(jax.jit, static_argnames=("n",))
 def grids_standardized(y, sigma2, mask, tau_prior, mu_prior, *, n: int):
     """:func:`hierjax.grid.tau_grid` for each dataset of a block (``[B, J]`` inputs, ``[B]``

@@ -1,4 +1,5 @@
-"""Compiled kernels kept on disk between processes (JAX's persistent compilation cache).
+"""Compiled kernels: kept on disk between processes (JAX's persistent compilation cache),
+and dropped from memory before they exhaust the process's memory maps.
 
 Compiling hierjax's kernels costs seconds per block shape and prior family (about 25 s of
 the ~38 s that ``hierjax fit`` takes on a 2-core CPU, where the fitting itself takes one).
@@ -13,17 +14,29 @@ So the default directory is one per machine kind: ``<base>/<arch>-<hash>``, the 
 taken over the CPU's model and feature flags and the jax and jaxlib versions. The
 directory is created private to the user (mode 0700): JAX runs whatever it finds there,
 so it must not be writable by others.
+
+In memory, each compiled kernel holds ~500-1,300 memory maps on a CPU (XLA maps the code,
+constants and data of its hundreds of small loops apart), and Linux allows a process
+``vm.max_map_count`` of them, 65,530 by default: about 60 kernels (a few dozen fits of
+new prior families or widths in one process). At the limit XLA's next compile aborts the
+process ("LLVM ERROR: Unable to allocate section memory"). hierjax's kernels are
+registered here (:func:`register`); :func:`make_room`, called before they run, drops
+their executables once the process uses :data:`MAP_SHARE` of its maps, and they
+recompile when next needed.
 """
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import platform
+import sys
 import warnings
 from pathlib import Path
 from typing import Optional
 
-__all__ = ["use_compilation_cache", "default_cache_dir", "machine_key"]
+__all__ = ["use_compilation_cache", "default_cache_dir", "machine_key", "register",
+           "make_room", "memory_maps"]
 
 #: Environment variable for the cache's location (``off`` disables it in the CLI).
 ENV = "HIERJAX_CACHE_DIR"
@@ -91,3 +104,78 @@ def use_compilation_cache(path=None) -> Optional[Path]:
         return None
     jax.config.update("jax_compilation_cache_dir", str(where))
     return where
+
+
+# --------------------------------------------------------------------------- in memory
+#: Share of the process's memory-map limit past which :func:`make_room` drops hierjax's
+#: compiled kernels. hierjax checks before each kernel it may compile (at most two block
+#: shapes, ~3,000 maps, between checks), so 0.75 leaves a 65,530 limit ~16,000 maps of
+#: room, for other code too.
+MAP_SHARE = 0.75
+
+#: ``(compiled count, drop)`` pairs: hierjax's kernels (see :func:`register`).
+_KERNELS: list = []
+_seen = {"compiled": -1}
+
+
+def register(kernel=None, *, size=None, clear=None):
+    """Register a jitted function (used as a decorator) or a ``size() / clear()`` pair
+    (a dict of compiled executables) as hierjax's kernels, for :func:`make_room`.
+    Returns ``kernel`` itself."""
+    if kernel is not None:
+        size, clear = kernel._cache_size, kernel.clear_cache
+    _KERNELS.append((size, clear))
+    return kernel
+
+
+def memory_maps():
+    """``(in use, limit)``: this process's memory maps and ``vm.max_map_count`` (Linux);
+    None where ``/proc`` does not tell."""
+    try:
+        with open("/proc/sys/vm/max_map_count", "rb") as f:
+            limit = int(f.read())
+        with open("/proc/self/maps", "rb") as f:
+            used = sum(1 for _ in f)
+    except (OSError, ValueError):
+        return None
+    return used, limit
+
+
+def make_room() -> None:
+    """Drop the executables of hierjax's kernels when this process uses more than
+    :data:`MAP_SHARE` of its memory maps (see the module doc); warns when it does.
+
+    Cheap when nothing compiled since the last call (the maps are counted only then).
+    Other JAX code's executables are left alone: where they hold the maps, the warning
+    says so (``jax.clear_caches()`` frees them; a larger ``vm.max_map_count`` avoids it).
+    """
+    compiled = sum(size() for size, _ in _KERNELS)
+    if compiled == _seen["compiled"]:
+        return
+    _seen["compiled"] = compiled
+    usage = memory_maps()
+    if usage is None or usage[0] <= MAP_SHARE * usage[1]:
+        return
+    used, limit = usage
+    for _, clear in _KERNELS:
+        clear()
+    gc.collect()
+    _seen["compiled"] = sum(size() for size, _ in _KERNELS)
+    after = (memory_maps() or usage)[0]
+    rest = ("" if after <= MAP_SHARE * limit else
+            f"; {after} remain, held by other code: jax.clear_caches() frees JAX's, and a "
+            "larger vm.max_map_count (sysctl) avoids this")
+    warnings.warn(f"hierjax: this process uses {used} of its {limit} memory maps "
+                  f"(vm.max_map_count; XLA aborts at the limit): dropped hierjax's compiled "
+                  f"kernels ({used - after} maps), which recompile when next needed{rest}",
+                  stacklevel=_caller_level())
+
+
+def _caller_level() -> int:
+    """``stacklevel`` for a warning from :func:`make_room` that names the first caller
+    outside the hierjax package."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(2), 2          # 1: make_room
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(here):
+        frame, level = frame.f_back, level + 1
+    return level

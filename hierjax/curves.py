@@ -35,6 +35,7 @@ import numpy as np
 
 from hierjax._host import prepare
 from hierjax.batch import Batch, InputError
+from hierjax.cache import register
 from hierjax.conditionals import mu_given_tau_near, reference_point, theta_given_tau
 from hierjax.engine import STATUS
 from hierjax.grid import tau_grid
@@ -155,6 +156,7 @@ def tau_curves_dataset(y, sigma2, mask, tau_prior, mu_prior, axis, *, auto: bool
             grid.log_evidence, _grid_status(grid, dtype))
 
 
+@register
 @functools.partial(jax.jit, static_argnames=("auto", "n"))
 def _tau_curves_batch(y, sigma2, mask, tau_prior, mu_prior, axis, *, auto: bool, n: int):
     """:func:`tau_curves_dataset` vmapped over ``[B, J]`` data and ``[B, T]`` axes."""
@@ -191,6 +193,7 @@ def mu_density_dataset(y, sigma2, mask, tau_prior, mu_prior, axis, *, auto: bool
     return mu, dens, _grid_status(grid, dtype)
 
 
+@register
 @functools.partial(jax.jit, static_argnames=("auto", "n"))
 def _mu_density_batch(y, sigma2, mask, tau_prior, mu_prior, axis, *, auto: bool, n: int):
     """:func:`mu_density_dataset` vmapped over ``[B, J]`` data and ``[B, M]`` axes."""

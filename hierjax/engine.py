@@ -25,6 +25,7 @@ import numpy as np
 
 from hierjax._host import compute_dtype, prepare
 from hierjax.batch import Batch, InputError
+from hierjax.cache import make_room, register
 from hierjax.conditionals import mu_given_tau, theta_given_tau
 from hierjax.grid import FAST_KAPPA, fast_nodes, tail_alpha, tau_grid
 from hierjax.priors import MuPrior, NormalMu, TauPrior
@@ -213,6 +214,7 @@ def fit_dataset(y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPri
     return DatasetFit(mu, tau, theta, new, mode, log_ev, grid.error, status)
 
 
+@register
 @functools.partial(jax.jit, static_argnames=("n", "chunk", "kappa"))
 def fit_standardized(y, sigma2, mask, threshold, tau_prior, mu_prior, levels, *, n: int,
                      chunk: int, kappa: Optional[float] = None) -> DatasetFit:
@@ -392,6 +394,7 @@ def fit(y, sigma=None, *, tau_prior="uniform", mu_prior="flat",
         of a block, not a whole one. On a CPU the pieces run in a pool of host threads,
         one per core: each call is mostly sequential small ops, so concurrent calls fill
         the cores that one call leaves idle (+20-30% on 2 cores)."""
+        make_room()      # a fit may compile several kernels (hierjax.cache)
         block = _block_for(chunk)(n + 1, width)
         size_w = block if B >= block else 1 << max(0, B - 1).bit_length()
         eighth = max(1, size_w // 8)

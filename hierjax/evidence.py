@@ -40,6 +40,7 @@ import numpy as np
 from jax.scipy.special import logsumexp
 
 from hierjax._host import grids_standardized, prepare
+from hierjax.cache import register
 from hierjax.conditionals import mu_given_tau
 from hierjax.engine import STATUS
 from hierjax.grid import TauGrid, tail_alpha
@@ -266,6 +267,7 @@ def evidence_dataset(grid: TauGrid, y, sigma2, mask, threshold, tau_prior: TauPr
                            Estimate(jmap_tau, jmap_mu), Estimate(mode_tau, mode_mu), status)
 
 
+@register
 @jax.jit
 def evidence_standardized(grids: TauGrid, y, sigma2, mask, threshold, tau_prior, mu_prior):
     """:func:`evidence_dataset` over a block (leading ``B`` axis everywhere), vmapped."""

@@ -51,6 +51,7 @@ from hierjax.batch import (
     min_groups,
     validate,
 )
+from hierjax.cache import make_room, register
 from hierjax.priors import (
     CustomTau,
     Exponential,
@@ -309,6 +310,7 @@ def _nuts_block(keys, y, sigma, mask, tau_prior, mu_prior, target_accept, *, cen
 _nuts_block_jit = jax.jit(_nuts_block, static_argnames=("centered", "warmup", "samples",
                                                         "max_tree_depth"))
 _COMPILED: dict = {}
+register(size=_COMPILED.__len__, clear=_COMPILED.clear)
 
 
 def _compiled(args, statics):
@@ -317,6 +319,7 @@ def _compiled(args, statics):
     sig = (tree, tuple((a.shape, a.dtype) for a in leaves), tuple(sorted(statics.items())))
     if sig in _COMPILED:
         return _COMPILED[sig], 0.0
+    make_room()          # (hierjax.cache)
     t0 = time.perf_counter()
     exe = _nuts_block_jit.lower(*args, **statics).compile()
     _COMPILED[sig] = exe

@@ -29,6 +29,7 @@ import numpy as np
 from jax.scipy.special import ndtr
 
 from hierjax.batch import InputError, as_batch, rescale_priors, standardize, validate
+from hierjax.cache import register
 from hierjax.conditionals import mu_given_tau, theta_given_mu_tau, theta_given_tau
 from hierjax.engine import compute_dtype
 from hierjax.priors import Uniform, parse_mu_prior
@@ -104,6 +105,7 @@ def no_pooling(y, sigma, mask=None) -> NoPooling:
     return NoPooling(np.where(m, batch.y, np.nan)[:, :J], np.where(m, batch.sigma, np.nan)[:, :J])
 
 
+@register
 @functools.partial(jax.jit)
 def _pool(y, sigma2, mask, tau2, mu_prior):
     return jax.vmap(lambda yb, sb, mb, tb, mp: mu_given_tau(tb, yb, sb, mb, mp))(
@@ -154,6 +156,7 @@ def complete_pooling_predictive(y, sigma, sigma_new, threshold, mask=None):
     return mean.astype(dt), sd.astype(dt), p.astype(dt)
 
 
+@register
 @jax.jit
 def _partial(y, sigma2, mask, tau2, mu_prior):
     def one(yb, sb, mb, tb, mp):
@@ -163,6 +166,7 @@ def _partial(y, sigma2, mask, tau2, mu_prior):
     return jax.vmap(one)(y, sigma2, mask, tau2, mu_prior)
 
 
+@register
 @jax.jit
 def _known(y, sigma2, mu, tau2):
     def one(yb, sb, mb, tb):

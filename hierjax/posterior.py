@@ -58,6 +58,7 @@ from jax.scipy.special import logsumexp, ndtr
 
 from hierjax._host import prepare
 from hierjax.batch import InputError
+from hierjax.cache import make_room, register
 from hierjax.conditionals import (
     MuGivenTau,
     mu_given_tau,
@@ -194,6 +195,7 @@ def _in_blocks(kernel, args, **static):
     """``kernel(*args, **static)`` over fixed-size blocks of the leading ``B`` axis of
     every leaf of ``args`` (NumPy); the last block is padded by repeating the last
     dataset (a valid one, so nothing in the padding can fail). Returns NumPy."""
+    make_room()          # (hierjax.cache)
     leaves = jax.tree.leaves(args)
     B = leaves[0].shape[0]
     size = _block_size(B)
@@ -213,6 +215,7 @@ def _in_blocks(kernel, args, **static):
 
 
 # --------------------------------------------------------------------------- building
+@register
 @functools.partial(jax.jit, static_argnames=("n",))
 def _build(y, sigma2, mask, tau_prior, mu_prior, *, n: int):
     """:func:`hierjax.grid.tau_grid` over a block of datasets (``[b, J]`` inputs)."""
@@ -498,6 +501,7 @@ def _dataset_op(d: _Data, x, sigma_new, param: str, op: str):
     return _apply(_mixture_tools(log_w, m, s), op, x)
 
 
+@register
 @functools.partial(jax.jit, static_argnames=("param", "op"))
 def _op_kernel(data: _Data, x, sigma_new, *, param: str, op: str):
     return jax.vmap(lambda d, xb, sb: _dataset_op(d, xb, sb, param, op))(data, x, sigma_new)
@@ -644,6 +648,7 @@ def _level_op(post, param, levels, sigma_new, op):
     return _run_op(post, param, pts, sigma_new, op), lv.ndim == 0
 
 
+@register
 @jax.jit
 def _far_quantile_error(grid: TauGrid, q, levels, new):
     """:func:`hierjax.summaries.quantile_error` per dataset for mu (``new`` False) or
@@ -767,6 +772,7 @@ def interval(post: Posterior, param: str, level=0.95, kind: str = "central", *, 
 
 
 # --------------------------------------------------------------------------- predictive
+@register
 @jax.jit
 def _mu_at(y, sigma2, mask, mu_prior, tau2):
     return jax.vmap(lambda yb, sb, mb, mp, tb: mu_given_tau(tb, yb, sb, mb, mp))(
@@ -836,6 +842,7 @@ def _check_one(d: _Data):
     return mean, jnp.sqrt(var), p
 
 
+@register
 @jax.jit
 def _check_kernel(data: _Data):
     return jax.vmap(_check_one)(data)
@@ -911,6 +918,7 @@ def _shrink_one(d: _Data):
     return shrink, mu_w, mu_w0, theta_w, theta_w0, i2_mean, s2
 
 
+@register
 @jax.jit
 def _shrink_kernel(data: _Data):
     return jax.vmap(_shrink_one)(data)
@@ -1028,6 +1036,7 @@ def _pairwise_one(d: _Data):
     return jnp.where(jnp.eye(J, dtype=bool), 0.0, jnp.clip(P, 0.0, 1.0))
 
 
+@register
 @jax.jit
 def _pairwise_kernel(data: _Data):
     return jax.vmap(_pairwise_one)(data)

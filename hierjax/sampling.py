@@ -34,6 +34,7 @@ import numpy as np
 
 from hierjax._host import grids_standardized, prepare
 from hierjax.batch import InputError
+from hierjax.cache import register
 from hierjax.conditionals import mu_given_tau, theta_given_mu_tau
 from hierjax.engine import STATUS
 from hierjax.grid import TauGrid
@@ -132,6 +133,7 @@ def draws_dataset(key, grid: TauGrid, y, sigma2, mask, mu_prior: MuPrior,
     return DatasetDraws(tau, mu, theta, status)
 
 
+@register
 @functools.partial(jax.jit, static_argnames=("num_draws",))
 def draws_standardized(key, ids, grids: TauGrid, y, sigma2, mask, mu_prior, *,
                        num_draws: int) -> DatasetDraws:

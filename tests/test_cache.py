@@ -1,7 +1,8 @@
-"""The on-disk cache of compiled kernels (:mod:`hierjax.cache`).
+"""Compiled kernels (:mod:`hierjax.cache`): the on-disk cache, and dropping them from
+memory before they exhaust the process's memory maps.
 
-Each check runs in a subprocess: turning the cache on is a global JAX setting, which the
-test process itself must not make.
+Each on-disk check runs in a subprocess: turning the cache on is a global JAX setting,
+which the test process itself must not make.
 """
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
+import pytest
 
+import hierjax
+from hierjax import cache, engine
 from hierjax.cache import ENV, machine_key
 
 # Fits the eight schools in a fresh process with the cache in argv[1]; prints the cache
@@ -91,3 +96,67 @@ def test_cli_cache_location_and_off_switches(tmp_path):
     assert not (tmp_path / "flag").exists()
     run(cli, **{ENV: "off"})
     assert not (tmp_path / "off").exists()
+
+
+
+def _fit():
+    y, sigma = hierjax.eight_schools()
+    return hierjax.fit(y, sigma, tau_prior="half-normal:7", quantiles=())
+
+
+def test_kernels_dropped_near_the_memory_map_limit(monkeypatch):
+    """Past MAP_SHARE of ``vm.max_map_count`` (the counts faked here) hierjax drops its
+    compiled kernels with a warning; the next fit recompiles and gives the same numbers.
+    Below it nothing is dropped. (At the real limit XLA's next compile aborts the process:
+    ``LLVM ERROR: Unable to allocate section memory``.)"""
+    first = _fit()
+    compiled = engine.fit_standardized._cache_size()
+    assert compiled > 0
+    used = {"maps": 1000}
+    monkeypatch.setattr(cache, "memory_maps", lambda: (used["maps"], 65530))
+
+    def frees(clear):              # dropping hierjax's kernels frees the maps
+        def run():
+            clear()
+            used["maps"] = 5000
+        return run
+    monkeypatch.setattr(cache, "_KERNELS", [(size, frees(clear)) for size, clear in cache._KERNELS])
+    cache._seen["compiled"] = -1
+    cache.make_room()                                      # 2% in use: nothing dropped
+    assert engine.fit_standardized._cache_size() == compiled
+
+    used["maps"] = 60000                                   # 92%
+    cache._seen["compiled"] = -1
+    with pytest.warns(UserWarning, match="uses 60000 of its 65530 memory maps") as rec:
+        cache.make_room()
+    assert "55000 maps" in str(rec[0].message) and "other code" not in str(rec[0].message)
+    assert engine.fit_standardized._cache_size() == 0
+    second = _fit()
+    assert engine.fit_standardized._cache_size() > 0
+    for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(second)):
+        if isinstance(a, np.ndarray):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_map_warning_names_other_code(monkeypatch):
+    """Where the maps stay in use after hierjax's kernels are dropped, the warning says
+    that other code holds them and what frees them; with nothing compiled since, the
+    maps are not counted again."""
+    import warnings
+
+    monkeypatch.setattr(cache, "memory_maps", lambda: (60000, 65530))
+    monkeypatch.setattr(cache, "_KERNELS", [(lambda: 1, lambda: None)])
+    cache._seen["compiled"] = -1
+    with pytest.warns(UserWarning, match="held by other code: jax.clear_caches"):
+        cache.make_room()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cache.make_room()
+
+
+def test_memory_maps_counts_this_process():
+    usage = cache.memory_maps()
+    if usage is None:
+        pytest.skip("no /proc here")
+    used, limit = usage
+    assert 0 < used < limit
