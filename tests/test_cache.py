@@ -98,7 +98,6 @@ def test_cli_cache_location_and_off_switches(tmp_path):
     assert not (tmp_path / "off").exists()
 
 
-
 def _fit():
     y, sigma = hierjax.eight_schools()
     return hierjax.fit(y, sigma, tau_prior="half-normal:7", quantiles=())
