@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hierjax._host import compute_dtype, prepare
-from hierjax.batch import Batch, InputError
+from hierjax.batch import Batch, InputError, padded_size
 from hierjax.cache import make_room, register
 from hierjax.conditionals import mu_given_tau, theta_given_tau
 from hierjax.grid import FAST_KAPPA, fast_nodes, tail_alpha, tau_grid
@@ -546,7 +546,8 @@ def bucket_widths(mask, min_bucket: int = MIN_BUCKET):
     """
     B, J = mask.shape
     last = np.where(mask.any(axis=1), J - np.argmax(mask[:, ::-1], axis=1), 1)
-    own = np.minimum(np.maximum(8, 2 ** np.ceil(np.log2(last)).astype(np.int64)), J)  # padded_size
+    sizes, which = np.unique(last, return_inverse=True)        # at most J distinct sizes
+    own = np.minimum(np.array([padded_size(k) for k in sizes], np.int64)[which.reshape(-1)], J)
     out = np.full(B, J, np.int64)
     waiting = np.zeros(B, bool)
     for w in np.unique(own):
