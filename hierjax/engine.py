@@ -27,7 +27,7 @@ from hierjax._host import compute_dtype, prepare
 from hierjax.batch import Batch, InputError, padded_size
 from hierjax.cache import make_room, register
 from hierjax.conditionals import mu_given_tau, theta_given_tau
-from hierjax.grid import FAST_KAPPA, fast_nodes, tail_alpha, tau_grid
+from hierjax.grid import FAST_KAPPA, TAIL_LEVEL, fast_nodes, tail_alpha, tau_grid
 from hierjax.priors import MuPrior, NormalMu, TauPrior
 from hierjax.summaries import (Marginal, coarse_stages, mixture_summary, quantile_error, tau_mode,
                                tau_summary)
@@ -47,11 +47,15 @@ STATUS = {
                                # sd: use more nodes
                                # (fit does: fast grid -> general grid -> in float64 twice
                                # its nodes)
-    "tail_truncated": 2,       # mass beyond the dtype's range of tau (improper posterior?)
+    "tail_truncated": 2,       # mass beyond the dtype's range of tau (improper posterior?),
+                               # or the tail cut off moves an upper quantile of tau by
+                               # > 0.25 sqrt(eps) of its sd (IQR where there is none)
     "unconverged": 4,          # a solver (quantile, mode, extent) hit its iteration limit
     "invalid": 8,              # skipped input (see Fit.notes)
     "roundoff_limited": 16,    # log-likelihood round-off > 1e-5 (float32 with many groups):
-                               # tail quantiles may miss 1e-4 sd; use float64
+                               # tail quantiles may miss 1e-4 sd; or round-off may move a
+                               # quantile of tau by > 0.25 sqrt(eps) of its sd (IQR where
+                               # there is none: float32's 0.999 level with J = 3); use float64
     "output_rounded": 32,      # the result's dtype cannot hold a mean or quantile of mu, a
                                # theta_j or theta_new to the accuracy goal (1e-4 sd in
                                # float32, 1e-8 in float64): an offset large against the
@@ -113,8 +117,10 @@ def fit_dataset(y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPri
     # Moments only, the fast grid skips the search for the mode and extents (~30% of its
     # cost): a map centred on the data's spread resolves most datasets, and the checks
     # below send the rest to the general grid.
+    # the right tail is kept down to the highest level's mass (at least to TAIL_LEVEL's)
+    tail = TAIL_LEVEL if moments_only else jnp.minimum(TAIL_LEVEL, 1.0 - jnp.max(levels))
     grid = tau_grid(y, sigma2, mask, tau_prior, mu_prior, n, kappa, relative=not fast,
-                    locate=not (fast and moments_only))
+                    locate=not (fast and moments_only), tail=tail)
     w = jnp.exp(grid.log_weight)
     tau2 = grid.tau ** 2
     alpha = tail_alpha(jnp.sum(mask).astype(dtype), tau_prior, mu_prior)
@@ -135,7 +141,7 @@ def fit_dataset(y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPri
         in_axes=1)(theta_m, theta_v)
     new, ok_new = mixture_summary(w, grid.mu.mean, jnp.sqrt(tau2 + grid.mu.var), levels,
                                   threshold, has_mean, has_sd, coarse)
-    tau, ok_tau = tau_summary(grid, levels, has_mean, has_sd)
+    tau, ok_tau, (tau_round_off, tau_cut) = tau_summary(grid, levels, has_mean, has_sd, alpha)
     # mu's and theta_new's tails inherit tau's (heavy for few groups): check their quantiles
     # against the 2n-rule directly, in units of the most probable component's sd.
     k = jnp.argmax(w)
@@ -207,8 +213,9 @@ def fit_dataset(y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPri
     # a nan estimate is no evidence of accuracy: it flags like a large one
     status = (jnp.where((grid.error > limit) | ~(jnp.maximum(q_err, m_err) <= q_limit),
                         STATUS["grid_unresolved"], 0)
-              | jnp.where(grid.truncated, STATUS["tail_truncated"], 0)
-              | jnp.where(grid.roundoff > 1e-5, STATUS["roundoff_limited"], 0)
+              | jnp.where(grid.truncated | (tau_cut > q_limit), STATUS["tail_truncated"], 0)
+              | jnp.where((grid.roundoff > 1e-5) | (tau_round_off > q_limit),
+                          STATUS["roundoff_limited"], 0)
               | jnp.where(ok_mu & jnp.all(ok_theta) & ok_new & ok_tau & ok_mode & grid.converged,
                           0, STATUS["unconverged"])).astype(jnp.int32)
     return DatasetFit(mu, tau, theta, new, mode, log_ev, grid.error, status)

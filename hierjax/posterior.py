@@ -69,6 +69,7 @@ from hierjax.conditionals import (
 from hierjax.engine import DEFAULT_LEVELS, GOAL, STATUS
 from hierjax.grid import (
     TauGrid,
+    grid_z_of_tau,
     tail_alpha,
     tau_grid,
 )
@@ -334,7 +335,7 @@ def _tau_tools(d: _Data) -> _Tools:
     g = d.grid
     dt = g.tau.dtype
     N = g.density_z.shape[0] - 1
-    F_nodes, lam = tau_cdf_nodes(g)
+    cdf_nodes = tau_cdf_nodes(g)
     nodes = jnp.asarray(clenshaw_curtis(N)[0], dt)
     # log p(y | tau) as a change from the map's centre, as the grid computed it
     ref = reference_point(jnp.exp(2.0 * g.x0), d.y, d.sigma2, d.mask, d.mu_prior)
@@ -344,24 +345,17 @@ def _tau_tools(d: _Data) -> _Tools:
         lp = d.tau_prior.log_density(t) + lik - g.log_evidence
         return jnp.where(t >= 0, lp, -jnp.inf)
 
-    def z_of_tau(t):
-        a = (jnp.log(t) - g.x0) / g.kappa
-        u, omu = jax.nn.sigmoid(a), jax.nn.sigmoid(-a)
-        width = 1.0 - g.u_lo - g.one_minus_u_hi
-        return jnp.where(u < 0.5, 2.0 * (u - g.u_lo) / width - 1.0,
-                         1.0 - 2.0 * (omu - g.one_minus_u_hi) / width)
-
-    def cdf(t):
-        z = z_of_tau(jnp.maximum(t, 0.0))
-        F = _barycentric(jnp.clip(z, -1.0, 1.0), nodes, lam, F_nodes[None])[0]
-        return jnp.clip(jnp.where(z <= -1.0, 0.0, jnp.where(z >= 1.0, 1.0, F)), 0.0, 1.0)
-
     def dist(t):
-        F = cdf(t)
-        return jnp.exp(log_pdf(t)), F, 1.0 - F
+        # F and S each from its own end's integral (S keeps its accuracy in the far tail)
+        z = grid_z_of_tau(jnp.maximum(t, 0.0), g.x0, g.u_lo, g.one_minus_u_hi, g.kappa)
+        F, S = _barycentric(jnp.clip(z, -1.0, 1.0), nodes, cdf_nodes.lam,
+                            jnp.stack([cdf_nodes.lower, cdf_nodes.upper]))
+        F = jnp.clip(jnp.where(z <= -1.0, 0.0, jnp.where(z >= 1.0, 1.0, F)), 0.0, 1.0)
+        S = jnp.clip(jnp.where(z <= -1.0, 1.0, jnp.where(z >= 1.0, 0.0, S)), 0.0, 1.0)
+        return jnp.exp(log_pdf(t)), F, S
 
     def quantile(p):
-        return tau_quantile(p, g, F_nodes, lam)
+        return tau_quantile(p, g, cdf_nodes)
 
     return _Tools(log_pdf, dist, quantile, jnp.zeros((), dt))
 
@@ -392,8 +386,8 @@ def _i2_tools(d: _Data) -> _Tools:
                                                                  jnp.inf, -jnp.inf), -jnp.inf))
 
     def dist(x):
-        F = jnp.where(x >= 1.0, 1.0, tt.dist(tau_of(x))[1])
-        return jnp.exp(log_pdf(x)), F, 1.0 - F
+        _, F, S = tt.dist(tau_of(x))
+        return jnp.exp(log_pdf(x)), jnp.where(x >= 1.0, 1.0, F), jnp.where(x >= 1.0, 0.0, S)
 
     def quantile(p):
         t, ok = tt.quantile(p)

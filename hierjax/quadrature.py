@@ -15,7 +15,7 @@ import functools
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["clenshaw_curtis", "chebyshev_matrix", "cdf_coefficients"]
+__all__ = ["clenshaw_curtis", "chebyshev_matrix", "integration_matrices"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -67,22 +67,40 @@ def chebyshev_matrix(n: int):
     return M
 
 
-def cdf_coefficients(a):
-    r"""Chebyshev coefficients of ``F(z) = int_{-1}^{z} f`` from those of ``f``, ``[n+1] -> [n+2]``.
+@functools.lru_cache(maxsize=None)
+def integration_matrices(n: int):
+    r"""Matrices taking values at the ``n + 1`` CC nodes to the integrals of their
+    interpolant from each end: ``(L, U)``, ``[n + 1, n + 1]`` each.
 
     .. math::
-        \int T_m = \frac{T_{m+1}}{2(m+1)} - \frac{T_{m-1}}{2(m-1)} \;(m \ge 2),\quad
-        \int T_0 = T_1,\quad \int T_1 = T_2 / 4
+        F(z_k) = \int_{-1}^{z_k} p = \sum_j L_{kj} f(z_j),\qquad
+        S(z_k) = \int_{z_k}^{1} p = \sum_j U_{kj} f(z_j)
 
-    so ``b_m = (a_{m-1} - a_{m+1}) / (2m)`` for ``m >= 1`` (with ``a_0`` doubled in the
-    ``m = 1`` term), and ``b_0`` makes ``F(-1) = 0``.
+    where ``p = sum_m a_m T_m`` is the interpolant (``a = M f``, :func:`chebyshev_matrix`)
+    and, from ``int T_m = T_{m+1} / (2(m+1)) - T_{m-1} / (2(m-1))``, its integral has the
+    coefficients ``b_m = (a_{m-1} - a_{m+1}) / (2m)`` (``m >= 1``, ``a_0`` doubled in
+    ``b_1``). Then ``F(z) = sum_m b_m (T_m(z) - T_m(-1))`` and
+    ``S(z) = sum_m b_m (1 - T_m(z))``, with ``1 - T_m(z_k) = 2 sin^2(m k pi / (2n))`` and
+    ``T_m(z_k) - T_m(-1) = (-1)^{m+1} 2 sin^2(m (n - k) pi / (2n))`` formed without
+    cancellation.
+
+    Each matrix sums the values near its own end with small weights, so ``F`` is
+    accurate relative to ``F`` where it is small (the lower tail) and ``S`` relative to
+    ``S`` (the upper tail), where ``1 - F`` would keep only ``F``'s absolute accuracy.
+    Built in float64 on the host.
     """
-    n1 = a.shape[-1]
-    a_ext = jnp.concatenate([a, jnp.zeros(a.shape[:-1] + (2,), a.dtype)], axis=-1)
-    m = jnp.arange(1, n1 + 1, dtype=a.dtype)
-    a_prev = a_ext[..., :n1].at[..., 0].multiply(2.0)          # a_{m-1}, with a_0 doubled
-    a_next = a_ext[..., 2:n1 + 2]                                # a_{m+1}
-    b_rest = (a_prev - a_next) / (2.0 * m)
-    sign = jnp.where(jnp.arange(1, n1 + 1) % 2 == 0, 1.0, -1.0).astype(a.dtype)  # T_m(-1)
-    b0 = -jnp.sum(b_rest * sign, axis=-1, keepdims=True)
-    return jnp.concatenate([b0, b_rest], axis=-1)
+    M = chebyshev_matrix(n)                                  # a = M f,  [m, j]
+    a = np.concatenate([M, np.zeros((2, n + 1))])            # a_0 .. a_{n+2}
+    m = np.arange(1, n + 2)[:, None]
+    a_prev = a[:n + 1].copy()
+    a_prev[0] *= 2.0
+    b = (a_prev - a[2:n + 3]) / (2.0 * m)                    # b_1 .. b_{n+1},  [m, j]
+    k = np.arange(n + 1)[:, None]
+    # 1 - T_m(z_k) and T_m(z_k) - T_m(-1) = (-1)^(m+1) (1 - T_m(z_{n-k})), no cancellation
+    half_angle = m.T * np.pi / (2 * n)                       # [1, m]
+    one_minus_T = 2.0 * np.sin(half_angle * k) ** 2
+    from_minus_one = np.where(m.T % 2 == 0, -2.0, 2.0) * np.sin(half_angle * (n - k)) ** 2
+    L, U = from_minus_one @ b, one_minus_T @ b
+    L.setflags(write=False)
+    U.setflags(write=False)
+    return L, U

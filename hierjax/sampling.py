@@ -108,13 +108,13 @@ def draws_dataset(key, grid: TauGrid, y, sigma2, mask, mu_prior: MuPrior,
     dtype = y.dtype
     J = y.shape[0]
     # the tau CDF at the 2n-rule nodes: exact integral of the density's interpolant
-    F_nodes, lam = tau_cdf_nodes(grid)
+    cdf = tau_cdf_nodes(grid)
     groups = jnp.arange(J, dtype=jnp.uint32)
 
     def one(s):
         k = jax.random.fold_in(key, s)
         u = jax.random.uniform(jax.random.fold_in(k, 0), (), dtype)
-        tau, ok = tau_quantile(u, grid, F_nodes, lam, fast_steps=_FAST_STEPS)  # tau = F^-1(U)
+        tau, ok = tau_quantile(u, grid, cdf, fast_steps=_FAST_STEPS)  # tau = F^-1(U)
         tau2 = tau * tau
         cond = mu_given_tau(tau2, y, sigma2, mask, mu_prior)     # mu | tau, y
         mu = cond.mean + jnp.sqrt(cond.var) * jax.random.normal(jax.random.fold_in(k, 1), (),
