@@ -1011,10 +1011,11 @@ def _difference_terms(tau2, y, sigma2, mu: MuGivenTau):
     v = sigma2 + tau2
     a = y / v
     b = sigma2 / v
-    ds = sigma2[:, None] - sigma2[None, :]
-    vv = v[:, None] * v[None, :]
-    E = a[:, None] - a[None, :] + ds * mu.mean / vv
-    C = b[:, None] + b[None, :] + tau2 * ds * ds * mu.var / (vv * vv)
+    # (sigma_i^2 - sigma_j^2) / (v_i v_j), divided in turn: v_i v_j overflows float32 far
+    # out in a heavy tail (tau ~ 1e10 in standard units), and inf / inf is nan
+    dsv = (sigma2[:, None] - sigma2[None, :]) / v[:, None] / v[None, :]
+    E = a[:, None] - a[None, :] + dsv * mu.mean
+    C = b[:, None] + b[None, :] + (tau2 * dsv) * (dsv * mu.var)
     return E, C
 
 
