@@ -392,12 +392,10 @@ def tau_quantile_error(q, levels, grid: TauGrid, cdf: TauCdf, alpha, unit):
     or the survival function ``S`` (``p > 1/2``) and ``c_k = lam_k / (z_q - z_k)``:
 
     .. math::
-        \delta	au = rac{\delta G}{p(	au_q \mid y)},\quad
-        \delta G_{
-m round} = \epsilon\,rac{\sum_k |c_k G_k|}{|\sum_k c_k|}
+        \delta\tau = \frac{\delta G}{p(\tau_q \mid y)},\quad
+        \delta G_{\rm round} = \epsilon\,\frac{\sum_k |c_k G_k|}{|\sum_k c_k|}
             + (r + 8\epsilon)\, G,\quad
-        \delta G_{
-m cut} = rac{p(x_c \mid y)}{lpha}\;(p > 1/2)
+        \delta G_{\rm cut} = \frac{p(x_c \mid y)}{\alpha}\;(p > 1/2)
 
     The first term bounds the round-off of the barycentric sum (absolute, so it grows
     against ``S`` far out in a heavy tail: float32's 0.999 quantile of tau with J = 3
