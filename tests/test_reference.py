@@ -990,6 +990,22 @@ def test_moments_only_matches_reference(case):
     assert not int(f.status[0]) & hierjax.STATUS["grid_unresolved"]
 
 
+def test_fast_grid_checks_p_gt0():
+    """P(theta_j > 0) is a CDF at 0, away from where the grid's error estimate looks (the
+    CDFs of mu and theta_new near their centres): on this random dataset float32's fast
+    grid (17 nodes) put P(theta_5 > 0) 1.3e-4 off with status ok, grid_error 2.3e-5.
+    It is now checked against the 2n-rule, flagged and refitted on the general grid."""
+    y = (3.18436, 2.59082, 1.7084, 8.09358, -3.90431)
+    sigma = (1.51499, 4.69138, 0.249475, 1.06735, 2.92182)
+    f = hierjax.fit(np.array(y), np.array(sigma), tau_prior="exponential:2.19965", quantiles=())
+    r = _ref(y, sigma, "exponential:2.19965")
+    errs = [f"theta[{j}]: P(>0) {f.theta.p_gt0[0, j]!r} vs reference {r.moments('theta', j)[4]!r}"
+            for j in range(len(y))
+            if not abs(float(f.theta.p_gt0[0, j]) - r.moments("theta", j)[4]) <= tol()]
+    assert int(f.status[0]) == 0
+    _report(errs)
+
+
 def test_whole_line_map_resolves_eight_schools():
     """The whole-line map alone resolves the eight schools (the fallback is not what passes
     the test above), and flags the 1e6 sigma ratio it cannot resolve with 33 nodes."""
