@@ -44,7 +44,7 @@ STATUS = {
                                # or moves a quantile, the mean or the sd of mu or theta_new,
                                # or the mean or sd of a theta_j (float64, and on the fast
                                # grid; there also its outer quantiles) by > 0.25 sqrt(eps)
-                               # sd: use more nodes
+                               # sd, or a P(> 0) by > 0.25 sqrt(eps): use more nodes
                                # (fit does: fast grid -> general grid -> in float64 twice
                                # its nodes)
     "tail_truncated": 2,       # mass beyond the dtype's range of tau (improper posterior?),
