@@ -222,8 +222,11 @@ def _tail_drop(dtype, alpha, width, tail):
             + jnp.log(0.25 / tail) / alpha)
 
 
-def _extent(h, x0, h0, width, limit, drop, sign):
-    """Distance from ``x0`` (towards ``sign``) where ``h`` falls ``drop`` below ``h0``.
+def _extent(h, x0, h0, width, limit, drop, sign, slope=0.0, drop_flat=None):
+    """Distance from ``x0`` (towards ``sign``) where ``h`` falls ``drop`` below ``h0``;
+    with a ``slope``, where ``h(x) + slope |x - x0|`` does (the integrand ``tau^k p``
+    of a moment, ``k = slope``), and, given ``drop_flat``, no nearer than where ``h``
+    itself falls that much (the density, for quantiles): each test on the one ``h``.
 
     Doubling from the Laplace guess ``sqrt(2 drop) * width``, then bisection.
     Returns ``(distance, reached, converged)``; ``reached`` is False when ``h`` is
@@ -231,10 +234,13 @@ def _extent(h, x0, h0, width, limit, drop, sign):
     ``converged`` False when the fast path ran out of doublings.
     """
     dtype = x0.dtype
-    start = jnp.minimum(jnp.sqrt(2.0 * drop) * width, limit)
+    most = drop if drop_flat is None else jnp.maximum(drop, drop_flat)
+    start = jnp.minimum(jnp.sqrt(2.0 * most) * width, limit)
 
     def above(a):
-        return h(x0 + sign * a) > h0 - drop
+        ha = h(x0 + sign * a)
+        out = ha + slope * a > h0 - drop
+        return out if drop_flat is None else out | (ha > h0 - drop_flat)
 
     def grow(state):
         i, lo, a, done = state
@@ -313,13 +319,11 @@ def _locate(h, y, mask, tau_prior: TauPrior, mu_prior: MuPrior, kappa: float, ta
     # tau^k p(tau | y) with k = 1, 2 where E[tau^k] exists, decay more slowly than the
     # density itself: follow the slowest of them.
     alpha = tail_alpha(jnp.sum(mask).astype(dtype), tau_prior, mu_prior)
+    # The density itself must fall further where a far upper quantile is asked for (a
+    # heavy tail, _tail_drop), but not the moment integrands: each has its own test.
     k_mom = jnp.where(alpha > 2.0, 2.0, jnp.where(alpha > 1.0, 1.0, 0.0))
-
-    def h_moment(x):
-        return h(x) + k_mom * (x - x0)
-
-    drop_right = jnp.maximum(drop, _tail_drop(dtype, alpha, width, tail))
-    right, ok_right, conv_right = _extent(h_moment, x0, h0, width, x_max - x0, drop_right, 1.0)
+    right, ok_right, conv_right = _extent(h, x0, h0, width, x_max - x0, drop, 1.0, k_mom,
+                                          _tail_drop(dtype, alpha, width, tail))
     left, ok_left, conv_left = _extent(h, x0, h0, width, x0 - x_min, drop, -1.0)
 
     # 3. Map: u in [u_lo, u_hi] with x = x0 + kappa * logit(u).
