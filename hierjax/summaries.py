@@ -32,9 +32,9 @@ from hierjax.grid import TauGrid, grid_tau_of_z, grid_z_of_tau
 from hierjax.quadrature import clenshaw_curtis, integration_matrices
 from hierjax.solvers import iterate, maximize
 
-__all__ = ["Marginal", "mixture_summary", "coarse_weights", "coarse_stages", "mixture_quantile",
-           "quantile_error", "tau_summary", "TauCdf", "tau_cdf_nodes", "tau_quantile",
-           "tau_quantile_error", "tau_mode"]
+__all__ = ["Marginal", "mixture_summary", "component_above", "coarse_weights", "coarse_stages",
+           "mixture_quantile", "quantile_error", "tau_summary", "TauCdf", "tau_cdf_nodes",
+           "tau_quantile", "tau_quantile_error", "tau_mode"]
 
 _MAX_ITER = 100
 _COARSE_STEPS = 2     # Halley steps on the quarter-size nested rule
@@ -217,7 +217,7 @@ def mixture_quantile(p, w, m, s, moments=None, coarse=None):
     return sign * state[1], state[4]
 
 
-def quantile_error(q, levels, w, m, s, w_fine, m_fine, s_fine, scale):
+def quantile_error(q, levels, w, m, s, w_fine, m_fine, s_fine, scale, every_level=False):
     r"""Error estimate of mixture quantiles solved on the n-rule, in units of ``scale``.
 
     .. math::
@@ -235,9 +235,11 @@ def quantile_error(q, levels, w, m, s, w_fine, m_fine, s_fine, scale):
         w, m, s: the n-rule's weights, means and sds, ``[K]``.
         w_fine, m_fine, s_fine: the 2n-rule's, ``[2n + 1]``.
         scale: the unit of the error (a typical component sd), scalar.
+        every_level: static; False checks the lowest and the highest level only, for a
+            mixture whose centre the grid's nested-rule error covers (mu, theta_new).
 
     Returns:
-        ``max e_i`` over the lowest and the highest level, scalar (0 when ``Q = 0``).
+        ``max e_i`` over the levels checked, scalar (0 when ``Q = 0``).
     """
     def one(qq, p):
         t = (qq - m) / s
@@ -249,6 +251,8 @@ def quantile_error(q, levels, w, m, s, w_fine, m_fine, s_fine, scale):
 
     if levels.shape[0] == 0:
         return jnp.zeros((), m.dtype)
+    if every_level:
+        return jnp.max(jax.vmap(one)(q, levels))
     # the two outermost levels: the quadrature error of F grows towards the tails (the
     # nested-rule error already covers the centre), and checking only these keeps the
     # cost at 4 CDFs of the 2n-rule per dataset
@@ -256,8 +260,17 @@ def quantile_error(q, levels, w, m, s, w_fine, m_fine, s_fine, scale):
     return jnp.max(jax.vmap(one)(q[ends], levels[ends]))
 
 
-def mixture_summary(w, m, s, levels, threshold, mean_exists, sd_exists, coarse=None):
-    """Summary of the normal mixture ``sum_k w_k N(m_k, s_k^2)``.
+def component_above(m, s, threshold):
+    r"""Each component's mass above the threshold, ``Phi((m_k - c) / s_k)``, shapes of ``m``."""
+    return _Phi((m - threshold) / s)
+
+
+def mixture_summary(w, m, s, levels, threshold, mean_exists, sd_exists, coarse=None,
+                    above=None):
+    r"""Summary of the normal mixture ``sum_k w_k N(m_k, s_k^2)``.
+
+    .. math::
+        P(\phi > c) = \sum_k w_k\, \Phi\big((m_k - c) / s_k\big)
 
     Args:
         w: weights, ``[K]``.
@@ -266,6 +279,8 @@ def mixture_summary(w, m, s, levels, threshold, mean_exists, sd_exists, coarse=N
         threshold: ``c`` in ``P(phi > c)``, scalar (``0`` on the user's scale).
         mean_exists, sd_exists: scalar bools (see :class:`Marginal`).
         coarse: the nested rule's ``(weights, stride)`` for cheap first steps.
+        above: ``Phi((m_k - c) / s_k)``, ``[K]``, when the caller has it already (the
+            engine reuses it in its 2n-rule check); None computes it.
 
     Returns:
         ``(Marginal, quantiles_converged)`` with scalar fields and ``quantiles[Q]``.
@@ -274,7 +289,9 @@ def mixture_summary(w, m, s, levels, threshold, mean_exists, sd_exists, coarse=N
     # tiny sigma_j can sit 1e3 of its own sds from the standardised origin, where float32's
     # ulp is 1e-4 of its sd and a quantile search converging to 64 ulps would miss the goal
     # 50-fold. Relative to c the search keeps its digits; adding c back costs half an ulp.
-    p_gt = jnp.clip(jnp.sum(w * _Phi((m - threshold) / s)), 0.0, 1.0)   # round-off can pass 1
+    if above is None:
+        above = component_above(m, s, threshold)
+    p_gt = jnp.clip(jnp.sum(w * above), 0.0, 1.0)   # round-off can pass 1
     c = m[jnp.argmax(w)]
     m = m - c
     mean = jnp.sum(w * m)
