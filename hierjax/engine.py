@@ -43,7 +43,7 @@ STATUS = {
     "grid_unresolved": 1,      # n-rule differs from the 2n-rule by > 0.1 sqrt(eps) in a CDF,
                                # or moves a quantile, the mean or the sd of mu or theta_new,
                                # or the mean or sd of a theta_j (float64, and on the fast
-                               # grid; there also its outer quantiles) by > 0.25 sqrt(eps)
+                               # grid; there also each quantile) by > 0.25 sqrt(eps)
                                # sd, or a P(> 0) by > 0.25 sqrt(eps): use more nodes
                                # (fit does: fast grid -> general grid -> in float64 twice
                                # its nodes)
@@ -131,9 +131,8 @@ def fit_dataset(y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPri
 
     # nested rules with about 17 and 33 nodes start the quantile searches cheaply
     coarse = coarse_stages(grid)
-    # each component's P(> 0) at the n-rule's nodes: the summaries' P(> 0) and, at the
-    # 2n-rule's even nodes, its check below (erfc at every node made the check ~20% of a
-    # fit; its even nodes now cost nothing more)
+    # each component's P(> 0) at the n-rule's nodes, computed once: the summaries' P(> 0)
+    # and, at the 2n-rule's even nodes, its check below (which evaluates only the odd ones)
     mu_s, new_v = jnp.sqrt(grid.mu.var), tau2 + grid.mu.var
     mu_above = component_above(grid.mu.mean, mu_s, threshold)
     new_above = component_above(grid.mu.mean, jnp.sqrt(new_v), threshold)
