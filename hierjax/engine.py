@@ -42,11 +42,11 @@ DEFAULT_LEVELS = (0.025, 0.25, 0.5, 0.75, 0.975)
 STATUS = {
     "grid_unresolved": 1,      # n-rule differs from the 2n-rule by > 0.1 sqrt(eps) in a CDF,
                                # or moves a quantile, the mean or the sd of mu or theta_new,
-                               # or the mean or sd of a theta_j (float64, and on the fast
-                               # grid; there also each quantile) by > 0.25 sqrt(eps)
-                               # sd, or a P(> 0) by > 0.25 sqrt(eps): use more nodes
-                               # (fit does: fast grid -> general grid -> in float64 twice
-                               # its nodes)
+                               # or the mean, sd or (but on float64's general grid) a
+                               # quantile of a theta_j by > 0.25 sqrt(eps) sd, or a P(> 0)
+                               # by > 0.25 sqrt(eps): use more nodes (fit does: fast grid ->
+                               # general grid -> twice its nodes, in float32 only where
+                               # theta_j alone flagged)
     "tail_truncated": 2,       # mass beyond the dtype's range of tau (improper posterior?),
                                # or the tail cut off moves an upper quantile of tau by
                                # > 0.25 sqrt(eps) of its sd (IQR where there is none)
@@ -83,6 +83,9 @@ class DatasetFit(NamedTuple):
     log_evidence: jnp.ndarray
     grid_error: jnp.ndarray
     status: jnp.ndarray
+    #: grid_unresolved set by the theta_j checks alone (which twice the nodes resolve in
+    #: either dtype, see :func:`fit`), scalar bool
+    theta_only: jnp.ndarray
 
 
 def fit_dataset(y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPrior, levels,
@@ -192,27 +195,35 @@ def fit_dataset(y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPri
         moment_error(new, (grid.mu.mean, new_v, new_above),
                      (mu_odd, tau2_fine[1::2] + mu_v_odd), jnp.sqrt(tau2[k] + grid.mu.var[k])))
     # Each theta_j's mean and sd against the 2n-rule too (in units of its posterior sd),
-    # and on the fast grid its quantiles: on random datasets against quad, with
+    # and (but on float64's general grid) its quantiles: on random datasets against quad, with
     # every mu / theta_new check passing, the fast grid had a theta_j sd (J = 6) and tail
     # quantiles (J = 15) 1.0-1.6e-8 sd off, and the general grid the sd of a group whose
     # sigma_j is ~1600x the smallest 2.9e-8 off (J = 6, uniform prior: its variance
     # jumps where tau reaches sigma_j, far out in p(tau | y)'s tail).
-    # The general grid checks theta_j in float64 only: in float32 the check's own round-off
-    # (theta_j 1e3 of its sds from the data's centre: ~1e-4 sd per ulp) flagged the
-    # precise-groups-apart case, which is within 1e-4 sd of quad.
+    # On float32's general grid the check's own round-off is allowed for: a few ulps of
+    # theta_j's components, in units of its sd. That is ~1e-4 sd for a group ~1e3 of its
+    # sds from the data's centre (the precise-groups-apart case, within 1e-4 sd of quad),
+    # which a check without it flagged whatever the nodes; and ~1e-7 sd elsewhere.
+    # Without the check at all, float32's general grid (32 nodes) left a 0.025 quantile
+    # of theta_j 1.1-1.5e-4 sd off with status ok (J = 5, half-Cauchy(5) / normal(0, 10),
+    # a group whose sigma_j is ~20x the smallest; 64 nodes: 1.6e-6).
     # (the 2n-rule's even nodes are the n-rule's: theta_j only at its odd nodes)
+    theta_m_odd, theta_v_odd = jax.vmap(lambda t2, mm, mv: theta_given_tau(
+        t2, y, sigma2, fine._replace(mean=mm, var=mv)))(tau2_fine[1::2], mu_odd, mu_v_odd)
+    theta_err = jax.vmap(moment_error, in_axes=(0, 1, 1, 0))(
+        theta, (theta_m, theta_v, theta_above), (theta_m_odd, theta_v_odd), theta.sd)
     if fast or jnp.finfo(dtype).bits > 32:
-        theta_m_odd, theta_v_odd = jax.vmap(lambda t2, mm, mv: theta_given_tau(
-            t2, y, sigma2, fine._replace(mean=mm, var=mv)))(
-                tau2_fine[1::2], mu_odd, mu_v_odd)
-        theta_err = jax.vmap(moment_error, in_axes=(0, 1, 1, 0))(
-            theta, (theta_m, theta_v, theta_above), (theta_m_odd, theta_v_odd), theta.sd)
-        m_err = jnp.maximum(m_err, jnp.max(jnp.where(mask, theta_err, 0.0)))
+        theta_floor = jnp.zeros_like(theta.sd)
+    else:
+        eps = float(jnp.finfo(dtype).eps)
+        theta_floor = 4.0 * eps * jnp.max(jnp.abs(theta_m), axis=0) / theta.sd     # [J]
     # Every level of theta_j's quantiles, not just the outermost: grid.error looks at mu's
     # and theta_new's CDFs, not theta_j's, and their centres can be the worse. float32's
     # fast grid had theta_j's 0.25 to 0.75 quantiles 1.3-1.5e-4 sd off with the 0.025
-    # and 0.975 ones within 8.6e-5 (J = 8, uniform prior; 17 nodes).
-    if fast and not moments_only:
+    # and 0.975 ones within 8.6e-5 (J = 8, uniform prior; 17 nodes). float64's general
+    # grid leaves them to the moment check, which no screen has seen fall short there
+    # (a theta_j whose quantiles miss moves its mean or sd by as much).
+    if not moments_only and (fast or jnp.finfo(dtype).bits <= 32):
         # the 2n-rule with its even nodes first (sums do not care about the order)
         w_f_even_odd = jnp.concatenate([w_even, w_odd])
         theta_m_f = jnp.concatenate([theta_m, theta_m_odd])
@@ -223,7 +234,8 @@ def fit_dataset(y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPri
                                                          every_level=True),
             in_axes=(0, 1, 1, 1, 1, 0))(theta.quantiles, theta_m, theta_v, theta_m_f, theta_v_f,
                                         theta.sd)
-        q_err = jnp.maximum(q_err, jnp.max(jnp.where(mask, q_err_theta, 0.0)))
+        theta_err = jnp.maximum(theta_err, q_err_theta)
+    theta_err = jnp.max(jnp.where(mask, theta_err - theta_floor, 0.0))
 
     def log_joint(t):
         return tau_prior.log_density(t) + mu_given_tau(t * t, y, sigma2, mask, mu_prior).log_lik
@@ -238,14 +250,16 @@ def fit_dataset(y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPri
     # float64 and 8.6e-5 sd in float32, inside the 1e-8 and 1e-4 goals.
     q_limit = 0.25 * float(jnp.finfo(dtype).eps) ** 0.5
     # a nan estimate is no evidence of accuracy: it flags like a large one
-    status = (jnp.where((grid.error > limit) | ~(jnp.maximum(q_err, m_err) <= q_limit),
-                        STATUS["grid_unresolved"], 0)
+    others_unresolved = (grid.error > limit) | ~(jnp.maximum(q_err, m_err) <= q_limit)
+    theta_unresolved = ~(theta_err <= q_limit)
+    status = (jnp.where(others_unresolved | theta_unresolved, STATUS["grid_unresolved"], 0)
               | jnp.where(grid.truncated | (tau_cut > q_limit), STATUS["tail_truncated"], 0)
               | jnp.where((grid.roundoff > 1e-5) | (tau_round_off > q_limit),
                           STATUS["roundoff_limited"], 0)
               | jnp.where(ok_mu & jnp.all(ok_theta) & ok_new & ok_tau & ok_mode & grid.converged,
                           0, STATUS["unconverged"])).astype(jnp.int32)
-    return DatasetFit(mu, tau, theta, new, mode, log_ev, grid.error, status)
+    return DatasetFit(mu, tau, theta, new, mode, log_ev, grid.error, status,
+                      theta_unresolved & ~others_unresolved)
 
 
 @register
@@ -470,11 +484,12 @@ def fit(y, sigma=None, *, tau_prior="uniform", mu_prior="flat",
             out_general = run(general, n, None, width)
             # What the general grid flags (a feature far out in p(tau | y)'s tail: a theta_j
             # whose sigma_j is 1e3x the others') gets twice the nodes, then whatever the
-            # status says. Not in float32, whose round-off (~1e-4 sd) rather than its nodes
-            # limits such datasets: there 2n unflagged the J = 4 0.999 quantile of theta_new
-            # at 1.03e-4 IQR off.
+            # status says. In float32 only what the theta_j checks alone flag: elsewhere
+            # its round-off (~1e-4 sd) rather than its nodes limits such datasets (2n
+            # unflagged the J = 4 0.999 quantile of theta_new at 1.03e-4 IQR off), while
+            # a theta_j quantile 1.1-1.5e-4 sd off at 32 nodes was 1.6e-6 off at 64.
             redo = (((out_general.status & STATUS["grid_unresolved"]) != 0)
-                    & (np.finfo(prep.dtype).bits > 32))
+                    & ((np.finfo(prep.dtype).bits > 32) | out_general.theta_only))
             results.append((general[~redo], jax.tree.map(lambda a: a[~redo], out_general)))
             if redo.any():
                 results.append((general[redo], run(general[redo], 2 * n, None, width)))

@@ -1025,6 +1025,32 @@ def test_fast_grid_checks_every_theta_quantile():
     assert int(f.status[0]) == 0
 
 
+# Simulated J = 5 datasets (hierjax.simulate(8192, 5, seed=48, sigma_range=(1, 30)),
+# numbers 2359, 3288 and 5226, to 6 digits), half-Cauchy(5) / normal(0, 10): each has a
+# group with a large sigma_j far from the rest. The fast grid flags them; float32's general
+# grid (32 nodes) did not check theta_j and put a 0.025 or 0.975 quantile of it 1.1-1.5e-4
+# sd off with status ok (64 nodes: within 1.6e-6).
+WIDE_GROUP = (((13.5161, 8.59896, 9.69452, -12.175, -68.7957),
+               (12.1811, 2.79789, 1.14996, 16.6963, 24.7359)),
+              ((-3.2151, 28.4834, 1.07767, 33.9351, -88.3197),
+               (1.60963, 22.8091, 7.44842, 16.9014, 26.1088)),
+              ((-14.0247, 4.23123, 96.9291, -25.1243, -4.51042),
+               (19.6823, 2.92878, 28.8233, 18.6853, 24.0641)))
+
+
+@pytest.mark.parametrize("case", range(len(WIDE_GROUP)))
+def test_general_grid_checks_theta_quantiles(case):
+    """The general grid checks each theta_j against its 2n-rule in float32 too (allowing
+    for the check's own round-off, a few ulps of the components' means), and what that
+    check alone flags is refitted with twice the nodes: every summary matches quad with
+    status ok."""
+    y, sigma = WIDE_GROUP[case]
+    tp, mp = "half-cauchy:5", "normal:0,10"
+    f = hierjax.fit(np.array(y), np.array(sigma), tau_prior=tp, mu_prior=mp)
+    _report(compare_fit(f, 0, _ref(y, sigma, tp, mp), None, tol()))
+    assert int(f.status[0]) == 0, hierjax.engine.status_text(int(f.status[0]))
+
+
 def test_whole_line_map_resolves_eight_schools():
     """The whole-line map alone resolves the eight schools (the fallback is not what passes
     the test above), and flags the 1e6 sigma ratio it cannot resolve with 33 nodes."""
