@@ -53,7 +53,7 @@ def with_stand_ins(batch: Batch, bad, n_pad: int) -> Batch:
         y_[stand_in], s_[stand_in], m_[stand_in] = 0.0, 1.0, False
         m_[np.ix_(stand_in, three)] = True
         y_[np.ix_(stand_in, three)] = np.array([-1.0, 0.0, 1.0])
-    return Batch(y_, s_, m_, batch.names, batch.groups)
+    return Batch(y_, s_, m_, batch.names, batch.groups, batch.width)
 
 
 class Prepared(NamedTuple):

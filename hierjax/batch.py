@@ -32,6 +32,9 @@ class Batch(NamedTuple):
         mask: real groups, ``[B, J]`` bool.
         names: a label per dataset, length ``B``.
         groups: group labels per dataset (``None`` for 1-based numbers), length ``B``.
+        width: the input's own number of columns (the longest dataset of a ragged list),
+            at most ``J``: results are trimmed back to it, so that the padding added for
+            the kernels' shapes never shows (padding given with a mask stays).
     """
 
     y: np.ndarray
@@ -39,6 +42,7 @@ class Batch(NamedTuple):
     mask: np.ndarray
     names: tuple
     groups: tuple
+    width: int
 
 
 def padded_size(j: int) -> int:
@@ -119,6 +123,7 @@ def as_batch(y, sigma, mask=None, names: Optional[Sequence] = None, groups=None,
     B, J = Y.shape
     if B == 0:
         raise InputError("no datasets given")
+    width = J
     target = max(padded_size(J), pad_to or 0)
     if target > J:
         Y = np.pad(Y, ((0, 0), (0, target - J)))
@@ -128,7 +133,7 @@ def as_batch(y, sigma, mask=None, names: Optional[Sequence] = None, groups=None,
     if len(names) != B:
         raise InputError(f"{len(names)} dataset names for {B} datasets")
     groups = (None,) * B if groups is None else tuple(groups)
-    return Batch(Y, S, M, names, groups)
+    return Batch(Y, S, M, names, groups, width)
 
 
 def min_groups(tau_prior: TauPrior, mu_prior: MuPrior) -> int:

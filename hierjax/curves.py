@@ -312,7 +312,10 @@ def tau_curves(y, sigma=None, *, tau=None, tau_prior="uniform", mu_prior="flat",
     f64 = functools.partial(np.asarray, dtype=np.float64)
     sc = scale[:, None]
     dt = prep.dtype
-    mask_ = prep.batch.mask[:, None, :]
+    W = prep.batch.width      # the input's own width: the padding for shapes never shows
+    group_mask = prep.batch.mask[:, :W]
+    mask_ = group_mask[:, None, :]
+    thm, thv = thm[..., :W], thv[..., :W]
     proper = bool(prep.tp.proper)
     # user units: tau = scale tau', p(tau | y) = p(tau' | y) / scale, loc + scale * (mu, theta)
     loc = st.loc[:B]
@@ -330,7 +333,7 @@ def tau_curves(y, sigma=None, *, tau=None, tau_prior="uniform", mu_prior="flat",
         theta_mean=np.where(mask_, loc[:, None, None] + sc[..., None] * f64(thm), np.nan).astype(dt),
         theta_sd=np.where(mask_, sc[..., None] * np.sqrt(f64(thv)), np.nan).astype(dt),
         log_normalizer=(f64(log_ev) + _log_normalizer_shift(prep, n_groups, scale)).astype(dt),
-        status=status.astype(np.int32), n_groups=n_groups, mask=prep.batch.mask,
+        status=status.astype(np.int32), n_groups=n_groups, mask=group_mask,
         names=prep.batch.names, groups=prep.batch.groups)
 
 

@@ -299,7 +299,9 @@ class Fit(NamedTuple):
         mu: population mean; fields ``[B]``, quantiles ``[B, Q]``.
         tau: population sd; fields ``[B]``, quantiles ``[B, Q]`` (``p_gt0`` is 1).
         theta: group effects; fields ``[B, J]``, quantiles ``[B, J, Q]`` (nan, and False for
-            ``mean_exists`` and ``sd_exists``, where padded).
+            ``mean_exists`` and ``sd_exists``, where padded). ``J`` is the input's own
+            width: the columns of a ``[B, J]`` array, the longest dataset of a ragged
+            list or a table.
         theta_new: the effect of a new group; fields ``[B]``, quantiles ``[B, Q]``.
         tau_mode: posterior mode of tau (0 when the density peaks at tau = 0), ``[B]``.
         log_marginal_likelihood: ``log p(y)`` where both priors are proper, else nan, ``[B]``.
@@ -525,8 +527,12 @@ def _output_rounded(marginals, dt):
 
 
 def _to_user_units(out: DatasetFit, st, batch: Batch, bad, problems, levels, dt):
-    """Map standardised summaries back: ``phi = loc + scale * phi_std`` (tau: ``scale * tau``)."""
+    """Map standardised summaries back: ``phi = loc + scale * phi_std`` (tau: ``scale * tau``),
+    with the groups trimmed to the input's own width (``batch.width``)."""
     o = jax.tree.map(lambda a: a if a.dtype == bool else np.asarray(a, np.float64), out)
+    W = batch.width
+    o = o._replace(theta=Marginal(*(a[:, :W] for a in o.theta)))
+    group_mask = batch.mask[:, :W]
     loc, scale = st.loc, st.scale
 
     def location(m: Marginal, axes):
@@ -562,7 +568,7 @@ def _to_user_units(out: DatasetFit, st, batch: Batch, bad, problems, levels, dt)
     def cast(m: Marginal):
         return Marginal(*[a if a.dtype == bool else a.astype(dt) for a in m])
 
-    mu, tau, theta, new = blank(mu), blank(tau), blank(theta, batch.mask), blank(new)
+    mu, tau, theta, new = blank(mu), blank(tau), blank(theta, group_mask), blank(new)
     status = status | np.where(_output_rounded((mu, theta, new), dt),
                                STATUS["output_rounded"], 0).astype(np.int32)
     nanb = np.where(bad, np.nan, 1.0)
@@ -571,7 +577,7 @@ def _to_user_units(out: DatasetFit, st, batch: Batch, bad, problems, levels, dt)
         tau_mode=(scale * o.tau_mode * nanb).astype(dt),
         log_marginal_likelihood=(log_ml * nanb).astype(dt),
         grid_error=(o.grid_error * nanb).astype(dt),
-        status=status, n_groups=n_groups, mask=batch.mask, levels=levels,
+        status=status, n_groups=n_groups, mask=group_mask, levels=levels,
         names=batch.names, groups=batch.groups,
         notes=tuple("" if p is None else p for p in problems),
     )

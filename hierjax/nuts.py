@@ -474,8 +474,9 @@ def run_nuts(y, sigma=None, *, tau_prior="uniform", mu_prior="flat", centered: b
         blocks.append(jax.tree.map(np.asarray, out))
     out = jax.tree.map(lambda *a: np.concatenate(a)[:B], *blocks)
     f64 = functools.partial(np.asarray, dtype=np.float64)
-    m = batch.mask[sel]
-    return NutsRun(mu=f64(out.mu), tau=f64(out.tau), theta=f64(out.theta),
+    W = batch.width           # the input's own width: the padding for shapes never shows
+    m = batch.mask[sel, :W]
+    return NutsRun(mu=f64(out.mu), tau=f64(out.tau), theta=f64(out.theta[..., :W]),
                    diverging=out.diverging.astype(bool), num_steps=out.num_steps,
                    step_size=f64(out.step_size), accept_prob=f64(out.accept_prob), mask=m,
                    n_groups=m.sum(axis=1), datasets=sel, names=tuple(batch.names[i] for i in sel),
@@ -796,7 +797,8 @@ def crosscheck(y, sigma=None, *, tau_prior="uniform", mu_prior="flat", centered:
                    **kwargs)
     sel = sorted({int(i) for i in run.datasets})
     sub = Batch(batch.y[sel], batch.sigma[sel], batch.mask[sel],
-                tuple(batch.names[i] for i in sel), tuple(batch.groups[i] for i in sel))
+                tuple(batch.names[i] for i in sel), tuple(batch.groups[i] for i in sel),
+                batch.width)
     f = exact_fit(sub, None, tau_prior=tau_prior, mu_prior=mu_prior, quantiles=levels,
                   dtype=kwargs.get("dtype"))
     # rows of the full batch for compare (run.datasets index the full batch)

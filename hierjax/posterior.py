@@ -136,7 +136,9 @@ class Posterior(NamedTuple):
             of the exact tau density), map parameters ``x0``, ``u_lo``,
             ``one_minus_u_hi`` ``[B]``, and the diagnostics ``error``, ``truncated``,
             ``converged``, ``roundoff`` ``[B]``.
-        y: standardised estimates ``(y - loc) / scale``, ``[B, J]`` (0 where padded).
+        y: standardised estimates ``(y - loc) / scale``, ``[B, J]`` (0 where padded);
+            ``J`` is the input's own width (the columns of a ``[B, J]`` array, the
+            longest dataset of a ragged list), as in every result.
         sigma2: standardised variances ``(sigma / scale)^2``, ``[B, J]`` (1 where padded).
         mask: real groups, ``[B, J]`` bool.
         tau_prior: the tau prior for the standardised data (leaves ``[B]``).
@@ -149,6 +151,9 @@ class Posterior(NamedTuple):
         status: :data:`hierjax.engine.STATUS` bits per dataset, int32 ``[B]``.
         names: dataset labels, length ``B``.
         groups: group labels per dataset (or None), length ``B``.
+        kernel_groups: the width the kernels run at (a power of two, at least ``J``:
+            nearby widths share compiled kernels); ``y``, ``sigma2`` and ``mask`` are
+            padded to it for each computation and the results trimmed back.
     """
 
     grid: TauGrid
@@ -165,6 +170,7 @@ class Posterior(NamedTuple):
     status: np.ndarray
     names: tuple
     groups: tuple
+    kernel_groups: int
 
 
 class _Data(NamedTuple):
@@ -179,7 +185,18 @@ class _Data(NamedTuple):
 
 
 def _data(post: Posterior) -> _Data:
-    return _Data(post.grid, post.y, post.sigma2, post.mask, post.tau_prior, post.mu_prior)
+    """The kernels' view of ``post``: its groups padded to ``post.kernel_groups``."""
+    pad = [(0, 0), (0, post.kernel_groups - post.y.shape[1])]
+    return _Data(post.grid, np.pad(post.y, pad), np.pad(post.sigma2, pad, constant_values=1),
+                 np.pad(post.mask, pad), post.tau_prior, post.mu_prior)
+
+
+def _own_groups(post: Posterior, a, axes=(1,)):
+    """A kernel's output ``a`` with its group ``axes`` trimmed to the input's width."""
+    idx = [slice(None)] * a.ndim
+    for ax in axes:
+        idx[ax] = slice(0, post.y.shape[1])
+    return a[tuple(idx)]
 
 
 def _dtype(post: Posterior):
@@ -280,8 +297,10 @@ def posterior(y, sigma=None, *, tau_prior="uniform", mu_prior="flat", mask=None,
               | np.where(grid.truncated, STATUS["tail_truncated"], 0)
               | np.where(grid.roundoff > 1e-5, STATUS["roundoff_limited"], 0)
               | np.where(grid.converged, 0, STATUS["unconverged"])).astype(np.int32)
-    return Posterior(grid, ys, s2, batch.mask, tp_b, mp_b, st.loc, st.scale, alpha, n_groups,
-                     grid.error, status, batch.names, batch.groups)
+    W = batch.width           # the input's own width: the padding for shapes never shows
+    return Posterior(grid, ys[:, :W], s2[:, :W], batch.mask[:, :W], tp_b, mp_b, st.loc,
+                     st.scale, alpha, n_groups, grid.error, status, batch.names, batch.groups,
+                     batch.y.shape[1])
 
 
 # --------------------------------------------------------------------------- one dataset
@@ -577,9 +596,12 @@ def _run_op(post, param, pts, sigma_new, op):
     size = max(8, 1 << max(0, P - 1).bit_length())
     if size > P:
         pts = np.concatenate([pts, np.repeat(pts[..., -1:], size - P, axis=-1)], axis=-1)
+    grouped = pts.ndim == 3
+    if grouped:                    # the padded groups' points: any benign value
+        pts = np.pad(pts, [(0, 0), (0, post.kernel_groups - pts.shape[1]), (0, 0)], mode="edge")
     out = _in_blocks(_op_kernel, (_data(post), np.ascontiguousarray(pts).astype(_dtype(post)),
                                   _sigma_new(post, param, sigma_new)), param=param, op=op)
-    return [np.asarray(a)[..., :P] for a in out]
+    return [_own_groups(post, np.asarray(a)[..., :P], (1,) if grouped else ()) for a in out]
 
 
 def _dist(post, param, x, sigma_new):
@@ -803,7 +825,8 @@ def predictive_prob(post: Posterior, threshold, sigma_new, side: str = "greater"
     sn = _sigma_new(post, "y_new", sigma_new).astype(np.float64)
     pts, scalar = _points(post, "mu", threshold, "threshold")
     t_std = t / post.scale
-    mu = _in_blocks(_mu_at, (post.y, post.sigma2, post.mask, post.mu_prior,
+    d = _data(post)
+    mu = _in_blocks(_mu_at, (d.y, d.sigma2, d.mask, post.mu_prior,
                              (t_std ** 2).astype(_dtype(post))))
     sd = np.sqrt(np.asarray(mu.var, np.float64) + t_std ** 2 + sn ** 2)
     z = (_to_std(post, "mu", pts) - np.asarray(mu.mean, np.float64)[:, None]) / sd[:, None]
@@ -850,7 +873,8 @@ def predictive_check(post: Posterior) -> PredictiveCheck:
             \Phi\Big(\frac{E[\theta_j \mid \tau_k, y] - y_j}
                           {\sqrt{Var[\theta_j \mid \tau_k, y] + \sigma_j^2}}\Big)
     """
-    mean, sd, p = (np.asarray(a, np.float64) for a in _in_blocks(_check_kernel, (_data(post),)))
+    mean, sd, p = (_own_groups(post, np.asarray(a, np.float64))
+                   for a in _in_blocks(_check_kernel, (_data(post),)))
     mean = post.loc[:, None] + post.scale[:, None] * mean
     sd = post.scale[:, None] * sd
     dt = _dtype(post)
@@ -919,7 +943,10 @@ def _shrink_kernel(data: _Data):
 
 
 def _shrink(post):
-    return [np.asarray(a, np.float64) for a in _in_blocks(_shrink_kernel, (_data(post),))]
+    out = [np.asarray(a, np.float64) for a in _in_blocks(_shrink_kernel, (_data(post),))]
+    # shrink, mu_w, mu_w0, theta_w, theta_w0, i2_mean, s2: groups on axes 1 (theta_w 1, 2)
+    group_axes = ((1,), (1,), (), (1, 2), (1,), (), ())
+    return [_own_groups(post, a, ax) for a, ax in zip(out, group_axes)]
 
 
 def shrinkage(post: Posterior):
@@ -1047,6 +1074,7 @@ def pairwise_prob(post: Posterior):
     with the exact conditional moments of :func:`difference_given_tau`. The diagonal is
     0 (``P(theta_i > theta_i) = 0``); nan where a group is padded.
     """
-    P = np.asarray(_in_blocks(_pairwise_kernel, (_data(post),)), np.float64)
+    P = _own_groups(post, np.asarray(_in_blocks(_pairwise_kernel, (_data(post),)), np.float64),
+                    (1, 2))
     m = post.mask
     return np.where(m[:, :, None] & m[:, None, :], P, np.nan).astype(_dtype(post))

@@ -222,10 +222,12 @@ def draws(y, sigma=None, *, key, num_draws: int, tau_prior="uniform", mu_prior="
     dt = prep.dtype
     tau = (scale[:, None] * res.tau.astype(np.float64)).astype(dt)
     mu = (loc[:, None] + scale[:, None] * res.mu.astype(np.float64)).astype(dt)
-    theta = loc[:, None, None] + scale[:, None, None] * res.theta.astype(np.float64)
-    theta = np.where(prep.batch.mask[:, None, :], theta, np.nan).astype(dt)
+    W = prep.batch.width      # the input's own width: the padding for shapes never shows
+    mask = prep.batch.mask[:, :W]
+    theta = loc[:, None, None] + scale[:, None, None] * res.theta[..., :W].astype(np.float64)
+    theta = np.where(mask[:, None, :], theta, np.nan).astype(dt)
     return Draws(tau=tau, mu=mu, theta=theta, status=res.status.astype(np.int32),
-                 mask=prep.batch.mask, ids=ids_np, names=prep.batch.names,
+                 mask=mask, ids=ids_np, names=prep.batch.names,
                  groups=prep.batch.groups)
 
 

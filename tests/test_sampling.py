@@ -111,7 +111,10 @@ def test_batch_order_and_single_bitwise(ragged):
     for f in ("tau", "mu", "theta"):
         assert np.array_equal(getattr(ragged, f)[perm], getattr(d2, f), equal_nan=True), f
     one = draws(RAGGED_Y[2], RAGGED_S[2], key=jax.random.key(7), num_draws=300, ids=[2])
-    assert np.array_equal(one.theta[0], ragged.theta[2], equal_nan=True)
+    J = len(RAGGED_Y[2])     # its own width alone; the batch's is its longest dataset's
+    assert one.theta.shape[-1] == J
+    assert np.array_equal(one.theta[0], ragged.theta[2, :, :J], equal_nan=True)
+    assert np.all(np.isnan(ragged.theta[2, :, J:]))
     # padded groups are nan, real ones finite
     assert np.all(np.isnan(ragged.theta[3, :, 4:])) and np.all(np.isfinite(ragged.theta[3, :, :4]))
     # another key or id gives other draws

@@ -296,12 +296,11 @@ def test_pad_to_larger_J_changes_nothing(hc_runs):
     r = hc_runs
     assert r.wide.y.shape == (6, 16)
     got, want = r.padded16, r.ragged8
-    assert got.theta.mean.shape == (6, 16) and want.theta.mean.shape == (6, 8)
+    # pad_to widens the kernels only (16 groups: see the trace test above); the results
+    # keep the input's own width, 8
+    assert got.theta.mean.shape == want.theta.mean.shape == (6, 8)
+    assert got.theta.quantiles.shape == (6, 8, 5) and got.mask.shape == (6, 8)
     assert_fits_equal(got, want, width=8, what="pad_to=16 vs 8: ")
-    assert np.all(np.isnan(got.theta.mean[:, 8:]))
-    assert np.all(np.isnan(got.theta.sd[:, 8:]))
-    assert np.all(np.isnan(got.theta.quantiles[:, 8:]))
-    assert not got.mask[:, 8:].any()
 
 
 # One spec per prior family; the data-dependent ones are bound to three sigma_j.
@@ -401,9 +400,51 @@ def test_narrow_kernels_change_nothing(hc_runs, sim, monkeypatch):
     monkeypatch.setattr(engine, "fit_standardized", spy)
     got = hierjax.fit(ys, ss, tau_prior="half-cauchy:5", min_bucket=1)
     assert set(widths) == {8, 16}, widths
-    assert got.theta.mean.shape == want.theta.mean.shape == (6, 16)
+    assert got.theta.mean.shape == want.theta.mean.shape == (6, 12)     # the longest: 12
     assert_fits_equal(got, want, what="widths 8 and 16 vs 16: ")
     assert np.all(np.isnan(got.theta.quantiles[0, 3:]))
+
+
+def test_results_keep_the_inputs_width():
+    """Kernels run on groups padded to a power of two; no result shows that padding.
+    A ``[B, 13]`` array (13 studies, as BCG) gives ``[B, 13]`` groups in every result, as
+    does a ragged list whose longest dataset has 13; padding the user gave with a mask
+    stays (16 columns in, 16 out), and the 13 real groups agree with the trimmed input."""
+    sim = hierjax.simulate(3, 13, seed=5)
+    y, s = sim.y, sim.sigma
+    key = jax.random.key(0)
+    pad = ((0, 0), (0, 3))
+    mask16 = np.pad(np.ones((3, 13), bool), pad)
+    fits = {"[B, 13]": hierjax.fit(y, s),
+            "ragged": hierjax.fit([y[0, :5], y[1], y[2, :9]], [s[0, :5], s[1], s[2, :9]]),
+            "masked [B, 16]": hierjax.fit(np.pad(y, pad), np.pad(s, pad, constant_values=1.0),
+                                          mask=mask16)}
+    for what, f in fits.items():
+        J = 16 if what.startswith("masked") else 13
+        assert f.theta.mean.shape == f.mask.shape == (3, J), what
+        assert f.theta.quantiles.shape == (3, J, 5), what
+    assert_fits_equal(fits["masked [B, 16]"], fits["[B, 13]"], width=13, what="mask vs own: ")
+    assert np.all(np.isnan(fits["masked [B, 16]"].theta.mean[:, 13:]))
+
+    post = hierjax.posterior(y, s)
+    assert post.y.shape == post.mask.shape == (3, 13) and post.kernel_groups == 16
+    q = hierjax.quantile(post, "theta", [0.25, 0.5])
+    assert q.shape == (3, 13, 2)
+    ref = fits["[B, 13]"].theta.quantiles[..., 1:3]
+    np.testing.assert_allclose(q, ref, atol=1e-4 * float(np.max(fits["[B, 13]"].theta.sd)))
+    assert hierjax.pdf(post, "theta", np.zeros((3, 13, 2))).shape == (3, 13, 2)
+    assert hierjax.interval(post, "theta", 0.9)[0].shape == (3, 13)
+    assert hierjax.predictive_check(post).p_value.shape == (3, 13)
+    assert hierjax.shrinkage(post).shape == (3, 13)
+    w = hierjax.weights(post)
+    assert w.mu.shape == w.theta_prior.shape == (3, 13) and w.theta.shape == (3, 13, 13)
+    np.testing.assert_allclose(np.sum(w.theta, axis=-1), 1.0, rtol=1e-5)
+    assert hierjax.pairwise_prob(post).shape == (3, 13, 13)
+    assert hierjax.predictive_prob(post, 0.0, 1.0, tau=1.0).shape == (3,)
+    d = hierjax.draws(y, s, key=key, num_draws=4)
+    assert d.theta.shape == (3, 4, 13) and d.mask.shape == (3, 13)
+    c = hierjax.tau_curves(y, s, tau=[0.5, 1.0])
+    assert c.theta_mean.shape == c.theta_sd.shape == (3, 2, 13) and c.mask.shape == (3, 13)
 
 
 # --------------------------------------------------------------------------------------
