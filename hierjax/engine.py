@@ -195,10 +195,10 @@ def fit_dataset(y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPri
         moment_error(new, (grid.mu.mean, new_v, new_above),
                      (mu_odd, tau2_fine[1::2] + mu_v_odd), jnp.sqrt(tau2[k] + grid.mu.var[k])))
     # Each theta_j's mean and sd against the 2n-rule too (in units of its posterior sd),
-    # and (but on float64's general grid) its quantiles: on random datasets against quad, with
-    # every mu / theta_new check passing, the fast grid had a theta_j sd (J = 6) and tail
-    # quantiles (J = 15) 1.0-1.6e-8 sd off, and the general grid the sd of a group whose
-    # sigma_j is ~1600x the smallest 2.9e-8 off (J = 6, uniform prior: its variance
+    # and (but on float64's general grid) its quantiles: on random datasets against quad,
+    # with every mu / theta_new check passing, the fast grid had a theta_j sd (J = 6) and
+    # tail quantiles (J = 15) 1.0-1.6e-8 sd off, and the general grid the sd of a group
+    # whose sigma_j is ~1600x the smallest 2.9e-8 off (J = 6, uniform prior: its variance
     # jumps where tau reaches sigma_j, far out in p(tau | y)'s tail).
     # On float32's general grid the check's own round-off is allowed for: a few ulps of
     # theta_j's components, in units of its sd. That is ~1e-4 sd for a group ~1e3 of its
@@ -216,7 +216,9 @@ def fit_dataset(y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPri
         theta_floor = jnp.zeros_like(theta.sd)
     else:
         eps = float(jnp.finfo(dtype).eps)
-        theta_floor = 4.0 * eps * jnp.max(jnp.abs(theta_m), axis=0) / theta.sd     # [J]
+        # (over the nodes of positive weight: far ones may hold nan, see two_n_sum)
+        size = jnp.max(jnp.where(w[:, None] > 0, jnp.abs(theta_m), 0.0), axis=0)     # [J]
+        theta_floor = 4.0 * eps * size / theta.sd
     # Every level of theta_j's quantiles, not just the outermost: grid.error looks at mu's
     # and theta_new's CDFs, not theta_j's, and their centres can be the worse. float32's
     # fast grid had theta_j's 0.25 to 0.75 quantiles 1.3-1.5e-4 sd off with the 0.025
