@@ -37,7 +37,7 @@ from hierjax._host import prepare
 from hierjax.batch import Batch, InputError
 from hierjax.cache import register
 from hierjax.conditionals import mu_given_tau_near, reference_point, theta_given_tau
-from hierjax.engine import STATUS
+from hierjax.engine import ROUNDOFF_LIMIT, STATUS
 from hierjax.grid import tau_grid
 from hierjax.priors import NormalMu, Uniform
 from hierjax.summaries import mixture_quantile, tau_summary
@@ -116,7 +116,7 @@ def _grid_status(grid, dtype):
     limit = 0.1 * float(jnp.finfo(dtype).eps) ** 0.5
     return (jnp.where(grid.error > limit, STATUS["grid_unresolved"], 0)
             | jnp.where(grid.truncated, STATUS["tail_truncated"], 0)
-            | jnp.where(grid.roundoff > 1e-5, STATUS["roundoff_limited"], 0)).astype(jnp.int32)
+            | jnp.where(grid.roundoff > ROUNDOFF_LIMIT, STATUS["roundoff_limited"], 0)).astype(jnp.int32)
 
 
 def tau_curves_dataset(y, sigma2, mask, tau_prior, mu_prior, axis, *, auto: bool, n: int):

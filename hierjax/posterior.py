@@ -66,7 +66,7 @@ from hierjax.conditionals import (
     reference_point,
     theta_given_tau,
 )
-from hierjax.engine import DEFAULT_LEVELS, GOAL, STATUS
+from hierjax.engine import DEFAULT_LEVELS, GOAL, ROUNDOFF_LIMIT, STATUS
 from hierjax.grid import (
     TauGrid,
     grid_z_of_tau,
@@ -295,7 +295,7 @@ def posterior(y, sigma=None, *, tau_prior="uniform", mu_prior="flat", mask=None,
     limit = 0.1 * float(np.finfo(dt).eps) ** 0.5
     status = (np.where(grid.error > limit, STATUS["grid_unresolved"], 0)
               | np.where(grid.truncated, STATUS["tail_truncated"], 0)
-              | np.where(grid.roundoff > 1e-5, STATUS["roundoff_limited"], 0)
+              | np.where(grid.roundoff > ROUNDOFF_LIMIT, STATUS["roundoff_limited"], 0)
               | np.where(grid.converged, 0, STATUS["unconverged"])).astype(np.int32)
     W = batch.width           # the input's own width: the padding for shapes never shows
     return Posterior(grid, ys[:, :W], s2[:, :W], batch.mask[:, :W], tp_b, mp_b, st.loc,

@@ -62,6 +62,7 @@ def _some_groups(y, sigma):
                          int(np.argmax(y)), int(np.argmin(y))}))
 
 
+J50 = _simulated(50, 50)       # float32 round-off estimate 1.5e-5: unflagged since 2.5e-5
 J300 = _simulated(300, 300)
 J3000 = _simulated(3000, 3000)
 
@@ -105,6 +106,7 @@ CASES = {
     "J1-halfnormal-normal": ((2.0,), (1.0,), "half-normal:1", "normal:0,10", None),
     "J2-halfcauchy-normal": ((-1.0, 5.0), (0.5, 0.5), "half-cauchy:2", "normal:0,5", None),
     # large J: a needle-sharp p(tau | y)
+    "J50-uniform-flat": J50 + ("uniform", "flat", _some_groups(*J50)),
     "J300-uniform-flat": J300 + ("uniform", "flat", _some_groups(*J300)),
     "J3000-uniform-flat": J3000 + ("uniform", "flat", _some_groups(*J3000)),
 }
