@@ -42,11 +42,11 @@ DEFAULT_LEVELS = (0.025, 0.25, 0.5, 0.75, 0.975)
 STATUS = {
     "grid_unresolved": 1,      # n-rule differs from the 2n-rule by > 0.1 sqrt(eps) in a CDF,
                                # or moves a quantile, the mean or the sd of mu or theta_new,
-                               # or the mean, sd or (but on float64's general grid) a
-                               # quantile of a theta_j by > 0.25 sqrt(eps) sd, or a P(> 0)
-                               # by > 0.25 sqrt(eps): use more nodes (fit does: fast grid ->
-                               # general grid -> twice its nodes, in float32 only where
-                               # theta_j alone flagged)
+                               # or the mean, sd or a quantile of a theta_j (on the general
+                               # grid the outermost ones, in float32 only) by > 0.25
+                               # sqrt(eps) sd, or a P(> 0) by > 0.25 sqrt(eps): use more
+                               # nodes (fit does: fast grid -> general grid -> twice its
+                               # nodes, in float32 only where theta_j alone flagged)
     "tail_truncated": 2,       # mass beyond the dtype's range of tau (improper posterior?),
                                # or the tail cut off moves an upper quantile of tau by
                                # > 0.25 sqrt(eps) of its sd (IQR where there is none)
@@ -178,29 +178,26 @@ def fit_dataset(y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPri
     # 1.3e-4 off, J = 5 under an exponential prior, with grid.error 2.3e-5.)
     # The 2n-rule's even nodes are the n-rule's: only its odd nodes are evaluated anew, and
     # each 2n-rule sum is taken as the even nodes' plus the odd nodes'.
-    w_even, w_odd = w_fine[::2], w_fine[1::2]
+    # The 2n-rule's weights are divided by their own total: in float32 the 65 weights of
+    # a J = 50 dataset summed to 1 + 6e-6, which moved a theta_j 15 sds from the data's
+    # centre by 9e-5 sd in this check alone (its value was within 2e-5 of float64):
+    # 35-193 of 4096 J = 50 datasets were flagged so. (Summing about each mean as well
+    # cost 10-15% of float64's J = 8 throughput and changed no flag.)
+    w_total = jnp.sum(w_fine)
+    w_even, w_odd = w_fine[::2] / w_total, w_fine[1::2] / w_total
 
     def two_n_sum(even, odd):
         # nodes of zero weight may hold nan (mu_hat = 0/0 where float32's P underflows)
         return (jnp.sum(jnp.where(w_even > 0, w_even * even, 0.0), axis=0)
                 + jnp.sum(jnp.where(w_odd > 0, w_odd * odd, 0.0), axis=0))
 
-    # The 2n-rule's sums are divided by its weights' own total, and its mean is summed
-    # about the n-rule's: the float32 sums of 65 weights came to 1 + 6e-6, and a theta_j
-    # 15 sds from the data's centre (J = 50) moved by 9e-5 sd in the check alone (its
-    # value was within 2e-5 of float64): 35-193 of 4096 J = 50 datasets were flagged so.
-    w_total = jnp.sum(w_even) + jnp.sum(w_odd)
-
     def moment_error(mg: Marginal, even, odd, scale):
         """``even``, ``odd``: the components' ``(mean, var, P(> 0))`` at those nodes."""
         (m_e, v_e, above_e), (m_o, v_o) = even, odd
         above_o = component_above(m_o, jnp.sqrt(v_o), threshold)
-        c = jnp.where(jnp.isfinite(mg.mean), mg.mean, 0.0)
-        d_e, d_o = m_e - c, m_o - c
-        shift = two_n_sum(d_e, d_o) / w_total           # E_2n[mean] - c
-        mean_f = c + shift
-        sd_f = jnp.sqrt(two_n_sum(v_e + (d_e - shift) ** 2, v_o + (d_o - shift) ** 2) / w_total)
-        p_f = two_n_sum(above_e, above_o) / w_total
+        mean_f = two_n_sum(m_e, m_o)
+        sd_f = jnp.sqrt(two_n_sum(v_e + (m_e - mean_f) ** 2, v_o + (m_o - mean_f) ** 2))
+        p_f = two_n_sum(above_e, above_o)
         unit = jnp.where(mg.sd_exists, sd_f, scale)
         e_mean = jnp.where(mg.mean_exists, jnp.abs(mg.mean - mean_f) / unit, 0.0)
         e_sd = jnp.where(mg.sd_exists, jnp.abs(mg.sd - sd_f) / sd_f, 0.0)
@@ -240,9 +237,10 @@ def fit_dataset(y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPri
     # Every level of theta_j's quantiles, not just the outermost: grid.error looks at mu's
     # and theta_new's CDFs, not theta_j's, and their centres can be the worse. float32's
     # fast grid had theta_j's 0.25 to 0.75 quantiles 1.3-1.5e-4 sd off with the 0.025
-    # and 0.975 ones within 8.6e-5 (J = 8, uniform prior; 17 nodes). float64's general
-    # grid leaves them to the moment check, which no screen has seen fall short there
-    # (a theta_j whose quantiles miss moves its mean or sd by as much).
+    # and 0.975 ones within 8.6e-5 (J = 8, uniform prior; 17 nodes). The general grid
+    # checks the outermost levels in float32 (where its misses were: the J = 5 case
+    # above) and leaves them to the moment check in float64, which no screen has seen
+    # fall short there (a theta_j whose quantiles miss moves its mean or sd by as much).
     if not moments_only and (fast or jnp.finfo(dtype).bits <= 32):
         # the 2n-rule with its even nodes first (sums do not care about the order)
         w_f_even_odd = jnp.concatenate([w_even, w_odd])
@@ -251,7 +249,7 @@ def fit_dataset(y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPri
         q_err_theta = jax.vmap(
             lambda q, m, v, m_f, v_f, sc: quantile_error(q, levels, w, m, jnp.sqrt(v),
                                                          w_f_even_odd, m_f, jnp.sqrt(v_f), sc,
-                                                         every_level=True),
+                                                         every_level=fast),
             in_axes=(0, 1, 1, 1, 1, 0))(theta.quantiles, theta_m, theta_v, theta_m_f, theta_v_f,
                                         theta.sd)
         theta_err = jnp.maximum(theta_err, q_err_theta)
