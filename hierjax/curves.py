@@ -116,7 +116,8 @@ def _grid_status(grid, dtype):
     limit = 0.1 * float(jnp.finfo(dtype).eps) ** 0.5
     return (jnp.where(grid.error > limit, STATUS["grid_unresolved"], 0)
             | jnp.where(grid.truncated, STATUS["tail_truncated"], 0)
-            | jnp.where(grid.roundoff > ROUNDOFF_LIMIT, STATUS["roundoff_limited"], 0)).astype(jnp.int32)
+            | jnp.where(grid.roundoff > ROUNDOFF_LIMIT, STATUS["roundoff_limited"], 0)
+            ).astype(jnp.int32)
 
 
 def tau_curves_dataset(y, sigma2, mask, tau_prior, mu_prior, axis, *, auto: bool, n: int):
