@@ -214,14 +214,22 @@ class Standardized(NamedTuple):
 
 
 def standardize(batch: Batch) -> Standardized:
-    """Centre by the Fisher-weighted mean and scale by the geometric mean of sigma."""
+    r"""Centre by the Fisher-weighted mean and scale by the geometric mean of sigma.
+
+    .. math::
+        s = \exp\Big(\frac{1}{J}\sum_j \log\sigma_j\Big), \qquad
+        \hat\mu_0 = \frac{\sum_j y_j / (\sigma_j/s)^2}{\sum_j 1 / (\sigma_j/s)^2}
+
+    The precisions are formed in units of ``s``, so ``sigma`` anywhere in float64's
+    range (``1e-200`` or ``1e200``) neither overflows nor underflows ``1 / sigma^2``.
+    """
     m = batch.mask
-    prec = np.where(m, 1.0 / batch.sigma ** 2, 0.0)
-    loc = np.sum(prec * batch.y, axis=1) / np.sum(prec, axis=1)
     n = np.maximum(m.sum(axis=1), 1)
-    scale = np.exp(np.sum(np.where(m, np.log(batch.sigma), 0.0), axis=1) / n)
-    y = np.where(m, (batch.y - loc[:, None]) / scale[:, None], 0.0)
+    scale = np.exp(np.sum(np.where(m, np.log(np.where(m, batch.sigma, 1.0)), 0.0), axis=1) / n)
     s2 = np.where(m, (batch.sigma / scale[:, None]) ** 2, 1.0)
+    prec = np.where(m, 1.0 / s2, 0.0)
+    loc = np.sum(prec / np.sum(prec, axis=1, keepdims=True) * np.where(m, batch.y, 0.0), axis=1)
+    y = np.where(m, (batch.y - loc[:, None]) / scale[:, None], 0.0)
     return Standardized(y, s2, loc, scale, -loc / scale)
 
 

@@ -126,7 +126,7 @@ def complete_pooling(y, sigma, mask=None, mu_prior="flat") -> CompletePooling:
         a, prep.dtype), mp_std))
     mean = st.loc + st.scale * np.asarray(out.mean, np.float64)
     sd = st.scale * np.sqrt(np.asarray(out.var, np.float64))
-    prec = np.where(batch.mask, 1.0 / batch.sigma ** 2, 0.0)
+    prec = np.where(batch.mask, 1.0 / st.sigma2, 0.0)      # in units of 1 / scale^2
     w = prec / prec.sum(axis=1, keepdims=True)
     J = _real_width(batch)
     return CompletePooling(mean.astype(prep.dtype), sd.astype(prep.dtype),

@@ -605,10 +605,16 @@ def test_tau_mode_at_zero(y, sigma):
     assert float(f.tau_mode[0]) == 0.0, f"tau_mode = {float(f.tau_mode[0])!r}"
 
 
-@pytest.mark.parametrize("factor", [1e-6, 1e6])
+_FLOAT64_ONLY = pytest.mark.skipif("not jax.config.jax_enable_x64",
+                                   reason="beyond float32's range")
+
+
+@pytest.mark.parametrize("factor", [1e-6, 1e6, pytest.param(1e-200, marks=_FLOAT64_ONLY),
+                                    pytest.param(1e200, marks=_FLOAT64_ONLY)])
 @pytest.mark.parametrize("priors", [("uniform", "flat"), ("half-cauchy:5", "normal:0,5")])
 def test_scale_invariance(factor, priors):
-    """Data (and prior scales) in other units give the scaled answer."""
+    """Data (and prior scales) in other units give the scaled answer: 1e-6 and 1e6, and in
+    float64 1e-200 and 1e200, where ``1 / sigma^2`` itself is out of range."""
     tp, mp = priors
     tp_s = tp if tp == "uniform" else f"half-cauchy:{5 * factor:g}"
     mp_s = mp if mp == "flat" else f"normal:0,{5 * factor:g}"
@@ -723,6 +729,12 @@ def test_seed_complete_pooling_numbers():
     _near(errs, "complete pooling sd", float(cp.sd[0]), sd_exact, pub_rtol=slop)
     np.testing.assert_allclose(np.asarray(cp.weights[0], np.float64), prec / prec.sum(),
                                rtol=slop)
+    if jax.config.jax_enable_x64:       # units where 1 / sigma^2 is out of float64's range
+        for c in (1e-200, 1e200):
+            cs = hierjax.complete_pooling(c * y, c * s)
+            np.testing.assert_allclose(np.asarray(cs.weights[0]), prec / prec.sum(), rtol=slop)
+            np.testing.assert_allclose([float(cs.mean[0]) / c, float(cs.sd[0]) / c],
+                                       [m, sd_exact], rtol=8 * slop)
     _, _, p28 = hierjax.complete_pooling_predictive(y, s, 15.0, 28.0)
     p = float(np.asarray(p28).reshape(-1)[0])
     _near(errs, "P(y_new >= 28 | sigma=15)", p, 0.09560784,
