@@ -913,6 +913,21 @@ def test_tau_upper_quantiles_from_the_survival_function():
     _report(_tau_quantile_errors("default levels", f, _ref(y, sigma, tp, mp), LEVELS, tol()))
 
 
+# Another p(tau | y) ~ tau^-2 (J = 2, uniform tau, normal mu), from a random screen against
+# quad: float32 put theta_new's 0.25 and 0.75 quantiles 0.11-0.14 IQR off with status ok.
+# Halley's search started far out in the tail, where the mixture's F' and F'' are tiny,
+# and its cubic error model "predicted" convergence after a step that left F(q) at 0.22.
+J2_HEAVY_QUARTILES = ((-11.638306579545, -2.404978748689),
+                      (3.0424502728619247, 5.560977577421489), "uniform", "normal:0,1.72254")
+
+
+def test_mixture_quantiles_from_far_in_a_heavy_tail():
+    y, sigma, tp, mp = J2_HEAVY_QUARTILES
+    f = hierjax.fit(np.array(y), np.array(sigma), tau_prior=tp, mu_prior=mp)
+    assert int(f.status[0]) == 0, hierjax.engine.status_text(int(f.status[0]))
+    _report(compare_fit(f, 0, _ref(y, sigma, tp, mp), None, tol()))
+
+
 @pytest.mark.skipif(not jax.config.jax_enable_x64, reason="a 1e-8 sd question (float64)")
 def test_tau_tail_is_kept_down_to_the_highest_level():
     """The grid's right end follows the highest level asked for: with the tail cut where
