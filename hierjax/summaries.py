@@ -214,7 +214,7 @@ def mixture_quantile(p, w, m, s, moments=None, coarse=None):
         # tail, where f and C are both tiny, it "predicted" convergence after a step that
         # left F(x) at 0.22 for p = 0.25 (float32, J = 2 under a uniform prior: theta_new's
         # quartiles 0.11 IQR off with status ok). So the step must also start within
-        # _NEAR p of the level, which the coarse steps' iterates (~1e-6 sd off) always are.
+        # _NEAR p of the level, as the coarse steps' iterates (~1e-6 sd off) are in practice.
         small = (f * C * jnp.abs(step) ** 3 <= tol_res) & (jnp.abs(F) <= _NEAR * p)
         now = at_root | (ok & small) | (hi - lo <= 64.0 * eps * (jnp.abs(x) + 1.0 / f))
         return i + 1, x_new, lo, hi, done | now
