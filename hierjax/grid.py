@@ -22,7 +22,9 @@ four steps, all inside ``jit`` with fixed work:
 3. **Map**: ``x = x0 + kappa * logit(u)`` with ``kappa = 2``, ``u`` on the extent's
    interval. A tail ``e^{-alpha x}`` becomes ``(1-u)^{2 alpha - 1}``, a polynomial for
    integer ``alpha``, so the compactified integrand stays smooth, and features far
-   out in ``x`` (a group whose ``sigma_j`` is 1e6 times another's) keep room.
+   out in ``x`` (a group whose ``sigma_j`` is 1e6 times another's) keep room. A
+   fractional tail whose moment integrand ``tau^k p(tau | y)`` would be unbounded at
+   ``u = 1`` gets a wider stretch (:func:`_tail_kappa`).
 4. **Integrate**: Clenshaw-Curtis in ``z in [-1, 1]`` (``u`` affine in ``z``) with
    ``2n + 1`` nodes for tau itself; the nested ``n``-rule on every other node carries
    the normal mixtures of mu and theta (half the work), and its difference from the
@@ -75,6 +77,36 @@ def general_kappa(origin_power) -> float:
     if abs(e - round(e)) < 1e-6:
         return KAPPA
     return math.ceil(e) / (1.0 + origin_power)
+
+
+#: The largest stretch :func:`_tail_kappa` gives (a moment integrand decaying like
+#: ``tau^{-1 - 1/8}`` or slower is left to the checks).
+_KAPPA_MAX = 8.0
+
+
+def _tail_kappa(kappa, alpha):
+    r"""The general grid's stretch, widened where a reported moment's integrand has a
+    heavy right tail.
+
+    The slowest reported integrand, ``tau^k p(tau | y)`` with ``k`` the highest moment
+    that exists (``k < alpha``), decays like ``e^{-a x}``, ``a = alpha - k``, which is
+    ``(1 - u)^{kappa a - 1}`` in ``u``: unbounded at ``u = 1`` when ``kappa a < 1``
+    (half-t(0.3) with J = 3: ``a = 0.3``, ``(1 - u)^{-0.4}`` under ``kappa = 2``, and
+    tau's sd came out 6710 against quad's 19.44, flagged). There the stretch becomes
+    ``1 / a`` (a bounded integrand, constant at ``u = 1``), at most :data:`_KAPPA_MAX`;
+    elsewhere (every integer tail power: uniform, half-Cauchy, half-t with integer nu)
+    it stays ``kappa``.
+
+    Args:
+        kappa: the stretch the prior's origin asks for (:func:`general_kappa`), float.
+        alpha: :func:`tail_alpha` of the dataset, scalar.
+
+    Returns:
+        The stretch, scalar.
+    """
+    k_mom = jnp.where(alpha > 2.0, 2.0, jnp.where(alpha > 1.0, 1.0, 0.0))
+    a = alpha - k_mom
+    return jnp.where(kappa * a < 1.0, jnp.clip(1.0 / a, kappa, _KAPPA_MAX), kappa)
 
 
 def default_nodes(dtype) -> int:
@@ -397,7 +429,8 @@ def tau_grid(y, sigma2, mask, tau_prior: TauPrior, mu_prior: MuPrior, n: int,
     """
     dtype = y.dtype
     if kappa is None:
-        kappa = general_kappa(tau_prior.origin_power)
+        kappa = _tail_kappa(general_kappa(tau_prior.origin_power),
+                            tail_alpha(jnp.sum(mask).astype(dtype), tau_prior, mu_prior))
 
     def h(x):
         return log_posterior_x(x, y, sigma2, mask, tau_prior, mu_prior)
@@ -422,7 +455,7 @@ def tau_grid(y, sigma2, mask, tau_prior: TauPrior, mu_prior: MuPrior, n: int,
     # density in z: p(tau|y) dtau/dz, with dtau/dx = tau, dx/du = KAPPA/(u(1-u)), du/dz = width/2
     du_dz = 0.5 * (1.0 - u_lo - one_minus_u_hi)
     log_joint = log_prior + mu.log_lik
-    log_f = log_joint + x + math.log(kappa) - jnp.log(u) - jnp.log(omu) + jnp.log(du_dz)
+    log_f = log_joint + x + jnp.log(kappa) - jnp.log(u) - jnp.log(omu) + jnp.log(du_dz)
     log_f = jnp.where(jnp.isnan(log_f), -jnp.inf, log_f)
 
     def rule(order, log_f):
