@@ -108,9 +108,7 @@ def use_compilation_cache(path=None) -> Optional[Path]:
 
 # --------------------------------------------------------------------------- in memory
 #: Share of the process's memory-map limit past which :func:`make_room` drops hierjax's
-#: compiled kernels. hierjax checks before each kernel it may compile (at most two block
-#: shapes, ~3,000 maps, between checks), so 0.75 leaves a 65,530 limit ~16,000 maps of
-#: room, for other code too.
+#: compiled kernels: leaves room for the kernels compiled between two checks, and others'.
 MAP_SHARE = 0.75
 
 #: ``(compiled count, drop)`` pairs: hierjax's kernels (see :func:`register`).

@@ -190,12 +190,8 @@ def mu_given_tau_near(ref: Reference, tau2, sigma2, mask, mu_prior: MuPrior) -> 
     delta = dt * ref.inv_v                           # (0 where masked)
     g = dt * inv_v
     near = jnp.abs(delta) < 0.5
-    # log(v_j / v_rj): log1p(delta_j) near the reference; elsewhere, with v_j / v_rj =
-    # (1 + f) 2^e (f exact), log1p(f) + e log 2. One log per group either way (log1p(delta)
-    # alone would lose the digits of a tiny 1 + delta: sigma_j^2 << tau_r^2 at tau -> 0).
-    # The exponents are summed as integers and scaled once: a product added inside the
-    # fused sum may or may not become an FMA depending on the batch's shape, and the
-    # exact draws must not depend on it.
+    # log(v_j / v_rj) = log1p(delta_j) near the reference, else log1p(f) + e log 2 with
+    # v_j / v_rj = (1 + f) 2^e exact; exponents summed as integers (no shape-dependent FMA).
     in_kernel = (delta >= _SQRT_HALF - 1.0) & (delta < 2.0 * _SQRT_HALF - 1.0)
     f, e = _log_parts(v * ref.inv_v)
     arg = jnp.where(in_kernel, delta, f)
@@ -209,15 +205,13 @@ def mu_given_tau_near(ref: Reference, tau2, sigma2, mask, mu_prior: MuPrior) -> 
     log_ratio = jnp.where(all_near, jnp.log1p(jnp.where(all_near, dP / ref.P, 0.0)),
                           jnp.log(P) - jnp.log(ref.P))
     S = jnp.sum(ref.r_over_v * g)
-    # mu_hat itself: the change S / P near the reference; far from it the direct weighted
-    # mean, since S (zero at the reference up to round-off eps sum|r/v_r|) over P ~ J/tau^2
-    # would leave an error ~ eps tau^2 in mu_hat at large tau.
+    # mu_hat as the change S / P near the reference; far from it directly, since S's
+    # round-off eps sum|r/v_r| over P ~ J / tau^2 grows like eps tau^2.
     _, p0m0 = _prior_terms(mu_prior, sigma2.dtype)
     direct = (jnp.sum(jnp.where(mask, ref.y * inv_v, 0.0)) + p0m0) / P
     mean = jnp.where(all_near, ref.mu.mean - S / P, direct)
-    # The quadratic form's change: summed small near the reference; far from it directly,
-    # Q(tau) - Q_r, since there its two sums grow like r_j^2 / sigma_j^2 and cancel (a group
-    # with sigma_j 1e-4 of the data's scale: 3e7 in standard units, 2 of round-off in float32).
+    # Q(tau) - Q_r summed small near the reference; far from it directly, where the small
+    # terms r_j^2 / sigma_j^2 grow large and cancel.
     dQ_near = -jnp.sum(ref.r2_over_v * g) - S * S / P
     dQ_far = (_quad_form(ref.y, mean, v, mask, mu_prior)
               - _quad_form(ref.y, ref.mu.mean, ref.v, mask, mu_prior))

@@ -13,7 +13,12 @@ from __future__ import annotations
 import csv
 import os
 
-import jax
+# One on-disk cache of compiled kernels for the whole test run (xdist workers and
+# subprocess tests included): kernels compiled by one process load in the others.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(_ROOT, ".jax_cache"))
+
+import jax  # noqa: E402  (after the cache directory is set)
 import numpy as np
 import pytest
 
