@@ -36,12 +36,13 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 
 from hierjax.priors import FlatMu, MuPrior, NormalMu
 
 __all__ = ["MuGivenTau", "mu_given_tau", "log_marginal_likelihood", "theta_given_tau",
-           "theta_given_mu_tau", "Reference", "reference_point", "mu_given_tau_near"]
+           "Components", "mixture_components", "theta_given_mu_tau", "Reference", "reference_point", "mu_given_tau_near"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 _LOG_2 = math.log(2.0)
@@ -247,6 +248,34 @@ def theta_given_tau(tau2, y, sigma2, mu: MuGivenTau):
     mean = one_minus_B * y + B * mu.mean
     var = one_minus_B * sigma2 + B ** 2 * mu.var
     return mean, var
+
+
+class Components(NamedTuple):
+    """The normal components of the posterior marginals at ``K`` values of tau.
+
+    Attributes:
+        mu_mean, mu_var: ``mu | tau_k, y``, ``[K]``.
+        theta_mean, theta_var: ``theta_j | tau_k, y`` (mu integrated out), ``[K, J]``.
+        new_var: ``Var(theta_new | tau_k, y) = tau_k^2 + V_mu``, ``[K]`` (its mean is mu's).
+    """
+
+    mu_mean: jnp.ndarray
+    mu_var: jnp.ndarray
+    theta_mean: jnp.ndarray
+    theta_var: jnp.ndarray
+    new_var: jnp.ndarray
+
+
+def mixture_components(tau2, mu_mean, mu_var, y, sigma2) -> Components:
+    """Every marginal's components at the nodes ``tau2 [K]`` from ``mu | tau_k, y`` there.
+
+    ``p(theta_j | y) = sum_k w_k N(theta_mean[k, j], theta_var[k, j])``, and likewise for
+    mu and theta_new: the one place the mixtures' components are built.
+    """
+    theta_mean, theta_var = jax.vmap(
+        lambda t2, m, v: theta_given_tau(t2, y, sigma2, MuGivenTau(m, v, v)))(tau2, mu_mean,
+                                                                               mu_var)
+    return Components(mu_mean, mu_var, theta_mean, theta_var, tau2 + mu_var)
 
 
 def theta_given_mu_tau(mu, tau2, y, sigma2):

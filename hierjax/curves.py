@@ -36,7 +36,7 @@ import numpy as np
 from hierjax._host import prepare
 from hierjax.batch import Batch, InputError
 from hierjax.cache import register
-from hierjax.conditionals import mu_given_tau_near, reference_point, theta_given_tau
+from hierjax.conditionals import mixture_components, mu_given_tau_near, reference_point
 from hierjax.engine import ROUNDOFF_LIMIT, STATUS
 from hierjax.grid import tau_grid
 from hierjax.priors import NormalMu, Uniform
@@ -152,7 +152,8 @@ def tau_curves_dataset(y, sigma2, mask, tau_prior, mu_prior, axis, *, auto: bool
     log_prior = jax.vmap(tau_prior.log_density)(tau)
     log_density = log_prior + mu.log_lik - grid.log_evidence
     log_density = jnp.where(jnp.isnan(log_density), -jnp.inf, log_density)
-    theta_mean, theta_var = jax.vmap(lambda t, m: theta_given_tau(t * t, y, sigma2, m))(tau, mu)
+    c = mixture_components(tau * tau, mu.mean, mu.var, y, sigma2)
+    theta_mean, theta_var = c.theta_mean, c.theta_var
     return (tau, log_density, log_prior, mu.mean, mu.var, theta_mean, theta_var,
             grid.log_evidence, _grid_status(grid, dtype))
 

@@ -61,10 +61,10 @@ from hierjax.batch import InputError
 from hierjax.cache import make_room, register
 from hierjax.conditionals import (
     MuGivenTau,
+    mixture_components,
     mu_given_tau,
     mu_given_tau_near,
     reference_point,
-    theta_given_tau,
 )
 from hierjax.engine import DEFAULT_LEVELS, GOAL, ROUNDOFF_LIMIT, STATUS
 from hierjax.grid import (
@@ -307,16 +307,14 @@ def posterior(y, sigma=None, *, tau_prior="uniform", mu_prior="flat", mask=None,
 def _mixture(d: _Data, param: str, sigma_new):
     """Normal components of a marginal: ``(log_w [K], m, s)``, ``m, s`` ``[K]`` or ``[J, K]``."""
     g = d.grid
-    tau2 = g.tau ** 2
+    c = mixture_components(g.tau ** 2, g.mu.mean, g.mu.var, d.y, d.sigma2)
     if param == "mu":
-        return g.log_weight, g.mu.mean, jnp.sqrt(g.mu.var)
+        return g.log_weight, c.mu_mean, jnp.sqrt(c.mu_var)
     if param == "theta_new":
-        return g.log_weight, g.mu.mean, jnp.sqrt(tau2 + g.mu.var)
+        return g.log_weight, c.mu_mean, jnp.sqrt(c.new_var)
     if param == "y_new":
-        return g.log_weight, g.mu.mean, jnp.sqrt(tau2 + g.mu.var + sigma_new ** 2)
-    m, v = jax.vmap(lambda t2, mm, mv: theta_given_tau(t2, d.y, d.sigma2, MuGivenTau(mm, mv, mv)))(
-        tau2, g.mu.mean, g.mu.var)
-    m, v = m.T, v.T                                            # [J, K]
+        return g.log_weight, c.mu_mean, jnp.sqrt(c.new_var + sigma_new ** 2)
+    m, v = c.theta_mean.T, c.theta_var.T                       # [J, K]
     if param == "y_rep":
         v = v + d.sigma2[:, None]
     return g.log_weight, m, jnp.sqrt(v)
