@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -121,6 +122,8 @@ def mu_given_tau(tau2, y, sigma2, mask, mu_prior: MuPrior) -> MuGivenTau:
     Returns:
         MuGivenTau with scalar fields.
     """
+    chex.assert_rank([tau2, y, sigma2, mask], [0, 1, 1, 1])     # one dataset: no batch axis
+    chex.assert_equal_shape([y, sigma2, mask])
     v = jnp.where(mask, sigma2 + tau2, 1.0)                 # v_j = sigma_j^2 + tau^2
     prec = jnp.where(mask, 1.0 / v, 0.0)
     p0, p0m0 = _prior_terms(mu_prior, y.dtype)
@@ -242,6 +245,7 @@ def theta_given_tau(tau2, y, sigma2, mu: MuGivenTau):
         E = (1 - B_j) y_j + B_j \hat\mu,\quad
         Var = (1 - B_j)\sigma_j^2 + B_j^2 V_\mu
     """
+    chex.assert_rank([tau2, y, sigma2], [0, 1, 1])
     v = sigma2 + tau2
     B = sigma2 / v
     one_minus_B = tau2 / v          # not 1 - B: that loses every digit when sigma_j >> tau
