@@ -259,11 +259,20 @@ def t_quantile(q, df):
         log_pdf = log_c - 0.5 * (nu + 1.0) * jnp.log1p(t * t / nu)
         return log_q - jnp.log(sf), jnp.exp(log_pdf + s - jnp.log(sf))
 
-    z = ndtri(1.0 - q)
-    t0 = z + (z ** 3 + z) / (4.0 * nu)        # Cornish-Fisher start
+    z = -ndtri(q)
+    # Cornish-Fisher expansion in 1/df (Abramowitz & Stegun 26.7.5): the start, and the answer
+    # in float32 where its last term is negligible (float32 betainc loses digits at large df)
+    z2 = z * z
+    g = [z * (z2 + 1.0) / 4.0,
+         z * ((5.0 * z2 + 16.0) * z2 + 3.0) / 96.0,
+         z * (((3.0 * z2 + 19.0) * z2 + 17.0) * z2 - 15.0) / 384.0,
+         z * ((((79.0 * z2 + 776.0) * z2 + 1482.0) * z2 - 1920.0) * z2 - 945.0) / 92160.0]
+    cf = z + g[0] / nu + g[1] / nu ** 2 + g[2] / nu ** 3 + g[3] / nu ** 4
     s_hi = jnp.asarray(0.5 * np.log(np.finfo(np.float32).max), dt)   # t^2 stays finite
-    s, _ = _solve_increasing(fg, jnp.log(jnp.maximum(t0, 1e-6)), jnp.asarray(-30.0, dt),
-                             s_hi, 4 * eps)
+    s, _ = _solve_increasing(fg, jnp.log(jnp.maximum(z + g[0] / nu, 1e-6)),
+                             jnp.asarray(-30.0, dt), s_hi, 4 * eps)
+    if dt == jnp.float32:
+        return jnp.where(jnp.abs(g[3]) / nu ** 4 <= 1e-7 * z, cf, jnp.exp(s))
     return jnp.exp(s)
 
 
