@@ -52,15 +52,15 @@ TAU2_METHODS = ("DL", "HE", "SJ", "PM", "EB", "ML", "REML")
 #: tests for mu: Wald (``z``) and Knapp-Hartung (``knha``: t with k - 1 df, untruncated).
 TESTS = ("z", "knha")
 
-#: bits of :attr:`RMAResult.status` (0: all fine).
+#: bits of :attr:`RMAResult.status` (0: all fine). Not flagged, because the numbers are
+#: valid: a Q-profile interval of ``[0, 0]`` (``Q`` below the lower chi-square quantile:
+#: metafor's "null/empty set"), and roots beyond metafor's search intervals (given exactly).
 FREQ_STATUS = {
-    "not_converged": 1,     # the iterative tau^2 estimator (PM, EB, ML, REML) did not converge
+    "not_converged": 1,     # the tau^2 iteration did not converge: Fisher scoring (ML, REML,
+                            # EB) after 100 steps (metafor: an error; tau2 is the last
+                            # iterate), or PM's root search
     "one_study": 2,         # k = 1: tau^2 = 0 by convention; no Q-profile CI, no knha interval
-    "tau2_ci_null": 4,      # Q < chi2 lower quantile: both Q-profile bounds are 0 (metafor: the
-                            # "null/empty set")
-    "ci_not_converged": 8,  # a Q-profile bound's root search did not converge
-    "beyond_tau2_max": 16,  # PM's root or the CI's upper bound lies beyond metafor's search
-                            # interval (metafor: an error, or '>'); the exact root is given
+    "ci_not_converged": 4,  # a root search (PM, a Q-profile bound) did not converge
 }
 
 #: metafor's ``con$tol`` (``.Machine$double.eps^0.25``) in its ``ll0check`` for ML and REML.
@@ -296,7 +296,7 @@ def _q_root(y, v, mask, target, vmin, s2, tau2_max, utol):
     beyond ``tau2_max`` (metafor: an error for PM, a ``>`` bound for the CI) is found exactly
     instead, by Newton steps on ``log Q`` in ``u = log(tau2 + vmin)``, where ``Q ~ A / (tau2 +
     v)`` is nearly linear; bracket ``Q(tau2) <= S / (tau2 + vmin)``, ``S = sum (y - ybar)^2``
-    (``s2``). Returns ``(tau2, converged, beyond)``.
+    (``s2``). Returns ``(tau2, converged)``.
     """
     eps = jnp.finfo(y.dtype).eps
     log_t = jnp.log(target)
@@ -324,7 +324,7 @@ def _q_root(y, v, mask, target, vmin, s2, tau2_max, utol):
     guess = vt * jnp.maximum(q0 / target - 1.0, 0.0)  # Q(tau2) ~ Q(0) vt / (vt + tau2)
     u, ok_far = _solve_increasing(fg, jnp.log(guess + vmin), u_lo, u_hi, 4 * eps)
     far = jnp.maximum(jnp.exp(u) - vmin, 0.0)
-    return jnp.where(beyond, far, root), jnp.where(beyond, ok_far, ok), beyond
+    return jnp.where(beyond, far, root), jnp.where(beyond, ok_far, ok)
 
 
 def _loglik(y, v, mask, tau2, reml):
@@ -418,37 +418,35 @@ def rma_one(y, v, mask, level, method, knha, threshold=1e-5, unit2=1.0, mad2=0.0
     dl = jnp.maximum((q - (kf - 1.0)) / (sw0 - jnp.sum(w0 * w0) / sw0), 0.0)
     yes = jnp.asarray(True)
 
-    no = jnp.asarray(False)
-
     def est_dl():
-        return dl, yes, no
+        return dl, yes
 
     def est_he():
-        return he, yes, no
+        return he, yes
 
     def est_sj():
         tau2_0 = ss / kf                                 # var(y) (k - 1) / k
-        return tau2_0 * _weighted(y, v, mask, tau2_0)[3] / df, yes, no
+        return tau2_0 * _weighted(y, v, mask, tau2_0)[3] / df, yes
 
     def est_pm():
         tau2_max = jnp.maximum(hundred, 10.0 * mad2)
-        root, ok, beyond = _q_root(y, v, mask, kf - 1.0, vmin, ss, tau2_max, utol)
+        root, ok = _q_root(y, v, mask, kf - 1.0, vmin, ss, tau2_max, utol)
         pos = q >= kf - 1.0                          # metafor: Q(0) < k - 1 gives tau2 = 0
-        return jnp.where(pos, root, 0.0), ok | ~pos, beyond & pos
+        return jnp.where(pos, root, 0.0), ok | ~pos
 
     def scoring(which):
         def est():
             tau2, ok = _scoring(y, v, mask, he, which, threshold)
             if which == 2:
-                return tau2, ok, no
+                return tau2, ok
             # metafor's ll0check: a larger likelihood at tau2 = 0 resets the estimate to 0
             reml = which == 1
             worse = _loglik(y, v, mask, 0.0, reml) - _loglik(y, v, mask, tau2, reml) > _LL0_TOL
-            return jnp.where(ok & worse & (tau2 > threshold), 0.0, tau2), ok, no
+            return jnp.where(ok & worse & (tau2 > threshold), 0.0, tau2), ok
         return est
 
     branches = [est_dl, est_he, est_sj, est_pm, scoring(2), scoring(0), scoring(1)]
-    tau2, converged, pm_beyond = jax.lax.switch(method, branches)
+    tau2, converged = jax.lax.switch(method, branches)
     tau2 = jnp.where(one, 0.0, jnp.maximum(tau2, 0.0))
     converged = converged | one
 
@@ -467,7 +465,7 @@ def rma_one(y, v, mask, level, method, knha, threshold=1e-5, unit2=1.0, mad2=0.0
     crit_u = chi2_quantile(0.5 * alpha, df, upper=True)
     crit_l = chi2_quantile(0.5 * alpha, df)
     ci_max = jnp.maximum(hundred, 10.0 * tau2)              # confint's tau2.max
-    roots, ok, beyond = jax.vmap(lambda c: _q_root(y, v, mask, c, vmin, ss, ci_max, utol))(
+    roots, ok = jax.vmap(lambda c: _q_root(y, v, mask, c, vmin, ss, ci_max, utol))(
         jnp.stack([crit_u, crit_l]))
     null = q < crit_l
     lo = jnp.where(q < crit_u, 0.0, roots[0])
@@ -482,10 +480,7 @@ def rma_one(y, v, mask, level, method, knha, threshold=1e-5, unit2=1.0, mad2=0.0
     q_p = jnp.where(one, 1.0, gammaincc(0.5 * df, 0.5 * q))
     status = (jnp.where(converged, 0, FREQ_STATUS["not_converged"])
               | jnp.where(one, FREQ_STATUS["one_study"], 0)
-              | jnp.where(null & ~one, FREQ_STATUS["tau2_ci_null"], 0)
-              | jnp.where(ci_ok | one, 0, FREQ_STATUS["ci_not_converged"])
-              | jnp.where((pm_beyond | (beyond[1] & ~null)) & ~one,
-                          FREQ_STATUS["beyond_tau2_max"], 0))
+              | jnp.where(ci_ok | one, 0, FREQ_STATUS["ci_not_converged"]))
     return {"k": k.astype(jnp.int32), "mu": mu, "mu_se": se, "mu_lo": mu - crit * se,
             "mu_hi": mu + crit * se, "tau2": tau2, "tau2_lo": lo, "tau2_hi": hi, "i2": i2,
             "h2": h2, "q": q, "q_df": (k - 1).astype(jnp.int32), "q_p": q_p,
@@ -555,7 +550,7 @@ def rma(y, sigma, mask=None, method: str = "REML", test: str = "z", level: float
     at most 100 steps; PM and the Q-profile bounds are R's ``uniroot`` (Brent's zeroin) to
     ``.Machine$double.eps^0.25`` on metafor's intervals ``[0, max(100, 10 mad(y)^2)]`` and
     ``[0, max(100, 10 tau2)]``. Beyond those intervals (where metafor stops with an error or
-    prints ``>``) the exact root is given, flagged ``beyond_tau2_max``. A smaller
+    prints ``>``) the exact root is given instead. A smaller
     ``threshold`` (1e-10) gives the ML, REML and EB roots themselves.
 
     Args:
