@@ -381,6 +381,117 @@ def test_bcg_dl_qprofile_metafor():
         close(dl["bcg"][f], want, 4, f)
 
 
+def r_zeroin(f, a, b, fa, fb, tol, maxit=1000):
+    """R's uniroot (Brent's zeroin, src/library/stats/src/zeroin.c), in plain Python."""
+    c, fc = a, fa
+    if fa == 0:
+        return a
+    if fb == 0:
+        return b
+    for _ in range(maxit + 1):
+        prev_step = b - a
+        if abs(fc) < abs(fb):
+            a, b, c = b, c, b
+            fa, fb, fc = fb, fc, fb
+        tol_act = 2 * np.finfo(float).eps * abs(b) + tol / 2
+        new_step = (c - b) / 2
+        if abs(new_step) <= tol_act or fb == 0:
+            return b
+        if abs(prev_step) >= tol_act and abs(fa) > abs(fb):
+            cb = c - b
+            if a == c:
+                t1 = fb / fa
+                p, q = cb * t1, 1.0 - t1
+            else:
+                q, t1, t2 = fa / fc, fb / fc, fb / fa
+                p = t2 * (cb * q * (q - t1) - (b - a) * (t1 - 1.0))
+                q = (q - 1.0) * (t1 - 1.0) * (t2 - 1.0)
+            if p > 0:
+                q = -q
+            else:
+                p = -p
+            if p < 0.75 * cb * q - abs(tol_act * q) / 2 and p < abs(prev_step * q / 2):
+                new_step = p / q
+        if abs(new_step) < tol_act:
+            new_step = tol_act if new_step > 0 else -tol_act
+        a, fa = b, fb
+        b += new_step
+        fb = f(b)
+        if (fb > 0 and fc > 0) or (fb < 0 and fc < 0):
+            c, fc = a, fa
+    raise RuntimeError("zeroin did not converge")
+
+
+UNIROOT_TOL = np.finfo(float).eps ** 0.25
+
+
+def metafor_tau2(y, v, method, threshold=1e-5):
+    """metafor's rma.uni tau2 for PM, EB, ML, REML, as its R code runs (plain Python)."""
+    k = len(y)
+    if method == "PM":
+        tau2_max = max(100.0, 10 * (1.4826 * np.median(np.abs(y - np.median(y)))) ** 2)
+        if q_gen(y, v, 0.0) < k - 1:
+            return 0.0
+        assert q_gen(y, v, tau2_max) <= k - 1
+        f = lambda t: q_gen(y, v, t) - (k - 1)
+        return r_zeroin(f, 0.0, tau2_max, f(0.0), f(tau2_max), UNIROOT_TOL)
+    tau2 = max(0.0, np.var(y, ddof=1) - np.mean(v))                 # HE start
+    for _ in range(101):
+        w = 1 / (v + tau2)
+        P = np.diag(w) - np.outer(w, w) / w.sum()
+        if method == "ML":
+            adj = (y @ P @ P @ y - w.sum()) / (w ** 2).sum()
+        elif method == "REML":
+            adj = (y @ P @ P @ y - np.trace(P)) / np.sum(P * P)
+        else:
+            adj = (y @ P @ y * k / (k - 1) - k) / w.sum()
+        while tau2 + adj < 0:
+            adj /= 2
+        old, tau2 = tau2, tau2 + adj
+        if abs(old - tau2) <= threshold:
+            break
+    else:
+        raise RuntimeError("Fisher scoring did not converge")
+    if method in ("ML", "REML"):
+        reml = method == "REML"
+        if loglik(y, v, 0.0, reml) - loglik(y, v, tau2, reml) > UNIROOT_TOL and tau2 > threshold:
+            tau2 = 0.0
+    return max(0.0, tau2)
+
+
+def metafor_qprofile(y, v, tau2, level=0.95):
+    """confint.rma.uni's Q-profile bounds (both inside its search interval here)."""
+    k, alpha = len(y), 1 - level
+    tau2_max = max(100.0, 10 * tau2)
+    out = []
+    for target in (stats.chi2.isf(alpha / 2, k - 1), stats.chi2.ppf(alpha / 2, k - 1)):
+        f = lambda t, c=target: q_gen(y, v, t) - c
+        if f(0.0) < 0:
+            out.append(0.0)
+            continue
+        assert f(tau2_max) < 0
+        out.append(r_zeroin(f, 0.0, tau2_max, f(0.0), f(tau2_max), UNIROOT_TOL))
+    return out
+
+
+@pytest.mark.parametrize("method", ["PM", "EB", "ML", "REML"])
+def test_iterates_are_metafors(method):
+    """Beyond the printed digits: the iterative estimators and the Q-profile bounds equal
+    metafor's algorithms (Fisher scoring with its threshold and ll0check; R's uniroot on its
+    intervals), re-run here in plain Python, where they differ from the exact roots."""
+    _, out = run(method)
+    for name, (y, v) in REAL.items():
+        tau2 = metafor_tau2(y, v, method)
+        got = out[name]
+        # float32: the scoring stops at its own round-off floor, a few 1e-6 of sigma^2
+        atol = 0.0 if X64 else 1e-5 * np.exp(np.mean(np.log(v)))
+        np.testing.assert_allclose(float(got["tau2"]), tau2, rtol=10 * RTOL, atol=atol,
+                                   err_msg=f"{method} {name}")
+        lo, hi = metafor_qprofile(y, v, tau2)
+        np.testing.assert_allclose([float(got["tau2_lo"]), float(got["tau2_hi"])], [lo, hi],
+                                   rtol=10 * RTOL, atol=atol, err_msg=f"{method} {name} CI")
+
+
 # ---------------------------------------------------------------------------------------------
 # 4. the API's contract
 
