@@ -515,7 +515,13 @@ def _dtype_of(y, sigma):
 
 
 def _check(batch) -> None:
-    for b in range(batch.y.shape[0]):
+    """Raise InputError for the first bad dataset (vectorised test first: the loop that
+    words the message runs only on datasets that fail)."""
+    m = batch.mask
+    with np.errstate(invalid="ignore"):
+        fails = ((m.sum(axis=1) == 0) | np.any(m & ~np.isfinite(batch.y), axis=1)
+                 | np.any(m & ~(np.isfinite(batch.sigma) & (batch.sigma > 0)), axis=1))
+    for b in np.flatnonzero(fails):
         m = batch.mask[b]
         y, s = batch.y[b][m], batch.sigma[b][m]
         where = f"dataset {batch.names[b]!r}"
@@ -606,8 +612,9 @@ def rma(y, sigma, mask=None, method: str = "REML", test: str = "z", level: float
     prec = np.where(msk, 1.0 / v, 0.0)
     loc = np.sum(prec * np.where(msk, batch.y, 0.0), axis=1) / np.sum(prec, axis=1)
     ys = np.where(msk, (batch.y - loc[:, None]) / scale[:, None], 0.0)
-    mad2 = np.array([(1.4826 * np.median(np.abs(r - np.median(r)))) ** 2
-                     for r in (ys[b][msk[b]] for b in range(B))])      # R's mad(), squared
+    yn = np.where(msk, ys, np.nan)
+    dev = np.abs(yn - np.nanmedian(yn, axis=1, keepdims=True))
+    mad2 = (1.4826 * np.nanmedian(dev, axis=1)) ** 2                   # R's mad(), squared
 
     # pad the batch to a power of two (benign copies of dataset 0): few compiled shapes
     Bp = 1 << max(0, B - 1).bit_length()
