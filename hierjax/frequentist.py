@@ -115,12 +115,13 @@ class RMAResult(NamedTuple):
 # Scalar root finding and the chi-square and t quantiles
 
 
-def _solve_increasing(fg, x0, lo, hi, tol):
+def _solve_increasing(fg, x0, lo, hi, tol, skip=False):
     """Root of an increasing ``f`` in ``[lo, hi]`` (``f(lo) <= 0 <= f(hi)``): Newton steps
     from ``x0`` while they stay inside the bracket, bisection otherwise.
 
     ``fg(x) -> (f, f')``. Returns ``(x, converged)``: converged when a step or the bracket
-    falls below ``tol * max(1, |x|)`` or ``f == 0`` within :data:`_MAXITER` steps.
+    falls below ``tol * max(1, |x|)`` or ``f == 0`` within :data:`_MAXITER` steps. A lane
+    that starts with ``skip`` (its answer is not needed) never holds a vmapped loop up.
     """
     def step(state):
         i, x, lo, hi, _ = state
@@ -135,17 +136,17 @@ def _solve_increasing(fg, x0, lo, hi, tol):
         return i + 1, jnp.where(f == 0, x, x_new), lo, hi, done
 
     x0 = jnp.clip(x0, lo, hi)
-    init = (0, x0, lo, hi, jnp.asarray(False))
+    init = (0, x0, lo, hi, jnp.asarray(skip))
     _, x, _, _, done = jax.lax.while_loop(lambda s: (s[0] < _MAXITER) & ~s[4], step, init)
     return x, done
 
 
-def _zeroin(f, a, b, fa, fb, tol, maxiter=1000):
+def _zeroin(f, a, b, fa, fb, tol, maxiter=1000, skip=False):
     """Brent's zeroin as R's ``uniroot`` runs it (``R_zeroin2``): the root of ``f`` in
     ``[a, b]`` with ``f(a) f(b) <= 0`` to ``tol``; metafor's PM and Q-profile numbers are its
     iterates, so the same algorithm reproduces them, not just the root they approximate.
 
-    Returns ``(root, converged)``.
+    Returns ``(root, converged)``; a lane that starts with ``skip`` returns ``b`` at once.
     """
     eps = jnp.finfo(jnp.result_type(a)).eps
 
@@ -185,7 +186,7 @@ def _zeroin(f, a, b, fa, fb, tol, maxiter=1000):
                 keep(fc, fc2), done)
 
     at_a, at_b = fa == 0, fb == 0
-    init = (0, a, b, a, fa, fb, fa, at_a | at_b)
+    init = (0, a, b, a, fa, fb, fa, at_a | at_b | skip)
     _, _, root, _, _, _, _, done = jax.lax.while_loop(
         lambda s: (s[0] <= maxiter) & ~s[7], step, init)
     return jnp.where(at_a, a, root), done
@@ -312,9 +313,10 @@ def _q_root(y, v, mask, target, vmin, s2, tau2_max, utol):
         return _weighted(y, v, mask, tau2)[3] - target
 
     f_lo, f_hi = excess(jnp.zeros_like(tau2_max)), excess(tau2_max)
+    none = ~(f_lo > 0)                       # Q(0) <= target (or nan): no positive root
     beyond = f_hi > 0
     root, ok = _zeroin(excess, jnp.zeros_like(tau2_max), tau2_max, f_lo, jnp.minimum(f_hi, 0.0),
-                       utol)
+                       utol, skip=none | beyond)
 
     u_lo = jnp.log(vmin)
     u_hi = jnp.log(jnp.maximum(s2 / target, vmin)) + 4 * eps
@@ -322,9 +324,11 @@ def _q_root(y, v, mask, target, vmin, s2, tau2_max, utol):
     k = jnp.sum(mask)
     vt = (k - 1) / (sw0 - jnp.sum(jnp.where(mask, 1.0 / v, 0.0) ** 2) / sw0)
     guess = vt * jnp.maximum(q0 / target - 1.0, 0.0)  # Q(tau2) ~ Q(0) vt / (vt + tau2)
-    u, ok_far = _solve_increasing(fg, jnp.log(guess + vmin), u_lo, u_hi, 4 * eps)
+    u, ok_far = _solve_increasing(fg, jnp.log(guess + vmin), u_lo, u_hi, 4 * eps,
+                                  skip=none | ~beyond)
     far = jnp.maximum(jnp.exp(u) - vmin, 0.0)
-    return jnp.where(beyond, far, root), jnp.where(beyond, ok_far, ok)
+    return (jnp.where(none, 0.0, jnp.where(beyond, far, root)),
+            none | jnp.where(beyond, ok_far, ok))
 
 
 def _loglik(y, v, mask, tau2, reml):
@@ -334,7 +338,7 @@ def _loglik(y, v, mask, tau2, reml):
     return ll - 0.5 * jnp.log(sw) if reml else ll
 
 
-def _scoring(y, v, mask, tau2_0, which, threshold):
+def _scoring(y, v, mask, tau2_0, which, threshold, skip):
     """metafor's Fisher scoring for ML (0), REML (1), EB (2) from ``tau2_0``: steps halved
     until ``tau2 >= 0``, stop when a step changes tau2 by at most ``threshold`` (or, below
     the dtype's round-off, by ``64 eps (1 + tau2)``)."""
@@ -364,7 +368,7 @@ def _scoring(y, v, mask, tau2_0, which, threshold):
         new = jnp.maximum(tau2 + adj, 0.0)
         return i + 1, new, jnp.abs(new - tau2) <= jnp.maximum(threshold, floor * (1.0 + new))
 
-    init = (0, tau2_0, jnp.asarray(False))
+    init = (0, tau2_0, jnp.asarray(skip))
     _, tau2, done = jax.lax.while_loop(lambda s: (s[0] < _MAXITER) & ~s[2], step, init)
     return tau2, done
 
@@ -436,7 +440,7 @@ def rma_one(y, v, mask, level, method, knha, threshold=1e-5, unit2=1.0, mad2=0.0
 
     def scoring(which):
         def est():
-            tau2, ok = _scoring(y, v, mask, he, which, threshold)
+            tau2, ok = _scoring(y, v, mask, he, which, threshold, one)
             if which == 2:
                 return tau2, ok
             # metafor's ll0check: a larger likelihood at tau2 = 0 resets the estimate to 0

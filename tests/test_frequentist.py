@@ -103,7 +103,8 @@ OSC = {"osc": (np.array([14.22820727, 12.39333655, -12.53204488, 6.78196741, -5.
                np.array([9.10075493, 17.31365396, 13.0246299, 15.80907492, 17.30165562,
                          17.20403991, 16.76877133, 17.40613324]) ** 2)}
 #: the one batch every test uses (16 datasets -> one compiled shape per precision)
-ALL = {**REAL, **SYN, **ONE, **OSC}
+EQUAL = {"equal": (np.array([0.7, 0.7, 0.7]), np.array([0.1, 0.2, 0.4]))}
+ALL = {**REAL, **SYN, **ONE, **OSC, **EQUAL}
 NAMES = list(ALL)
 assert len(NAMES) <= 16 and max(len(y) for y, _ in ALL.values()) <= 32
 
@@ -292,6 +293,19 @@ def test_null_interval_and_not_converged_flag():
     assert not osc["converged"] and osc["status"] & FREQ_STATUS["not_converged"]
     _, dl = run("DL")
     assert dl["osc"]["converged"] and dl["osc"]["status"] == 0
+
+
+def test_equal_estimates():
+    """All y_i equal: Q = 0, tau2 = 0 by every method, the Q-profile interval [0, 0], and
+    metafor's Knapp-Hartung scale s2w = 0 (its RSS <= eps rule): a zero-width interval."""
+    for method in TAU2_METHODS:
+        _, out = run(method, "knha")
+        e = out["equal"]
+        assert float(e["tau2"]) == 0.0 and float(e["q"]) <= 1e-12, method
+        assert float(e["q_p"]) == pytest.approx(1.0) and e["status"] == 0
+        assert float(e["tau2_lo"]) == 0.0 == float(e["tau2_hi"])
+        assert float(e["mu_se"]) == 0.0
+        np.testing.assert_allclose([float(e["mu_lo"]), float(e["mu_hi"])], 0.7, rtol=RTOL)
 
 
 def test_one_study():
