@@ -27,6 +27,7 @@ from hierjax.curves import MuDensity, TauCurves, mu_density, tau_curves
 from hierjax.sampling import Draws, draws, to_arviz
 from hierjax.evidence import Estimate, Evidence, evidence
 from hierjax.summaries import Marginal
+from hierjax.frequentist import TAU2_METHODS, RMAResult, rma
 from hierjax.posterior import (PARAMS, I2Summary, Posterior, PredictiveCheck, Weights, cdf, i2,
                                interval, pairwise_prob, pdf, posterior, predictive_check,
                                predictive_prob, prob_greater, quantile, shrinkage, weights)
@@ -49,5 +50,6 @@ __all__ = [
     "posterior", "Posterior", "PARAMS", "pdf", "cdf", "quantile", "prob_greater", "interval",
     "predictive_prob", "predictive_check", "PredictiveCheck", "shrinkage", "weights", "Weights",
     "i2", "I2Summary", "pairwise_prob", "use_compilation_cache",
+    "rma", "RMAResult", "TAU2_METHODS",
 ]
 __version__ = "0.1.0"

@@ -90,6 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--format", default="png", choices=("png", "pdf", "svg"), help="file format")
     g.add_argument("--x64", action="store_true", help="compute in float64 (default float32)")
     _crosscheck_parser(sub, common)
+    from hierjax.cli_freq import register as register_freq
+    register_freq(sub, common)
     return p
 
 
@@ -328,6 +330,8 @@ def main(argv=None) -> int:
     from hierjax.priors import InputError, parse_mu_prior, parse_tau_prior
     commands = {"fit": lambda a: _fit_file(a) if a.input else _default_job(a),
                 "plot": _plot, "crosscheck": _crosscheck}
+    from hierjax.cli_freq import freq_command
+    commands["freq"] = freq_command
     try:
         parse_tau_prior(args.tau_prior)
         parse_mu_prior(args.mu_prior)
