@@ -81,9 +81,9 @@ class Prepared(NamedTuple):
     problems: list
     work: Batch
     st: Standardized
-    tau_std: object
-    mu_std: object
-    dtype: object
+    tau_std: TauPrior
+    mu_std: MuPrior
+    dtype: np.dtype
     n: int
     size: int
     n_pad: int = 0

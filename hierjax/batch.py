@@ -163,7 +163,7 @@ def validate(batch: Batch, need: int, prior_text: str = "") -> list:
         fails = ((mask.sum(axis=1) < max(need, 1))
                  | np.any(mask & ~np.isfinite(y_all), axis=1)
                  | np.any(mask & ~(np.isfinite(s_all) & (s_all > 0)), axis=1))
-    problems = [None] * y_all.shape[0]
+    problems: list[Optional[str]] = [None] * y_all.shape[0]
     for b in np.flatnonzero(fails):
         m = batch.mask[b]
         y, s = batch.y[b][m], batch.sigma[b][m]

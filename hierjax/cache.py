@@ -33,6 +33,7 @@ import platform
 import sys
 import warnings
 from pathlib import Path
+from types import FrameType
 from typing import Optional
 
 __all__ = ["use_compilation_cache", "default_cache_dir", "machine_key", "register",
@@ -93,7 +94,7 @@ def use_compilation_cache(path=None) -> Optional[Path]:
     """
     import jax
 
-    current = jax.config.jax_compilation_cache_dir
+    current = jax.config.values["jax_compilation_cache_dir"]
     if current:
         return Path(current)
     where = Path(path) if path is not None else default_cache_dir()
@@ -173,7 +174,8 @@ def _caller_level() -> int:
     """``stacklevel`` for a warning from :func:`make_room` that names the first caller
     outside the hierjax package."""
     here = os.path.dirname(os.path.abspath(__file__))
-    frame, level = sys._getframe(2), 2          # 1: make_room
+    frame: Optional[FrameType] = sys._getframe(2)     # 1: make_room
+    level = 2
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(here):
         frame, level = frame.f_back, level + 1
     return level

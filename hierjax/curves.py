@@ -34,12 +34,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from hierjax._host import prepare
-from hierjax.batch import Batch, InputError
+from hierjax.batch import Batch, InputError, Standardized
 from hierjax.cache import register
 from hierjax.conditionals import mixture_components, mu_given_tau_near, reference_point
 from hierjax.engine import ROUNDOFF_LIMIT, STATUS
 from hierjax.grid import tau_grid
-from hierjax.priors import NormalMu, Uniform
+from hierjax.priors import MuPrior, NormalMu, TauPrior, Uniform
 from hierjax.summaries import mixture_quantile, tau_summary
 
 __all__ = ["TauCurves", "MuDensity", "tau_curves", "mu_density", "DEFAULT_POINTS",
@@ -205,12 +205,12 @@ def _mu_density_batch(y, sigma2, mask, tau_prior, mu_prior, axis, *, auto: bool,
 
 class _Prepared(NamedTuple):
     batch: Batch
-    st: object          # Standardized of the padded block (B + n_pad rows)
-    tp: object
-    mp: object
-    tp_std: object
-    mp_std: object
-    dtype: object
+    st: Standardized    # of the padded block (B + n_pad rows)
+    tp: TauPrior
+    mp: MuPrior
+    tp_std: TauPrior
+    mp_std: MuPrior
+    dtype: np.dtype
     n: int
     B: int
 

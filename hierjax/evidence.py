@@ -60,8 +60,8 @@ _FAST = 0             # no unrolled Newton steps: one while loop each keeps the 
 class Estimate(NamedTuple):
     """A point estimate of ``(tau, mu)`` (fields scalar per dataset, or ``[B]``)."""
 
-    tau: jnp.ndarray
-    mu: jnp.ndarray
+    tau: jax.Array | np.ndarray
+    mu: jax.Array | np.ndarray
 
 
 class DatasetEvidence(NamedTuple):

@@ -302,7 +302,7 @@ def _nuts_block(keys, y, sigma, mask, tau_prior, mu_prior, target_accept, *, cen
     one = functools.partial(_one_chain, centered=centered, warmup=warmup, samples=samples,
                             max_tree_depth=max_tree_depth)
     lanes = jax.tree.map(lambda a: jnp.repeat(a, C, axis=0), (y, sigma, mask))
-    flat = jax.vmap(one, in_axes=(0, 0, 0, 0, None, None, None))(
+    flat = jax.vmap(one, in_axes=(0, 0, 0, 0, None, None, None))(  # type: ignore[call-arg]
         keys.reshape((B * C,) + keys.shape[2:]), *lanes, tau_prior, mu_prior, target_accept)
     return jax.tree.map(lambda a: a.reshape((B, C) + a.shape[1:]), flat)
 
@@ -672,7 +672,7 @@ def compare(fit, run: NutsRun, *, alpha: float = 0.01) -> Comparison:
         rhat = split_gelman_rubin(xf) if S >= 4 else np.full((B, P), np.nan)
 
     # which values are compared: real groups; moments whose MCSE has a finite variance
-    c = run.tau_prior.tail_power
+    c = float(run.tau_prior.tail_power)  # type: ignore[arg-type]  # CustomTau: __post_init__
     alpha_tail = run.n_groups - (1.0 if isinstance(run.mu_prior, NormalMu) else 2.0) + c   # [B]
     heavy = np.ones((B, P), bool)          # parameters with tau's polynomial tail
     heavy[:, 2:] = False                   # theta_j | y: bounded conditional variance

@@ -28,7 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import ndtr
 
-from hierjax.batch import InputError, as_batch, rescale_priors, standardize, validate
+from hierjax.batch import (Batch, InputError, Standardized, as_batch, rescale_priors,
+                           standardize, validate)
 from hierjax.cache import register
 from hierjax.conditionals import mu_given_tau, theta_given_mu_tau, theta_given_tau
 from hierjax.engine import compute_dtype
@@ -83,9 +84,9 @@ class PartialPooling(NamedTuple):
 
 
 class _Prepared(NamedTuple):
-    batch: object
-    st: object
-    dtype: object
+    batch: Batch
+    st: Standardized
+    dtype: np.dtype
 
 
 def _prepare(y, sigma, mask, mu_prior="flat"):

@@ -49,7 +49,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from typing import NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -177,9 +177,9 @@ class _Data(NamedTuple):
     """What a one-dataset kernel sees (scalar / ``[J]`` / ``[K]`` leaves)."""
 
     grid: TauGrid
-    y: jnp.ndarray
-    sigma2: jnp.ndarray
-    mask: jnp.ndarray
+    y: jax.Array | np.ndarray
+    sigma2: jax.Array | np.ndarray
+    mask: jax.Array | np.ndarray
     tau_prior: TauPrior
     mu_prior: MuPrior
 
@@ -323,11 +323,11 @@ def _mixture(d: _Data, param: str, sigma_new):
 class _Tools(NamedTuple):
     """Scalar functions of one scalar marginal (standard units)."""
 
-    log_pdf: object     # x -> log f(x)
-    dist: object        # x -> (pdf, cdf, sf)
-    quantile: object    # p -> (q, converged)
-    lower: object       # lower end of the support (tau, I2: 0) or None
-    upper: object = None  # upper end of the support (I2: 1) or None
+    log_pdf: Callable[..., Any]     # x -> log f(x)
+    dist: Callable[..., Any]        # x -> (pdf, cdf, sf)
+    quantile: Callable[..., Any]    # p -> (q, converged)
+    lower: Any                      # lower end of the support (tau, I2: 0) or None
+    upper: Any = None               # upper end of the support (I2: 1) or None
 
 
 def _mixture_tools(log_w, m, s) -> _Tools:

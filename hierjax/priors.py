@@ -204,7 +204,7 @@ class HalfT(TauPrior):
     """
 
     df: float = dataclasses.field(metadata=dict(static=True))
-    scale: np.ndarray = None
+    scale: Optional[np.ndarray] = None
     origin_power = 0.0
 
     @property
@@ -268,7 +268,8 @@ class CustomTau(TauPrior):
 
     logpdf: Callable = dataclasses.field(metadata=dict(static=True))
     proper: bool = dataclasses.field(default=False, metadata=dict(static=True))
-    tail_power: Optional[float] = dataclasses.field(default=None, metadata=dict(static=True))
+    tail_power: Optional[float] = dataclasses.field(  # type: ignore[assignment]
+        default=None, metadata=dict(static=True))  # None: estimated from logpdf
     scale: np.ndarray = dataclasses.field(default_factory=lambda: _leaf(1.0))
     origin_power: Optional[float] = dataclasses.field(default=None,
                                                       metadata=dict(static=True))
@@ -393,7 +394,7 @@ class Lomax(TauPrior):
     """
 
     shape: float = dataclasses.field(metadata={"static": True})
-    scale: np.ndarray = None
+    scale: Optional[np.ndarray] = None
     origin_power = 0.0
 
     @property
@@ -483,7 +484,7 @@ class InvGammaTau2(TauPrior):
     """
 
     shape: float = dataclasses.field(metadata={"static": True})
-    scale: np.ndarray = None
+    scale: Optional[np.ndarray] = None
     origin_power = math.inf
 
     @property
@@ -570,7 +571,8 @@ class DataTauPrior(TauPrior):
 
     @property
     def bound(self) -> bool:
-        return all(getattr(self, f.name) is not None for f in dataclasses.fields(self))
+        return all(getattr(self, f.name) is not None
+                   for f in dataclasses.fields(self))  # type: ignore[arg-type]
 
     def _need_bound(self):
         if not self.bound:
@@ -935,7 +937,7 @@ def parse_tau_prior(spec) -> TauPrior:
             raise InputError(f"unknown tau prior {spec!r}; expected one of "
                              + ", ".join(_TAU_SPECS) + " (or a JAX log-density)")
         n, make = _TAU_SPECS[name]
-        prior = make(*_numbers(spec, rest, n))
+        prior = make(*_numbers(spec, rest, n))  # type: ignore[operator]
     else:
         raise InputError(f"tau prior must be a spec string, a TauPrior or a callable, got {spec!r}")
     prior._check()

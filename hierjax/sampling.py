@@ -61,10 +61,10 @@ class DatasetDraws(NamedTuple):
         status: grid and solver status bits (:data:`hierjax.engine.STATUS`), scalar.
     """
 
-    tau: jnp.ndarray
-    mu: jnp.ndarray
-    theta: jnp.ndarray
-    status: jnp.ndarray
+    tau: jax.Array | np.ndarray
+    mu: jax.Array | np.ndarray
+    theta: jax.Array | np.ndarray
+    status: jax.Array | np.ndarray
 
 
 class Draws(NamedTuple):
@@ -215,8 +215,8 @@ def draws(y, sigma=None, *, key, num_draws: int, tau_prior="uniform", mu_prior="
         grids = grids_standardized(y_b, s2_b, m_b, tp_b, mp_b, n=prep.n)
         block = draws_standardized(key, jnp.asarray(ids_u32[sl]), grids, y_b, s2_b, m_b, mp_b,
                                    num_draws=S_pad)
-        out.append(DatasetDraws(*(np.asarray(a)[:, :S] for a in block[:3]),
-                                np.asarray(block.status)))
+        tau_s, mu_s, theta_s = (np.asarray(a)[:, :S] for a in block[:3])
+        out.append(DatasetDraws(tau_s, mu_s, theta_s, np.asarray(block.status)))
     res = jax.tree.map(lambda *a: np.concatenate(a), *out)
     loc, scale = prep.st.loc, prep.st.scale
     dt = prep.dtype

@@ -48,7 +48,8 @@ def simulate(n_datasets: int, n_groups: int = 8, *, seed: int = 0, mu: float = 8
     rng = np.random.default_rng(seed)
     B, J = int(n_datasets), int(n_groups)
     tau = np.minimum(np.abs(tau_scale * rng.standard_cauchy(B)), 20 * tau_scale)
-    sigma = rng.uniform(*sigma_range, size=(B, J))
+    lo, hi = sigma_range
+    sigma = rng.uniform(lo, hi, size=(B, J))
     theta = mu + tau[:, None] * rng.standard_normal((B, J))
     y = theta + sigma * rng.standard_normal((B, J))
     return Simulated(y, sigma, theta, np.full(B, float(mu)), tau)
