@@ -30,6 +30,9 @@ from hierjax.summaries import Marginal
 from hierjax.posterior import (PARAMS, I2Summary, Posterior, PredictiveCheck, Weights, cdf, i2,
                                interval, pairwise_prob, pdf, posterior, predictive_check,
                                predictive_prob, prob_greater, quantile, shrinkage, weights)
+from hierjax import core
+from hierjax.core import CoreMarginal, CoreSummary, log_evidence
+from hierjax.core import summaries as dataset_summaries
 
 __all__ = [
     "fit", "fit_batch", "Fit", "Marginal", "Batch", "as_batch", "DEFAULT_LEVELS", "STATUS",
@@ -49,5 +52,6 @@ __all__ = [
     "posterior", "Posterior", "PARAMS", "pdf", "cdf", "quantile", "prob_greater", "interval",
     "predictive_prob", "predictive_check", "PredictiveCheck", "shrinkage", "weights", "Weights",
     "i2", "I2Summary", "pairwise_prob", "use_compilation_cache",
+    "core", "log_evidence", "dataset_summaries", "CoreSummary", "CoreMarginal",
 ]
 __version__ = "0.1.0"
