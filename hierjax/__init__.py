@@ -6,6 +6,9 @@ Importing hierjax changes no global JAX setting: turn on float64 yourself at pro
 start (the ``jax_enable_x64`` config flag, or ``JAX_ENABLE_X64=1``), and keep compiled
 kernels on disk between runs with :func:`use_compilation_cache` (the CLI does).
 
+:mod:`hierjax.core` is the computation for one dataset as traceable functions (the log
+evidence, differentiable, and the summaries) for use inside your own ``jit``/``vmap``/``grad``.
+
 Optional parts, imported on use: :mod:`hierjax.plotting` (matplotlib, extra ``plots``),
 :mod:`hierjax.nuts` (NumPyro, extra ``nuts``), :func:`to_arviz` (ArviZ, extra ``arviz``).
 """
