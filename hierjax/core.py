@@ -293,7 +293,7 @@ class CoreSummary(NamedTuple):
         status: bits of :data:`hierjax.STATUS` (0 = ok): ``grid_unresolved`` when
             ``error`` exceeds ``0.25 sqrt(eps)``, ``tail_truncated``, ``unconverged``
             (the grid's search), ``invalid`` (a non-finite value or ``sigma <= 0`` in a
-            real group, or no group), int32 scalar.
+            real group, or no group: every summary is then ``nan``), int32 scalar.
     """
 
     mu: CoreMarginal
@@ -496,8 +496,11 @@ def summaries(y, sigma, mask=None, tau_prior: TauPrior = _UNIFORM,
               | jnp.where(nodes.grid.converged, 0, STATUS["unconverged"])
               | jnp.where(st.valid, 0, STATUS["invalid"])).astype(jnp.int32)
     log_ev = jnp.where(st.valid, log_z - _log_jacobian(st, mu_prior), jnp.nan)
-    return CoreSummary(_to_units(fine[0], loc, sc), _to_units(tau_mg, 0.0, sc, shift=False),
-                       theta, _to_units(fine[1], loc, sc), log_ev, ev_err, err, status)
+    # invalid data: nan summaries beside the status bit, not numbers of the groups kept
+    marg = jax.tree.map(lambda a: jnp.where(st.valid, a, jnp.nan),
+                        (_to_units(fine[0], loc, sc), _to_units(tau_mg, 0.0, sc, shift=False),
+                         theta, _to_units(fine[1], loc, sc)))
+    return CoreSummary(*marg, log_ev, ev_err, err, status)
 
 
 def _unit(mg: CoreMarginal):

@@ -146,6 +146,7 @@ def test_jit_vmap_summaries_equal_fit(sim, sim_fit):
     assert out.mu.mean.dtype == dt
     status = np.asarray(out.status)
     assert status[-1] & hierjax.STATUS["invalid"] and np.isnan(float(out.log_evidence[-1]))
+    assert np.isnan(float(out.mu.mean[-1])) and np.all(np.isnan(np.asarray(out.theta.sd[-1])))
     ok = (np.asarray(sim_fit.status) == 0) & (status[:-1] == 0)
     assert ok.sum() >= 15
     goal = 1e-8 if X64 else 1e-4
@@ -185,3 +186,12 @@ def test_population_prior_recovers_lognormal_hyperparameters():
     z = np.abs(np.asarray(res.estimate) - np.asarray(res.truth)) / np.asarray(res.std_error)
     assert np.all(np.isfinite(res.std_error)) and np.all(np.asarray(res.std_error) > 0)
     assert np.all(z < 3.0), (res.estimate, res.truth, res.std_error)
+
+
+@pytest.mark.slow
+def test_population_prior_full_size():
+    """scripts/population_prior.py's default: 2,000 meta-analyses with J = 3..20."""
+    res = _population_script().run()
+    z = np.abs(np.asarray(res.estimate) - np.asarray(res.truth)) / np.asarray(res.std_error)
+    assert res.converged and np.all(z < 3.0), (res.estimate, res.truth, res.std_error)
+    assert np.all(np.asarray(res.std_error) < 0.05)
