@@ -6,6 +6,9 @@ Importing hierjax changes no global JAX setting: turn on float64 yourself at pro
 start (the ``jax_enable_x64`` config flag, or ``JAX_ENABLE_X64=1``), and keep compiled
 kernels on disk between runs with :func:`use_compilation_cache` (the CLI does).
 
+:mod:`hierjax.core` is the computation for one dataset as traceable functions (the log
+evidence, differentiable, and the summaries) for use inside your own ``jit``/``vmap``/``grad``.
+
 Optional parts, imported on use: :mod:`hierjax.plotting` (matplotlib, extra ``plots``),
 :mod:`hierjax.nuts` (NumPyro, extra ``nuts``), :func:`to_arviz` (ArviZ, extra ``arviz``).
 """
@@ -31,6 +34,9 @@ from hierjax.frequentist import TAU2_METHODS, RMAResult, rma
 from hierjax.posterior import (PARAMS, I2Summary, Posterior, PredictiveCheck, Weights, cdf, i2,
                                interval, pairwise_prob, pdf, posterior, predictive_check,
                                predictive_prob, prob_greater, quantile, shrinkage, weights)
+from hierjax import core
+from hierjax.core import CoreMarginal, CoreSummary, log_evidence
+from hierjax.core import summaries as dataset_summaries
 
 __all__ = [
     "fit", "fit_batch", "Fit", "Marginal", "Batch", "as_batch", "DEFAULT_LEVELS", "STATUS",
@@ -51,5 +57,6 @@ __all__ = [
     "predictive_prob", "predictive_check", "PredictiveCheck", "shrinkage", "weights", "Weights",
     "i2", "I2Summary", "pairwise_prob", "use_compilation_cache",
     "rma", "RMAResult", "TAU2_METHODS",
+    "core", "log_evidence", "dataset_summaries", "CoreSummary", "CoreMarginal",
 ]
 __version__ = "0.1.0"

@@ -97,12 +97,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _plot(args) -> int:
     """``hierjax plot``: the figures of each dataset, written to ``--out``."""
-    import re
-
     import hierjax
     from hierjax.batch import InputError
     try:
-        from hierjax.plotting import KINDS, plot_all, require_matplotlib
+        from hierjax.plotting import KINDS, file_stem, plot_all, require_matplotlib
         require_matplotlib()
     except ImportError:
         print("hierjax: error: plotting needs matplotlib: pip install 'hierjax[plots]'", file=sys.stderr)
@@ -134,7 +132,7 @@ def _plot(args) -> int:
         m = batch.mask[b]
         y, sigma = batch.y[b][m], batch.sigma[b][m]
         labels = batch.groups[b]
-        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or f"dataset{b}"
+        safe = file_stem(name, b)
         paths = plot_all(y, sigma, args.out, kinds=kinds, labels=labels, units=units,
                          prefix=f"{safe}-", fmt=args.format, fit=_one(fit, b), curves=_one(curves, b),
                          **pri)

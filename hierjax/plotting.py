@@ -27,6 +27,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 __all__ = ["plot_impact", "plot_shrinkage", "plot_densities", "plot_forest", "plot_all", "KINDS",
+           "file_stem",
            "require_matplotlib"]
 
 #: Figure kinds of :func:`plot_all` and ``hierjax plot --kind``.
@@ -370,20 +371,30 @@ def plot_densities(y=None, sigma=None, *, curves=None, mu_marginal=None, dataset
 # --------------------------------------------------------------------------- forest
 def plot_forest(y, sigma, *, fit=None, dataset: int = 0, tau_prior="uniform", mu_prior="flat",
                 labels: Optional[Sequence[str]] = None, level: float = 0.95,
-                units: Optional[str] = None, title: Optional[str] = None, path=None):
+                units: Optional[str] = None, title: Optional[str] = None, path=None,
+                weights=None, transform: Optional[str] = None):
     r"""A forest plot as meta-analysts draw it.
 
     One row per study: ``y_j +- z sigma_j`` (squares sized by the Fisher weight
     ``1/sigma_j^2``) and, beneath, the shrunken estimate ``E[theta_j | y]`` with its
     central ``level`` posterior interval; then the pooled mean ``mu`` as a diamond
     (posterior mean, or median where the mean does not exist, and interval) and the
-    prediction interval for the effect of a new study ``theta_new``. Numbers on the right.
+    prediction interval for the effect of a new study ``theta_new``. Numbers on the right,
+    with each study's weight in the posterior mean of ``mu``: bayesmeta's weights
+    ``E[W_i(tau) | y]``, ``W_i = (1 / (sigma_i^2 + tau^2)) / P`` (:func:`hierjax.weights`).
 
-    Args: as :func:`plot_shrinkage`.
+    Args: as :func:`plot_shrinkage`, and
+        weights: the studies' weights ``[J]``; None (default) computes them for the given
+            priors (:func:`hierjax.posterior`, :func:`hierjax.weights`); False leaves the
+            column out.
+        transform: None, or ``"exp"`` for ratio measures (log odds, log risk ratios): every
+            position and number is drawn as ``exp(.)`` on a log axis with the line of no
+            effect at 1, and the points are posterior medians (the median of ``exp(theta)``
+            is ``exp`` of theta's; its mean is not).
 
     Returns:
         Figure; gids ``study``, ``study_interval``, ``shrunken``, ``shrunken_interval``,
-        ``pooled_diamond``, ``prediction_interval``.
+        ``pooled_diamond``, ``prediction_interval``; the weight column's texts ``weight``.
     """
     require_matplotlib()
     from matplotlib.patches import Polygon
@@ -403,20 +414,38 @@ def plot_forest(y, sigma, *, fit=None, dataset: int = 0, tau_prior="uniform", mu
     new_c = float(f.theta_new.mean[b]) if bool(f.theta_new.mean_exists[b]) else nq[med_i]
     z = _z(level)
     pct = f"{100 * level:g}%"
+    if transform not in (None, "exp"):
+        raise ValueError(f"transform must be None or 'exp', got {transform!r}")
+    g = np.exp if transform == "exp" else (lambda a: np.asarray(a, np.float64))
+    if transform == "exp":       # medians: exp maps quantiles, not means
+        post, mu_c, new_c = q[:, med_i], mq[med_i], nq[med_i]
+    if weights is None:
+        from hierjax.posterior import posterior
+        from hierjax.posterior import weights as study_weights
+        weights = study_weights(posterior(yv, sv, tau_prior=tau_prior, mu_prior=mu_prior)).mu[0]
+    show_w = weights is not False
+    if show_w:
+        weights = np.asarray(weights, np.float64).reshape(-1)
+        if weights.shape != (J,):
+            raise ValueError(f"weights must have one value per study ({J}), got {weights.shape}")
+    yc, ylo, yhi = g(yv), g(yv - z * sv), g(yv + z * sv)
+    post, q, mq, nq, mu_c, new_c = (g(a) for a in (post, q, mq, nq, mu_c, new_c))
 
     height = 1.6 + 0.42 * (J + 3)
-    fig = _figure(figsize=(10.0, height))
-    ax, tab = fig.subplots(1, 2, sharey=True, width_ratios=[1.8, 1.0])
+    fig = _figure(figsize=(11.0 if show_w else 10.0, height))
+    ax, tab = fig.subplots(1, 2, sharey=True, width_ratios=[1.8, 1.3 if show_w else 1.0])
     rows = np.arange(J, dtype=np.float64)[::-1] + 3.0      # studies on top, summaries below
     d = 0.18
     w = 1.0 / sv ** 2
     size = 4.0 + 8.0 * np.sqrt(w / w.max())
-    ax.hlines(rows + d, yv - z * sv, yv + z * sv, color="k", lw=1.2, gid="study_interval")
-    ax.scatter(yv, rows + d, s=size ** 2, marker="s", color="k", zorder=3, gid="study",
-               label=rf"study: $y_j \pm {z:.2f}\,\sigma_j$ (size $\propto 1/\sigma_j^2$)")
+    ax.hlines(rows + d, ylo, yhi, color="k", lw=1.2, gid="study_interval")
+    ax.scatter(yc, rows + d, s=size ** 2, marker="s", color="k", zorder=3, gid="study",
+               label=(rf"study: $\exp(y_j \pm {z:.2f}\,\sigma_j)$" if transform else
+                      rf"study: $y_j \pm {z:.2f}\,\sigma_j$") + r" (size $\propto 1/\sigma_j^2$)")
     ax.hlines(rows - d, q[:, lo_i], q[:, hi_i], color=_BLUE, lw=1.6, gid="shrunken_interval")
+    centre = "median" if transform else r"$E[\theta_j \mid y]$"
     ax.plot(post, rows - d, "o", color=_BLUE, ms=5, zorder=3, gid="shrunken",
-            label=rf"shrunken: $E[\theta_j \mid y]$, {pct} interval")
+            label=rf"shrunken: {centre}, {pct} interval")
     r_mu, r_new = 1.5, 0.5
     diamond = Polygon([(mq[lo_i], r_mu), (mu_c, r_mu + 0.3), (mq[hi_i], r_mu), (mu_c, r_mu - 0.3)],
                       closed=True, color=_RED, gid="pooled_diamond",
@@ -425,29 +454,44 @@ def plot_forest(y, sigma, *, fit=None, dataset: int = 0, tau_prior="uniform", mu
     ax.hlines([r_new], [nq[lo_i]], [nq[hi_i]], color=_RED, lw=2.2, gid="prediction_interval",
               label=rf"prediction: new study $\theta_{{new}}$, {pct} interval")
     ax.plot([new_c], [r_new], "|", color=_RED, ms=12, mew=2.2)
-    ax.axvline(0.0, color=_GREY, lw=0.8)
+    ax.axvline(float(g(0.0)), color=_GREY, lw=0.8)
+    if transform == "exp":
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.axvline(mu_c, color=_RED, lw=0.8, ls=":")
     for a in (ax, tab):
         a.axhline(2.3, color=_GREY, lw=0.6)
     ax.set_yticks(list(rows) + [r_mu, r_new], names + [r"pooled mean $\mu$", r"new study $\theta_{new}$"])
     ax.set_ylim(0.0, J + 3.6)
-    ax.set_xlabel("effect" + _unit(units))
+    ax.set_xlabel(("ratio, exp(effect)" if transform == "exp" else "effect") + _unit(units))
     ax.grid(axis="x", alpha=0.3)
     fig.legend(handles=ax.get_legend_handles_labels()[0], loc="outside lower center", ncols=2,
                fontsize=8.5, frameon=False)
 
     # the numbers, in a table beside the plot
+    digits = 2 if transform else 1
+
     def fmt(c, lo, hi):
-        return f"{c:5.1f} [{lo:5.1f}, {hi:5.1f}]"
+        return f"{c:5.{digits}f} [{lo:5.{digits}f}, {hi:5.{digits}f}]"
 
     tab.set_xlim(0.0, 1.0)
     tab.axis("off")
     top = J + 3.0
-    tab.text(0.46, top, f"y ± {z:.2f}σ", fontsize=9, weight="bold", va="center", ha="right")
+    x_y = 0.40 if show_w else 0.46
+    head = f"exp(y ± {z:.2f}σ)" if transform else f"y ± {z:.2f}σ"
+    tab.text(x_y, top, head, fontsize=9, weight="bold", va="center", ha="right")
     tab.text(1.0, top, f"posterior ({pct})", fontsize=9, weight="bold", va="center", ha="right")
+    if show_w:
+        tab.text(0.54, top, "weight", fontsize=9, weight="bold", va="center", ha="right")
     for j in range(J):
-        tab.text(0.46, rows[j], fmt(yv[j], yv[j] - z * sv[j], yv[j] + z * sv[j]), fontsize=8.5,
+        tab.text(x_y, rows[j], fmt(yc[j], ylo[j], yhi[j]), fontsize=8.5,
                  va="center", ha="right", family="monospace")
+        if show_w:
+            tab.text(0.54, rows[j], f"{100 * weights[j]:4.1f}%", fontsize=8.5, va="center",
+                     ha="right", family="monospace", gid="weight")
         tab.text(1.0, rows[j], fmt(post[j], q[j, lo_i], q[j, hi_i]), fontsize=8.5, va="center", ha="right",
                  family="monospace", color=_BLUE)
     tab.text(1.0, r_mu, fmt(mu_c, mq[lo_i], mq[hi_i]), fontsize=8.5, va="center", ha="right",
@@ -461,8 +505,12 @@ def plot_forest(y, sigma, *, fit=None, dataset: int = 0, tau_prior="uniform", mu
 # --------------------------------------------------------------------------- all at once
 def plot_all(y, sigma, out_dir, *, kinds: Sequence[str] = KINDS, dataset: int = 0,
              tau_prior="uniform", mu_prior="flat", labels=None, units=None, prefix: str = "",
-             fmt: str = "png", fit=None, curves=None, mu_marginal=None) -> dict:
+             fmt: str = "png", fit=None, curves=None, mu_marginal=None,
+             transform: Optional[str] = None) -> dict:
     """Write the figures of one dataset to ``out_dir/<prefix><kind>.<fmt>``.
+
+    ``transform``: the forest plot's (``"exp"`` for ratio measures, :func:`plot_forest`).
+    Use :func:`file_stem` to make a ``prefix`` from a dataset's name.
 
     Returns:
         ``{kind: path}`` of the files written.
@@ -491,7 +539,35 @@ def plot_all(y, sigma, out_dir, *, kinds: Sequence[str] = KINDS, dataset: int = 
                                  units=units, path=path, **pri)
         else:
             fig = plot_forest(y, sigma, fit=fit, dataset=dataset, labels=labels, units=units,
-                              path=path)
+                              path=path, transform=transform, **pri)
         del fig
         out[kind] = path
     return out
+
+
+# --------------------------------------------------------------------------- file names
+#: The longest file stem :func:`file_stem` returns (a hash suffix included).
+STEM_MAX = 64
+
+
+def file_stem(name, index: int = 0, max_len: int = STEM_MAX) -> str:
+    """A file-name stem for a dataset's figures: distinct names give distinct stems.
+
+    Characters outside ``[A-Za-z0-9_.-]`` become ``_``, a leading ``.`` or ``-`` too (no
+    hidden files or options). Where that changed the name, or it is longer than
+    ``max_len``, a short hash of the full name is appended (``a b`` -> ``a_b-<hash>``,
+    ``a_b`` stays ``a_b``), and a long name is cut to fit. An empty name gives
+    ``dataset<index>``.
+    """
+    import hashlib
+    import re
+
+    name = str(name)
+    if not name:
+        return f"dataset{index}"
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+    safe = re.sub(r"^[.-]", "_", safe)
+    if safe == name and len(safe) <= max_len:
+        return safe
+    tag = hashlib.sha1(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{safe[:max_len - len(tag) - 1]}-{tag}"

@@ -235,3 +235,78 @@ def test_plots_extra_lists_matplotlib():
     root = pathlib.Path(__file__).resolve().parents[1]
     meta = tomllib.loads((root / "pyproject.toml").read_text())
     assert any(d.startswith("matplotlib") for d in meta["project"]["optional-dependencies"]["plots"])
+
+
+# --------------------------------------------------------------------------- issue 25, item 6
+def test_forest_weights_column(data, fit8):
+    """The weight column shows bayesmeta's weights E[W_i(tau) | y], W_i = (1/v_i) / P, here
+    integrated by the independent quadrature reference; they sum to 100%."""
+    from reference import Reference
+
+    y, sigma = data
+    fig = plot_forest(y, sigma, fit=fit8)
+    texts = [a.get_text() for a in fig.findobj(lambda a: a.get_gid() == "weight")]
+    shown = np.array([float(t.rstrip("%")) for t in texts])
+    ref = Reference(y, sigma)
+    want = 100.0 * np.array([ref.mu_weight(i) for i in range(len(y))])
+    np.testing.assert_allclose(shown, want, atol=0.051)
+    assert abs(want.sum() - 100.0) < 1e-6
+    # the most precise study weighs most
+    assert int(np.argmax(shown)) == int(np.argmin(sigma))
+    fig = plot_forest(y, sigma, fit=fit8, weights=False)
+    assert not fig.findobj(lambda a: a.get_gid() == "weight")
+    with pytest.raises(ValueError, match="one value per study"):
+        plot_forest(y, sigma, fit=fit8, weights=np.ones(3))
+
+
+def test_forest_ratio_measure_on_log_axis(data, fit8, tmp_path):
+    """transform='exp': exp of every position (medians for the points), a log axis, the
+    line of no effect at 1."""
+    y, sigma = data
+    y, sigma = y / 40.0, sigma / 40.0           # log-odds-like sizes; fit8 is for data, so
+    f = hierjax.fit(y, sigma, groups=[SCHOOLS])  # the fit of these (same compiled shape)
+    path = tmp_path / "forest_or.png"
+    fig = plot_forest(y, sigma, fit=f, transform="exp", weights=False, path=path)
+    assert is_png(path)
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    tol = 1e-9 if f.mu.mean.dtype == np.float64 else 1e-6     # y / 40 rounded to float32
+    close(by_gid(fig, "study").get_offsets()[:, 0], np.exp(y), tol)
+    seg = np.array(by_gid(fig, "study_interval").get_segments())
+    close(seg[:, 0, 0], np.exp(y - Z95 * sigma), tol)
+    close(seg[:, 1, 0], np.exp(y + Z95 * sigma), tol)
+    close(by_gid(fig, "shrunken").get_xydata()[:, 0], np.exp(f.theta.quantiles[0, :, 2]), tol)
+    xs = by_gid(fig, "pooled_diamond").get_xy()[:, 0]
+    close([xs.min(), xs.max()], np.exp([f.mu.quantiles[0, 0], f.mu.quantiles[0, -1]]), tol)
+    assert np.any(np.isclose(xs, np.exp(f.mu.quantiles[0, 2]), rtol=tol))
+    assert any(np.allclose(line.get_xdata(), 1.0) for line in ax.get_lines())
+    with pytest.raises(ValueError, match="transform"):
+        plot_forest(y, sigma, fit=f, transform="log", weights=False)
+
+
+def test_file_stems_never_collide():
+    from hierjax.plotting import STEM_MAX, file_stem
+
+    assert file_stem("schools") == "schools"
+    assert file_stem("a_b") == "a_b"
+    assert file_stem("a b") != file_stem("a_b") and file_stem("a b").startswith("a_b-")
+    assert file_stem("a b") != file_stem("a/b") != file_stem("a_b")
+    assert file_stem("", 3) == "dataset3"
+    for bad in ("../../etc/passwd", ".hidden", "-rf", "a\\b", "x\x00y"):
+        stem = file_stem(bad)
+        assert "/" not in stem and "\\" not in stem and not stem.startswith((".", "-"))
+    long_a, long_b = "trial " * 40 + "A", "trial " * 40 + "B"
+    sa, sb = file_stem(long_a), file_stem(long_b)
+    assert sa != sb and len(sa) <= STEM_MAX and len(sb) <= STEM_MAX
+    assert len(file_stem("x" * 200)) <= STEM_MAX
+    assert file_stem("é") != file_stem("è")
+
+
+def test_cli_plot_names_that_sanitise_alike_get_distinct_files(tmp_path, capsys, write_csv):
+    from conftest import long_rows
+    y, s = hierjax.eight_schools()
+    csv = write_csv(long_rows({"a b": (y, s), "a_b": (y, s)}))
+    code, _, err = run_cli(["plot", csv, "--kind", "impact", "--out", tmp_path / "o"], capsys)
+    assert code == 0, err
+    names = sorted(p.name for p in (tmp_path / "o").iterdir())
+    assert len(names) == 2 and "a_b-impact.png" in names, names
