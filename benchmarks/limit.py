@@ -1,7 +1,7 @@
 """The machine's limit for the kernel's operation mix, and how far the kernel is from it.
 
 * :func:`kernel_cost`: XLA's ``cost_analysis()`` (flops, transcendentals, bytes) of the
-  compiled ``hierjax.engine.fit_standardized`` at one block shape, per dataset. XLA
+  compiled ``hierjax.engine.fitting.fit_standardized`` at one block shape, per dataset. XLA
   counts the body of a ``while`` loop once, whatever its trip count (the solvers'
   straggler loops, the quantile and extent searches); the unrolled steps are counted.
 * :data:`HAND_COUNT`: the moment arithmetic counted by hand per element
@@ -68,10 +68,10 @@ def kernel_cost(J: int, dtype, levels, block: int | None = None):
     import jax.numpy as jnp
 
     import hierjax
-    from hierjax.batch import as_batch, rescale_priors, standardize
-    from hierjax.engine import _default_block, fit_standardized
-    from hierjax.grid import default_nodes
-    from hierjax.priors import FlatMu, Uniform
+    from hierjax.engine.batch import as_batch, rescale_priors, standardize
+    from hierjax.engine.fitting import _default_block, fit_standardized
+    from hierjax.inference.grid import default_nodes
+    from hierjax.model.priors import FlatMu, Uniform
 
     n = default_nodes(dtype)
     block = block or _default_block(n + 1, J)
@@ -92,7 +92,7 @@ def kernel_cost(J: int, dtype, levels, block: int | None = None):
 
     # cost_analysis counts one lax.map step, so it is taken with the block as one chunk;
     # the timing uses the default cache-sized chunk, as hierjax.fit does
-    from hierjax.engine import _default_chunk
+    from hierjax.engine.fitting import _default_chunk
     chunk = _default_chunk(n + 1, J, len(levels), jax.default_backend())
     timed = fit_standardized.lower(*args, n=n, chunk=chunk).compile()
 
@@ -120,7 +120,7 @@ def ceiling(dtype, n_elements: int = 1 << 22, fma_steps: int = 64):
     import jax.numpy as jnp
     from jax.scipy.special import erfc, ndtr
 
-    from hierjax.conditionals import _log1p_small
+    from hierjax.model.conditionals import _log1p_small
 
     key = jax.random.PRNGKey(0)
     a = jax.random.uniform(key, (n_elements,), dtype, 0.5, 2.0)

@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 import hierjax
-from hierjax.nuts import crosscheck
+from hierjax.validation.nuts import crosscheck
 
 B = int(sys.argv[1]) if len(sys.argv) > 1 else 200
 R = int(sys.argv[2]) if len(sys.argv) > 2 else 16

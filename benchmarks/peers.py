@@ -8,7 +8,7 @@
 * ``quad``: the scipy ``quad`` reference itself (tests/reference.py), timed per dataset.
   Its accuracy is its own error estimate, which the reference checks is below 1e-10
   (relative) on every integral.
-* ``nuts``: NumPyro NUTS through ``hierjax.nuts.run_nuts`` (imported lazily; a row marked
+* ``nuts``: NumPyro NUTS through ``hierjax.validation.nuts.run_nuts`` (imported lazily; a row marked
   unavailable when the module is absent). Accuracy: its Monte-Carlo error against the
   reference.
 * ``bayesmeta``: a quoted figure (R, cannot run here), marked as such.
@@ -140,13 +140,13 @@ def draws_summary(mu, tau, theta, levels):
 
 
 def nuts_row(y, sigma, levels, mode, accuracy, chains=4, warmup=500, samples=1000):
-    """NumPyro NUTS via ``hierjax.nuts.run_nuts`` (lazy); 'unavailable' when absent."""
+    """NumPyro NUTS via ``hierjax.validation.nuts.run_nuts`` (lazy); 'unavailable' when absent."""
     base = {"kind": "nuts", "mode": mode, "dtype": str(np.dtype(y.dtype)), "B": len(y),
             "J": y.shape[1]}
     try:
-        from hierjax.nuts import run_nuts
+        from hierjax.validation.nuts import run_nuts
     except ImportError as e:
-        return dict(base, status="unavailable", note=f"hierjax.nuts not importable: {e}")
+        return dict(base, status="unavailable", note=f"hierjax.validation.nuts not importable: {e}")
     t0 = time.perf_counter()
     run = run_nuts(y, sigma, chains=chains, warmup=warmup, samples=samples, seed=0)
     wall = time.perf_counter() - t0

@@ -267,7 +267,7 @@ def _rss_mb():
 
 # --------------------------------------------------------------------------- hierjax rows
 def _cache_size():
-    from hierjax.engine import fit_standardized
+    from hierjax.engine.fitting import fit_standardized
     try:
         return fit_standardized._cache_size()
     except AttributeError:
@@ -346,7 +346,7 @@ def limit_rows(cfg, dtype, measured: list, log=print) -> dict:
     import limit
     import numpy as np
 
-    from hierjax.grid import default_nodes
+    from hierjax.inference.grid import default_nodes
     J = 8 if 8 in cfg["J"] else cfg["J"][0]
     K = default_nodes(dtype) + 1
     row = {"kind": "limit", "dtype": np.dtype(dtype).name, "J": J, "K": K, "status": "ok",

@@ -9,28 +9,31 @@ kernels on disk between runs with :func:`use_compilation_cache` (the CLI does).
 :mod:`hierjax.core` is the computation for one dataset as traceable functions (the log
 evidence, differentiable, and the summaries) for use inside your own ``jit``/``vmap``/``grad``.
 
-Optional parts, imported on use: :mod:`hierjax.plotting` (matplotlib, extra ``plots``),
-:mod:`hierjax.nuts` (NumPyro, extra ``nuts``), :func:`to_arviz` (ArviZ, extra ``arviz``).
+Optional parts, imported on use: :mod:`hierjax.io.plotting` (matplotlib, extra ``plots``),
+:mod:`hierjax.validation.nuts` (NumPyro, extra ``nuts``), :func:`to_arviz` (ArviZ, extra ``arviz``).
 """
-from hierjax.batch import Batch, as_batch
+import importlib as _importlib
+import sys as _sys
+
+from hierjax.engine.batch import Batch, as_batch
 from hierjax.datasets import beta_blockers, efron_morris, eight_schools, rubin_eight_schools
 from hierjax.simulate import simulate
-from hierjax.cache import use_compilation_cache
-from hierjax.engine import DEFAULT_LEVELS, STATUS, Fit, fit, fit_batch, status_text
+from hierjax.engine.cache import use_compilation_cache
+from hierjax.engine.fitting import DEFAULT_LEVELS, STATUS, Fit, fit, fit_batch, status_text
 from hierjax.pooling import (CompletePooling, PartialPooling, complete_pooling,
                              complete_pooling_predictive, no_pooling, partial_pooling)
-from hierjax.priors import (BergerDeely, Conventional, CustomTau, DuMouchel, Exponential, FlatMu,
+from hierjax.model.priors import (BergerDeely, Conventional, CustomTau, DuMouchel, Exponential, FlatMu,
                             HalfCauchy, HalfLogistic, HalfNormal, HalfT, InputError, InvGammaTau2,
                             Jeffreys, LogNormal, Lomax, NormalMu, OverallJeffreys, Rayleigh,
                             Uniform, UniformI2, UniformShrinkage, UniformSqrt, parse_mu_prior,
                             parse_tau_prior)
-from hierjax.effects import (EffectSizes, log_odds_ratio, log_risk_ratio, mean_difference,
+from hierjax.model.effects import (EffectSizes, log_odds_ratio, log_risk_ratio, mean_difference,
                              risk_difference, standardized_mean_difference)
 from hierjax.curves import MuDensity, TauCurves, mu_density, tau_curves
 from hierjax.sampling import Draws, draws, to_arviz
 from hierjax.evidence import Estimate, Evidence, evidence
-from hierjax.summaries import Marginal
-from hierjax.frequentist import TAU2_METHODS, RMAResult, rma
+from hierjax.inference.summaries import Marginal
+from hierjax.model.frequentist import TAU2_METHODS, RMAResult, rma
 from hierjax.posterior import (PARAMS, I2Summary, Posterior, PredictiveCheck, Weights, cdf, i2,
                                interval, pairwise_prob, pdf, posterior, predictive_check,
                                predictive_prob, prob_greater, quantile, shrinkage, weights)
@@ -60,3 +63,14 @@ __all__ = [
     "core", "log_evidence", "dataset_summaries", "CoreSummary", "CoreMarginal",
 ]
 __version__ = "0.1.0"
+
+# The former flat module paths (``hierjax.priors``, ``hierjax.nuts``, ...) keep working.
+_FORMER = {"priors": "model.priors", "conditionals": "model.conditionals",
+           "effects": "model.effects", "quadrature": "numerics.quadrature",
+           "solvers": "numerics.solvers", "grid": "inference.grid",
+           "summaries": "inference.summaries", "batch": "engine.batch",
+           "cache": "engine.cache", "nuts": "validation.nuts", "plotting": "io.plotting"}
+for _old, _new in _FORMER.items():
+    globals()[_old] = _sys.modules.setdefault(f"hierjax.{_old}",
+                                              _importlib.import_module(f"hierjax.{_new}"))
+del _old, _new

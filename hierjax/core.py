@@ -9,7 +9,7 @@ values and no value checks (a bad dataset is reported in ``status``, never raise
 evidences work as written.
 
 **Standardisation contract.** Inputs and outputs are in the caller's units. Inside, each
-dataset is mapped to standard units as :func:`hierjax.batch.standardize` does on the host
+dataset is mapped to standard units as :func:`hierjax.engine.batch.standardize` does on the host
 (centre ``loc``: the Fisher-weighted mean; scale ``s``: the geometric mean of the
 ``sigma_j``), in the data's dtype and traceably, so that data in units of ``1e-3`` or
 ``1e3`` get the same grid. The tau prior is carried over exactly,
@@ -31,7 +31,7 @@ quadrature accuracy), so the derivative is accurate to about the value's own acc
 
 **Improper priors.** With a uniform (or other improper) tau prior or a flat mu prior the
 integral is taken against the improper density as written (``p(tau) = 1``, ``p(mu) = 1``
-in the caller's units, :class:`hierjax.conditionals` ``log p(y | tau)``): a proper ``log
+in the caller's units, :class:`hierjax.model.conditionals` ``log p(y | tau)``): a proper ``log
 p(y)`` needs both priors proper. Data-dependent priors (``Jeffreys`` and the like) must be
 bound first (``prior.bind(sigma)``, host side).
 
@@ -49,11 +49,11 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import erfc, logsumexp, ndtri
 
-from hierjax.conditionals import mu_given_tau, theta_given_tau
-from hierjax.engine import STATUS
-from hierjax.grid import default_nodes, grid_tau_of_z, tail_alpha, tau_grid
-from hierjax.priors import DataTauPrior, FlatMu, MuPrior, NormalMu, TauPrior, Uniform
-from hierjax.quadrature import chebyshev_matrix, clenshaw_curtis
+from hierjax.model.conditionals import mu_given_tau, theta_given_tau
+from hierjax.engine.fitting import STATUS
+from hierjax.inference.grid import default_nodes, grid_tau_of_z, tail_alpha, tau_grid
+from hierjax.model.priors import DataTauPrior, FlatMu, MuPrior, NormalMu, TauPrior, Uniform
+from hierjax.numerics.quadrature import chebyshev_matrix, clenshaw_curtis
 
 __all__ = ["CoreMarginal", "CoreSummary", "log_evidence", "standardize", "summaries"]
 
@@ -88,7 +88,7 @@ class Standard(NamedTuple):
 
 
 def standardize(y, sigma, mask) -> Standard:
-    r"""Traceable :func:`hierjax.batch.standardize` of one dataset.
+    r"""Traceable :func:`hierjax.engine.batch.standardize` of one dataset.
 
     .. math::
         s = \exp\Big(\frac1J \sum_j \log\sigma_j\Big),\qquad
@@ -426,7 +426,7 @@ def summaries(y, sigma, mask=None, tau_prior: TauPrior = _UNIFORM,
     Each marginal of mu, theta_j and theta_new is a normal mixture over the tau nodes
     (BDA3 sec. 5.4), summarised on the ``2n``-rule and checked against the nested
     ``n``-rule (``error``, ``status``). Moments that do not exist (``E[tau^k | y]`` needs
-    ``alpha > k``, :func:`hierjax.grid.tail_alpha`) come back ``nan`` (means) or ``inf``
+    ``alpha > k``, :func:`hierjax.inference.grid.tail_alpha`) come back ``nan`` (means) or ``inf``
     (tau's mean, sds). The same standardisation contract as :func:`log_evidence`.
 
     Args:

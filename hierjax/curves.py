@@ -1,14 +1,14 @@
 r"""Conditional curves over tau: how the posterior moves as tau does (BDA3 sec. 5.4, figs 5.5-5.7).
 
 For one dataset and a tau axis, everything given tau is closed form
-(:mod:`hierjax.conditionals`), and the marginal posterior of tau is the unnormalised
+(:mod:`hierjax.model.conditionals`), and the marginal posterior of tau is the unnormalised
 
 .. math::
     p(\tau \mid y) = \frac{p(\tau)\, p(y \mid \tau)}{Z},\qquad
     Z = \int_0^\infty p(\tau)\, p(y \mid \tau)\, d\tau
 
 whose normalising constant ``Z`` is the engine's quadrature (the 2n-rule's
-``log_evidence`` of :func:`hierjax.grid.tau_grid`, which integrates
+``log_evidence`` of :func:`hierjax.inference.grid.tau_grid`, which integrates
 ``p(x | y) = tau p(tau | y)`` over ``x = log tau``). The density is evaluated in tau
 itself, not as ``p(x | y) / tau``, so it is finite at ``tau = 0`` (where the uniform
 prior puts its largest value for the eight schools). Given tau (BDA3 eqs. 5.17-5.20):
@@ -33,14 +33,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hierjax._host import prepare
-from hierjax.batch import Batch, InputError, Standardized
-from hierjax.cache import register
-from hierjax.conditionals import mixture_components, mu_given_tau_near, reference_point
-from hierjax.engine import ROUNDOFF_LIMIT, STATUS
-from hierjax.grid import tau_grid
-from hierjax.priors import MuPrior, NormalMu, TauPrior, Uniform
-from hierjax.summaries import mixture_quantile, tau_summary
+from hierjax.engine.prepare import prepare
+from hierjax.engine.batch import Batch, InputError, Standardized
+from hierjax.engine.cache import register
+from hierjax.model.conditionals import mixture_components, mu_given_tau_near, reference_point
+from hierjax.engine.fitting import ROUNDOFF_LIMIT, STATUS
+from hierjax.inference.grid import tau_grid
+from hierjax.model.priors import MuPrior, NormalMu, TauPrior, Uniform
+from hierjax.inference.summaries import mixture_quantile, tau_summary
 
 __all__ = ["TauCurves", "MuDensity", "tau_curves", "mu_density", "DEFAULT_POINTS",
            "TAU_AXIS_LEVEL", "MU_AXIS_LEVELS"]
@@ -216,7 +216,7 @@ class _Prepared(NamedTuple):
 
 
 def _prepare(y, sigma, tau_prior, mu_prior, mask, nodes, dtype) -> _Prepared:
-    """Host checks and standardisation as :func:`hierjax.fit` (:func:`hierjax._host.prepare`),
+    """Host checks and standardisation as :func:`hierjax.fit` (:func:`hierjax.engine.prepare.prepare`),
     B padded to a power of two with benign stand-ins (fixed shapes)."""
     p = prepare(y, sigma, tau_prior=tau_prior, mu_prior=mu_prior, mask=mask, nodes=nodes,
                 dtype=dtype, pad_blocks=True)

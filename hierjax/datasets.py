@@ -50,11 +50,11 @@ def beta_blockers() -> BetaBlockers:
     """The 22 beta-blocker trials of BDA3 Table 5.4 (Yusuf et al. 1985; Carlin 1992).
 
     BDA3 sec. 5.6 analyses the log odds ratio treated vs control
-    (:func:`hierjax.effects.log_odds_ratio`), ``y_j = log(d_t/(n_t-d_t)) - log(d_c/(n_c-d_c))``
+    (:func:`hierjax.model.effects.log_odds_ratio`), ``y_j = log(d_t/(n_t-d_t)) - log(d_c/(n_c-d_c))``
     with ``sigma_j^2 = 1/d_t + 1/(n_t-d_t) + 1/d_c + 1/(n_c-d_c)`` (no zero cells here).
 
     Example:
-        >>> from hierjax.effects import log_odds_ratio
+        >>> from hierjax.model.effects import log_odds_ratio
         >>> d = beta_blockers()
         >>> y, sigma = log_odds_ratio(d.treated_deaths, d.treated_total,
         ...                           d.control_deaths, d.control_total)

@@ -27,7 +27,7 @@ Where bayesmeta leaves a number undefined (NA) it is nan here: actual Bayes fact
 ``minBF(mu=0)`` unless the tau prior is. Values are log Bayes factors (``exp`` gives
 bayesmeta's numbers). With a flat mu prior ``p(y | mu)`` is proportional to the marginal
 posterior density of mu, and with a normal one to that density under a flat mu prior;
-both are normal mixtures over the tau grid (:mod:`hierjax.grid`).
+both are normal mixtures over the tau grid (:mod:`hierjax.inference.grid`).
 """
 from __future__ import annotations
 
@@ -39,13 +39,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp
 
-from hierjax._host import grids_standardized, prepare
-from hierjax.cache import register
-from hierjax.conditionals import mu_given_tau
-from hierjax.engine import STATUS
-from hierjax.grid import TauGrid, tail_alpha
-from hierjax.priors import FlatMu, MuPrior, NormalMu, TauPrior
-from hierjax.solvers import maximize
+from hierjax.engine.prepare import grids_standardized, prepare
+from hierjax.engine.cache import register
+from hierjax.model.conditionals import mu_given_tau
+from hierjax.engine.fitting import STATUS
+from hierjax.inference.grid import TauGrid, tail_alpha
+from hierjax.model.priors import FlatMu, MuPrior, NormalMu, TauPrior
+from hierjax.numerics.solvers import maximize
 
 __all__ = ["Estimate", "Evidence", "DatasetEvidence", "evidence", "evidence_dataset",
            "evidence_standardized"]
@@ -95,7 +95,7 @@ class Evidence(NamedTuple):
             ``mu`` integral over tau is not finite on the grid: see module doc).
         map_joint: ``argmax p(tau) p(mu) p(y | mu, tau)``.
         map_marginal: the modes of ``p(tau | y)`` and ``p(mu | y)``.
-        status: status bits (:data:`hierjax.engine.STATUS`).
+        status: status bits (:data:`hierjax.engine.fitting.STATUS`).
         names: dataset labels, length ``B``.
     """
 
@@ -181,7 +181,7 @@ def evidence_dataset(grid: TauGrid, y, sigma2, mask, threshold, tau_prior: TauPr
     r"""Evidence of one standardised dataset from its tau grid (see the module doc).
 
     Args:
-        grid: the dataset's :class:`~hierjax.grid.TauGrid` under ``tau_prior``, ``mu_prior``.
+        grid: the dataset's :class:`~hierjax.inference.grid.TauGrid` under ``tau_prior``, ``mu_prior``.
         y, sigma2, mask: ``[J]`` standardised data.
         threshold: ``mu = 0`` in standard units, scalar.
         tau_prior, mu_prior: priors for the standardised data (scalar leaves).

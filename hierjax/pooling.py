@@ -9,7 +9,7 @@ r"""The seed lecture's three models, batched: no, complete and partial pooling.
       \tilde y \mid \tilde\sigma, y \sim N\Big(\sum_j w_j y_j,\;
           \frac{1}{\sum_j 1/\sigma_j^2} + \tilde\sigma^2\Big)
 
-  (this is :func:`~hierjax.conditionals.mu_given_tau` at ``tau = 0``).
+  (this is :func:`~hierjax.model.conditionals.mu_given_tau` at ``tau = 0``).
 * **Partial pooling** with tau fixed (mu integrated under its prior), or with mu and
   tau both known (the seed's shrinkage formula
   :math:`\theta_j \mid \mu, \tau, y \sim N(w y_j + (1-w)\mu, 1/(1/\sigma_j^2 + 1/\tau^2))`).
@@ -28,12 +28,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import ndtr
 
-from hierjax.batch import (Batch, InputError, Standardized, as_batch, rescale_priors,
+from hierjax.engine.batch import (Batch, InputError, Standardized, as_batch, rescale_priors,
                            standardize, validate)
-from hierjax.cache import register
-from hierjax.conditionals import mu_given_tau, theta_given_mu_tau, theta_given_tau
-from hierjax.engine import compute_dtype
-from hierjax.priors import Uniform, parse_mu_prior
+from hierjax.engine.cache import register
+from hierjax.model.conditionals import mu_given_tau, theta_given_mu_tau, theta_given_tau
+from hierjax.engine.fitting import compute_dtype
+from hierjax.model.priors import Uniform, parse_mu_prior
 
 __all__ = ["NoPooling", "CompletePooling", "PartialPooling", "no_pooling", "complete_pooling",
            "complete_pooling_predictive", "partial_pooling"]

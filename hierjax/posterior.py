@@ -24,7 +24,7 @@ Given tau, ``mu``, ``theta_j``, ``theta_new``, ``y_new`` and ``y_rep_j`` are nor
 
 The tau density is exact at any point, ``p(tau) p(y | tau) / p(y)`` (finite and
 positive at ``tau = 0`` for a prior that is), and its CDF is the exact integral of the
-Chebyshev interpolant of that density on the grid (:mod:`hierjax.grid`).
+Chebyshev interpolant of that density on the grid (:mod:`hierjax.inference.grid`).
 
 Shortest intervals are highest-density intervals of a unimodal marginal: with
 ``l = Q(p)`` and ``u = Q(p + level)`` the width is smallest where ``f(l) = f(u)``,
@@ -34,7 +34,7 @@ the density peaks at (or is largest near) zero, as for the eight schools under a
 uniform prior.
 
 Everything runs in standardised units (the data shifted by their Fisher-weighted
-mean and divided by the geometric mean of sigma; :mod:`hierjax.batch`) in
+mean and divided by the geometric mean of sigma; :mod:`hierjax.engine.batch`) in
 fixed-shape blocks, and is mapped back to the user's units on the host.
 
 References:
@@ -56,27 +56,27 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp, ndtr
 
-from hierjax._host import prepare
-from hierjax.batch import InputError
-from hierjax.cache import make_room, register
-from hierjax.conditionals import (
+from hierjax.engine.prepare import prepare
+from hierjax.engine.batch import InputError
+from hierjax.engine.cache import make_room, register
+from hierjax.model.conditionals import (
     MuGivenTau,
     mixture_components,
     mu_given_tau,
     mu_given_tau_near,
     reference_point,
 )
-from hierjax.engine import DEFAULT_LEVELS, GOAL, ROUNDOFF_LIMIT, STATUS
-from hierjax.grid import (
+from hierjax.engine.fitting import DEFAULT_LEVELS, GOAL, ROUNDOFF_LIMIT, STATUS
+from hierjax.inference.grid import (
     TauGrid,
     grid_z_of_tau,
     tail_alpha,
     tau_grid,
 )
-from hierjax.priors import MuPrior, NormalMu, TauPrior
-from hierjax.quadrature import clenshaw_curtis
-from hierjax.solvers import iterate
-from hierjax.summaries import (
+from hierjax.model.priors import MuPrior, NormalMu, TauPrior
+from hierjax.numerics.quadrature import clenshaw_curtis
+from hierjax.numerics.solvers import iterate
+from hierjax.inference.summaries import (
     _barycentric,
     _Phi,
     mixture_quantile,
@@ -126,7 +126,7 @@ class Posterior(NamedTuple):
     the compute dtype unless said otherwise.
 
     Attributes:
-        grid: each dataset's :class:`hierjax.grid.TauGrid` with a leading ``B`` axis:
+        grid: each dataset's :class:`hierjax.inference.grid.TauGrid` with a leading ``B`` axis:
             ``tau [B, K]`` nodes, ``log_weight [B, K]`` normalised log weights,
             ``mu`` (``mean``, ``var``, ``log_lik`` of ``mu | tau_k, y``) ``[B, K]``
             (``mu_fine`` the same at the 2n-rule's nodes, ``[B, 2n + 1]``),
@@ -148,7 +148,7 @@ class Posterior(NamedTuple):
         alpha: tail index, ``p(tau | y) ~ tau^-(alpha + 1)``, float64 ``[B]``.
         n_groups: real groups per dataset, ``[B]``.
         grid_error: nested-rule error estimate of the tau quadrature, ``[B]``.
-        status: :data:`hierjax.engine.STATUS` bits per dataset, int32 ``[B]``.
+        status: :data:`hierjax.engine.fitting.STATUS` bits per dataset, int32 ``[B]``.
         names: dataset labels, length ``B``.
         groups: group labels per dataset (or None), length ``B``.
         kernel_groups: the width the kernels run at (a power of two, at least ``J``:
@@ -213,7 +213,7 @@ def _in_blocks(kernel, args, **static):
     """``kernel(*args, **static)`` over fixed-size blocks of the leading ``B`` axis of
     every leaf of ``args`` (NumPy); the last block is padded by repeating the last
     dataset (a valid one, so nothing in the padding can fail). Returns NumPy."""
-    make_room()          # (hierjax.cache)
+    make_room()          # (hierjax.engine.cache)
     leaves = jax.tree.leaves(args)
     B = leaves[0].shape[0]
     size = _block_size(B)
@@ -236,7 +236,7 @@ def _in_blocks(kernel, args, **static):
 @register
 @functools.partial(jax.jit, static_argnames=("n",))
 def _build(y, sigma2, mask, tau_prior, mu_prior, *, n: int):
-    """:func:`hierjax.grid.tau_grid` over a block of datasets (``[b, J]`` inputs)."""
+    """:func:`hierjax.inference.grid.tau_grid` over a block of datasets (``[b, J]`` inputs)."""
     return jax.vmap(lambda yb, sb, mb, tp, mp: tau_grid(yb, sb, mb, tp, mp, n))(
         y, sigma2, mask, tau_prior, mu_prior)
 
@@ -251,7 +251,7 @@ def posterior(y, sigma=None, *, tau_prior="uniform", mu_prior="flat", mask=None,
 
     Args:
         y: estimates: ``[J]``, ``[B, J]``, ragged list of ``[J_b]``, or a
-            :class:`hierjax.batch.Batch` (then ``sigma`` is None).
+            :class:`hierjax.engine.batch.Batch` (then ``sigma`` is None).
         sigma: known standard errors, same layout as ``y``.
         tau_prior, mu_prior: as in :func:`hierjax.fit`.
         mask: ``[B, J]`` bool for padded rectangular input.
@@ -665,7 +665,7 @@ def _level_op(post, param, levels, sigma_new, op):
 @register
 @jax.jit
 def _far_quantile_error(grid: TauGrid, q, levels, new):
-    """:func:`hierjax.summaries.quantile_error` per dataset for mu (``new`` False) or
+    """:func:`hierjax.inference.summaries.quantile_error` per dataset for mu (``new`` False) or
     theta_new (True): ``q [B, P]`` standard units, ``levels [P]``; returns ``[B]``."""
     def one(g, qb):
         w, w_fine = jnp.exp(g.log_weight), jnp.exp(g.log_weight_fine)
@@ -739,8 +739,8 @@ def _check_rounding(post: Posterior, param: str, values):
 def quantile(post: Posterior, param: str, p, *, sigma_new=None):
     """Posterior quantiles of ``param`` at levels ``p`` (scalar or ``[P]``), user units.
 
-    Mixtures: Halley's method on the mixture CDF (:func:`hierjax.summaries.mixture_quantile`);
-    tau: Newton on the Chebyshev CDF (:func:`hierjax.summaries.tau_quantile`); I^2: the
+    Mixtures: Halley's method on the mixture CDF (:func:`hierjax.inference.summaries.mixture_quantile`);
+    tau: Newton on the Chebyshev CDF (:func:`hierjax.inference.summaries.tau_quantile`); I^2: the
     tau quantile mapped by ``tau^2 / (tau^2 + s^2)``. For mu and theta_new the outermost
     levels are checked against the 2n-rule, with a warning naming the datasets where a
     quantile moves by more than ``0.25 sqrt(eps)`` sd (far tails of few-group posteriors);

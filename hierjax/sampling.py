@@ -10,8 +10,8 @@ Each draw follows the factorisation of the posterior (BDA3 sec. 5.4):
 
 where ``F`` is the posterior CDF of tau: the exact integral of the Chebyshev
 interpolant of ``p(tau | y)`` through the 2n-rule nodes of the dataset's tau grid
-(:mod:`hierjax.grid`), inverted by safeguarded Newton to round-off
-(:func:`hierjax.summaries.tau_quantile`). No histogram, no resampling of grid nodes:
+(:mod:`hierjax.inference.grid`), inverted by safeguarded Newton to round-off
+(:func:`hierjax.inference.summaries.tau_quantile`). No histogram, no resampling of grid nodes:
 the draws are iid from the posterior up to the interpolant's error (the same error
 as the reported tau quantiles, ~1e-10 in float64).
 
@@ -32,14 +32,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hierjax._host import grids_standardized, prepare
-from hierjax.batch import InputError
-from hierjax.cache import register
-from hierjax.conditionals import mu_given_tau, theta_given_mu_tau
-from hierjax.engine import STATUS
-from hierjax.grid import TauGrid
-from hierjax.priors import MuPrior
-from hierjax.summaries import tau_cdf_nodes, tau_quantile
+from hierjax.engine.prepare import grids_standardized, prepare
+from hierjax.engine.batch import InputError
+from hierjax.engine.cache import register
+from hierjax.model.conditionals import mu_given_tau, theta_given_mu_tau
+from hierjax.engine.fitting import STATUS
+from hierjax.inference.grid import TauGrid
+from hierjax.model.priors import MuPrior
+from hierjax.inference.summaries import tau_cdf_nodes, tau_quantile
 
 __all__ = ["DRAW_CHUNK", "DatasetDraws", "Draws", "draws", "draws_dataset", "draws_standardized",
            "to_arviz"]
@@ -58,7 +58,7 @@ class DatasetDraws(NamedTuple):
         tau: ``[S]``.
         mu: ``[S]``.
         theta: ``[S, J]`` (padded groups carry meaningless values).
-        status: grid and solver status bits (:data:`hierjax.engine.STATUS`), scalar.
+        status: grid and solver status bits (:data:`hierjax.engine.fitting.STATUS`), scalar.
     """
 
     tau: jax.Array | np.ndarray
@@ -74,7 +74,7 @@ class Draws(NamedTuple):
         tau: population sd, ``[B, S]``.
         mu: population mean, ``[B, S]``.
         theta: group effects, ``[B, S, J]`` (nan where padded).
-        status: status bits per dataset (:data:`hierjax.engine.STATUS`), ``[B]``.
+        status: status bits per dataset (:data:`hierjax.engine.fitting.STATUS`), ``[B]``.
         mask: real groups, ``[B, J]``.
         ids: the integer folded into the key for each dataset, ``[B]``.
         names: dataset labels, length ``B``.
@@ -97,7 +97,7 @@ def draws_dataset(key, grid: TauGrid, y, sigma2, mask, mu_prior: MuPrior,
 
     Args:
         key: this dataset's PRNG key (already folded with its id).
-        grid: the dataset's :class:`~hierjax.grid.TauGrid`.
+        grid: the dataset's :class:`~hierjax.inference.grid.TauGrid`.
         y, sigma2, mask: ``[J]`` standardised data.
         mu_prior: mu prior for the standardised data (scalar leaves).
         num_draws: ``S``, a multiple of :data:`DRAW_CHUNK` (vmapped that many at a time).

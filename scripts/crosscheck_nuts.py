@@ -10,7 +10,7 @@ With no INPUT: the eight schools (BDA3 Table 5.2).
 """
 import sys
 
-from hierjax.cli import main
+from hierjax.io.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["crosscheck", *sys.argv[1:]]))

@@ -26,7 +26,7 @@ def main(argv=None):
 
     import hierjax
     from hierjax.datasets import SCHOOLS
-    from hierjax.plotting import plot_all
+    from hierjax.io.plotting import plot_all
 
     y, sigma = hierjax.eight_schools()
     paths = plot_all(y, sigma, os.path.normpath(args.out), labels=SCHOOLS, units="points")

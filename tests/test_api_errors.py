@@ -94,7 +94,7 @@ def test_garbage_in_masked_slots_is_not_an_error():
     mask = np.ones(8, bool)
     mask[5:] = False
     y[5], s[6], s[7] = np.nan, 0.0, -1.0
-    probs = hierjax.batch.validate(hierjax.as_batch(y, s, mask=mask), 3)
+    probs = hierjax.engine.batch.validate(hierjax.as_batch(y, s, mask=mask), 3)
     assert probs == [None]
 
 
@@ -138,7 +138,7 @@ def test_two_groups_need_three_under_uniform_flat():
 ])
 def test_min_groups_by_prior(tau_prior, mu_prior, need):
     """One fewer group than the prior pair needs is an error naming the dataset."""
-    from hierjax.batch import min_groups
+    from hierjax.engine.batch import min_groups
     tp, mp = hierjax.parse_tau_prior(tau_prior), hierjax.parse_mu_prior(mu_prior)
     assert min_groups(tp, mp) == need
     if need > 1:

@@ -113,7 +113,7 @@ def test_naive_and_quad_peers(refs):
 
 
 def _fake_nuts(refs, shift=0.0):
-    """A stand-in for hierjax.nuts: normal draws with the reference's means and sds
+    """A stand-in for hierjax.validation.nuts: normal draws with the reference's means and sds
     (mu's mean moved by ``shift`` sds)."""
     def run_nuts(y, sigma=None, *, chains=4, warmup=500, samples=1000, seed=0, **_):
         rng = np.random.default_rng(seed)
@@ -132,7 +132,7 @@ def _fake_nuts(refs, shift=0.0):
         return types.SimpleNamespace(mu=mu, tau=tau, theta=theta,
                                      diverging=np.zeros(mu.shape, bool), seconds=0.5,
                                      compile_seconds=0.1)
-    mod = types.ModuleType("hierjax.nuts")
+    mod = types.ModuleType("hierjax.validation.nuts")
     mod.run_nuts = run_nuts
     return mod
 
@@ -142,17 +142,17 @@ def test_nuts_wrapper(refs, monkeypatch):
 
     def acc(e, tau_q):
         return suite.accuracy(e, refs, suite.LEVELS, tau_q)
-    monkeypatch.setitem(sys.modules, "hierjax.nuts", _fake_nuts(refs))
+    monkeypatch.setitem(sys.modules, "hierjax.validation.nuts", _fake_nuts(refs))
     r = peers.nuts_row(y, s, suite.LEVELS, "full", acc, chains=2, warmup=10, samples=4000)
     _finite_positive(r, ["datasets_per_s", "seconds", "compile_s"])
     assert r["datasets_per_s"] == N_REF / 0.5 and r["divergent_frac"] == 0.0
     assert r["acc_n"] == N_REF
     # draws with the right means and sds: Monte-Carlo error ~ 0.011 sd
     assert r["acc_mean"] < 0.1 and r["acc_sd"] < 0.1
-    monkeypatch.setitem(sys.modules, "hierjax.nuts", _fake_nuts(refs, shift=1.0))
+    monkeypatch.setitem(sys.modules, "hierjax.validation.nuts", _fake_nuts(refs, shift=1.0))
     r = peers.nuts_row(y, s, suite.LEVELS, "full", acc, chains=2, warmup=10, samples=4000)
     assert r["acc_mean"] > 0.5          # a wrong posterior is seen
-    monkeypatch.setitem(sys.modules, "hierjax.nuts", None)   # import fails
+    monkeypatch.setitem(sys.modules, "hierjax.validation.nuts", None)   # import fails
     r = peers.nuts_row(y, s, suite.LEVELS, "full", acc)
     assert r["status"] == "unavailable"
 

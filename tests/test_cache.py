@@ -1,4 +1,4 @@
-"""Compiled kernels (:mod:`hierjax.cache`): the on-disk cache, and dropping them from
+"""Compiled kernels (:mod:`hierjax.engine.cache`): the on-disk cache, and dropping them from
 memory before they exhaust the process's memory maps.
 
 Each on-disk check runs in a subprocess: turning the cache on is a global JAX setting,
@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 import hierjax
-from hierjax import cache, engine
-from hierjax.cache import ENV, machine_key
+from hierjax.engine import cache
+from hierjax.engine import fitting as engine
+from hierjax.engine.cache import ENV, machine_key
 
 # Fits the eight schools in a fresh process with the cache in argv[1]; prints the cache
 # directory, the number of kernels loaded from it, and the posterior median of mu.
@@ -84,7 +85,7 @@ def test_unusable_directory_warns_and_runs_without(tmp_path):
 def test_cli_cache_location_and_off_switches(tmp_path):
     """``hierjax`` keeps its cache in ``$HIERJAX_CACHE_DIR/<machine key>``; ``--no-cache``
     and ``HIERJAX_CACHE_DIR=off`` keep none (a missing input stops each run early)."""
-    cli = [sys.executable, "-m", "hierjax.cli", "fit", str(tmp_path / "missing.csv")]
+    cli = [sys.executable, "-m", "hierjax.io.cli", "fit", str(tmp_path / "missing.csv")]
 
     def run(argv, **env):
         r = subprocess.run(argv, env=_env(**env), capture_output=True, text=True,

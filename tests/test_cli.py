@@ -1,6 +1,6 @@
 """The ``hierjax fit`` command: tables, the tidy CSV, and how it fails.
 
-Most tests call :func:`hierjax.cli.main` in-process (sharing compiled kernels with
+Most tests call :func:`hierjax.io.cli.main` in-process (sharing compiled kernels with
 the rest of the suite; ``--x64`` is never passed in-process because it changes
 JAX's global configuration); one test runs the installed console script.
 
@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import hierjax
-import hierjax.cli
+import hierjax.io.cli
 from hierjax.datasets import SCHOOLS
 
 from conftest import BATCH_RTOL, long_rows, read_table
@@ -35,7 +35,7 @@ EXPECTED_HEADER = ["dataset", "parameter", "mean", "sd", "q0.025", "q0.25", "q0.
 def run_cli(argv, capsys):
     """``main(argv)`` in-process: ``(exit status, stdout, stderr)`` (argparse exits count)."""
     try:
-        code = hierjax.cli.main([str(a) for a in argv])
+        code = hierjax.io.cli.main([str(a) for a in argv])
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     cap = capsys.readouterr()
@@ -46,12 +46,12 @@ def run_cli(argv, capsys):
 def table_to_capsys(capsys, monkeypatch):
     """Send ``_print_table`` output to the current (captured) ``sys.stdout``.
 
-    ``hierjax.cli._print_table(fit, b, out=sys.stdout)`` binds the stream when the
+    ``hierjax.io.cli._print_table(fit, b, out=sys.stdout)`` binds the stream when the
     module is imported, so its table bypasses ``capsys`` and ``redirect_stdout``;
     :func:`test_table_goes_to_the_current_stdout` pins that bug. The tests that
     check the table's *content* use this fixture so that they test only that.
     """
-    orig = hierjax.cli._print_table
+    orig = hierjax.io.cli._print_table
     params = inspect.signature(orig).parameters
     if "out" not in params or not hasattr(params["out"].default, "write"):
         return                                   # fixed: nothing to work around
@@ -61,7 +61,7 @@ def table_to_capsys(capsys, monkeypatch):
             kwargs["out"] = sys.stdout           # looked up now, not at import
         return orig(*args, **kwargs)
 
-    monkeypatch.setattr(hierjax.cli, "_print_table", print_table)
+    monkeypatch.setattr(hierjax.io.cli, "_print_table", print_table)
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +149,7 @@ def test_table_goes_to_the_current_stdout():
     """``main`` prints through the ``sys.stdout`` of the moment (``redirect_stdout`` works)."""
     buf, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(err):
-        code = hierjax.cli.main(["fit", "--simulate", "0"])
+        code = hierjax.io.cli.main(["fit", "--simulate", "0"])
     assert code == 0, err.getvalue()
     assert "theta[A]" in buf.getvalue(), \
         f"the table did not go to the redirected stdout; it got only:\n{buf.getvalue()}"
@@ -392,7 +392,7 @@ def alpha_only_rows(tmp_path_factory, two_datasets):
         fh.write("dataset,y,sigma\n")
         fh.writelines(",".join(r) + "\n" for r in long_rows({"alpha": two_datasets["alpha"]}))
     out = d / "out.csv"
-    assert hierjax.cli.main(["fit", str(path), "--out", str(out)]) == 0
+    assert hierjax.io.cli.main(["fit", str(path), "--out", str(out)]) == 0
     return read_table(out)
 
 
@@ -462,7 +462,7 @@ def _console_script():
     if os.path.exists(here):
         return [here]
     found = shutil.which("hierjax")
-    return [found] if found else [sys.executable, "-m", "hierjax.cli"]
+    return [found] if found else [sys.executable, "-m", "hierjax.io.cli"]
 
 
 def test_console_script_bad_input(write_csv, tmp_path):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from conftest import DEFAULT_DTYPE, eps_of
 
-from hierjax.conditionals import mu_given_tau_near, reference_point
-from hierjax.priors import FlatMu, NormalMu
+from hierjax.model.conditionals import mu_given_tau_near, reference_point
+from hierjax.model.priors import FlatMu, NormalMu
 
 Y = np.array([1.30689973, -0.18690185, -1.00849272])      # eight schools, first three, standardised
 S2 = np.array([1.25518678, 0.55786079, 1.42812363])
@@ -74,7 +74,7 @@ def test_log1p_kernel_within_an_ulp():
     """The vectorised log1p of the near form against numpy's (libm) and mpmath, over its
     whole range, including the frexp reduction of ratios from 1e-30 to 1e30."""
     import mpmath
-    from hierjax.conditionals import _log1p_small, _log_parts
+    from hierjax.model.conditionals import _log1p_small, _log_parts
     dt = np.dtype(DEFAULT_DTYPE)
     lo, hi = np.sqrt(0.5) - 1.0, np.sqrt(2.0) - 1.0
     tiny = 1e-30 if dt == np.float32 else 1e-300

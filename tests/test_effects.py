@@ -1,4 +1,4 @@
-"""Effect sizes from raw trial summaries (hierjax.effects), checked by hand-written formulas
+"""Effect sizes from raw trial summaries (hierjax.model.effects), checked by hand-written formulas
 and against BDA3's published beta-blocker table (Table 5.4)."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from scipy import special
 
 from hierjax.datasets import beta_blockers
-from hierjax.effects import (
+from hierjax.model.effects import (
     EffectSizes,
     hedges_correction,
     log_odds_ratio,
@@ -18,7 +18,7 @@ from hierjax.effects import (
     risk_difference,
     standardized_mean_difference,
 )
-from hierjax.priors import InputError
+from hierjax.model.priors import InputError
 
 # BDA3 Table 5.4, columns "log odds y_j" and "sd sigma_j" as printed (3 decimals).
 BDA3_Y = [0.028, -0.741, -0.541, -0.246, 0.069, -0.584, -0.512, -0.079, -0.424, -0.335, -0.213,

@@ -1,4 +1,4 @@
-"""Frequentist companions (:mod:`hierjax.frequentist`, ``hierjax freq``) against independent
+"""Frequentist companions (:mod:`hierjax.model.frequentist`, ``hierjax freq``) against independent
 references: the estimators written again here in NumPy/SciPy (closed forms, ``brentq`` roots
 of the generalised Q and of the likelihood scores, SciPy's chi-square and t quantiles), and
 metafor's published numbers on real meta-analyses.
@@ -21,8 +21,8 @@ from conftest import X64
 from scipy import optimize, stats
 
 import hierjax
-import hierjax.cli
-from hierjax.frequentist import FREQ_STATUS, TAU2_METHODS, chi2_quantile, rma, t_quantile
+import hierjax.io.cli
+from hierjax.model.frequentist import FREQ_STATUS, TAU2_METHODS, chi2_quantile, rma, t_quantile
 
 F32 = not X64
 #: relative accuracy of the computation in the test's precision (the references are float64)
@@ -575,7 +575,7 @@ def all_csv(tmp_path_factory):
 
 def run_cli(argv, capsys):
     try:
-        code = hierjax.cli.main([str(a) for a in argv])
+        code = hierjax.io.cli.main([str(a) for a in argv])
     except SystemExit as e:
         code = e.code
     cap = capsys.readouterr()

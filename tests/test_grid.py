@@ -1,4 +1,4 @@
-"""Direct unit tests of the per-dataset tau grid (:func:`hierjax.grid.tau_grid`).
+"""Direct unit tests of the per-dataset tau grid (:func:`hierjax.inference.grid.tau_grid`).
 
 The grid's weights integrate ``p(tau | y)``: its expectations and log evidence are checked
 against ``scipy.integrate.quad`` over tau in ``tests/reference.py`` (independent code).
@@ -14,8 +14,8 @@ from conftest import X64
 from reference import reference
 
 import hierjax
-from hierjax.grid import default_nodes, tail_alpha, tau_grid
-from hierjax.priors import FlatMu, HalfCauchy, NormalMu, Uniform
+from hierjax.inference.grid import default_nodes, tail_alpha, tau_grid
+from hierjax.model.priors import FlatMu, HalfCauchy, NormalMu, Uniform
 
 # the general grid's goal for E[tau] and the log evidence, relative (README "Accuracy")
 TOL = 1e-9 if X64 else 2e-5

@@ -27,8 +27,8 @@ numpyro = pytest.importorskip("numpyro")
 pytest.importorskip("scipy")
 
 import hierjax
-import hierjax.cli
-from hierjax.nuts import (
+import hierjax.io.cli
+from hierjax.validation.nuts import (
     COMPARE_LEVELS,
     InputError,
     compare,
@@ -256,7 +256,7 @@ def _known_law_case(B=100, C=4, S=1000, J=2, seed=0):
                  np.exp(s * zq)),
         theta=marg(np.arange(J), 2.0, np.arange(J)[:, None] + 2.0 * zq, (B, J)),
         levels=tuple(lv), mask=np.ones((B, J), bool))
-    run = hierjax.nuts.NutsRun(
+    run = hierjax.validation.nuts.NutsRun(
         mu=mu, tau=tau, theta=theta, diverging=np.zeros((B, C, S), bool),
         num_steps=np.ones((B, C, S), np.int32), step_size=np.ones((B, C)),
         accept_prob=np.ones((B, C)), mask=np.ones((B, J), bool), n_groups=np.full(B, J),
@@ -293,7 +293,7 @@ def test_cli_crosscheck_writes_json_and_prints_table(eight_runs, tmp_path, capsy
     """``hierjax crosscheck`` on the eight schools (shares the compiled kernel above);
     its seed 2 gives other draws than the fixture's seed 1."""
     out = tmp_path / "cc.json"
-    code = hierjax.cli.main(["crosscheck", "--tau-prior", "uniform", "--chains", "4", "--warmup",
+    code = hierjax.io.cli.main(["crosscheck", "--tau-prior", "uniform", "--chains", "4", "--warmup",
                              str(SHORT["warmup"]), "--samples", str(SHORT["samples"]), "--seed", "2",
                              "--target-accept", str(SHORT["target_accept"]), "--json", str(out)])
     cap = capsys.readouterr()
@@ -315,10 +315,10 @@ def test_cli_crosscheck_writes_json_and_prints_table(eight_runs, tmp_path, capsy
 
 
 def test_cli_crosscheck_bad_prior(capsys):
-    code = hierjax.cli.main(["crosscheck", "--tau-prior", "half-cauchy:-1"])
+    code = hierjax.io.cli.main(["crosscheck", "--tau-prior", "half-cauchy:-1"])
     assert code == 2
     assert "half-cauchy" in capsys.readouterr().err
-    code = hierjax.cli.main(["crosscheck", "--target-accept", "1.5"])
+    code = hierjax.io.cli.main(["crosscheck", "--target-accept", "1.5"])
     assert code == 2
     assert "target_accept" in capsys.readouterr().err
 

@@ -1,4 +1,4 @@
-"""hierjax.plotting and ``hierjax plot``: every figure renders headless to a PNG, and what
+"""hierjax.io.plotting and ``hierjax plot``: every figure renders headless to a PNG, and what
 is drawn is what was computed (the artists' data read back against the results and
 against numbers worked out here independently: y_j +- 1.96 sigma_j, the Fisher-weighted mean).
 
@@ -17,10 +17,10 @@ matplotlib = pytest.importorskip("matplotlib")
 matplotlib.use("Agg")
 
 import hierjax  # noqa: E402
-import hierjax.cli  # noqa: E402
+import hierjax.io.cli  # noqa: E402
 from hierjax.curves import mu_density, tau_curves  # noqa: E402
 from hierjax.datasets import SCHOOLS  # noqa: E402
-from hierjax.plotting import (  # noqa: E402
+from hierjax.io.plotting import (  # noqa: E402
     KINDS,
     plot_all,
     plot_densities,
@@ -192,7 +192,7 @@ def test_plot_all_writes_every_kind(data, fit8, curves8, mu8, tmp_path):
 
 def run_cli(argv, capsys):
     try:
-        code = hierjax.cli.main([str(a) for a in argv])
+        code = hierjax.io.cli.main([str(a) for a in argv])
     except SystemExit as e:
         code = e.code
     cap = capsys.readouterr()
@@ -285,7 +285,7 @@ def test_forest_ratio_measure_on_log_axis(data, fit8, tmp_path):
 
 
 def test_file_stems_never_collide():
-    from hierjax.plotting import STEM_MAX, file_stem
+    from hierjax.io.plotting import STEM_MAX, file_stem
 
     assert file_stem("schools") == "schools"
     assert file_stem("a_b") == "a_b"

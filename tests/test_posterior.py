@@ -26,7 +26,7 @@ from reference import precision_posterior, reference
 from scipy import special
 
 import hierjax
-from hierjax.conditionals import MuGivenTau, mu_given_tau
+from hierjax.model.conditionals import MuGivenTau, mu_given_tau
 from hierjax.posterior import difference_given_tau
 
 X64 = bool(jax.config.jax_enable_x64)
@@ -414,7 +414,7 @@ def test_far_quantiles_warn_or_agree():
     no warning (both precisions)."""
     import warnings
 
-    from hierjax.grid import default_nodes
+    from hierjax.inference.grid import default_nodes
     from hierjax.posterior import quantile
 
     levels = [0.001, 0.999]

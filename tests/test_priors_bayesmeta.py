@@ -21,9 +21,9 @@ from reference import Reference, bayesmeta_tau_prior
 from scipy import integrate
 
 import hierjax
-from hierjax import cli
-from hierjax.batch import min_groups
-from hierjax.priors import (
+from hierjax.io import cli
+from hierjax.engine.batch import min_groups
+from hierjax.model.priors import (
     BergerDeely,
     Conventional,
     DataTauPrior,
@@ -259,7 +259,7 @@ def test_fit_matches_reference_default(eight_schools):
 def test_fit_matches_reference_sqrt_prior(eight_schools):
     """``p(tau) ~ tau^-1/2`` at 0: on the fast grid (kappa = 1) the integrand is ``u^-1/2``
     there and both nested rules agreed on E[tau] = 1.4e-9 (the truth is 3.80) with status
-    ok; such priors take the general grid (``hierjax.engine._smooth_at_origin``)."""
+    ok; such priors take the general grid (``hierjax.engine.fitting._smooth_at_origin``)."""
     y, sigma = eight_schools
     _check_fit("sqrt", y, sigma)
 

@@ -1,11 +1,11 @@
-"""hierjax.quadrature against NumPy's Chebyshev module (an independent implementation)."""
+"""hierjax.numerics.quadrature against NumPy's Chebyshev module (an independent implementation)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from numpy.polynomial import chebyshev as C
 
-from hierjax.quadrature import chebyshev_matrix, clenshaw_curtis, integration_matrices
+from hierjax.numerics.quadrature import chebyshev_matrix, clenshaw_curtis, integration_matrices
 
 
 @pytest.mark.parametrize("n", [2, 16, 64, 128])

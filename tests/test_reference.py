@@ -430,10 +430,10 @@ def test_general_grid_far_nodes_keep_their_digits():
     there. theta_7 itself (18 +- 1e-3) cannot be held by float32 (output_rounded)."""
     sigma = list(EIGHT_S)
     sigma[6] = 1e-3
-    general = hierjax.grid.default_nodes(hierjax.engine.compute_dtype(np.array(EIGHT_Y)))
+    general = hierjax.inference.grid.default_nodes(hierjax.engine.fitting.compute_dtype(np.array(EIGHT_Y)))
     f = hierjax.fit(np.array(EIGHT_Y), np.array(sigma), nodes=general)
     rounded = 0 if jax.config.jax_enable_x64 else hierjax.STATUS["output_rounded"]
-    assert f.status[0] == rounded, hierjax.engine.status_text(f.status[0])
+    assert f.status[0] == rounded, hierjax.engine.fitting.status_text(f.status[0])
     groups = [0, 1, 2, 3, 4, 5, 7] if rounded else None
     _report(compare_fit(f, 0, _ref(EIGHT_Y, tuple(sigma)), groups, tol()))
 
@@ -512,14 +512,14 @@ def test_custom_prior_with_a_spike_at_zero():
     there (kappa = 1 / 0.3). Before, the integrand was ``u^-0.4`` and the fit came back
     flagged and 64 sds off in E[tau]. Checked against ``quad`` with the singular weight."""
     b, rate = -0.7, 0.1
-    prior = hierjax.priors.CustomTau(lambda t: b * jax.numpy.log(t) - rate * t)
+    prior = hierjax.model.priors.CustomTau(lambda t: b * jax.numpy.log(t) - rate * t)
     assert prior.origin_power == b
     f = hierjax.fit(np.array(EIGHT_Y), np.array(EIGHT_S), tau_prior=prior, quantiles=None)
     e_tau, sd_tau, e_mu, sd_mu, e_th1 = _quad_moments_gamma_prior(b, rate)
     # float32's range of tau ends at e^-39, where the posterior's tau^0.3 has fallen by only
     # e^-11.7 from its peak: flagged tail_truncated (the mass left out is ~3e-5, inside the goal)
     allowed = 0 if jax.config.jax_enable_x64 else hierjax.STATUS["tail_truncated"]
-    assert f.status[0] & ~allowed == 0, hierjax.engine.status_text(f.status[0])
+    assert f.status[0] & ~allowed == 0, hierjax.engine.fitting.status_text(f.status[0])
     t = tol()
     assert abs(f.tau.mean[0] - e_tau) / sd_tau <= t, (f.tau.mean[0], e_tau)
     assert abs(f.tau.sd[0] - sd_tau) / sd_tau <= t, (f.tau.sd[0], sd_tau)
@@ -536,7 +536,7 @@ def test_custom_prior_with_a_spike_at_zero():
     (lambda t: -0.5 * jax.numpy.log(t) ** 2, math.inf),      # log-normal: faster than powers
 ])
 def test_custom_prior_origin_power_estimate(logpdf, power):
-    assert hierjax.priors.CustomTau(logpdf).origin_power == power
+    assert hierjax.model.priors.CustomTau(logpdf).origin_power == power
 
 
 def test_custom_prior_improper_at_zero_is_refused():
@@ -846,7 +846,7 @@ def test_partial_pooling_tau_zero_is_complete_pooling():
     np.testing.assert_array_equal(np.asarray(pp.shrinkage[0]), 1.0)
 
 
-TAU_FLAGS = hierjax.engine.STATUS["roundoff_limited"] | hierjax.engine.STATUS["tail_truncated"]
+TAU_FLAGS = hierjax.engine.fitting.STATUS["roundoff_limited"] | hierjax.engine.fitting.STATUS["tail_truncated"]
 
 
 def _tau_quantile_errors(label, f, r, levels, t):
@@ -878,7 +878,7 @@ def test_far_quantiles_are_exact_or_flagged(J):
     levels = (0.001, 0.999)
     fits = {"default": hierjax.fit(np.array(y), np.array(sigma), quantiles=levels)}
     if jax.config.jax_enable_x64:
-        n4 = 4 * hierjax.grid.default_nodes(np.float64)
+        n4 = 4 * hierjax.inference.grid.default_nodes(np.float64)
         fits["4x"] = hierjax.fit(np.array(y), np.array(sigma), quantiles=levels, nodes=n4)
     t = tol()
     for label, f in fits.items():
@@ -893,9 +893,9 @@ def test_far_quantiles_are_exact_or_flagged(J):
         status = int(f.status[0])
         tau_errs = _tau_quantile_errors(label, f, r, levels, t)
         assert not tau_errs or status & TAU_FLAGS, tau_errs
-        if label == "default" and status & hierjax.engine.STATUS["grid_unresolved"]:
+        if label == "default" and status & hierjax.engine.fitting.STATUS["grid_unresolved"]:
             continue          # flagged: the user is told to refit with more nodes
-        assert status == 0, f"{label}: status {hierjax.engine.status_text(status)}"
+        assert status == 0, f"{label}: status {hierjax.engine.fitting.status_text(status)}"
         _report(errs + tau_errs)
 
 
@@ -909,7 +909,7 @@ J2_HEAVY = ((-0.9087881928837462, -1.0038175001148766),
 def test_tau_upper_quantiles_from_the_survival_function():
     y, sigma, tp, mp = J2_HEAVY
     f = hierjax.fit(np.array(y), np.array(sigma), tau_prior=tp, mu_prior=mp)
-    assert int(f.status[0]) == 0, hierjax.engine.status_text(int(f.status[0]))
+    assert int(f.status[0]) == 0, hierjax.engine.fitting.status_text(int(f.status[0]))
     _report(_tau_quantile_errors("default levels", f, _ref(y, sigma, tp, mp), LEVELS, tol()))
 
 
@@ -940,7 +940,7 @@ J2_HEAVY_QUARTILES = ((-11.638306579545, -2.404978748689),
 def test_mixture_quantiles_from_far_in_a_heavy_tail():
     y, sigma, tp, mp = J2_HEAVY_QUARTILES
     f = hierjax.fit(np.array(y), np.array(sigma), tau_prior=tp, mu_prior=mp)
-    assert int(f.status[0]) == 0, hierjax.engine.status_text(int(f.status[0]))
+    assert int(f.status[0]) == 0, hierjax.engine.fitting.status_text(int(f.status[0]))
     _report(compare_fit(f, 0, _ref(y, sigma, tp, mp), None, tol()))
 
 
@@ -951,7 +951,7 @@ def test_tau_tail_is_kept_down_to_the_highest_level():
     y, sigma, tp, mp = J2_HEAVY
     levels = (0.5, 0.9999)
     f = hierjax.fit(np.array(y), np.array(sigma), tau_prior=tp, mu_prior=mp, quantiles=levels)
-    assert not int(f.status[0]) & TAU_FLAGS, hierjax.engine.status_text(int(f.status[0]))
+    assert not int(f.status[0]) & TAU_FLAGS, hierjax.engine.fitting.status_text(int(f.status[0]))
     _report(_tau_quantile_errors("0.9999", f, _ref(y, sigma, tp, mp), levels, tol()))
 
 
@@ -1010,10 +1010,10 @@ MOMENTS_CASES = ["eight-uniform-flat", "eight-halfcauchy5-normal05", "mode-at-ze
 
 def _whole_line_kernel_status(y, sigma, tp, mp):
     """Status of the fast grid's moments-only kernel alone (no general-grid refit)."""
-    from hierjax.batch import as_batch, rescale_priors, standardize
-    from hierjax.engine import fit_standardized
-    from hierjax.grid import FAST_KAPPA, fast_nodes
-    from hierjax.priors import parse_mu_prior, parse_tau_prior
+    from hierjax.engine.batch import as_batch, rescale_priors, standardize
+    from hierjax.engine.fitting import fit_standardized
+    from hierjax.inference.grid import FAST_KAPPA, fast_nodes
+    from hierjax.model.priors import parse_mu_prior, parse_tau_prior
 
     dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
     st = standardize(as_batch(np.array([y]), np.array([sigma])))
@@ -1093,7 +1093,7 @@ def test_general_grid_checks_theta_quantiles(case):
     tp, mp = "half-cauchy:5", "normal:0,10"
     f = hierjax.fit(np.array(y), np.array(sigma), tau_prior=tp, mu_prior=mp)
     _report(compare_fit(f, 0, _ref(y, sigma, tp, mp), None, tol()))
-    assert int(f.status[0]) == 0, hierjax.engine.status_text(int(f.status[0]))
+    assert int(f.status[0]) == 0, hierjax.engine.fitting.status_text(int(f.status[0]))
 
 
 def test_whole_line_map_resolves_eight_schools():

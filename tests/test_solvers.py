@@ -1,4 +1,4 @@
-"""Direct unit tests of :mod:`hierjax.solvers` against closed-form maxima."""
+"""Direct unit tests of :mod:`hierjax.numerics.solvers` against closed-form maxima."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hierjax.solvers import iterate, maximize
+from hierjax.numerics.solvers import iterate, maximize
 from conftest import X64
 
 TOL = 1e-12 if X64 else 1e-5

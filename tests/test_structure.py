@@ -25,9 +25,9 @@ import numpy as np
 import pytest
 
 import hierjax
-from hierjax.batch import as_batch
-from hierjax import engine
-from hierjax.engine import fit_standardized
+from hierjax.engine.batch import as_batch
+from hierjax.engine import fitting as engine
+from hierjax.engine.fitting import fit_standardized
 
 from conftest import BATCH_RTOL, DEFAULT_DTYPE, X64, eps_of
 
@@ -150,7 +150,7 @@ def test_fast_grid_choice():
     """The fast grid (kappa = 1) is tried only where its integrand is smooth at both ends
     and it usually suffices: few groups, a tau tail alpha >= 3.5, a prior with a known
     integer power (or faster decay) at tau = 0."""
-    from hierjax.priors import CustomTau, FlatMu, HalfCauchy, NormalMu, UniformSqrt
+    from hierjax.model.priors import CustomTau, FlatMu, HalfCauchy, NormalMu, UniformSqrt
     applies = engine._fast_grid_applies
     J = np.array([3, 5, 6, 8, 16, 17, 50])
     np.testing.assert_array_equal(applies(J, hierjax.Uniform(), FlatMu()),
@@ -229,7 +229,7 @@ def hc_runs(sim):
     B = 6
     size = fit_standardized._cache_size
     y, s = sim.y[:B], sim.sigma[:B]
-    # Start with no compiled kernels, so that hierjax.cache.make_room has no reason to drop
+    # Start with no compiled kernels, so that hierjax.engine.cache.make_room has no reason to drop
     # them part-way: late in the whole suite the process nears its memory-map limit, and a
     # drop between two of the fits below recompiled a kernel (CI on e81779c, float32).
     jax.clear_caches()
@@ -315,7 +315,7 @@ TAU_SPECS = ("uniform", "half-normal:1", "half-cauchy:1", "half-t:3,1", "exponen
 
 
 def _one_of_each_family(scale=1.0):
-    from hierjax.priors import DataTauPrior, parse_mu_prior, parse_tau_prior
+    from hierjax.model.priors import DataTauPrior, parse_mu_prior, parse_tau_prior
     sigma = np.array([1.0, 2.0, 3.0]) * scale
     taus = [parse_tau_prior(s) for s in TAU_SPECS]
     taus = [p.bind(sigma) if isinstance(p, DataTauPrior) else p.rescaled(1.0 / scale)
@@ -330,7 +330,7 @@ def test_prior_families_have_distinct_tree_structures():
     half-Cauchy prior had *equal* structures, and a half-normal fit once ran the
     half-Cauchy kernel compiled before it (status ok, the wrong posterior)."""
     import dataclasses
-    from hierjax import priors as P
+    from hierjax.model import priors as P
 
     priors = _one_of_each_family()
     families = {c for c in vars(P).values() if isinstance(c, type) and dataclasses.is_dataclass(c)
@@ -353,7 +353,7 @@ def test_jit_dispatch_tells_prior_classes_apart():
     each one's own executable. Under ``register_dataclass`` 680 of 4000 such calls (2000
     classes, twice) ran another class's executable, the first at the 14th class."""
     import dataclasses
-    from hierjax.priors import _pytree
+    from hierjax.model.priors import _pytree
 
     classes = []
     for i in range(300):
@@ -504,7 +504,7 @@ def test_import_changes_no_jax_setting():
         "import jax\n"
         "before = {k: repr(v) for k, v in jax.config.values.items()}\n"
         "x64 = jax.config.jax_enable_x64\n"
-        "import hierjax, hierjax.cli, hierjax.io, hierjax.pooling\n"
+        "import hierjax, hierjax.io.cli, hierjax.io.tables, hierjax.pooling\n"
         "assert jax.config.jax_enable_x64 == x64\n"
         "after = {k: repr(v) for k, v in jax.config.values.items()}\n"
         "changed = sorted(k for k in before if before[k] != after.get(k))\n"

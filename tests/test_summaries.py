@@ -1,4 +1,4 @@
-"""Direct unit tests of :mod:`hierjax.summaries` on given normal mixtures.
+"""Direct unit tests of :mod:`hierjax.inference.summaries` on given normal mixtures.
 
 The references are SciPy's normal CDF and ``brentq`` on the mixture's CDF: independent of
 hierjax's Halley searches and its ``erfc``-based CDF.
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import optimize, stats
 
-from hierjax.summaries import mixture_quantile, mixture_summary
+from hierjax.inference.summaries import mixture_quantile, mixture_summary
 from conftest import X64
 
 # float32's CDF cannot resolve 0.001 / 0.999 of the heavy mixture to 1e-4 sd (an ulp of F

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 
 import hierjax
-from hierjax.nuts import compare
+from hierjax.validation.nuts import compare
 
 with open(sys.argv[1], "rb") as fh:
     f, run = pickle.load(fh)

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 
 import hierjax
-from hierjax.nuts import crosscheck
+from hierjax.validation.nuts import crosscheck
 
 mode = sys.argv[1]
 sim = hierjax.simulate(200, 8, seed=11)

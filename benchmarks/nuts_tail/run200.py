@@ -9,7 +9,7 @@ import sys
 import time
 
 import hierjax
-from hierjax.nuts import COMPARE_LEVELS, crosscheck
+from hierjax.validation.nuts import COMPARE_LEVELS, crosscheck
 
 t0 = time.time()
 ta = float(sys.argv[2])

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from hierjax.nuts import compare
+from hierjax.validation.nuts import compare
 
 with open(sys.argv[1], "rb") as fh:
     f, run = pickle.load(fh)

@@ -19,8 +19,8 @@ from typing import Iterable
 
 import numpy as np
 
-from hierjax.batch import Batch, InputError, as_batch
-from hierjax.engine import Fit, status_text
+from hierjax.engine.batch import Batch, InputError, as_batch
+from hierjax.engine.fitting import Fit, status_text
 
 __all__ = ["read_long_csv", "fit_rows", "write_csv_atomic", "write_json_atomic", "format_level",
            "OUTPUT_COLUMNS"]
@@ -29,7 +29,7 @@ REQUIRED = ("dataset", "y", "sigma")
 
 
 def read_long_csv(path) -> Batch:
-    """Read ``dataset,y,sigma[,group]`` rows into a padded :class:`~hierjax.batch.Batch`.
+    """Read ``dataset,y,sigma[,group]`` rows into a padded :class:`~hierjax.engine.batch.Batch`.
 
     Raises:
         ValueError: missing file or columns, an empty file, non-numeric cells.
@@ -105,7 +105,7 @@ def _moment_flags(mean_ok, sd_ok) -> list:
 
 
 def fit_rows(f: Fit) -> tuple:
-    """``(header, rows)`` of the tidy output table for a :class:`~hierjax.engine.Fit`."""
+    """``(header, rows)`` of the tidy output table for a :class:`~hierjax.engine.fitting.Fit`."""
     header = list(OUTPUT_COLUMNS) + [format_level(p) for p in f.levels] + ["p_gt0", "status"]
     rows = []
     for b, name in enumerate(f.names):

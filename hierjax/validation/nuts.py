@@ -11,7 +11,7 @@ in the centered (``theta_j`` sampled) or non-centered (``eta_j ~ N(0, 1)``,
 distributions (``HalfNormal``, ``HalfCauchy``, a folded ``StudentT``, ``Exponential``;
 the improper uniform is an ``ImproperUniform`` on ``tau > 0``; a :class:`CustomTau`
 enters through ``numpyro.factor`` of its log-density), so the prior code is
-independent of :mod:`hierjax.priors`. Densities are evaluated in the user's units;
+independent of :mod:`hierjax.model.priors`. Densities are evaluated in the user's units;
 the sampler works on a shifted and scaled copy of ``mu``, ``tau`` and ``theta``
 (a constant-Jacobian reparameterisation, so the posterior is unchanged) for good
 conditioning in any unit.
@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hierjax.batch import (
+from hierjax.engine.batch import (
     Batch,
     InputError,
     as_batch,
@@ -51,8 +51,8 @@ from hierjax.batch import (
     min_groups,
     validate,
 )
-from hierjax.cache import make_room, register
-from hierjax.priors import (
+from hierjax.engine.cache import make_room, register
+from hierjax.model.priors import (
     CustomTau,
     Exponential,
     HalfCauchy,
@@ -319,7 +319,7 @@ def _compiled(args, statics):
     sig = (tree, tuple((a.shape, a.dtype) for a in leaves), tuple(sorted(statics.items())))
     if sig in _COMPILED:
         return _COMPILED[sig], 0.0
-    make_room()          # (hierjax.cache)
+    make_room()          # (hierjax.engine.cache)
     t0 = time.perf_counter()
     exe = _nuts_block_jit.lower(*args, **statics).compile()
     _COMPILED[sig] = exe
@@ -403,7 +403,7 @@ def run_nuts(y, sigma=None, *, tau_prior="uniform", mu_prior="flat", centered: b
 
     Args:
         y, sigma: as for :func:`hierjax.fit`: ``[J]``, ``[B, J]``, ragged lists, or a
-            :class:`~hierjax.batch.Batch` (then ``sigma`` is None).
+            :class:`~hierjax.engine.batch.Batch` (then ``sigma`` is None).
         tau_prior, mu_prior: spec strings or prior objects, as for :func:`hierjax.fit`.
         centered: centered (``theta``) or non-centered (``eta``) parameterisation.
         chains, warmup, samples: ``C`` chains per dataset, warmup iterations (adaptation
@@ -426,12 +426,12 @@ def run_nuts(y, sigma=None, *, tau_prior="uniform", mu_prior="flat", centered: b
 
     Example:
         >>> import hierjax
-        >>> from hierjax.nuts import run_nuts
+        >>> from hierjax.validation.nuts import run_nuts
         >>> run = run_nuts(*hierjax.eight_schools(), chains=2, warmup=200, samples=200)
         >>> run.tau.shape
         (1, 2, 200)
     """
-    from hierjax.engine import compute_dtype
+    from hierjax.engine.fitting import compute_dtype
 
     tp, mp = parse_tau_prior(tau_prior), parse_mu_prior(mu_prior)
     for name, v, lo in (("chains", chains, 1), ("warmup", warmup, 0), ("samples", samples, 1),
@@ -788,7 +788,7 @@ def crosscheck(y, sigma=None, *, tau_prior="uniform", mu_prior="flat", centered:
     Args are those of :func:`run_nuts` (``kwargs`` go to it) plus the quantile
     ``levels`` compared and the test level ``alpha``.
     """
-    from hierjax.engine import fit as exact_fit
+    from hierjax.engine.fitting import fit as exact_fit
 
     batch = y if isinstance(y, Batch) else as_batch(y, sigma, mask=kwargs.pop("mask", None),
                                                     names=kwargs.pop("names", None))

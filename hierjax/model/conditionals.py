@@ -40,7 +40,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from hierjax.priors import FlatMu, MuPrior, NormalMu
+from hierjax.model.priors import FlatMu, MuPrior, NormalMu
 
 __all__ = ["MuGivenTau", "mu_given_tau", "log_marginal_likelihood", "theta_given_tau",
            "Components", "mixture_components", "theta_given_mu_tau", "Reference", "reference_point", "mu_given_tau_near"]

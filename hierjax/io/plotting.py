@@ -79,14 +79,14 @@ def _z(level: float) -> float:
 
 def _row(y, sigma, dataset):
     """``(y_j, sigma_j)`` of the real groups of one dataset (float64)."""
-    from hierjax.batch import as_batch
+    from hierjax.engine.batch import as_batch
     batch = as_batch(y, sigma)
     m = batch.mask[dataset]
     return batch.y[dataset][m], batch.sigma[dataset][m]
 
 
 def _levels_for(level: float):
-    from hierjax.engine import DEFAULT_LEVELS
+    from hierjax.engine.fitting import DEFAULT_LEVELS
     lo, hi = 0.5 - 0.5 * level, 0.5 + 0.5 * level
     extra = [p for p in (lo, hi) if not any(math.isclose(p, q) for q in DEFAULT_LEVELS)]
     return tuple(sorted(DEFAULT_LEVELS + tuple(extra)))
@@ -103,7 +103,7 @@ def _level_index(levels, p, what="fit"):
 def _fit_for(y, sigma, fit, tau_prior, mu_prior, level):
     if fit is not None:
         return fit
-    from hierjax.engine import fit as run_fit
+    from hierjax.engine.fitting import fit as run_fit
     return run_fit(y, sigma, tau_prior=tau_prior, mu_prior=mu_prior, quantiles=_levels_for(level))
 
 

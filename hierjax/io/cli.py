@@ -9,11 +9,11 @@ errors; ``--json`` writes the full report atomically. Errors in
 the input give one message naming the dataset and field, exit status 2, and no
 output file.
 
-``hierjax plot`` draws the figures of :mod:`hierjax.plotting` (impact of tau, shrinkage,
+``hierjax plot`` draws the figures of :mod:`hierjax.io.plotting` (impact of tau, shrinkage,
 densities, forest) for each dataset of a CSV, or the eight schools, into ``--out``;
 without matplotlib it says which extra to install and exits with status 2.
 
-Every command keeps compiled kernels on disk between runs (:mod:`hierjax.cache`) unless
+Every command keeps compiled kernels on disk between runs (:mod:`hierjax.engine.cache`) unless
 given ``--no-cache`` or ``HIERJAX_CACHE_DIR=off``.
 """
 from __future__ import annotations
@@ -90,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--format", default="png", choices=("png", "pdf", "svg"), help="file format")
     g.add_argument("--x64", action="store_true", help="compute in float64 (default float32)")
     _crosscheck_parser(sub, common)
-    from hierjax.cli_freq import register as register_freq
+    from hierjax.io.cli_freq import register as register_freq
     register_freq(sub, common)
     return p
 
@@ -98,15 +98,15 @@ def _parser() -> argparse.ArgumentParser:
 def _plot(args) -> int:
     """``hierjax plot``: the figures of each dataset, written to ``--out``."""
     import hierjax
-    from hierjax.batch import InputError
+    from hierjax.engine.batch import InputError
     try:
-        from hierjax.plotting import KINDS, file_stem, plot_all, require_matplotlib
+        from hierjax.io.plotting import KINDS, file_stem, plot_all, require_matplotlib
         require_matplotlib()
     except ImportError:
         print("hierjax: error: plotting needs matplotlib: pip install 'hierjax[plots]'", file=sys.stderr)
         return 2
     if args.input:
-        from hierjax.io import read_long_csv
+        from hierjax.io.tables import read_long_csv
         batch = read_long_csv(args.input)
         units = args.units
     else:
@@ -189,7 +189,7 @@ def _crosscheck_parser(sub, common) -> None:
 
 
 def _print_table(fit, b: int, out=None) -> None:
-    from hierjax.io import fit_rows
+    from hierjax.io.tables import fit_rows
     out = sys.stdout if out is None else out
     header, rows = fit_rows(fit._replace(names=fit.names[b:b + 1], groups=fit.groups[b:b + 1],
                                          notes=fit.notes[b:b + 1], status=fit.status[b:b + 1],
@@ -237,9 +237,9 @@ def _default_job(args) -> int:
         # compile first, on one block and one more dataset (the two piece shapes: a whole
         # block, and an eighth of one for the rest and for the general grid's pass over
         # the datasets the fast grid sends back)
-        from hierjax._host import compute_dtype
-        from hierjax.engine import _default_block
-        from hierjax.grid import default_nodes
+        from hierjax.engine.prepare import compute_dtype
+        from hierjax.engine.fitting import _default_block
+        from hierjax.inference.grid import default_nodes
         block = _default_block(default_nodes(compute_dtype(sim.y, sim.sigma)) + 1, 8)
         hierjax.fit(sim.y[:block + 1], sim.sigma[:block + 1], **kw)
         t0 = time.perf_counter()
@@ -261,7 +261,7 @@ def _default_job(args) -> int:
 
 
 def _write(fit, path) -> None:
-    from hierjax.io import fit_rows, write_csv_atomic
+    from hierjax.io.tables import fit_rows, write_csv_atomic
     header, rows = fit_rows(fit)
     write_csv_atomic(path, header, rows)
     print(f"wrote {len(rows)} rows to {path}", file=sys.stderr)
@@ -271,7 +271,7 @@ def _fit_file(args) -> int:
     import numpy as np
 
     import hierjax
-    from hierjax.io import read_long_csv
+    from hierjax.io.tables import read_long_csv
     batch = read_long_csv(args.input)
     fit = hierjax.fit_batch(batch, tau_prior=args.tau_prior, mu_prior=args.mu_prior,
                             quantiles=args.quantiles, skip_invalid=args.skip_invalid)
@@ -293,9 +293,9 @@ def _fit_file(args) -> int:
 
 def _crosscheck(args) -> int:
     import hierjax
-    from hierjax.nuts import comparison_json, crosscheck, print_report
+    from hierjax.validation.nuts import comparison_json, crosscheck, print_report
     if args.input:
-        from hierjax.io import read_long_csv
+        from hierjax.io.tables import read_long_csv
         batch = read_long_csv(args.input)
     else:
         y, sigma = hierjax.eight_schools()
@@ -308,7 +308,7 @@ def _crosscheck(args) -> int:
           f"{'centered' if args.centered else 'non-centered'}, z = (exact - NUTS) / MCSE")
     print_report(cmp, run)
     if args.json:
-        from hierjax.io import write_json_atomic
+        from hierjax.io.tables import write_json_atomic
         write_json_atomic(args.json, comparison_json(cmp, run))
         print(f"wrote {args.json}", file=sys.stderr)
     return 0
@@ -316,19 +316,19 @@ def _crosscheck(args) -> int:
 
 def main(argv=None) -> int:
     """Entry point of the ``hierjax`` command: x64 if asked and the on-disk cache of
-    compiled kernels (:mod:`hierjax.cache`) unless ``--no-cache``, both at program start;
+    compiled kernels (:mod:`hierjax.engine.cache`) unless ``--no-cache``, both at program start;
     the priors checked before anything compiles; one-line errors with exit status 2."""
     args = _parser().parse_args(argv)
     import jax
     if args.x64:
         jax.config.update("jax_enable_x64", True)
-    from hierjax.cache import ENV, use_compilation_cache
+    from hierjax.engine.cache import ENV, use_compilation_cache
     if not (args.no_cache or os.environ.get(ENV, "").strip().lower() in _OFF):
         use_compilation_cache()
-    from hierjax.priors import InputError, parse_mu_prior, parse_tau_prior
+    from hierjax.model.priors import InputError, parse_mu_prior, parse_tau_prior
     commands = {"fit": lambda a: _fit_file(a) if a.input else _default_job(a),
                 "plot": _plot, "crosscheck": _crosscheck}
-    from hierjax.cli_freq import freq_command
+    from hierjax.io.cli_freq import freq_command
     commands["freq"] = freq_command
     try:
         parse_tau_prior(args.tau_prior)

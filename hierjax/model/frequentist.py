@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import betainc, gammainc, gammaincc, gammaln, ndtri
 
-from hierjax.batch import Batch, InputError, as_batch
+from hierjax.engine.batch import Batch, InputError, as_batch
 
 __all__ = ["FREQ_STATUS", "TAU2_METHODS", "TESTS", "RMAResult", "chi2_quantile", "rma",
            "rma_one", "t_quantile"]
@@ -601,7 +601,7 @@ def rma(y, sigma, mask=None, method: str = "REML", test: str = "z", level: float
         raise InputError(f"level={level!r}: expected a probability in (0, 1), e.g. 0.95")
     if not float(threshold) > 0:
         raise InputError(f"threshold={threshold!r}: expected a positive number")
-    if isinstance(y, Batch):                         # hierjax.io.read_long_csv's batches
+    if isinstance(y, Batch):                         # hierjax.io.tables.read_long_csv's batches
         batch, dt = y, _dtype_of(y.y, None)
     else:
         batch, dt = as_batch(y, sigma, mask=mask), _dtype_of(y, sigma)

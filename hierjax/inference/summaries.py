@@ -28,9 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import erfc, ndtri
 
-from hierjax.grid import TauGrid, grid_tau_of_z, grid_z_of_tau
-from hierjax.quadrature import clenshaw_curtis, integration_matrices
-from hierjax.solvers import iterate, maximize
+from hierjax.inference.grid import TauGrid, grid_tau_of_z, grid_z_of_tau
+from hierjax.numerics.quadrature import clenshaw_curtis, integration_matrices
+from hierjax.numerics.solvers import iterate, maximize
 
 __all__ = ["Marginal", "mixture_summary", "component_above", "coarse_weights", "coarse_stages",
            "mixture_quantile", "quantile_error", "tau_summary", "TauCdf", "tau_cdf_nodes",
@@ -375,7 +375,7 @@ def _barycentric_weights(N: int):
 def tau_cdf_nodes(grid: TauGrid) -> TauCdf:
     r"""The tau CDF ``F`` and survival function ``S = 1 - F`` at the 2n-rule's nodes: the
     exact integrals of the density's Chebyshev interpolant from each end
-    (:func:`hierjax.quadrature.integration_matrices`), and the barycentric weights (sums,
+    (:func:`hierjax.numerics.quadrature.integration_matrices`), and the barycentric weights (sums,
     not matmuls, as in :func:`_barycentric`).
 
     .. math::
@@ -431,7 +431,7 @@ def tau_quantile_error(q, levels, grid: TauGrid, cdf: TauCdf, alpha, unit):
     Args:
         q: tau's quantiles, ``[Q]``; levels: ``[Q]``.
         grid, cdf: the dataset's TauGrid and :func:`tau_cdf_nodes`.
-        alpha: tail exponent (:func:`hierjax.grid.tail_alpha`), scalar.
+        alpha: tail exponent (:func:`hierjax.inference.grid.tail_alpha`), scalar.
         unit: tau's sd, or a rough IQR where it does not exist, scalar.
 
     Returns:
@@ -517,7 +517,7 @@ def tau_summary(grid: TauGrid, levels, mean_exists, sd_exists, alpha=None):
     Args:
         grid: the dataset's TauGrid; levels: ``[Q]``.
         mean_exists, sd_exists: whether tau's mean and sd exist, scalar bools.
-        alpha: tail exponent (:func:`hierjax.grid.tail_alpha`) for the quantiles' error
+        alpha: tail exponent (:func:`hierjax.inference.grid.tail_alpha`) for the quantiles' error
             estimates (:func:`tau_quantile_error`); None skips them (zeros).
 
     Returns:

@@ -23,13 +23,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hierjax._host import compute_dtype, prepare
-from hierjax.batch import Batch, InputError, padded_size
-from hierjax.cache import make_room, register
-from hierjax.conditionals import mu_given_tau, theta_given_tau
-from hierjax.grid import FAST_KAPPA, TAIL_LEVEL, fast_nodes, tail_alpha, tau_grid
-from hierjax.priors import MuPrior, NormalMu, TauPrior
-from hierjax.summaries import (Marginal, coarse_stages, component_above, mixture_summary,
+from hierjax.engine.prepare import compute_dtype, prepare
+from hierjax.engine.batch import Batch, InputError, padded_size
+from hierjax.engine.cache import make_room, register
+from hierjax.model.conditionals import mu_given_tau, theta_given_tau
+from hierjax.inference.grid import FAST_KAPPA, TAIL_LEVEL, fast_nodes, tail_alpha, tau_grid
+from hierjax.model.priors import MuPrior, NormalMu, TauPrior
+from hierjax.inference.summaries import (Marginal, coarse_stages, component_above, mixture_summary,
                                quantile_error, tau_mode, tau_summary)
 
 __all__ = ["Fit", "DatasetFit", "fit", "fit_batch", "fit_dataset", "fit_standardized",
@@ -63,7 +63,7 @@ STATUS = {
                                # posterior sd (|mean| / sd > ~1e3 in float32); use float64
 }
 
-#: The largest log-likelihood round-off (:attr:`hierjax.grid.TauGrid.roundoff`) a fit
+#: The largest log-likelihood round-off (:attr:`hierjax.inference.grid.TauGrid.roundoff`) a fit
 #: leaves unflagged. Against float64 fits (float32, J = 13 to 300, uniform / flat and
 #: half-Cauchy(5) / normal(0, 10), sigma in (1, 30) and (9, 18); 75,776 datasets) the
 #: worst error was up to 3.6x the round-off, and 7.1e-5 sd among datasets with at most
@@ -105,8 +105,8 @@ def fit_dataset(y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPri
         p(\mu, \theta, \tau \mid y) = p(\tau \mid y)\, p(\mu \mid \tau, y)
             \prod_j p(\theta_j \mid \mu, \tau, y)
 
-    with ``p(tau | y)`` on the grid of :func:`hierjax.grid.tau_grid` and the
-    conditionals of :mod:`hierjax.conditionals`.
+    with ``p(tau | y)`` on the grid of :func:`hierjax.inference.grid.tau_grid` and the
+    conditionals of :mod:`hierjax.model.conditionals`.
 
     Args:
         y, sigma2, mask: ``[J]`` standardised data.
@@ -114,7 +114,7 @@ def fit_dataset(y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPri
         tau_prior, mu_prior: priors for the standardised data (scalar leaves).
         levels: quantile levels, ``[Q]``.
         n: Clenshaw-Curtis order; ``K = n + 1`` tau nodes.
-        kappa: the grid map's stretch (:func:`hierjax.grid.tau_grid`), static: None for
+        kappa: the grid map's stretch (:func:`hierjax.inference.grid.tau_grid`), static: None for
             the general grid, ``FAST_KAPPA`` for the fast grid (which adds checks).
 
     Returns:
@@ -391,7 +391,7 @@ def fit(y, sigma=None, *, tau_prior="uniform", mu_prior="flat",
 
     Args:
         y: estimates: ``[J]`` (one dataset), ``[B, J]``, ragged list of ``[J_b]``, or a
-            :class:`hierjax.batch.Batch` (then ``sigma`` is None).
+            :class:`hierjax.engine.batch.Batch` (then ``sigma`` is None).
         sigma: known standard errors, same layout as ``y``.
         tau_prior: spec string (``"uniform"``, ``"half-cauchy:5"``, ...), a TauPrior, or a
             JAX log-density of tau.
@@ -405,8 +405,8 @@ def fit(y, sigma=None, *, tau_prior="uniform", mu_prior="flat",
         nodes: Clenshaw-Curtis order ``n`` (``n + 1`` tau nodes) of the general grid. By
             default (None) datasets with few groups and a light enough tau tail
             (:func:`_fast_grid_applies`) are first fitted on the fast grid (half the nodes,
-            :func:`hierjax.grid.fast_nodes`), and those its error estimates flag, with all
-            the others, on the general grid of :func:`hierjax.grid.default_nodes`; what that
+            :func:`hierjax.inference.grid.fast_nodes`), and those its error estimates flag, with all
+            the others, on the general grid of :func:`hierjax.inference.grid.default_nodes`; what that
             grid's estimates flag in turn is fitted once more with twice its nodes in float64
             (a few datasets with far-out features: one more compile when it happens). A given
             ``nodes`` fits every dataset on the general grid of that order, once.
@@ -462,7 +462,7 @@ def fit(y, sigma=None, *, tau_prior="uniform", mu_prior="flat",
         of a block, not a whole one. On a CPU the pieces run in a pool of host threads,
         one per core: each call is mostly sequential small ops, so concurrent calls fill
         the cores that one call leaves idle (+20-30% on 2 cores)."""
-        make_room()      # a fit may compile several kernels (hierjax.cache)
+        make_room()      # a fit may compile several kernels (hierjax.engine.cache)
         block = _block_for(chunk)(n + 1, width)
         size_w = block if B >= block else 1 << max(0, B - 1).bit_length()
         eighth = max(1, size_w // 8)
@@ -717,5 +717,5 @@ def _block_for(chunk):
 
 
 def fit_batch(batch: Batch, **kwargs) -> Fit:
-    """:func:`fit` on an assembled :class:`~hierjax.batch.Batch` (e.g. from a CSV file)."""
+    """:func:`fit` on an assembled :class:`~hierjax.engine.batch.Batch` (e.g. from a CSV file)."""
     return fit(batch, None, **kwargs)

@@ -17,7 +17,7 @@ from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from hierjax.priors import DataTauPrior, FlatMu, InputError, MuPrior, NormalMu, TauPrior
+from hierjax.model.priors import DataTauPrior, FlatMu, InputError, MuPrior, NormalMu, TauPrior
 
 __all__ = ["InputError", "Batch", "as_batch", "validate", "min_groups", "describe_priors", "padded_size", "Standardized",
            "standardize"]
@@ -236,7 +236,7 @@ def standardize(batch: Batch) -> Standardized:
 def rescale_priors(tau_prior: TauPrior, mu_prior: MuPrior, st: Standardized, mask=None):
     """Priors for the standardised data, with ``[B]`` leaves (one scale per dataset).
 
-    An unbound data-dependent tau prior (:class:`hierjax.priors.DataTauPrior`) is bound
+    An unbound data-dependent tau prior (:class:`hierjax.model.priors.DataTauPrior`) is bound
     to each dataset's standardised ``sigma_j`` (``mask`` ``[B, J]`` marks the real groups;
     default all), giving ``[B]`` or ``[B, J]`` leaves: the priors are scale equivariant, so
     this is the prior bound to the raw ``sigma_j``, rescaled.

@@ -1,6 +1,6 @@
 """Host-side preparation shared by the batched entry points that build on the tau grid.
 
-The same steps as :func:`hierjax.engine.fit`, from the same helpers (no copies): parse
+The same steps as :func:`hierjax.engine.fitting.fit`, from the same helpers (no copies): parse
 the priors, assemble and validate the batch, replace invalid datasets by stand-ins,
 standardise in float64 and rescale the priors. Blocks are full blocks of ``chunk``
 datasets and then single datasets (:func:`block_slices`), so a kernel compiles for at
@@ -15,11 +15,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hierjax.batch import (Batch, InputError, Standardized, as_batch, describe_priors, min_groups,
+from hierjax.engine.batch import (Batch, InputError, Standardized, as_batch, describe_priors, min_groups,
                            rescale_priors, standardize, validate)
-from hierjax.cache import make_room, register
-from hierjax.grid import default_nodes, tau_grid
-from hierjax.priors import MuPrior, TauPrior, parse_mu_prior, parse_tau_prior
+from hierjax.engine.cache import make_room, register
+from hierjax.inference.grid import default_nodes, tau_grid
+from hierjax.model.priors import MuPrior, TauPrior, parse_mu_prior, parse_tau_prior
 
 __all__ = ["Prepared", "block_slices", "grids_standardized", "prepare", "compute_dtype",
            "with_stand_ins"]
@@ -130,7 +130,7 @@ def prepare(y, sigma, *, tau_prior, mu_prior, mask=None, names=None, groups=None
     Raises:
         InputError: bad input, naming the dataset and field (unless ``skip_invalid``).
     """
-    make_room()          # before this call's kernels compile (hierjax.cache)
+    make_room()          # before this call's kernels compile (hierjax.engine.cache)
     tp, mp = parse_tau_prior(tau_prior), parse_mu_prior(mu_prior)
     dt = compute_dtype(y, sigma, dtype=dtype)
     batch = y if isinstance(y, Batch) else as_batch(y, sigma, mask=mask, names=names,
@@ -166,7 +166,7 @@ def prepare(y, sigma, *, tau_prior, mu_prior, mask=None, names=None, groups=None
 @register
 @functools.partial(jax.jit, static_argnames=("n",))
 def grids_standardized(y, sigma2, mask, tau_prior, mu_prior, *, n: int):
-    """:func:`hierjax.grid.tau_grid` for each dataset of a block (``[B, J]`` inputs, ``[B]``
+    """:func:`hierjax.inference.grid.tau_grid` for each dataset of a block (``[B, J]`` inputs, ``[B]``
     prior leaves) -> TauGrid with a leading ``B`` axis.
 
     One dataset at a time (``lax.map`` without vmap): each dataset's grid is then computed

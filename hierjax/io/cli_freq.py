@@ -2,7 +2,7 @@
 
 ``hierjax freq INPUT --method DL|HE|SJ|PM|EB|ML|REML [--test z|knha] [--level 0.95]
 --out OUT.csv`` reads the long CSV ``hierjax fit`` reads (``dataset,y,sigma[,group]``) and
-writes one row per dataset (:data:`COLUMNS`) with :func:`hierjax.frequentist.rma`'s results,
+writes one row per dataset (:data:`COLUMNS`) with :func:`hierjax.model.frequentist.rma`'s results,
 atomically (``--out -``: standard output). Bad input: a one-line error, exit status 2, and no
 output file.
 """
@@ -31,7 +31,7 @@ def _level(text: str) -> float:
 
 def register(subparsers, common_parent) -> argparse.ArgumentParser:
     """Add the ``freq`` command to ``subparsers`` (``common_parent``: the shared options)."""
-    from hierjax.frequentist import TAU2_METHODS
+    from hierjax.model.frequentist import TAU2_METHODS
     p = subparsers.add_parser(
         "freq", parents=[common_parent],
         help="frequentist random-effects meta-analysis (metafor's rma) of each dataset",
@@ -55,7 +55,7 @@ def register(subparsers, common_parent) -> argparse.ArgumentParser:
 
 
 def _status_text(bits: int) -> str:
-    from hierjax.frequentist import FREQ_STATUS
+    from hierjax.model.frequentist import FREQ_STATUS
     names = [name for name, bit in FREQ_STATUS.items() if bits & bit]
     return ";".join(names) or "ok"
 
@@ -84,8 +84,8 @@ def freq_command(args) -> int:
     """Run ``hierjax freq`` for parsed ``args``; errors in the input raise InputError."""
     import csv
 
-    from hierjax.frequentist import rma
-    from hierjax.io import read_long_csv, write_csv_atomic
+    from hierjax.model.frequentist import rma
+    from hierjax.io.tables import read_long_csv, write_csv_atomic
     batch = read_long_csv(args.input)
     res = rma(batch, None, method=args.method, test=args.test, level=args.level)
     rows = freq_rows(res, batch.names)

@@ -25,7 +25,7 @@ Spec strings (CLI and Python): ``uniform``, ``half-normal:S``, ``half-cauchy:S``
 Data-dependent priors (:class:`DataTauPrior`: Jeffreys, overall Jeffreys, Berger-Deely,
 conventional, DuMouchel, uniform shrinkage, uniform I^2) are functions of the dataset's
 ``sigma_j``. They are created *unbound* and bound to each dataset on the host
-(:meth:`DataTauPrior.bind`, called by :func:`hierjax.batch.rescale_priors` inside
+(:meth:`DataTauPrior.bind`, called by :func:`hierjax.engine.batch.rescale_priors` inside
 :func:`hierjax.fit`), which gives them ``[B, J]`` or ``[B]`` leaves like any other prior.
 
 References:
@@ -262,7 +262,7 @@ class CustomTau(TauPrior):
         origin_power: ``b`` with ``p(tau) ~ tau^b`` as ``tau -> 0`` (``inf``: faster than
             any power); estimated from ``logpdf`` at three tiny points when not given
             (None if they disagree). It picks the grid's map near ``tau = 0``
-            (:func:`hierjax.grid.general_kappa`): a Gamma(0.3) prior's ``tau^-0.7`` is
+            (:func:`hierjax.inference.grid.general_kappa`): a Gamma(0.3) prior's ``tau^-0.7`` is
             integrated exactly. ``b <= -1`` is refused: the posterior would be improper.
     """
 

@@ -43,10 +43,10 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import erfc, logsumexp
 
-from hierjax.conditionals import MuGivenTau, mu_given_tau, mu_given_tau_near, reference_point
-from hierjax.priors import MuPrior, NormalMu, TauPrior
-from hierjax.quadrature import chebyshev_matrix, clenshaw_curtis
-from hierjax.solvers import iterate, maximize
+from hierjax.model.conditionals import MuGivenTau, mu_given_tau, mu_given_tau_near, reference_point
+from hierjax.model.priors import MuPrior, NormalMu, TauPrior
+from hierjax.numerics.quadrature import chebyshev_matrix, clenshaw_curtis
+from hierjax.numerics.solvers import iterate, maximize
 
 __all__ = ["TauGrid", "tau_grid", "tail_alpha", "log_posterior_x", "default_nodes",
            "grid_tau_of_z", "grid_z_of_tau", "KAPPA", "TAIL_LEVEL", "FAST_KAPPA", "fast_nodes",
@@ -410,8 +410,8 @@ def tau_grid(y, sigma2, mask, tau_prior: TauPrior, mu_prior: MuPrior, n: int,
             :func:`general_kappa` of the prior (``KAPPA = 2`` for every shipped prior);
             ``FAST_KAPPA = 1`` puts the nodes closer to the mode (see :func:`fast_nodes`).
         relative: evaluate the nodes as changes from the map centre
-            (:func:`~hierjax.conditionals.mu_given_tau_near`, static). ``False`` uses the
-            direct :func:`~hierjax.conditionals.mu_given_tau`, ~20% cheaper per dataset
+            (:func:`~hierjax.model.conditionals.mu_given_tau_near`, static). ``False`` uses the
+            direct :func:`~hierjax.model.conditionals.mu_given_tau`, ~20% cheaper per dataset
             (fewer sums over the groups), whose ``log p(y | tau)`` carries a round-off of
             about ``roundoff`` itself rather than of its changes: fine for a few groups
             (the fast grid's at most 16), not for a needle posterior of 3000 in float32.

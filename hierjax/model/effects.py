@@ -49,7 +49,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from hierjax.priors import InputError
+from hierjax.model.priors import InputError
 
 __all__ = [
     "EffectSizes",
