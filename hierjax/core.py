@@ -50,7 +50,7 @@ import jax.numpy as jnp
 from jax.scipy.special import erfc, logsumexp, ndtri
 
 from hierjax.model.conditionals import mu_given_tau, theta_given_tau
-from hierjax.engine.fitting import STATUS
+from hierjax.status import STATUS
 from hierjax.inference.grid import default_nodes, grid_tau_of_z, tail_alpha, tau_grid
 from hierjax.model.priors import DataTauPrior, FlatMu, MuPrior, NormalMu, TauPrior, Uniform
 from hierjax.numerics.quadrature import chebyshev_matrix, clenshaw_curtis

@@ -37,7 +37,7 @@ from hierjax.engine.prepare import prepare
 from hierjax.engine.batch import Batch, InputError, Standardized
 from hierjax.engine.cache import register
 from hierjax.model.conditionals import mixture_components, mu_given_tau_near, reference_point
-from hierjax.engine.fitting import ROUNDOFF_LIMIT, STATUS
+from hierjax.status import ROUNDOFF_LIMIT, STATUS
 from hierjax.inference.grid import tau_grid
 from hierjax.model.priors import MuPrior, NormalMu, TauPrior, Uniform
 from hierjax.inference.summaries import mixture_quantile, tau_summary

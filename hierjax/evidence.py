@@ -42,7 +42,7 @@ from jax.scipy.special import logsumexp
 from hierjax.engine.prepare import grids_standardized, prepare
 from hierjax.engine.cache import register
 from hierjax.model.conditionals import mu_given_tau
-from hierjax.engine.fitting import STATUS
+from hierjax.status import STATUS
 from hierjax.inference.grid import TauGrid, tail_alpha
 from hierjax.model.priors import FlatMu, MuPrior, NormalMu, TauPrior
 from hierjax.numerics.solvers import maximize

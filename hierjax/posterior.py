@@ -66,7 +66,7 @@ from hierjax.model.conditionals import (
     mu_given_tau_near,
     reference_point,
 )
-from hierjax.engine.fitting import DEFAULT_LEVELS, GOAL, ROUNDOFF_LIMIT, STATUS
+from hierjax.status import DEFAULT_LEVELS, GOAL, ROUNDOFF_LIMIT, STATUS
 from hierjax.inference.grid import (
     TauGrid,
     grid_z_of_tau,

@@ -36,7 +36,7 @@ from hierjax.engine.prepare import grids_standardized, prepare
 from hierjax.engine.batch import InputError
 from hierjax.engine.cache import register
 from hierjax.model.conditionals import mu_given_tau, theta_given_mu_tau
-from hierjax.engine.fitting import STATUS
+from hierjax.status import STATUS
 from hierjax.inference.grid import TauGrid
 from hierjax.model.priors import MuPrior
 from hierjax.inference.summaries import tau_cdf_nodes, tau_quantile

@@ -29,57 +29,13 @@ from hierjax.engine.cache import make_room, register
 from hierjax.model.conditionals import mu_given_tau, theta_given_tau
 from hierjax.inference.grid import FAST_KAPPA, TAIL_LEVEL, fast_nodes, tail_alpha, tau_grid
 from hierjax.model.priors import MuPrior, NormalMu, TauPrior
+from hierjax.status import DEFAULT_LEVELS, GOAL, ROUNDOFF_LIMIT, STATUS, status_text
 from hierjax.inference.summaries import (Marginal, coarse_stages, component_above, mixture_summary,
                                quantile_error, tau_mode, tau_summary)
 
 __all__ = ["Fit", "DatasetFit", "fit", "fit_batch", "fit_dataset", "fit_standardized",
            "bucket_widths", "DEFAULT_LEVELS", "STATUS", "ROUNDOFF_LIMIT", "MIN_BUCKET",
            "status_text", "compute_dtype"]
-
-DEFAULT_LEVELS = (0.025, 0.25, 0.5, 0.75, 0.975)
-
-#: Per-dataset status bits (0 = ok).
-STATUS = {
-    "grid_unresolved": 1,      # n-rule differs from the 2n-rule by > 0.1 sqrt(eps) in a CDF,
-                               # or moves a quantile, the mean or the sd of mu or theta_new,
-                               # or the mean, sd or a quantile of a theta_j (on the general
-                               # grid the outermost ones, in float32 only) by > 0.25
-                               # sqrt(eps) sd, or a P(> 0) by > 0.25 sqrt(eps): use more
-                               # nodes (fit does: fast grid -> general grid -> twice its
-                               # nodes, in float32 only where theta_j alone flagged)
-    "tail_truncated": 2,       # mass beyond the dtype's range of tau (improper posterior?),
-                               # or the tail cut off moves an upper quantile of tau by
-                               # > 0.25 sqrt(eps) of its sd (IQR where there is none)
-    "unconverged": 4,          # a solver (quantile, mode, extent) hit its iteration limit
-    "invalid": 8,              # skipped input (see Fit.notes)
-    "roundoff_limited": 16,    # log-likelihood round-off > ROUNDOFF_LIMIT (float32 with
-                               # ~50 groups or more): tail quantiles may miss 1e-4 sd (J = 300:
-                               # 3.6e-4); or round-off may move a
-                               # quantile of tau by > 0.25 sqrt(eps) of its sd (IQR where
-                               # there is none: float32's 0.999 level with J = 3); use float64
-    "output_rounded": 32,      # the result's dtype cannot hold a mean or quantile of mu, a
-                               # theta_j or theta_new to the accuracy goal (1e-4 sd in
-                               # float32, 1e-8 in float64): an offset large against the
-                               # posterior sd (|mean| / sd > ~1e3 in float32); use float64
-}
-
-#: The largest log-likelihood round-off (:attr:`hierjax.inference.grid.TauGrid.roundoff`) a fit
-#: leaves unflagged. Against float64 fits (float32, J = 13 to 300, uniform / flat and
-#: half-Cauchy(5) / normal(0, 10), sigma in (1, 30) and (9, 18); 75,776 datasets) the
-#: worst error was up to 3.6x the round-off, and 7.1e-5 sd among datasets with at most
-#: 3e-5 (9.5e-5 at 5e-5). At the earlier 1e-5, 1% of J = 13 and 9% of J = 20 datasets
-#: were flagged with errors of at most 2.7e-5 sd, and every J = 50 dataset.
-ROUNDOFF_LIMIT = 2.5e-5
-
-#: The accuracy goal per dtype, in posterior sds (README "Accuracy").
-GOAL = {32: 1e-4, 64: 1e-8}
-
-
-def status_text(code: int) -> str:
-    """``'ok'`` or the ``;``-joined names of the set status bits."""
-    names = [k for k, v in STATUS.items() if int(code) & v]
-    return ";".join(names) if names else "ok"
-
 
 class DatasetFit(NamedTuple):
     """Posterior summaries of one dataset in standardised units (see :class:`Fit`)."""

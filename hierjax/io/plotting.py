@@ -86,7 +86,7 @@ def _row(y, sigma, dataset):
 
 
 def _levels_for(level: float):
-    from hierjax.engine.fitting import DEFAULT_LEVELS
+    from hierjax.status import DEFAULT_LEVELS
     lo, hi = 0.5 - 0.5 * level, 0.5 + 0.5 * level
     extra = [p for p in (lo, hi) if not any(math.isclose(p, q) for q in DEFAULT_LEVELS)]
     return tuple(sorted(DEFAULT_LEVELS + tuple(extra)))

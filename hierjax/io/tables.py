@@ -20,7 +20,8 @@ from typing import Iterable
 import numpy as np
 
 from hierjax.engine.batch import Batch, InputError, as_batch
-from hierjax.engine.fitting import Fit, status_text
+from hierjax.engine.fitting import Fit
+from hierjax.status import status_text
 
 __all__ = ["read_long_csv", "fit_rows", "write_csv_atomic", "write_json_atomic", "format_level",
            "OUTPUT_COLUMNS"]

@@ -50,9 +50,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import gammaln, logsumexp
 
+from hierjax.status import InputError
 
-class InputError(ValueError):
-    """Bad input data or settings, with a message naming the dataset and field."""
+
 
 __all__ = [
     "TauPrior", "MuPrior",
