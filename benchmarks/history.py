@@ -6,6 +6,7 @@ measured row, each carrying the run's metadata (``run_id``, ``commit``, ``date``
 ``bench_fit.py`` (``"benchmark": "fit_default_summaries"``) are read as hierjax rows
 (full summaries, end-to-end datasets/s) so the history keeps them.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -48,12 +49,28 @@ def cpu_model() -> str:
 
 def commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, check=True, cwd=os.path.dirname(os.path.dirname(RESULTS))).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
-                                ".", ":!benchmarks/results"],
-                               capture_output=True, text=True, check=False,
-                               cwd=os.path.dirname(os.path.dirname(RESULTS))).stdout.strip()
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=os.path.dirname(os.path.dirname(RESULTS)),
+        ).stdout.strip()
+        dirty = subprocess.run(
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":!benchmarks/results",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=os.path.dirname(os.path.dirname(RESULTS)),
+        ).stdout.strip()
         return out + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -76,18 +93,31 @@ def results_path(device_kind: str = "cpu") -> str:
 def run_metadata(preset: str) -> dict:
     """Metadata shared by every row of one run (no JAX import: the workers add devices)."""
     now = datetime.datetime.now(datetime.timezone.utc)
-    return {"run_id": now.strftime("%Y%m%dT%H%M%S"),
-            "date": now.isoformat(timespec="seconds"), "commit": commit(),
-            "cpu": cpu_model(), "cores": os.cpu_count(), "preset": preset}
+    return {
+        "run_id": now.strftime("%Y%m%dT%H%M%S"),
+        "date": now.isoformat(timespec="seconds"),
+        "commit": commit(),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "preset": preset,
+    }
 
 
 def _normalise(rec: dict) -> dict:
-    if rec.get("benchmark") == "fit_default_summaries":      # bench_fit.py (legacy) line
-        return dict(rec, run_id=rec.get("date"), kind="hierjax", mode="full",
-                    B=rec.get("datasets"), J=rec.get("groups"),
-                    datasets_per_s=rec.get("end_to_end_datasets_per_s"),
-                    compile_s=rec.get("first_call_s"), device_kind="cpu", preset="bench_fit",
-                    status="ok")
+    if rec.get("benchmark") == "fit_default_summaries":  # bench_fit.py (legacy) line
+        return dict(
+            rec,
+            run_id=rec.get("date"),
+            kind="hierjax",
+            mode="full",
+            B=rec.get("datasets"),
+            J=rec.get("groups"),
+            datasets_per_s=rec.get("end_to_end_datasets_per_s"),
+            compile_s=rec.get("first_call_s"),
+            device_kind="cpu",
+            preset="bench_fit",
+            status="ok",
+        )
     return rec
 
 
@@ -105,8 +135,14 @@ def load(path: str) -> list:
 
 def settings_key(r: dict) -> tuple:
     """What must match for two rows to be compared."""
-    return (r.get("kind"), r.get("dtype"), r.get("mode"), r.get("B"), r.get("J"),
-            str(r.get("device_kind", "cpu")).lower())
+    return (
+        r.get("kind"),
+        r.get("dtype"),
+        r.get("mode"),
+        r.get("B"),
+        r.get("J"),
+        str(r.get("device_kind", "cpu")).lower(),
+    )
 
 
 def _fmt(v, digits=3):
@@ -126,8 +162,10 @@ def _fmt(v, digits=3):
 def format_table(rows: list, columns: list) -> str:
     cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(x[i]) for x in cells]) for i, c in enumerate(columns)]
-    out = ["| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths)) + " |",
-           "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths)) + " |",
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+    ]
     out += ["| " + " | ".join(x.ljust(w) for x, w in zip(r, widths)) + " |" for r in cells]
     return "\n".join(out)
 
@@ -154,8 +192,11 @@ def compare(rows: list, run_id: str | None = None):
     table, flagged = [], 0
     for r in latest:
         key = settings_key(r)
-        prev = [p for p in measured if p["run_id"] != run_id and settings_key(p) == key
-                and p["run_id"] < run_id]
+        prev = [
+            p
+            for p in measured
+            if p["run_id"] != run_id and settings_key(p) == key and p["run_id"] < run_id
+        ]
         if not prev:
             continue
         p = prev[-1]
@@ -169,17 +210,34 @@ def compare(rows: list, run_id: str | None = None):
             if (a_new > goal >= a_old) or (a_new > 10 * a_old and a_new > 1e-3 * goal):
                 flags.append("accuracy")
         flagged += bool(flags)
-        table.append({"kind": r.get("kind"), "dtype": r.get("dtype"), "mode": r.get("mode"),
-                      "B": r.get("B"), "J": r.get("J"), "prev_commit": p.get("commit"),
-                      "prev_per_s": p["datasets_per_s"], "commit": r.get("commit"),
-                      "per_s": r["datasets_per_s"], "ratio": ratio,
-                      "acc_prev": a_old, "acc": a_new, "flag": ",".join(flags) or "ok"})
+        table.append(
+            {
+                "kind": r.get("kind"),
+                "dtype": r.get("dtype"),
+                "mode": r.get("mode"),
+                "B": r.get("B"),
+                "J": r.get("J"),
+                "prev_commit": p.get("commit"),
+                "prev_per_s": p["datasets_per_s"],
+                "commit": r.get("commit"),
+                "per_s": r["datasets_per_s"],
+                "ratio": ratio,
+                "acc_prev": a_old,
+                "acc": a_new,
+                "flag": ",".join(flags) or "ok",
+            }
+        )
     return table, flagged
 
 
 # --------------------------------------------------------------------------- plots
-_STYLE = {"hierjax": ("C0", "o"), "nuts": ("C3", "s"), "quad": ("C2", "^"),
-          "naive_grid": ("C1", "D"), "bayesmeta": ("0.4", "x")}
+_STYLE = {
+    "hierjax": ("C0", "o"),
+    "nuts": ("C3", "s"),
+    "quad": ("C2", "^"),
+    "naive_grid": ("C1", "D"),
+    "bayesmeta": ("0.4", "x"),
+}
 
 
 def _label(r):
@@ -204,6 +262,7 @@ def plot(rows: list, out_dir: str, stem: str, keep: bool = False):
     for tests that read the plotted data back).
     """
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -220,15 +279,18 @@ def plot(rows: list, out_dir: str, stem: str, keep: bool = False):
                 newest[settings_key(r)] = r
         latest = list(newest.values())
         meta = suite_rows[-1]
-        title_meta = (f"{meta.get('device_kind', 'cpu')}, {meta.get('cores')} cores, "
-                      f"commit {meta.get('commit')}, {meta.get('date', '')[:10]}")
+        title_meta = (
+            f"{meta.get('device_kind', 'cpu')}, {meta.get('cores')} cores, "
+            f"commit {meta.get('commit')}, {meta.get('date', '')[:10]}"
+        )
         quoted = [r for r in latest if r.get("quoted")]
 
         # throughput against B, one panel per J
         Js = sorted({r["J"] for r in latest if r["kind"] == "hierjax"})
         if Js:
-            fig, axes = plt.subplots(1, len(Js), figsize=(4.2 * len(Js) + 1.5, 4.2),
-                                     squeeze=False, sharey=True)
+            fig, axes = plt.subplots(
+                1, len(Js), figsize=(4.2 * len(Js) + 1.5, 4.2), squeeze=False, sharey=True
+            )
             for ax, J in zip(axes[0], Js):
                 series = {}
                 for r in latest:
@@ -241,11 +303,22 @@ def plot(rows: list, out_dir: str, stem: str, keep: bool = False):
                     ls = "-" if rs[0].get("mode") == "full" else "--"
                     if kind == "hierjax" and rs[0].get("dtype") == "float32":
                         mk = "v"
-                    ax.plot([r["B"] for r in rs], [r["datasets_per_s"] for r in rs],
-                            marker=mk, color=col, ls=ls, label=lab)
+                    ax.plot(
+                        [r["B"] for r in rs],
+                        [r["datasets_per_s"] for r in rs],
+                        marker=mk,
+                        color=col,
+                        ls=ls,
+                        label=lab,
+                    )
                 for r in quoted:
-                    ax.axhline(r["datasets_per_s"], color="0.4", ls=":", lw=1,
-                               label="bayesmeta 1.37/s (quoted, not measured here)")
+                    ax.axhline(
+                        r["datasets_per_s"],
+                        color="0.4",
+                        ls=":",
+                        lw=1,
+                        label="bayesmeta 1.37/s (quoted, not measured here)",
+                    )
                 ax.set_xscale("log")
                 ax.set_yscale("log")
                 ax.set_title(f"J = {J}")
@@ -258,8 +331,9 @@ def plot(rows: list, out_dir: str, stem: str, keep: bool = False):
                     if ll not in lab:
                         h.append(hh)
                         lab.append(ll)
-            fig.legend(h, lab, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
-                       frameon=False)
+            fig.legend(
+                h, lab, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False
+            )
             fig.suptitle(f"Throughput against batch size ({title_meta})", fontsize=10)
             fig.tight_layout()
             p = os.path.join(out_dir, f"{stem}-scaling-B.png")
@@ -284,11 +358,23 @@ def plot(rows: list, out_dir: str, stem: str, keep: bool = False):
             ls = "-" if rs[0].get("mode") == "full" else "--"
             if kind == "hierjax" and rs[0].get("dtype") == "float32":
                 mk = "v"
-            ax.plot([r["J"] for r in rs], [r["datasets_per_s"] for r in rs], marker=mk,
-                    color=col, ls=ls, label=lab)
+            ax.plot(
+                [r["J"] for r in rs],
+                [r["datasets_per_s"] for r in rs],
+                marker=mk,
+                color=col,
+                ls=ls,
+                label=lab,
+            )
         for r in quoted:
-            ax.plot([r["J"]], [r["datasets_per_s"]], "x", color="0.3", ms=9,
-                    label="bayesmeta (quoted, not measured here)")
+            ax.plot(
+                [r["J"]],
+                [r["datasets_per_s"]],
+                "x",
+                color="0.3",
+                ms=9,
+                label="bayesmeta (quoted, not measured here)",
+            )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("J (groups per dataset)")
@@ -313,16 +399,22 @@ def plot(rows: list, out_dir: str, stem: str, keep: bool = False):
                 runs.append(r["run_id"])
         label_of = {}
         for r in hist:
-            label_of.setdefault(r["run_id"], f"{r.get('commit', '?')}\n{str(r.get('date', ''))[5:10]}")
+            label_of.setdefault(
+                r["run_id"], f"{r.get('commit', '?')}\n{str(r.get('date', ''))[5:10]}"
+            )
         fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(runs) + 3), 4.5))
         series = {}
         for r in hist:
             series.setdefault((r["dtype"], r["mode"], r["B"]), {})[r["run_id"]] = r
         for (dt, mode, B), by_run in sorted(series.items()):
             xs = [i for i, rid in enumerate(runs) if rid in by_run]
-            ax.plot(xs, [by_run[runs[i]]["datasets_per_s"] for i in xs],
-                    marker="v" if dt == "float32" else "o", ls="-" if mode == "full" else "--",
-                    label=f"{dt} {mode} B={B:g}")
+            ax.plot(
+                xs,
+                [by_run[runs[i]]["datasets_per_s"] for i in xs],
+                marker="v" if dt == "float32" else "o",
+                ls="-" if mode == "full" else "--",
+                label=f"{dt} {mode} B={B:g}",
+            )
         ax.set_xticks(range(len(runs)))
         ax.set_xticklabels([label_of[r] for r in runs], fontsize=8)
         ax.set_yscale("log")

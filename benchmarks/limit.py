@@ -18,20 +18,20 @@
   memory. Recorded beside the cost analysis; benchmarks/xla_passes.py measures how the
   moment arithmetic's speed depends on how it is written (benchmarks/README.md).
 """
+
 from __future__ import annotations
 
 import time
 
 import numpy as np
 
-__all__ = ["HAND_COUNT", "best_time", "ceiling", "fused_loops", "kernel_cost",
-           "moment_kernel_rate"]
+__all__ = ["HAND_COUNT", "best_time", "ceiling", "fused_loops", "kernel_cost", "moment_kernel_rate"]
 
 #: Moment arithmetic per (tau node k, group j) element, counted by hand from
 #: conditionals.py / engine.fit_dataset / summaries.mixture_summary.
 HAND_COUNT = {
     "log p(y|tau), mu_hat, V_mu": "v = s2 + t2 (1), 1/v (1 div), log v (1 log), "
-                                  "y/v and sums (2), r = y - mu_hat, r^2/v and sum (3)",
+    "y/v and sums (2), r = y - mu_hat, r^2/v and sum (3)",
     "theta | tau": "B = s2/v (1 mul), (1-B) y + B mu_hat (3), (1-B) s2 + B^2 V_mu (4)",
     "theta mixture moments": "w m, w (s^2 + m^2) accumulations (4)",
     "P(theta > 0)": "(m - c)/s (1 sqrt, 2), erfc (1), w * Phi (2)",
@@ -80,8 +80,15 @@ def kernel_cost(J: int, dtype, levels, block: int | None = None):
     st = standardize(batch)
     tp, mp = rescale_priors(Uniform(), FlatMu(), st)
     cast = lambda a: jnp.asarray(a, dtype)
-    args = (cast(st.y), cast(st.sigma2), jnp.asarray(batch.mask), cast(st.threshold),
-            jax.tree.map(cast, tp), jax.tree.map(cast, mp), cast(np.asarray(levels)))
+    args = (
+        cast(st.y),
+        cast(st.sigma2),
+        jnp.asarray(batch.mask),
+        cast(st.threshold),
+        jax.tree.map(cast, tp),
+        jax.tree.map(cast, mp),
+        cast(np.asarray(levels)),
+    )
     t0 = time.perf_counter()
     compiled = fit_standardized.lower(*args, n=n, chunk=block).compile()
     t_compile = time.perf_counter() - t0
@@ -93,19 +100,27 @@ def kernel_cost(J: int, dtype, levels, block: int | None = None):
     # cost_analysis counts one lax.map step, so it is taken with the block as one chunk;
     # the timing uses the default cache-sized chunk, as hierjax.fit does
     from hierjax.engine.fitting import _default_chunk
+
     chunk = _default_chunk(n + 1, J, len(levels), jax.default_backend())
     timed = fit_standardized.lower(*args, n=n, chunk=chunk).compile()
 
     def run():
         jax.block_until_ready(timed(*args))
+
     run()
     t = best_time(run, repeats=3, min_total=1.0)
-    return {"block": block, "chunk": chunk, "K": n + 1, "Q": len(levels),
-            "flops_per_dataset": float(ca.get("flops", np.nan)) / block,
-            "transcendentals_per_dataset": float(ca.get("transcendentals", np.nan)) / block,
-            "bytes_per_dataset": float(ca.get("bytes accessed", np.nan)) / block,
-            "aot_compile_s": t_compile, "kernel_only_datasets_per_s": block / t,
-            "fused_loops": fused_loops(timed)}
+    return {
+        "block": block,
+        "chunk": chunk,
+        "K": n + 1,
+        "Q": len(levels),
+        "flops_per_dataset": float(ca.get("flops", np.nan)) / block,
+        "transcendentals_per_dataset": float(ca.get("transcendentals", np.nan)) / block,
+        "bytes_per_dataset": float(ca.get("bytes accessed", np.nan)) / block,
+        "aot_compile_s": t_compile,
+        "kernel_only_datasets_per_s": block / t,
+        "fused_loops": fused_loops(timed),
+    }
 
 
 def ceiling(dtype, n_elements: int = 1 << 22, fma_steps: int = 64):
@@ -128,10 +143,10 @@ def ceiling(dtype, n_elements: int = 1 << 22, fma_steps: int = 64):
 
     @jax.jit
     def mix(a, b):
-        v = b + a * a                       # s2 + t2
-        p = 1.0 / v                         # precision
+        v = b + a * a  # s2 + t2
+        p = 1.0 / v  # precision
         lv = jnp.log(v)
-        m = (1.0 - b * p) * a + b * p * 0.3     # theta mean
+        m = (1.0 - b * p) * a + b * p * 0.3  # theta mean
         var = (1.0 - b * p) * b + (b * p) ** 2 * 0.1
         s = jnp.sqrt(var)
         phi = erfc(-m / s * 0.7071067811865476)
@@ -148,21 +163,31 @@ def ceiling(dtype, n_elements: int = 1 << 22, fma_steps: int = 64):
     def fma(x):
         def body(_, x):
             return x * 0.999 + 0.001
+
         return jnp.sum(jax.lax.fori_loop(0, fma_steps, body, x, unroll=True))
 
     out = {}
-    for name, fn, args, elems in (("mix", mix, (a, b), n_elements),
-                                  ("exp", exp_only, (a,), n_elements)):
+    for name, fn, args, elems in (
+        ("mix", mix, (a, b), n_elements),
+        ("exp", exp_only, (a,), n_elements),
+    ):
         fn(*args).block_until_ready()
         t = best_time(lambda fn=fn, args=args: fn(*args).block_until_ready())
         out[f"ceiling_{name}_elements_per_s"] = elems / t
     # one operation per element (summed, so nothing is stored): which one sets the mix's pace
     # (log1p_kernel: hierjax's vectorised log1p of the likelihood's near form; ndtr computes
     # both erf and erfc, which is why the engine writes Phi with erfc alone)
-    single = {"fma": lambda x: x * 1.1 + 0.3, "div": lambda x: 1.0 / x, "log": jnp.log,
-              "log1p": lambda x: jnp.log1p(x - 1.0),
-              "log1p_kernel": lambda x: _log1p_small(0.4 * (x - 1.0)),
-              "exp": lambda x: jnp.exp(-x), "sqrt": jnp.sqrt, "erfc": erfc, "ndtr": ndtr}
+    single = {
+        "fma": lambda x: x * 1.1 + 0.3,
+        "div": lambda x: 1.0 / x,
+        "log": jnp.log,
+        "log1p": lambda x: jnp.log1p(x - 1.0),
+        "log1p_kernel": lambda x: _log1p_small(0.4 * (x - 1.0)),
+        "exp": lambda x: jnp.exp(-x),
+        "sqrt": jnp.sqrt,
+        "erfc": erfc,
+        "ndtr": ndtr,
+    }
     rates = {}
     for name, op in single.items():
         g = jax.jit(lambda x, op=op: jnp.sum(op(x)))
@@ -177,6 +202,7 @@ def ceiling(dtype, n_elements: int = 1 << 22, fma_steps: int = 64):
     def fma_many():
         r = [fma(small) for _ in range(calls)]
         jax.block_until_ready(r)
+
     t = best_time(fma_many, repeats=3)
     out["ceiling_fma_flops_per_s"] = 2.0 * fma_steps * small.size * calls / t
     return out
@@ -197,7 +223,7 @@ def moment_kernel_rate(J: int, dtype, K: int, B: int = 4096):
     lw = jnp.asarray(np.log(np.full(K, 1.0 / K)), dtype)
 
     def one(y, s2):
-        v = s2[None, :] + t2[:, None]                       # [K, J]
+        v = s2[None, :] + t2[:, None]  # [K, J]
         p = 1.0 / v
         P = jnp.sum(p, axis=1)
         mh = jnp.sum(p * y[None, :], axis=1) / P
@@ -217,5 +243,8 @@ def moment_kernel_rate(J: int, dtype, K: int, B: int = 4096):
     f = jax.jit(jax.vmap(one)).lower(y, s2).compile()
     jax.block_until_ready(f(y, s2))
     t = best_time(lambda: jax.block_until_ready(f(y, s2)))
-    return {"moment_kernel_elements_per_s": B * K * J / t,
-            "moment_kernel_datasets_per_s": B / t, "moment_kernel_fused_loops": fused_loops(f)}
+    return {
+        "moment_kernel_elements_per_s": B * K * J / t,
+        "moment_kernel_datasets_per_s": B / t,
+        "moment_kernel_fused_loops": fused_loops(f),
+    }

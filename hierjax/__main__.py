@@ -1,4 +1,5 @@
 """``python -m hierjax``: the ``hierjax`` command."""
+
 import sys
 
 from hierjax.io.cli import main

@@ -39,6 +39,7 @@ References:
     Gelman et al. (2013), *Bayesian Data Analysis*, 3rd ed., sec. 5.4 (the conditionals).
     Trefethen, *Approximation Theory and Approximation Practice*, ch. 19 (Clenshaw-Curtis).
 """
+
 from __future__ import annotations
 
 import math
@@ -49,11 +50,11 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import erfc, logsumexp, ndtri
 
-from hierjax.model.conditionals import mu_given_tau, theta_given_tau
-from hierjax.status import STATUS
 from hierjax.inference.grid import default_nodes, grid_tau_of_z, tail_alpha, tau_grid
+from hierjax.model.conditionals import mu_given_tau, theta_given_tau
 from hierjax.model.priors import DataTauPrior, FlatMu, MuPrior, NormalMu, TauPrior, Uniform
 from hierjax.numerics.quadrature import chebyshev_matrix, clenshaw_curtis
+from hierjax.status import STATUS
 
 __all__ = ["CoreMarginal", "CoreSummary", "log_evidence", "standardize", "summaries"]
 
@@ -62,7 +63,7 @@ _UNIFORM = Uniform()
 _FLAT = FlatMu()
 
 _SQRT_HALF = math.sqrt(0.5)
-_BISECTIONS = 60            # halvings of a quantile's bracket (then one Newton step)
+_BISECTIONS = 60  # halvings of a quantile's bracket (then one Newton step)
 
 
 # --------------------------------------------------------------------------- standard units
@@ -101,8 +102,9 @@ def standardize(y, sigma, mask) -> Standard:
         :class:`Standard`; invalid groups are replaced by benign values and ``valid`` is
         False.
     """
-    valid = (jnp.all(jnp.where(mask, jnp.isfinite(y) & jnp.isfinite(sigma) & (sigma > 0), True))
-             & jnp.any(mask))
+    valid = jnp.all(
+        jnp.where(mask, jnp.isfinite(y) & jnp.isfinite(sigma) & (sigma > 0), True)
+    ) & jnp.any(mask)
     sg = jax.lax.stop_gradient
     ok = mask & jnp.isfinite(y) & jnp.isfinite(sigma) & (sigma > 0)
     n = jnp.maximum(jnp.sum(ok), 1).astype(y.dtype)
@@ -152,52 +154,67 @@ def _cast(tree, dtype):
 def _inputs(y, sigma, mask, tau_prior: TauPrior, mu_prior: MuPrior):
     """Checks on types and shapes (static), the dtype, the standard units and the priors."""
     if not isinstance(tau_prior, TauPrior):
-        raise TypeError(f"tau_prior must be a hierjax tau prior (e.g. HalfCauchy(5.0)), "
-                        f"got {tau_prior!r}")
+        raise TypeError(
+            f"tau_prior must be a hierjax tau prior (e.g. HalfCauchy(5.0)), got {tau_prior!r}"
+        )
     if not isinstance(mu_prior, (FlatMu, NormalMu)):
         raise TypeError(f"mu_prior must be FlatMu() or NormalMu(loc, scale), got {mu_prior!r}")
     if isinstance(tau_prior, DataTauPrior) and not tau_prior.bound:
-        raise ValueError(f"{type(tau_prior).__name__} depends on the sigma_j: bind it first "
-                         "(prior.bind(sigma), host side)")
+        raise ValueError(
+            f"{type(tau_prior).__name__} depends on the sigma_j: bind it first "
+            "(prior.bind(sigma), host side)"
+        )
     y, sigma = jnp.asarray(y), jnp.asarray(sigma)
     dtype = jnp.result_type(y.dtype, sigma.dtype, float)
     y, sigma = y.astype(dtype), sigma.astype(dtype)
     if y.ndim != 1 or y.shape != sigma.shape:
-        raise ValueError(f"y and sigma must be 1-D of one length (one dataset; vmap for a "
-                         f"batch), got shapes {y.shape} and {sigma.shape}")
+        raise ValueError(
+            f"y and sigma must be 1-D of one length (one dataset; vmap for a "
+            f"batch), got shapes {y.shape} and {sigma.shape}"
+        )
     mask = jnp.ones(y.shape, bool) if mask is None else jnp.asarray(mask)
     if mask.shape != y.shape or mask.dtype != jnp.bool_:
-        raise ValueError(f"mask must be a bool array of shape {y.shape}, got {mask.dtype} "
-                         f"{mask.shape}")
+        raise ValueError(
+            f"mask must be a bool array of shape {y.shape}, got {mask.dtype} {mask.shape}"
+        )
     st = standardize(y, sigma, mask)
     tau_std = _ScaledTau(_cast(tau_prior, dtype), st.scale)
-    mu_std = (_cast(mu_prior, dtype).rescaled(st.loc, st.scale)
-              if isinstance(mu_prior, NormalMu) else FlatMu())
+    mu_std = (
+        _cast(mu_prior, dtype).rescaled(st.loc, st.scale)
+        if isinstance(mu_prior, NormalMu)
+        else FlatMu()
+    )
     return dtype, mask, st, tau_std, mu_std
 
 
 class _Nodes(NamedTuple):
     """The 2n-rule at fixed nodes with live integrand (fields ``[2n + 1]``)."""
 
-    tau: jnp.ndarray          # nodes in standard units (no gradient)
-    log_f: jnp.ndarray        # log(w_k p(tau_k) p(y | tau_k) dtau/dz), live
-    mu: object                # MuGivenTau at the nodes, live
-    grid: object              # the TauGrid (no gradient)
+    tau: jnp.ndarray  # nodes in standard units (no gradient)
+    log_f: jnp.ndarray  # log(w_k p(tau_k) p(y | tau_k) dtau/dz), live
+    mu: object  # MuGivenTau at the nodes, live
+    grid: object  # the TauGrid (no gradient)
 
 
 def _nodes(mask, st: Standard, tau_std, mu_std, n: int) -> _Nodes:
     """The grid from the data under ``stop_gradient``, the integrand at its nodes live."""
     sg = jax.lax.stop_gradient
     dtype = st.y.dtype
-    grid = tau_grid(sg(st.y), sg(st.sigma2), mask, jax.tree.map(sg, tau_std),
-                    jax.tree.map(sg, mu_std), n)
+    grid = tau_grid(
+        sg(st.y), sg(st.sigma2), mask, jax.tree.map(sg, tau_std), jax.tree.map(sg, mu_std), n
+    )
     grid = jax.tree.map(sg, grid)
     z_np, w_np = clenshaw_curtis(2 * n)
     z = jnp.asarray(z_np, dtype)
     tau, x, u, omu = grid_tau_of_z(z, grid.x0, grid.u_lo, grid.one_minus_u_hi, grid.kappa)
     # dtau/dz = tau * kappa / (u (1 - u)) * (u_hi - u_lo) / 2: fixed with the nodes
-    log_jac = (x + jnp.log(grid.kappa) - jnp.log(u) - jnp.log(omu)
-               + jnp.log(0.5 * (1.0 - grid.u_lo - grid.one_minus_u_hi)))
+    log_jac = (
+        x
+        + jnp.log(grid.kappa)
+        - jnp.log(u)
+        - jnp.log(omu)
+        + jnp.log(0.5 * (1.0 - grid.u_lo - grid.one_minus_u_hi))
+    )
     mu = jax.vmap(lambda t: mu_given_tau(t * t, st.y, st.sigma2, mask, mu_std))(tau)
     log_prior = jax.vmap(tau_std.log_density)(tau)
     log_f = jnp.log(jnp.asarray(w_np, dtype)) + log_prior + mu.log_lik + log_jac
@@ -219,8 +236,15 @@ def _n_rule_log_z(log_f, n: int):
     return logsumexp(log_f[::2] - w2 + w1)
 
 
-def log_evidence(y, sigma, mask=None, tau_prior: TauPrior = _UNIFORM,
-                 mu_prior: MuPrior = _FLAT, *, n: int | None = None):
+def log_evidence(
+    y,
+    sigma,
+    mask=None,
+    tau_prior: TauPrior = _UNIFORM,
+    mu_prior: MuPrior = _FLAT,
+    *,
+    n: int | None = None,
+):
     r"""The exact log marginal likelihood ``log p(y)`` of one dataset, differentiable.
 
     .. math::
@@ -326,8 +350,9 @@ def _mixture(w, m, v, threshold, levels, mean_ok, sd_ok):
         return jnp.sum(jnp.where(live, wz * 0.5 * erfc((m - x) / s * _SQRT_HALF), 0.0))
 
     def pdf(x):
-        return jnp.sum(jnp.where(live, wz * jnp.exp(-0.5 * ((x - m) / s) ** 2) / s, 0.0)
-                       ) / math.sqrt(2.0 * math.pi)
+        return jnp.sum(
+            jnp.where(live, wz * jnp.exp(-0.5 * ((x - m) / s) ** 2) / s, 0.0)
+        ) / math.sqrt(2.0 * math.pi)
 
     # components below a negligible weight do not widen the bracket
     keep = w > 1e-3 * float(jnp.finfo(w.dtype).eps)
@@ -366,13 +391,13 @@ def _tau_marginal(nodes: _Nodes, w, levels, mean_ok, sd_ok):
     # density in z: f_k = p(tau_k | y) dtau/dz = exp(log_f_k) / w_k / Z
     log_cc = jnp.log(jnp.asarray(clenshaw_curtis(N)[1], dtype))
     dens = jnp.exp(nodes.log_f - log_cc - logsumexp(nodes.log_f))
-    a = jnp.asarray(chebyshev_matrix(N), dtype) @ dens            # f(z) = sum_m a_m T_m(z)
+    a = jnp.asarray(chebyshev_matrix(N), dtype) @ dens  # f(z) = sum_m a_m T_m(z)
     # int_{-1}^{z} T_m = b-coefficients: b_m = (a_{m-1} - a_{m+1}) / (2m), a_0 doubled
     a_ext = jnp.concatenate([a, jnp.zeros((2,), dtype)])
     m_idx = jnp.arange(1, N + 2)
-    a_prev = a_ext[:N + 1].at[0].multiply(2.0)
-    b = (a_prev - a_ext[2:N + 3]) / (2.0 * m_idx)
-    sign_at_m1 = jnp.where(m_idx % 2 == 0, 1.0, -1.0)              # T_m(-1) = (-1)^m
+    a_prev = a_ext[: N + 1].at[0].multiply(2.0)
+    b = (a_prev - a_ext[2 : N + 3]) / (2.0 * m_idx)
+    sign_at_m1 = jnp.where(m_idx % 2 == 0, 1.0, -1.0)  # T_m(-1) = (-1)^m
 
     def cdf_z(zz):
         t = jnp.cos(m_idx * jnp.arccos(jnp.clip(zz, -1.0, 1.0)))
@@ -388,8 +413,9 @@ def _tau_marginal(nodes: _Nodes, w, levels, mean_ok, sd_ok):
             below = cdf_z(mid) < p * total
             return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
 
-        lo, hi = jax.lax.fori_loop(0, _BISECTIONS, halve,
-                                   (jnp.asarray(-1.0, dtype), jnp.asarray(1.0, dtype)))
+        lo, hi = jax.lax.fori_loop(
+            0, _BISECTIONS, halve, (jnp.asarray(-1.0, dtype), jnp.asarray(1.0, dtype))
+        )
         zq = 0.5 * (lo + hi)
         return grid_tau_of_z(zq, g.x0, g.u_lo, g.one_minus_u_hi, g.kappa)[0]
 
@@ -400,8 +426,9 @@ def _tau_marginal(nodes: _Nodes, w, levels, mean_ok, sd_ok):
 
 
 def _to_units(mg: CoreMarginal, loc, scale, shift=True):
-    return CoreMarginal(loc * shift + scale * mg.mean, scale * mg.sd,
-                        loc * shift + scale * mg.quantiles, mg.p_gt0)
+    return CoreMarginal(
+        loc * shift + scale * mg.mean, scale * mg.sd, loc * shift + scale * mg.quantiles, mg.p_gt0
+    )
 
 
 def _difference(a: CoreMarginal, b: CoreMarginal, unit):
@@ -414,9 +441,16 @@ def _difference(a: CoreMarginal, b: CoreMarginal, unit):
     return jnp.max(jnp.stack([jnp.max(e) for e in d]))
 
 
-def summaries(y, sigma, mask=None, tau_prior: TauPrior = _UNIFORM,
-              mu_prior: MuPrior = _FLAT, *, levels: Sequence[float] = (0.025, 0.5, 0.975),
-              n: int | None = None) -> CoreSummary:
+def summaries(
+    y,
+    sigma,
+    mask=None,
+    tau_prior: TauPrior = _UNIFORM,
+    mu_prior: MuPrior = _FLAT,
+    *,
+    levels: Sequence[float] = (0.025, 0.5, 0.975),
+    n: int | None = None,
+) -> CoreSummary:
     r"""Exact posterior summaries of one dataset, traceable (jit, vmap).
 
     .. math::
@@ -450,8 +484,9 @@ def summaries(y, sigma, mask=None, tau_prior: TauPrior = _UNIFORM,
     log_z_n = _n_rule_log_z(nodes.log_f, n)
     w_fine = jnp.exp(nodes.log_f - log_z)
     w2_even = jnp.asarray(clenshaw_curtis(2 * n)[1][::2], dtype)
-    log_f_n = nodes.log_f[::2] - jnp.log(w2_even) + jnp.log(jnp.asarray(clenshaw_curtis(n)[1],
-                                                                        dtype))
+    log_f_n = (
+        nodes.log_f[::2] - jnp.log(w2_even) + jnp.log(jnp.asarray(clenshaw_curtis(n)[1], dtype))
+    )
     w_n = jnp.exp(log_f_n - log_z_n)
     threshold = -st.loc / st.scale
 
@@ -459,47 +494,68 @@ def summaries(y, sigma, mask=None, tau_prior: TauPrior = _UNIFORM,
     has_mean, has_sd = alpha > 1.0, alpha > 2.0
     always = jnp.array(True)
     mu_ok = (always, always) if isinstance(mu_prior, NormalMu) else (has_mean, has_sd)
-    tau2 = nodes.tau ** 2
+    tau2 = nodes.tau**2
     mu = nodes.mu
 
     def marginals(w, sl, levels):
         m, v, t2 = mu.mean[sl], mu.var[sl], tau2[sl]
         out_mu = _mixture(w, m, v, threshold, levels, *mu_ok)
         out_new = _mixture(w, m, t2 + v, threshold, levels, has_mean, has_sd)
-        th_m, th_v = jax.vmap(lambda a, mm, mv: theta_given_tau(
-            a, st.y, st.sigma2, mu._replace(mean=mm, var=mv)))(t2, m, v)
-        out_theta = jax.vmap(lambda a, b: _mixture(w, a, b, threshold, levels, always, always),
-                             in_axes=(1, 1))(th_m, th_v)
+        th_m, th_v = jax.vmap(
+            lambda a, mm, mv: theta_given_tau(a, st.y, st.sigma2, mu._replace(mean=mm, var=mv))
+        )(t2, m, v)
+        out_theta = jax.vmap(
+            lambda a, b: _mixture(w, a, b, threshold, levels, always, always), in_axes=(1, 1)
+        )(th_m, th_v)
         return out_mu, out_new, out_theta
 
     fine = marginals(w_fine, slice(None), levels)
     # the n-rule's moments and P(> 0) (its quantiles would double the work; grid.error
     # checks the CDFs of mu and theta_new)
     coarse = marginals(w_n, slice(None, None, 2), ())
-    err = jnp.max(jnp.stack([
-        _difference(fine[0], coarse[0], _unit(fine[0])),
-        _difference(fine[1], coarse[1], _unit(fine[1])),
-        jnp.max(jnp.where(mask, jax.vmap(lambda a, b: _difference(a, b, _unit(a)))(
-            fine[2], coarse[2]), 0.0)),
-        nodes.grid.error]))
+    err = jnp.max(
+        jnp.stack(
+            [
+                _difference(fine[0], coarse[0], _unit(fine[0])),
+                _difference(fine[1], coarse[1], _unit(fine[1])),
+                jnp.max(
+                    jnp.where(
+                        mask,
+                        jax.vmap(lambda a, b: _difference(a, b, _unit(a)))(fine[2], coarse[2]),
+                        0.0,
+                    )
+                ),
+                nodes.grid.error,
+            ]
+        )
+    )
     tau_mg = _tau_marginal(nodes, w_fine, levels, has_mean, has_sd)
 
     sc, loc = st.scale, st.loc
     theta = _to_units(fine[2], loc, sc)
     nanJ = jnp.where(mask, 0.0, jnp.nan)
-    theta = CoreMarginal(theta.mean + nanJ, theta.sd + nanJ,
-                         theta.quantiles + nanJ[:, None], theta.p_gt0 + nanJ)
+    theta = CoreMarginal(
+        theta.mean + nanJ, theta.sd + nanJ, theta.quantiles + nanJ[:, None], theta.p_gt0 + nanJ
+    )
     ev_err = jnp.abs(log_z - log_z_n)
     limit = 0.25 * float(jnp.finfo(dtype).eps) ** 0.5
-    status = (jnp.where(~(err <= limit), STATUS["grid_unresolved"], 0)
-              | jnp.where(nodes.grid.truncated, STATUS["tail_truncated"], 0)
-              | jnp.where(nodes.grid.converged, 0, STATUS["unconverged"])
-              | jnp.where(st.valid, 0, STATUS["invalid"])).astype(jnp.int32)
+    status = (
+        jnp.where(~(err <= limit), STATUS["grid_unresolved"], 0)
+        | jnp.where(nodes.grid.truncated, STATUS["tail_truncated"], 0)
+        | jnp.where(nodes.grid.converged, 0, STATUS["unconverged"])
+        | jnp.where(st.valid, 0, STATUS["invalid"])
+    ).astype(jnp.int32)
     log_ev = jnp.where(st.valid, log_z - _log_jacobian(st, mu_prior), jnp.nan)
     # invalid data: nan summaries beside the status bit, not numbers of the groups kept
-    marg = jax.tree.map(lambda a: jnp.where(st.valid, a, jnp.nan),
-                        (_to_units(fine[0], loc, sc), _to_units(tau_mg, 0.0, sc, shift=False),
-                         theta, _to_units(fine[1], loc, sc)))
+    marg = jax.tree.map(
+        lambda a: jnp.where(st.valid, a, jnp.nan),
+        (
+            _to_units(fine[0], loc, sc),
+            _to_units(tau_mg, 0.0, sc, shift=False),
+            theta,
+            _to_units(fine[1], loc, sc),
+        ),
+    )
     return CoreSummary(*marg, log_ev, ev_err, err, status)
 
 

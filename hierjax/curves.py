@@ -24,26 +24,34 @@ over the grid's nodes (:func:`mu_density`).
 Both entry points follow :func:`hierjax.fit`: host-side checks, standardisation in
 float64, fixed-shape blocks through one module-level ``jit``, results in the data's units.
 """
+
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hierjax.engine.prepare import prepare
 from hierjax.engine.batch import Batch, InputError, Standardized
 from hierjax.engine.cache import register
-from hierjax.model.conditionals import mixture_components, mu_given_tau_near, reference_point
-from hierjax.status import ROUNDOFF_LIMIT, STATUS
+from hierjax.engine.prepare import prepare
 from hierjax.inference.grid import tau_grid
-from hierjax.model.priors import MuPrior, NormalMu, TauPrior, Uniform
 from hierjax.inference.summaries import mixture_quantile, tau_summary
+from hierjax.model.conditionals import mixture_components, mu_given_tau_near, reference_point
+from hierjax.model.priors import MuPrior, NormalMu, TauPrior, Uniform
+from hierjax.status import ROUNDOFF_LIMIT, STATUS
 
-__all__ = ["TauCurves", "MuDensity", "tau_curves", "mu_density", "DEFAULT_POINTS",
-           "TAU_AXIS_LEVEL", "MU_AXIS_LEVELS"]
+__all__ = [
+    "TauCurves",
+    "MuDensity",
+    "tau_curves",
+    "mu_density",
+    "DEFAULT_POINTS",
+    "TAU_AXIS_LEVEL",
+    "MU_AXIS_LEVELS",
+]
 
 #: Points on a default axis.
 DEFAULT_POINTS = 201
@@ -114,10 +122,11 @@ class MuDensity(NamedTuple):
 
 def _grid_status(grid, dtype):
     limit = 0.1 * float(jnp.finfo(dtype).eps) ** 0.5
-    return (jnp.where(grid.error > limit, STATUS["grid_unresolved"], 0)
-            | jnp.where(grid.truncated, STATUS["tail_truncated"], 0)
-            | jnp.where(grid.roundoff > ROUNDOFF_LIMIT, STATUS["roundoff_limited"], 0)
-            ).astype(jnp.int32)
+    return (
+        jnp.where(grid.error > limit, STATUS["grid_unresolved"], 0)
+        | jnp.where(grid.truncated, STATUS["tail_truncated"], 0)
+        | jnp.where(grid.roundoff > ROUNDOFF_LIMIT, STATUS["roundoff_limited"], 0)
+    ).astype(jnp.int32)
 
 
 def tau_curves_dataset(y, sigma2, mask, tau_prior, mu_prior, axis, *, auto: bool, n: int):
@@ -141,8 +150,9 @@ def tau_curves_dataset(y, sigma2, mask, tau_prior, mu_prior, axis, *, auto: bool
     dtype = y.dtype
     grid = tau_grid(y, sigma2, mask, tau_prior, mu_prior, n)
     if auto:
-        top = tau_summary(grid, jnp.asarray([TAU_AXIS_LEVEL], dtype), jnp.array(True),
-                          jnp.array(True))[0].quantiles[0]
+        top = tau_summary(
+            grid, jnp.asarray([TAU_AXIS_LEVEL], dtype), jnp.array(True), jnp.array(True)
+        )[0].quantiles[0]
         tau = axis * top
     else:
         tau = axis
@@ -154,8 +164,17 @@ def tau_curves_dataset(y, sigma2, mask, tau_prior, mu_prior, axis, *, auto: bool
     log_density = jnp.where(jnp.isnan(log_density), -jnp.inf, log_density)
     c = mixture_components(tau * tau, mu.mean, mu.var, y, sigma2)
     theta_mean, theta_var = c.theta_mean, c.theta_var
-    return (tau, log_density, log_prior, mu.mean, mu.var, theta_mean, theta_var,
-            grid.log_evidence, _grid_status(grid, dtype))
+    return (
+        tau,
+        log_density,
+        log_prior,
+        mu.mean,
+        mu.var,
+        theta_mean,
+        theta_var,
+        grid.log_evidence,
+        _grid_status(grid, dtype),
+    )
 
 
 @register
@@ -163,7 +182,8 @@ def tau_curves_dataset(y, sigma2, mask, tau_prior, mu_prior, axis, *, auto: bool
 def _tau_curves_batch(y, sigma2, mask, tau_prior, mu_prior, axis, *, auto: bool, n: int):
     """:func:`tau_curves_dataset` vmapped over ``[B, J]`` data and ``[B, T]`` axes."""
     return jax.vmap(functools.partial(tau_curves_dataset, auto=auto, n=n))(
-        y, sigma2, mask, tau_prior, mu_prior, axis)
+        y, sigma2, mask, tau_prior, mu_prior, axis
+    )
 
 
 def mu_density_dataset(y, sigma2, mask, tau_prior, mu_prior, axis, *, auto: bool, n: int):
@@ -200,12 +220,13 @@ def mu_density_dataset(y, sigma2, mask, tau_prior, mu_prior, axis, *, auto: bool
 def _mu_density_batch(y, sigma2, mask, tau_prior, mu_prior, axis, *, auto: bool, n: int):
     """:func:`mu_density_dataset` vmapped over ``[B, J]`` data and ``[B, M]`` axes."""
     return jax.vmap(functools.partial(mu_density_dataset, auto=auto, n=n))(
-        y, sigma2, mask, tau_prior, mu_prior, axis)
+        y, sigma2, mask, tau_prior, mu_prior, axis
+    )
 
 
 class _Prepared(NamedTuple):
     batch: Batch
-    st: Standardized    # of the padded block (B + n_pad rows)
+    st: Standardized  # of the padded block (B + n_pad rows)
     tp: TauPrior
     mp: MuPrior
     tp_std: TauPrior
@@ -218,10 +239,27 @@ class _Prepared(NamedTuple):
 def _prepare(y, sigma, tau_prior, mu_prior, mask, nodes, dtype) -> _Prepared:
     """Host checks and standardisation as :func:`hierjax.fit` (:func:`hierjax.engine.prepare.prepare`),
     B padded to a power of two with benign stand-ins (fixed shapes)."""
-    p = prepare(y, sigma, tau_prior=tau_prior, mu_prior=mu_prior, mask=mask, nodes=nodes,
-                dtype=dtype, pad_blocks=True)
-    return _Prepared(p.batch, p.st, p.tau_prior, p.mu_prior, p.tau_std, p.mu_std, p.dtype, p.n,
-                     p.batch.y.shape[0])
+    p = prepare(
+        y,
+        sigma,
+        tau_prior=tau_prior,
+        mu_prior=mu_prior,
+        mask=mask,
+        nodes=nodes,
+        dtype=dtype,
+        pad_blocks=True,
+    )
+    return _Prepared(
+        p.batch,
+        p.st,
+        p.tau_prior,
+        p.mu_prior,
+        p.tau_std,
+        p.mu_std,
+        p.dtype,
+        p.n,
+        p.batch.y.shape[0],
+    )
 
 
 def _axis(values, name, B, lower=None):
@@ -242,16 +280,23 @@ def _run(kernel, prep: _Prepared, axis_std, auto: bool):
     cast = functools.partial(jnp.asarray, dtype=prep.dtype)
     st = prep.st
     size = st.y.shape[0]
-    if axis_std.shape[0] < size:   # stand-ins get the first dataset's axis
+    if axis_std.shape[0] < size:  # stand-ins get the first dataset's axis
         axis_std = np.concatenate([axis_std, np.repeat(axis_std[:1], size - axis_std.shape[0], 0)])
     work_mask = np.zeros(st.y.shape, bool)
-    work_mask[:prep.B] = prep.batch.mask
-    if size > prep.B:              # stand-ins: three groups (see _host.with_stand_ins)
-        work_mask[prep.B:, :3] = True
-    out = kernel(cast(st.y), cast(st.sigma2), jnp.asarray(work_mask),
-                 jax.tree.map(cast, prep.tp_std), jax.tree.map(cast, prep.mp_std), cast(axis_std),
-                 auto=auto, n=prep.n)
-    return [np.asarray(a)[:prep.B] for a in out]
+    work_mask[: prep.B] = prep.batch.mask
+    if size > prep.B:  # stand-ins: three groups (see _host.with_stand_ins)
+        work_mask[prep.B :, :3] = True
+    out = kernel(
+        cast(st.y),
+        cast(st.sigma2),
+        jnp.asarray(work_mask),
+        jax.tree.map(cast, prep.tp_std),
+        jax.tree.map(cast, prep.mp_std),
+        cast(axis_std),
+        auto=auto,
+        n=prep.n,
+    )
+    return [np.asarray(a)[: prep.B] for a in out]
 
 
 def _log_normalizer_shift(prep: _Prepared, n_groups, scale):
@@ -265,8 +310,18 @@ def _log_normalizer_shift(prep: _Prepared, n_groups, scale):
     return (-k + (1.0 if isinstance(prep.tp, Uniform) else 0.0)) * np.log(scale)
 
 
-def tau_curves(y, sigma=None, *, tau=None, tau_prior="uniform", mu_prior="flat", mask=None,
-               nodes: Optional[int] = None, dtype=None, points: int = DEFAULT_POINTS) -> TauCurves:
+def tau_curves(
+    y,
+    sigma=None,
+    *,
+    tau=None,
+    tau_prior="uniform",
+    mu_prior="flat",
+    mask=None,
+    nodes: int | None = None,
+    dtype=None,
+    points: int = DEFAULT_POINTS,
+) -> TauCurves:
     r"""``p(tau | y)``, ``E``/``sd`` of mu and each ``theta_j`` given tau, on a tau axis.
 
     .. math::
@@ -314,7 +369,7 @@ def tau_curves(y, sigma=None, *, tau=None, tau_prior="uniform", mu_prior="flat",
     f64 = functools.partial(np.asarray, dtype=np.float64)
     sc = scale[:, None]
     dt = prep.dtype
-    W = prep.batch.width      # the input's own width: the padding for shapes never shows
+    W = prep.batch.width  # the input's own width: the padding for shapes never shows
     group_mask = prep.batch.mask[:, :W]
     mask_ = group_mask[:, None, :]
     thm, thv = thm[..., :W], thv[..., :W]
@@ -329,18 +384,35 @@ def tau_curves(y, sigma=None, *, tau=None, tau_prior="uniform", mu_prior="flat",
     return TauCurves(
         tau=(sc * f64(t)).astype(dt),
         density=(np.exp(f64(log_d)) / sc).astype(dt),
-        prior=prior.astype(dt), prior_proper=proper,
+        prior=prior.astype(dt),
+        prior_proper=proper,
         mu_mean=(loc[:, None] + sc * f64(mm)).astype(dt),
         mu_sd=(sc * np.sqrt(f64(mv))).astype(dt),
-        theta_mean=np.where(mask_, loc[:, None, None] + sc[..., None] * f64(thm), np.nan).astype(dt),
+        theta_mean=np.where(mask_, loc[:, None, None] + sc[..., None] * f64(thm), np.nan).astype(
+            dt
+        ),
         theta_sd=np.where(mask_, sc[..., None] * np.sqrt(f64(thv)), np.nan).astype(dt),
         log_normalizer=(f64(log_ev) + _log_normalizer_shift(prep, n_groups, scale)).astype(dt),
-        status=status.astype(np.int32), n_groups=n_groups, mask=group_mask,
-        names=prep.batch.names, groups=prep.batch.groups)
+        status=status.astype(np.int32),
+        n_groups=n_groups,
+        mask=group_mask,
+        names=prep.batch.names,
+        groups=prep.batch.groups,
+    )
 
 
-def mu_density(y, sigma=None, *, mu=None, tau_prior="uniform", mu_prior="flat", mask=None,
-               nodes: Optional[int] = None, dtype=None, points: int = DEFAULT_POINTS) -> MuDensity:
+def mu_density(
+    y,
+    sigma=None,
+    *,
+    mu=None,
+    tau_prior="uniform",
+    mu_prior="flat",
+    mask=None,
+    nodes: int | None = None,
+    dtype=None,
+    points: int = DEFAULT_POINTS,
+) -> MuDensity:
     r"""The marginal posterior density ``p(mu | y)`` on a mu axis.
 
     .. math::
@@ -376,6 +448,11 @@ def mu_density(y, sigma=None, *, mu=None, tau_prior="uniform", mu_prior="flat", 
     else:
         prior = np.ones_like(mu_user)
     dt = prep.dtype
-    return MuDensity(mu=mu_user.astype(dt), density=(np.asarray(dens, np.float64) / sc).astype(dt),
-                     prior=prior.astype(dt), prior_proper=bool(mp.proper),
-                     status=status.astype(np.int32), names=prep.batch.names)
+    return MuDensity(
+        mu=mu_user.astype(dt),
+        density=(np.asarray(dens, np.float64) / sc).astype(dt),
+        prior=prior.astype(dt),
+        prior_proper=bool(mp.proper),
+        status=status.astype(np.int32),
+        names=prep.batch.names,
+    )

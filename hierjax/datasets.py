@@ -6,14 +6,22 @@
 * Efron and Morris (1975) baseball: 18 players' first 45 at-bats and their averages over
   the rest of the season (the "truth" that shrinkage predicts better).
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["SCHOOLS", "BetaBlockers", "beta_blockers", "Baseball", "efron_morris", "eight_schools",
-           "rubin_eight_schools"]
+__all__ = [
+    "SCHOOLS",
+    "BetaBlockers",
+    "beta_blockers",
+    "Baseball",
+    "efron_morris",
+    "eight_schools",
+    "rubin_eight_schools",
+]
 
 SCHOOLS = ("A", "B", "C", "D", "E", "F", "G", "H")
 
@@ -60,14 +68,64 @@ def beta_blockers() -> BetaBlockers:
         ...                           d.control_deaths, d.control_total)
     """
     return BetaBlockers(
-        control_deaths=np.array([3, 14, 11, 127, 27, 6, 152, 48, 37, 188, 52, 47, 16, 45, 31,
-                                 38, 12, 6, 3, 40, 43, 39]),
-        control_total=np.array([39, 116, 93, 1520, 365, 52, 939, 471, 282, 1921, 583, 266, 293,
-                                883, 147, 213, 122, 154, 134, 218, 364, 674]),
-        treated_deaths=np.array([3, 7, 5, 102, 28, 4, 98, 60, 25, 138, 64, 45, 9, 57, 25, 33,
-                                 28, 8, 6, 32, 27, 22]),
-        treated_total=np.array([38, 114, 69, 1533, 355, 59, 945, 632, 278, 1916, 873, 263, 291,
-                                858, 154, 207, 251, 151, 174, 209, 391, 680]),
+        control_deaths=np.array(
+            [3, 14, 11, 127, 27, 6, 152, 48, 37, 188, 52, 47, 16, 45, 31, 38, 12, 6, 3, 40, 43, 39]
+        ),
+        control_total=np.array(
+            [
+                39,
+                116,
+                93,
+                1520,
+                365,
+                52,
+                939,
+                471,
+                282,
+                1921,
+                583,
+                266,
+                293,
+                883,
+                147,
+                213,
+                122,
+                154,
+                134,
+                218,
+                364,
+                674,
+            ]
+        ),
+        treated_deaths=np.array(
+            [3, 7, 5, 102, 28, 4, 98, 60, 25, 138, 64, 45, 9, 57, 25, 33, 28, 8, 6, 32, 27, 22]
+        ),
+        treated_total=np.array(
+            [
+                38,
+                114,
+                69,
+                1533,
+                355,
+                59,
+                945,
+                632,
+                278,
+                1916,
+                873,
+                263,
+                291,
+                858,
+                154,
+                207,
+                251,
+                151,
+                174,
+                209,
+                391,
+                680,
+            ]
+        ),
     )
 
 
@@ -97,12 +155,49 @@ class Baseball(NamedTuple):
 
 def efron_morris() -> Baseball:
     """The Efron and Morris (1975) baseball data (Table 1 of their JASA paper)."""
-    names = ("Clemente", "F. Robinson", "F. Howard", "Johnstone", "Berry", "Spencer",
-             "Kessinger", "L. Alvarado", "Santo", "Swoboda", "Petrocelli", "E. Rodriguez",
-             "G. Scott", "Unser", "B. Williams", "Campaneris", "Munson", "Alvis")
+    names = (
+        "Clemente",
+        "F. Robinson",
+        "F. Howard",
+        "Johnstone",
+        "Berry",
+        "Spencer",
+        "Kessinger",
+        "L. Alvarado",
+        "Santo",
+        "Swoboda",
+        "Petrocelli",
+        "E. Rodriguez",
+        "G. Scott",
+        "Unser",
+        "B. Williams",
+        "Campaneris",
+        "Munson",
+        "Alvis",
+    )
     hits = np.array([18, 17, 16, 15, 14, 14, 13, 12, 11, 11, 10, 10, 10, 10, 10, 9, 8, 7])
-    season = np.array([.346, .2981, .2764, .2218, .2727, .2704, .2645, .2101, .2686, .2300,
-                       .2639, .2258, .3034, .2635, .3299, .2849, .3162, .2000])
+    season = np.array(
+        [
+            0.346,
+            0.2981,
+            0.2764,
+            0.2218,
+            0.2727,
+            0.2704,
+            0.2645,
+            0.2101,
+            0.2686,
+            0.2300,
+            0.2639,
+            0.2258,
+            0.3034,
+            0.2635,
+            0.3299,
+            0.2849,
+            0.3162,
+            0.2000,
+        ]
+    )
     scale = np.sqrt(45.0)
     y = scale * np.arcsin(2.0 * hits / 45.0 - 1.0)
     truth = scale * np.arcsin(2.0 * season - 1.0)

@@ -29,32 +29,39 @@ bayesmeta's numbers). With a flat mu prior ``p(y | mu)`` is proportional to the 
 posterior density of mu, and with a normal one to that density under a flat mu prior;
 both are normal mixtures over the tau grid (:mod:`hierjax.inference.grid`).
 """
+
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp
 
-from hierjax.engine.prepare import grids_standardized, prepare
 from hierjax.engine.cache import register
-from hierjax.model.conditionals import mu_given_tau
-from hierjax.status import STATUS
+from hierjax.engine.prepare import grids_standardized, prepare
 from hierjax.inference.grid import TauGrid, tail_alpha
+from hierjax.model.conditionals import mu_given_tau
 from hierjax.model.priors import FlatMu, MuPrior, NormalMu, TauPrior
 from hierjax.numerics.solvers import maximize
+from hierjax.status import STATUS
 
-__all__ = ["Estimate", "Evidence", "DatasetEvidence", "evidence", "evidence_dataset",
-           "evidence_standardized"]
+__all__ = [
+    "Estimate",
+    "Evidence",
+    "DatasetEvidence",
+    "evidence",
+    "evidence_dataset",
+    "evidence_standardized",
+]
 
 _LOG_2PI = math.log(2.0 * math.pi)
-_SCOUT = 41            # scout points in x = log tau for the 1-d maximisations
-_SCOUT_HALF = 20.0     # ... over x0 +- 20 (tau over ~17 orders of magnitude)
-_MU_SCOUT = 129        # scout points for the mode of a normal mixture
-_FAST = 0             # no unrolled Newton steps: one while loop each keeps the compile small
+_SCOUT = 41  # scout points in x = log tau for the 1-d maximisations
+_SCOUT_HALF = 20.0  # ... over x0 +- 20 (tau over ~17 orders of magnitude)
+_MU_SCOUT = 129  # scout points for the mode of a normal mixture
+_FAST = 0  # no unrolled Newton steps: one while loop each keeps the compile small
 
 
 class Estimate(NamedTuple):
@@ -119,7 +126,7 @@ def _log_normal(x, mean, var):
 def _mu_log_prior(mu, mu_prior: MuPrior):
     """``log p(mu)`` (0 for the flat prior: the constant is arbitrary)."""
     if isinstance(mu_prior, NormalMu):
-        return _log_normal(mu, mu_prior.loc, mu_prior.scale ** 2)
+        return _log_normal(mu, mu_prior.loc, mu_prior.scale**2)
     return jnp.zeros_like(mu)
 
 
@@ -140,15 +147,15 @@ def _argmax_tau(g, centre):
     gx = jnp.where(jnp.isnan(gx), -jnp.inf, gx)
     i = jnp.argmax(gx)
     step = x[1] - x[0]
-    xb, conv = maximize(lambda t: g(jnp.exp(t)), x[i], x[i] - step, x[i] + step,
-                        1e-3 * eps ** 0.5, fast_steps=_FAST)
+    xb, conv = maximize(
+        lambda t: g(jnp.exp(t)), x[i], x[i] - step, x[i] + step, 1e-3 * eps**0.5, fast_steps=_FAST
+    )
     g_in = g(jnp.exp(xb))
     better = g_in >= gx[i]
     xb, g_in = jnp.where(better, xb, x[i]), jnp.maximum(g_in, gx[i])
     g0 = g(jnp.zeros((), dtype))
     at_zero = g0 >= g_in - 64.0 * eps * (1.0 + jnp.abs(g_in))
-    return (jnp.where(at_zero, 0.0, jnp.exp(xb)), jnp.where(at_zero, g0, g_in),
-            conv | at_zero)
+    return (jnp.where(at_zero, 0.0, jnp.exp(xb)), jnp.where(at_zero, g0, g_in), conv | at_zero)
 
 
 def _mixture_log_density(x, log_w, m, v):
@@ -169,15 +176,21 @@ def _mixture_mode(log_w, m, v):
     i = jnp.argmax(fx)
     step = (hi - lo) / (_MU_SCOUT - 1)
     sd = jnp.sqrt(jnp.sum(jnp.exp(log_w) * v))
-    xb, conv = maximize(lambda t: _mixture_log_density(t, log_w, m, v), x[i],
-                        jnp.maximum(x[i] - step, lo), jnp.minimum(x[i] + step, hi),
-                        1e-3 * eps ** 0.5 * (sd + jnp.abs(x[i])), fast_steps=_FAST)
+    xb, conv = maximize(
+        lambda t: _mixture_log_density(t, log_w, m, v),
+        x[i],
+        jnp.maximum(x[i] - step, lo),
+        jnp.minimum(x[i] + step, hi),
+        1e-3 * eps**0.5 * (sd + jnp.abs(x[i])),
+        fast_steps=_FAST,
+    )
     better = _mixture_log_density(xb, log_w, m, v) >= fx[i]
     return jnp.where(hi > lo, jnp.where(better, xb, x[i]), lo), conv
 
 
-def evidence_dataset(grid: TauGrid, y, sigma2, mask, threshold, tau_prior: TauPrior,
-                     mu_prior: MuPrior) -> DatasetEvidence:
+def evidence_dataset(
+    grid: TauGrid, y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPrior
+) -> DatasetEvidence:
     r"""Evidence of one standardised dataset from its tau grid (see the module doc).
 
     Args:
@@ -193,10 +206,10 @@ def evidence_dataset(grid: TauGrid, y, sigma2, mask, threshold, tau_prior: TauPr
     nan = jnp.full((), jnp.nan, dtype)
     zero = jnp.zeros((), dtype)
 
-    def log_lik(tau):                                  # log p(y | tau), mu integrated
+    def log_lik(tau):  # log p(y | tau), mu integrated
         return mu_given_tau(tau * tau, y, sigma2, mask, mu_prior).log_lik
 
-    def log_lik_flat(tau):                             # the same under a flat mu prior
+    def log_lik_flat(tau):  # the same under a flat mu prior
         return mu_given_tau(tau * tau, y, sigma2, mask, FlatMu()).log_lik
 
     # mu | tau at the 2n-rule's nodes: the marginal of mu is a normal mixture there
@@ -212,7 +225,7 @@ def evidence_dataset(grid: TauGrid, y, sigma2, mask, threshold, tau_prior: TauPr
         lw = log_w + flat.log_lik - cond.log_lik
         lw = jnp.where(jnp.isnan(lw), -jnp.inf, lw)
         log_w_flat = lw - logsumexp(lw)
-        flat_ok = alpha > 1.0     # the grid follows tau * p(tau | y) far enough out
+        flat_ok = alpha > 1.0  # the grid follows tau * p(tau | y) far enough out
     else:
         flat, log_w_flat, flat_ok = cond, log_w, jnp.array(True)
 
@@ -221,19 +234,22 @@ def evidence_dataset(grid: TauGrid, y, sigma2, mask, threshold, tau_prior: TauPr
     ml_mu, ok2 = _mixture_mode(log_w_flat, flat.mean, flat.var)
     ml_mu = jnp.where(flat_ok, ml_mu, nan)
 
-    def profile_ml(tau):                              # max_mu log p(y | mu, tau)
+    def profile_ml(tau):  # max_mu log p(y | mu, tau)
         mu_hat = mu_given_tau(tau * tau, y, sigma2, mask, FlatMu()).mean
         return _log_lik_joint(mu_hat, tau, y, sigma2, mask)
 
-    def profile_map(tau):                             # max_mu log p(tau) p(mu) p(y | mu, tau)
+    def profile_map(tau):  # max_mu log p(tau) p(mu) p(y | mu, tau)
         mu_star = mu_given_tau(tau * tau, y, sigma2, mask, mu_prior).mean
-        return (tau_prior.log_density(tau) + _mu_log_prior(mu_star, mu_prior)
-                + _log_lik_joint(mu_star, tau, y, sigma2, mask))
+        return (
+            tau_prior.log_density(tau)
+            + _mu_log_prior(mu_star, mu_prior)
+            + _log_lik_joint(mu_star, tau, y, sigma2, mask)
+        )
 
     jml_tau, _, ok3 = _argmax_tau(profile_ml, grid.x0)
-    jml_mu = mu_given_tau(jml_tau ** 2, y, sigma2, mask, FlatMu()).mean
+    jml_mu = mu_given_tau(jml_tau**2, y, sigma2, mask, FlatMu()).mean
     jmap_tau, _, ok4 = _argmax_tau(profile_map, grid.x0)
-    jmap_mu = mu_given_tau(jmap_tau ** 2, y, sigma2, mask, mu_prior).mean
+    jmap_mu = mu_given_tau(jmap_tau**2, y, sigma2, mask, mu_prior).mean
 
     # the mode of p(tau | y) (as summaries.tau_mode, with this module's single-loop maximiser)
     mode_tau, _, ok5 = _argmax_tau(lambda t: tau_prior.log_density(t) + log_lik(t), grid.x0)
@@ -246,25 +262,38 @@ def evidence_dataset(grid: TauGrid, y, sigma2, mask, threshold, tau_prior: TauPr
     log_bf_tau0 = ll0 - log_ev
     if proper_tau and proper_mu:
         # Savage-Dickey: p(y | mu=0) / p(y) = p(mu=0 | y) / p(mu=0)
-        log_bf_mu0 = (_mixture_log_density(threshold, log_w, cond.mean, cond.var)
-                      - _mu_log_prior(threshold, mu_prior))
+        log_bf_mu0 = _mixture_log_density(threshold, log_w, cond.mean, cond.var) - _mu_log_prior(
+            threshold, mu_prior
+        )
     else:
         log_bf_mu0 = nan
     log_min_tau0 = ll0 - ml_value if proper_mu else nan
     if proper_tau:
-        log_min_mu0 = (_mixture_log_density(threshold, log_w_flat, flat.mean, flat.var)
-                       - _mixture_log_density(ml_mu, log_w_flat, flat.mean, flat.var))
+        log_min_mu0 = _mixture_log_density(
+            threshold, log_w_flat, flat.mean, flat.var
+        ) - _mixture_log_density(ml_mu, log_w_flat, flat.mean, flat.var)
     else:
         log_min_mu0 = nan
 
     limit = 0.1 * float(jnp.finfo(dtype).eps) ** 0.5
     conv = ok1 & ok2 & ok3 & ok4 & ok5 & ok6 & grid.converged
-    status = (jnp.where(grid.error > limit, STATUS["grid_unresolved"], 0)
-              | jnp.where(grid.truncated, STATUS["tail_truncated"], 0)
-              | jnp.where(conv, 0, STATUS["unconverged"])).astype(jnp.int32)
-    return DatasetEvidence(log_ev, log_bf_tau0, log_bf_mu0, log_min_tau0, log_min_mu0,
-                           Estimate(jml_tau, jml_mu), Estimate(ml_tau, ml_mu),
-                           Estimate(jmap_tau, jmap_mu), Estimate(mode_tau, mode_mu), status)
+    status = (
+        jnp.where(grid.error > limit, STATUS["grid_unresolved"], 0)
+        | jnp.where(grid.truncated, STATUS["tail_truncated"], 0)
+        | jnp.where(conv, 0, STATUS["unconverged"])
+    ).astype(jnp.int32)
+    return DatasetEvidence(
+        log_ev,
+        log_bf_tau0,
+        log_bf_mu0,
+        log_min_tau0,
+        log_min_mu0,
+        Estimate(jml_tau, jml_mu),
+        Estimate(ml_tau, ml_mu),
+        Estimate(jmap_tau, jmap_mu),
+        Estimate(mode_tau, mode_mu),
+        status,
+    )
 
 
 @register
@@ -278,8 +307,18 @@ def _default_chunk(K: int, J: int) -> int:
     return int(max(1, min(4096, (1 << 22) // (K * J))))
 
 
-def evidence(y, sigma=None, *, tau_prior="uniform", mu_prior="flat", mask=None, names=None,
-             nodes: Optional[int] = None, chunk: Optional[int] = None, dtype=None) -> Evidence:
+def evidence(
+    y,
+    sigma=None,
+    *,
+    tau_prior="uniform",
+    mu_prior="flat",
+    mask=None,
+    names=None,
+    nodes: int | None = None,
+    chunk: int | None = None,
+    dtype=None,
+) -> Evidence:
     r"""Marginal likelihood, Bayes factors and ML/MAP estimates, as bayesmeta defines them.
 
     .. math::
@@ -311,8 +350,18 @@ def evidence(y, sigma=None, *, tau_prior="uniform", mu_prior="flat", mask=None, 
         >>> bool(e.log_bf_tau0[0] > 0)
         True
     """
-    prep = prepare(y, sigma, tau_prior=tau_prior, mu_prior=mu_prior, mask=mask, names=names,
-                   nodes=nodes, chunk=chunk, dtype=dtype, default_chunk=_default_chunk)
+    prep = prepare(
+        y,
+        sigma,
+        tau_prior=tau_prior,
+        mu_prior=mu_prior,
+        mask=mask,
+        names=names,
+        nodes=nodes,
+        chunk=chunk,
+        dtype=dtype,
+        default_chunk=_default_chunk,
+    )
     B = prep.batch.y.shape[0]
     st = prep.st
     out = []
@@ -320,8 +369,11 @@ def evidence(y, sigma=None, *, tau_prior="uniform", mu_prior="flat", mask=None, 
         y_b, s2_b, m_b, thr_b, tp_b, mp_b = prep.block(sl)
         grids = grids_standardized(y_b, s2_b, m_b, tp_b, mp_b, n=prep.n)
         res = evidence_standardized(grids, y_b, s2_b, m_b, thr_b, tp_b, mp_b)
-        out.append(jax.tree.map(lambda a: np.asarray(a, np.float64) if a.dtype != np.int32
-                                else np.asarray(a), res))
+        out.append(
+            jax.tree.map(
+                lambda a: np.asarray(a, np.float64) if a.dtype != np.int32 else np.asarray(a), res
+            )
+        )
     r = jax.tree.map(lambda *a: np.concatenate(a), *out)
     loc, scale = st.loc[:B], st.scale[:B]
     n_groups = prep.batch.mask.sum(axis=1)
@@ -332,9 +384,14 @@ def evidence(y, sigma=None, *, tau_prior="uniform", mu_prior="flat", mask=None, 
 
     return Evidence(
         log_marginal_likelihood=(r.log_marginal_likelihood - n_groups * np.log(scale)).astype(dt),
-        log_bf_tau0=r.log_bf_tau0.astype(dt), log_bf_mu0=r.log_bf_mu0.astype(dt),
-        log_min_bf_tau0=r.log_min_bf_tau0.astype(dt), log_min_bf_mu0=r.log_min_bf_mu0.astype(dt),
-        ml_joint=est(r.ml_joint), ml_marginal=est(r.ml_marginal), map_joint=est(r.map_joint),
-        map_marginal=est(r.map_marginal), status=r.status.astype(np.int32),
-        names=prep.batch.names)
-
+        log_bf_tau0=r.log_bf_tau0.astype(dt),
+        log_bf_mu0=r.log_bf_mu0.astype(dt),
+        log_min_bf_tau0=r.log_min_bf_tau0.astype(dt),
+        log_min_bf_mu0=r.log_min_bf_mu0.astype(dt),
+        ml_joint=est(r.ml_joint),
+        ml_marginal=est(r.ml_marginal),
+        map_joint=est(r.map_joint),
+        map_marginal=est(r.map_marginal),
+        status=r.status.astype(np.int32),
+        names=prep.batch.names,
+    )

@@ -18,25 +18,40 @@ r"""The seed lecture's three models, batched: no, complete and partial pooling.
 All functions take ``[J]``, ``[B, J]`` (with ``mask``) or ragged lists, compute in
 standardised units (so float32 keeps its accuracy) and return ``[B, ...]`` arrays.
 """
+
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import ndtr
 
-from hierjax.engine.batch import (Batch, InputError, Standardized, as_batch, rescale_priors,
-                           standardize, validate)
+from hierjax.engine.batch import (
+    Batch,
+    InputError,
+    Standardized,
+    as_batch,
+    rescale_priors,
+    standardize,
+    validate,
+)
 from hierjax.engine.cache import register
-from hierjax.model.conditionals import mu_given_tau, theta_given_mu_tau, theta_given_tau
 from hierjax.engine.fitting import compute_dtype
+from hierjax.model.conditionals import mu_given_tau, theta_given_mu_tau, theta_given_tau
 from hierjax.model.priors import Uniform, parse_mu_prior
 
-__all__ = ["NoPooling", "CompletePooling", "PartialPooling", "no_pooling", "complete_pooling",
-           "complete_pooling_predictive", "partial_pooling"]
+__all__ = [
+    "NoPooling",
+    "CompletePooling",
+    "PartialPooling",
+    "no_pooling",
+    "complete_pooling",
+    "complete_pooling_predictive",
+    "partial_pooling",
+]
 
 
 class NoPooling(NamedTuple):
@@ -110,7 +125,8 @@ def no_pooling(y, sigma, mask=None) -> NoPooling:
 @functools.partial(jax.jit)
 def _pool(y, sigma2, mask, tau2, mu_prior):
     return jax.vmap(lambda yb, sb, mb, tb, mp: mu_given_tau(tb, yb, sb, mb, mp))(
-        y, sigma2, mask, tau2, mu_prior)
+        y, sigma2, mask, tau2, mu_prior
+    )
 
 
 def _cast(prep, *arrays):
@@ -123,15 +139,21 @@ def complete_pooling(y, sigma, mask=None, mu_prior="flat") -> CompletePooling:
     st, batch = prep.st, prep.batch
     _, mp_std = rescale_priors(Uniform(), mp, st)
     ys, s2, tau2 = _cast(prep, st.y, st.sigma2, np.zeros(len(st.loc)))
-    out = _pool(ys, s2, jnp.asarray(batch.mask), tau2, jax.tree.map(lambda a: jnp.asarray(
-        a, prep.dtype), mp_std))
+    out = _pool(
+        ys,
+        s2,
+        jnp.asarray(batch.mask),
+        tau2,
+        jax.tree.map(lambda a: jnp.asarray(a, prep.dtype), mp_std),
+    )
     mean = st.loc + st.scale * np.asarray(out.mean, np.float64)
     sd = st.scale * np.sqrt(np.asarray(out.var, np.float64))
-    prec = np.where(batch.mask, 1.0 / st.sigma2, 0.0)      # in units of 1 / scale^2
+    prec = np.where(batch.mask, 1.0 / st.sigma2, 0.0)  # in units of 1 / scale^2
     w = prec / prec.sum(axis=1, keepdims=True)
     J = _real_width(batch)
-    return CompletePooling(mean.astype(prep.dtype), sd.astype(prep.dtype),
-                           w[:, :J].astype(prep.dtype))
+    return CompletePooling(
+        mean.astype(prep.dtype), sd.astype(prep.dtype), w[:, :J].astype(prep.dtype)
+    )
 
 
 def complete_pooling_predictive(y, sigma, sigma_new, threshold, mask=None):
@@ -151,8 +173,10 @@ def complete_pooling_predictive(y, sigma, sigma_new, threshold, mask=None):
     pooled = complete_pooling(y, sigma, mask)
     mean = np.asarray(pooled.mean, np.float64)
     sd = np.sqrt(np.asarray(pooled.sd, np.float64) ** 2 + np.asarray(sigma_new, np.float64) ** 2)
-    p = 1.0 - np.asarray(ndtr(jnp.asarray((np.asarray(threshold, np.float64) - mean) / sd,
-                                          pooled.mean.dtype)), np.float64)
+    p = 1.0 - np.asarray(
+        ndtr(jnp.asarray((np.asarray(threshold, np.float64) - mean) / sd, pooled.mean.dtype)),
+        np.float64,
+    )
     dt = pooled.mean.dtype
     return mean.astype(dt), sd.astype(dt), p.astype(dt)
 
@@ -164,6 +188,7 @@ def _partial(y, sigma2, mask, tau2, mu_prior):
         mu = mu_given_tau(tb, yb, sb, mb, mp)
         m, v = theta_given_tau(tb, yb, sb, mu)
         return m, v, mu.mean, mu.var, sb / (sb + tb)
+
     return jax.vmap(one)(y, sigma2, mask, tau2, mu_prior)
 
 
@@ -173,6 +198,7 @@ def _known(y, sigma2, mu, tau2):
     def one(yb, sb, mb, tb):
         m, v = theta_given_mu_tau(mb, tb, yb, sb)
         return m, v, sb / (sb + tb)
+
     return jax.vmap(one)(y, sigma2, mu, tau2)
 
 
@@ -180,8 +206,9 @@ def _real_width(batch):
     return int(batch.mask.sum(axis=1).max())
 
 
-def partial_pooling(y, sigma, tau, mu: Optional[float] = None, mask=None,
-                    mu_prior="flat") -> PartialPooling:
+def partial_pooling(
+    y, sigma, tau, mu: float | None = None, mask=None, mu_prior="flat"
+) -> PartialPooling:
     r"""Partial pooling at a fixed tau; with ``mu`` given, the seed's shrinkage formula.
 
     Args:
@@ -205,8 +232,13 @@ def partial_pooling(y, sigma, tau, mu: Optional[float] = None, mask=None,
     if mu is None:
         _, mp_std = rescale_priors(Uniform(), mp, st)
         ys, s2, t2 = _cast(prep, st.y, st.sigma2, tau2_std)
-        m, v, mm, mv, shrink = _partial(ys, s2, jnp.asarray(batch.mask), t2,
-                                        jax.tree.map(lambda a: jnp.asarray(a, prep.dtype), mp_std))
+        m, v, mm, mv, shrink = _partial(
+            ys,
+            s2,
+            jnp.asarray(batch.mask),
+            t2,
+            jax.tree.map(lambda a: jnp.asarray(a, prep.dtype), mp_std),
+        )
         mu_mean = st.loc + st.scale * np.asarray(mm, np.float64)
         mu_sd = st.scale * np.sqrt(np.asarray(mv, np.float64))
     else:
@@ -218,7 +250,10 @@ def partial_pooling(y, sigma, tau, mu: Optional[float] = None, mask=None,
     sd = st.scale[:, None] * np.sqrt(np.asarray(v, np.float64))
     mask_ = batch.mask
     dt = prep.dtype
-    return PartialPooling(np.where(mask_, m, np.nan)[:, :J].astype(dt),
-                          np.where(mask_, sd, np.nan)[:, :J].astype(dt),
-                          mu_mean.astype(dt), mu_sd.astype(dt),
-                          np.where(mask_, np.asarray(shrink, np.float64), np.nan)[:, :J].astype(dt))
+    return PartialPooling(
+        np.where(mask_, m, np.nan)[:, :J].astype(dt),
+        np.where(mask_, sd, np.nan)[:, :J].astype(dt),
+        mu_mean.astype(dt),
+        mu_sd.astype(dt),
+        np.where(mask_, np.asarray(shrink, np.float64), np.nan)[:, :J].astype(dt),
+    )

@@ -44,38 +44,29 @@ References:
     Higgins and Thompson (2002), Quantifying heterogeneity in a meta-analysis,
     *Stat. Med.* 21 (the typical within-study variance ``s^2``).
 """
+
 from __future__ import annotations
 
 import functools
 import math
 import warnings
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp, ndtr
 
-from hierjax.engine.prepare import prepare
 from hierjax.engine.batch import InputError
 from hierjax.engine.cache import make_room, register
-from hierjax.model.conditionals import (
-    MuGivenTau,
-    mixture_components,
-    mu_given_tau,
-    mu_given_tau_near,
-    reference_point,
-)
-from hierjax.status import DEFAULT_LEVELS, GOAL, ROUNDOFF_LIMIT, STATUS
+from hierjax.engine.prepare import prepare
 from hierjax.inference.grid import (
     TauGrid,
     grid_z_of_tau,
     tail_alpha,
     tau_grid,
 )
-from hierjax.model.priors import MuPrior, NormalMu, TauPrior
-from hierjax.numerics.quadrature import clenshaw_curtis
-from hierjax.numerics.solvers import iterate
 from hierjax.inference.summaries import (
     _barycentric,
     _Phi,
@@ -84,6 +75,17 @@ from hierjax.inference.summaries import (
     tau_cdf_nodes,
     tau_quantile,
 )
+from hierjax.model.conditionals import (
+    MuGivenTau,
+    mixture_components,
+    mu_given_tau,
+    mu_given_tau_near,
+    reference_point,
+)
+from hierjax.model.priors import MuPrior, NormalMu, TauPrior
+from hierjax.numerics.quadrature import clenshaw_curtis
+from hierjax.numerics.solvers import iterate
+from hierjax.status import DEFAULT_LEVELS, GOAL, ROUNDOFF_LIMIT, STATUS
 
 __all__ = [
     "PARAMS",
@@ -109,12 +111,12 @@ __all__ = [
 #: Parameters the distribution functions know. ``theta`` and ``y_rep`` are per group
 #: (a ``J`` axis after ``B``); ``y_new`` needs ``sigma_new``.
 PARAMS = ("mu", "tau", "theta", "theta_new", "y_new", "y_rep", "I2")
-_LOCATION = ("mu", "theta", "theta_new", "y_new", "y_rep")   # shift and scale with the data
+_LOCATION = ("mu", "theta", "theta_new", "y_new", "y_rep")  # shift and scale with the data
 _GROUPED = ("theta", "y_rep")
-_MAX_BLOCK = 1024         # datasets per compiled block
-_MIN_BLOCK = 8            # small batches share one compiled shape
+_MAX_BLOCK = 1024  # datasets per compiled block
+_MIN_BLOCK = 8  # small batches share one compiled shape
 _MAX_ITER = 100
-_SCAN = 8                 # scan points of the shortest-interval search
+_SCAN = 8  # scan points of the shortest-interval search
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
@@ -187,8 +189,14 @@ class _Data(NamedTuple):
 def _data(post: Posterior) -> _Data:
     """The kernels' view of ``post``: its groups padded to ``post.kernel_groups``."""
     pad = [(0, 0), (0, post.kernel_groups - post.y.shape[1])]
-    return _Data(post.grid, np.pad(post.y, pad), np.pad(post.sigma2, pad, constant_values=1),
-                 np.pad(post.mask, pad), post.tau_prior, post.mu_prior)
+    return _Data(
+        post.grid,
+        np.pad(post.y, pad),
+        np.pad(post.sigma2, pad, constant_values=1),
+        np.pad(post.mask, pad),
+        post.tau_prior,
+        post.mu_prior,
+    )
 
 
 def _own_groups(post: Posterior, a, axes=(1,)):
@@ -213,7 +221,7 @@ def _in_blocks(kernel, args, **static):
     """``kernel(*args, **static)`` over fixed-size blocks of the leading ``B`` axis of
     every leaf of ``args`` (NumPy); the last block is padded by repeating the last
     dataset (a valid one, so nothing in the padding can fail). Returns NumPy."""
-    make_room()          # (hierjax.engine.cache)
+    make_room()  # (hierjax.engine.cache)
     leaves = jax.tree.leaves(args)
     B = leaves[0].shape[0]
     size = _block_size(B)
@@ -238,11 +246,22 @@ def _in_blocks(kernel, args, **static):
 def _build(y, sigma2, mask, tau_prior, mu_prior, *, n: int):
     """:func:`hierjax.inference.grid.tau_grid` over a block of datasets (``[b, J]`` inputs)."""
     return jax.vmap(lambda yb, sb, mb, tp, mp: tau_grid(yb, sb, mb, tp, mp, n))(
-        y, sigma2, mask, tau_prior, mu_prior)
+        y, sigma2, mask, tau_prior, mu_prior
+    )
 
 
-def posterior(y, sigma=None, *, tau_prior="uniform", mu_prior="flat", mask=None, names=None,
-              groups=None, nodes: int | None = None, dtype=None) -> Posterior:
+def posterior(
+    y,
+    sigma=None,
+    *,
+    tau_prior="uniform",
+    mu_prior="flat",
+    mask=None,
+    names=None,
+    groups=None,
+    nodes: int | None = None,
+    dtype=None,
+) -> Posterior:
     r"""Build and keep the posterior of one or many datasets (see the module doc).
 
     .. math::
@@ -273,19 +292,35 @@ def posterior(y, sigma=None, *, tau_prior="uniform", mu_prior="flat", mask=None,
         >>> float(lo[0])
         0.0
     """
-    prep = prepare(y, sigma, tau_prior=tau_prior, mu_prior=mu_prior, mask=mask, names=names,
-                   groups=groups, nodes=nodes, dtype=dtype)
-    tp, mp, dt, n, batch, st = (prep.tau_prior, prep.mu_prior, prep.dtype, prep.n, prep.batch,
-                                prep.st)
+    prep = prepare(
+        y,
+        sigma,
+        tau_prior=tau_prior,
+        mu_prior=mu_prior,
+        mask=mask,
+        names=names,
+        groups=groups,
+        nodes=nodes,
+        dtype=dtype,
+    )
+    tp, mp, dt, n, batch, st = (
+        prep.tau_prior,
+        prep.mu_prior,
+        prep.dtype,
+        prep.n,
+        prep.batch,
+        prep.st,
+    )
     tp_std, mp_std = prep.tau_std, prep.mu_std
     B = batch.y.shape[0]
 
     def cast(a):
         return np.asarray(a, dt)
 
-    def per_dataset(prior):    # leaves [B] or [B, J] (a scalar parameter broadcasts)
-        return jax.tree.map(lambda a: np.broadcast_to(cast(a), (B,) + np.shape(a)[1:]).copy(),
-                            prior)
+    def per_dataset(prior):  # leaves [B] or [B, J] (a scalar parameter broadcasts)
+        return jax.tree.map(
+            lambda a: np.broadcast_to(cast(a), (B,) + np.shape(a)[1:]).copy(), prior
+        )
 
     tp_b, mp_b = per_dataset(tp_std), per_dataset(mp_std)
     ys, s2 = cast(st.y), cast(st.sigma2)
@@ -293,28 +328,44 @@ def posterior(y, sigma=None, *, tau_prior="uniform", mu_prior="flat", mask=None,
     n_groups = batch.mask.sum(axis=1)
     alpha = np.asarray(tail_alpha(n_groups.astype(np.float64), tp, mp), np.float64)
     limit = 0.1 * float(np.finfo(dt).eps) ** 0.5
-    status = (np.where(grid.error > limit, STATUS["grid_unresolved"], 0)
-              | np.where(grid.truncated, STATUS["tail_truncated"], 0)
-              | np.where(grid.roundoff > ROUNDOFF_LIMIT, STATUS["roundoff_limited"], 0)
-              | np.where(grid.converged, 0, STATUS["unconverged"])).astype(np.int32)
-    W = batch.width           # the input's own width: the padding for shapes never shows
-    return Posterior(grid, ys[:, :W], s2[:, :W], batch.mask[:, :W], tp_b, mp_b, st.loc,
-                     st.scale, alpha, n_groups, grid.error, status, batch.names, batch.groups,
-                     batch.y.shape[1])
+    status = (
+        np.where(grid.error > limit, STATUS["grid_unresolved"], 0)
+        | np.where(grid.truncated, STATUS["tail_truncated"], 0)
+        | np.where(grid.roundoff > ROUNDOFF_LIMIT, STATUS["roundoff_limited"], 0)
+        | np.where(grid.converged, 0, STATUS["unconverged"])
+    ).astype(np.int32)
+    W = batch.width  # the input's own width: the padding for shapes never shows
+    return Posterior(
+        grid,
+        ys[:, :W],
+        s2[:, :W],
+        batch.mask[:, :W],
+        tp_b,
+        mp_b,
+        st.loc,
+        st.scale,
+        alpha,
+        n_groups,
+        grid.error,
+        status,
+        batch.names,
+        batch.groups,
+        batch.y.shape[1],
+    )
 
 
 # --------------------------------------------------------------------------- one dataset
 def _mixture(d: _Data, param: str, sigma_new):
     """Normal components of a marginal: ``(log_w [K], m, s)``, ``m, s`` ``[K]`` or ``[J, K]``."""
     g = d.grid
-    c = mixture_components(g.tau ** 2, g.mu.mean, g.mu.var, d.y, d.sigma2)
+    c = mixture_components(g.tau**2, g.mu.mean, g.mu.var, d.y, d.sigma2)
     if param == "mu":
         return g.log_weight, c.mu_mean, jnp.sqrt(c.mu_var)
     if param == "theta_new":
         return g.log_weight, c.mu_mean, jnp.sqrt(c.new_var)
     if param == "y_new":
-        return g.log_weight, c.mu_mean, jnp.sqrt(c.new_var + sigma_new ** 2)
-    m, v = c.theta_mean.T, c.theta_var.T                       # [J, K]
+        return g.log_weight, c.mu_mean, jnp.sqrt(c.new_var + sigma_new**2)
+    m, v = c.theta_mean.T, c.theta_var.T  # [J, K]
     if param == "y_rep":
         v = v + d.sigma2[:, None]
     return g.log_weight, m, jnp.sqrt(v)
@@ -323,11 +374,11 @@ def _mixture(d: _Data, param: str, sigma_new):
 class _Tools(NamedTuple):
     """Scalar functions of one scalar marginal (standard units)."""
 
-    log_pdf: Callable[..., Any]     # x -> log f(x)
-    dist: Callable[..., Any]        # x -> (pdf, cdf, sf)
-    quantile: Callable[..., Any]    # p -> (q, converged)
-    lower: Any                      # lower end of the support (tau, I2: 0) or None
-    upper: Any = None               # upper end of the support (I2: 1) or None
+    log_pdf: Callable[..., Any]  # x -> log f(x)
+    dist: Callable[..., Any]  # x -> (pdf, cdf, sf)
+    quantile: Callable[..., Any]  # p -> (q, converged)
+    lower: Any  # lower end of the support (tau, I2: 0) or None
+    upper: Any = None  # upper end of the support (I2: 1) or None
 
 
 def _mixture_tools(log_w, m, s) -> _Tools:
@@ -365,8 +416,12 @@ def _tau_tools(d: _Data) -> _Tools:
     def dist(t):
         # F and S each from its own end's integral (S keeps its accuracy in the far tail)
         z = grid_z_of_tau(jnp.maximum(t, 0.0), g.x0, g.u_lo, g.one_minus_u_hi, g.kappa)
-        F, S = _barycentric(jnp.clip(z, -1.0, 1.0), nodes, cdf_nodes.lam,
-                            jnp.stack([cdf_nodes.lower, cdf_nodes.upper]))
+        F, S = _barycentric(
+            jnp.clip(z, -1.0, 1.0),
+            nodes,
+            cdf_nodes.lam,
+            jnp.stack([cdf_nodes.lower, cdf_nodes.upper]),
+        )
         F = jnp.clip(jnp.where(z <= -1.0, 0.0, jnp.where(z >= 1.0, 1.0, F)), 0.0, 1.0)
         S = jnp.clip(jnp.where(z <= -1.0, 1.0, jnp.where(z >= 1.0, 0.0, S)), 0.0, 1.0)
         return jnp.exp(log_pdf(t)), F, S
@@ -397,10 +452,18 @@ def _i2_tools(d: _Data) -> _Tools:
     def log_pdf(x):
         inside = (x > 0) & (x < 1)
         xs = jnp.where(inside, x, 0.5)
-        lp = (tt.log_pdf(tau_of(xs)) + 0.5 * jnp.log(s2) - math.log(2.0) - 0.5 * jnp.log(xs)
-              - 1.5 * jnp.log1p(-xs))
-        return jnp.where(inside, lp, jnp.where(x == 0, jnp.where(tt.log_pdf(0.0) > -jnp.inf,
-                                                                 jnp.inf, -jnp.inf), -jnp.inf))
+        lp = (
+            tt.log_pdf(tau_of(xs))
+            + 0.5 * jnp.log(s2)
+            - math.log(2.0)
+            - 0.5 * jnp.log(xs)
+            - 1.5 * jnp.log1p(-xs)
+        )
+        return jnp.where(
+            inside,
+            lp,
+            jnp.where(x == 0, jnp.where(tt.log_pdf(0.0) > -jnp.inf, jnp.inf, -jnp.inf), -jnp.inf),
+        )
 
     def dist(x):
         _, F, S = tt.dist(tau_of(x))
@@ -531,10 +594,15 @@ def _sigma_new(post: Posterior, param, sigma_new):
         return np.zeros(B, _dtype(post))
     if sigma_new is None:
         raise InputError("param 'y_new' needs sigma_new (the new observation's standard error)")
-    s = np.broadcast_to(np.asarray(sigma_new, np.float64), (B,)) if np.ndim(sigma_new) <= 1 \
+    s = (
+        np.broadcast_to(np.asarray(sigma_new, np.float64), (B,))
+        if np.ndim(sigma_new) <= 1
         else None
+    )
     if s is None or not np.all(np.isfinite(s)) or np.any(s < 0):
-        raise InputError(f"sigma_new must be a finite number >= 0 or [B] of them, got {sigma_new!r}")
+        raise InputError(
+            f"sigma_new must be a finite number >= 0 or [B] of them, got {sigma_new!r}"
+        )
     return (s / post.scale).astype(_dtype(post))
 
 
@@ -543,8 +611,10 @@ def _points(post: Posterior, param, x, what="x"):
     B, J = post.y.shape
     a = np.asarray(x, np.float64)
     if a.ndim > 3 or (a.ndim == 3 and param not in _GROUPED):
-        raise InputError(f"{what} must be a scalar, [P] or [B, P] (per group also [B, J, P]), "
-                         f"got shape {a.shape}")
+        raise InputError(
+            f"{what} must be a scalar, [P] or [B, P] (per group also [B, J, P]), "
+            f"got shape {a.shape}"
+        )
     scalar = a.ndim == 0
     if a.ndim <= 1:
         a = np.broadcast_to(a.reshape(-1), (B, a.size))
@@ -595,10 +665,18 @@ def _run_op(post, param, pts, sigma_new, op):
     if size > P:
         pts = np.concatenate([pts, np.repeat(pts[..., -1:], size - P, axis=-1)], axis=-1)
     grouped = pts.ndim == 3
-    if grouped:                    # the padded groups' points: any benign value
+    if grouped:  # the padded groups' points: any benign value
         pts = np.pad(pts, [(0, 0), (0, post.kernel_groups - pts.shape[1]), (0, 0)], mode="edge")
-    out = _in_blocks(_op_kernel, (_data(post), np.ascontiguousarray(pts).astype(_dtype(post)),
-                                  _sigma_new(post, param, sigma_new)), param=param, op=op)
+    out = _in_blocks(
+        _op_kernel,
+        (
+            _data(post),
+            np.ascontiguousarray(pts).astype(_dtype(post)),
+            _sigma_new(post, param, sigma_new),
+        ),
+        param=param,
+        op=op,
+    )
     return [_own_groups(post, np.asarray(a)[..., :P], (1,) if grouped else ()) for a in out]
 
 
@@ -667,14 +745,24 @@ def _level_op(post, param, levels, sigma_new, op):
 def _far_quantile_error(grid: TauGrid, q, levels, new):
     """:func:`hierjax.inference.summaries.quantile_error` per dataset for mu (``new`` False) or
     theta_new (True): ``q [B, P]`` standard units, ``levels [P]``; returns ``[B]``."""
+
     def one(g, qb):
         w, w_fine = jnp.exp(g.log_weight), jnp.exp(g.log_weight_fine)
-        extra = jnp.where(new, g.tau ** 2, 0.0)
-        extra_fine = jnp.where(new, g.tau_fine ** 2, 0.0)
+        extra = jnp.where(new, g.tau**2, 0.0)
+        extra_fine = jnp.where(new, g.tau_fine**2, 0.0)
         k = jnp.argmax(w)
-        return quantile_error(qb, levels, w, g.mu.mean, jnp.sqrt(extra + g.mu.var), w_fine,
-                              g.mu_fine.mean, jnp.sqrt(extra_fine + g.mu_fine.var),
-                              jnp.sqrt(extra[k] + g.mu.var[k]))
+        return quantile_error(
+            qb,
+            levels,
+            w,
+            g.mu.mean,
+            jnp.sqrt(extra + g.mu.var),
+            w_fine,
+            g.mu_fine.mean,
+            jnp.sqrt(extra_fine + g.mu_fine.var),
+            jnp.sqrt(extra[k] + g.mu.var[k]),
+        )
+
     return jax.vmap(one)(grid, q)
 
 
@@ -685,15 +773,23 @@ def _check_far_quantiles(post: Posterior, param: str, q, levels):
     if param not in ("mu", "theta_new"):
         return
     dt = _dtype(post)
-    err = np.asarray(_far_quantile_error(post.grid, jnp.asarray(q, dt),
-                                         jnp.asarray(np.reshape(levels, -1), dt),
-                                         param == "theta_new"))
+    err = np.asarray(
+        _far_quantile_error(
+            post.grid,
+            jnp.asarray(q, dt),
+            jnp.asarray(np.reshape(levels, -1), dt),
+            param == "theta_new",
+        )
+    )
     bad = np.nonzero(err > 0.25 * float(np.finfo(dt).eps) ** 0.5)[0]
     if bad.size:
         names = ", ".join(str(post.names[b]) for b in bad[:5]) + (" ..." if bad.size > 5 else "")
-        warnings.warn(f"quantiles of {param} for {bad.size} dataset(s) ({names}) may be off by "
-                      f"up to {err[bad].max():.2g} sd at these levels (the 2n-rule disagrees): "
-                      "pass more nodes to hierjax.posterior", stacklevel=3)
+        warnings.warn(
+            f"quantiles of {param} for {bad.size} dataset(s) ({names}) may be off by "
+            f"up to {err[bad].max():.2g} sd at these levels (the 2n-rule disagrees): "
+            "pass more nodes to hierjax.posterior",
+            stacklevel=3,
+        )
 
 
 def _typical_sd(post: Posterior, param: str):
@@ -702,8 +798,8 @@ def _typical_sd(post: Posterior, param: str):
     ``y_rep`` that of ``theta_new`` and ``theta_j`` (smaller: a stricter unit)."""
     g = post.grid
     k = np.argmax(np.asarray(g.log_weight), axis=1)[:, None]
-    tau2 = np.take_along_axis(np.asarray(g.tau, np.float64), k, axis=1) ** 2       # [B, 1]
-    v_mu = np.take_along_axis(np.asarray(g.mu.var, np.float64), k, axis=1)          # [B, 1]
+    tau2 = np.take_along_axis(np.asarray(g.tau, np.float64), k, axis=1) ** 2  # [B, 1]
+    v_mu = np.take_along_axis(np.asarray(g.mu.var, np.float64), k, axis=1)  # [B, 1]
     if param in _GROUPED:
         # Var(theta_j | tau, y) = (1 - B_j) sigma_j^2 + B_j^2 V_mu, B_j = sigma_j^2 / v_j
         s2 = np.asarray(post.sigma2, np.float64)
@@ -723,17 +819,20 @@ def _check_rounding(post: Posterior, param: str, values):
     sd = _typical_sd(post, param)
     unit = post.scale.reshape((-1,) + (1,) * (sd.ndim - 1)) * sd
     unit = unit.reshape(unit.shape + (1,) * (values.ndim - unit.ndim))
-    moved = np.abs(values.astype(dt).astype(np.float64) - values) / unit     # nan: False
-    if param in _GROUPED:                  # padded groups hold stand-in values: not judged
+    moved = np.abs(values.astype(dt).astype(np.float64) - values) / unit  # nan: False
+    if param in _GROUPED:  # padded groups hold stand-in values: not judged
         moved = np.where(post.mask.reshape(post.mask.shape + (1,) * (moved.ndim - 2)), moved, 0.0)
     bad = np.nonzero((moved > GOAL[dt.itemsize * 8]).reshape(moved.shape[0], -1).any(axis=1))[0]
     if bad.size:
         names = ", ".join(str(post.names[b]) for b in bad[:5]) + (" ..." if bad.size > 5 else "")
         worst = np.nanmax(moved[bad])
-        warnings.warn(f"{param} for {bad.size} dataset(s) ({names}) cannot be held in {dt} "
-                      f"to {GOAL[dt.itemsize * 8]:g} of a posterior sd (off by up to "
-                      f"{worst:.2g} sd after the cast): compute in float64 "
-                      "(jax_enable_x64, or hierjax --x64)", stacklevel=3)
+        warnings.warn(
+            f"{param} for {bad.size} dataset(s) ({names}) cannot be held in {dt} "
+            f"to {GOAL[dt.itemsize * 8]:g} of a posterior sd (off by up to "
+            f"{worst:.2g} sd after the cast): compute in float64 "
+            "(jax_enable_x64, or hierjax --x64)",
+            stacklevel=3,
+        )
 
 
 def quantile(post: Posterior, param: str, p, *, sigma_new=None):
@@ -777,7 +876,7 @@ def interval(post: Posterior, param: str, level=0.95, kind: str = "central", *, 
         p = np.concatenate([0.5 * (1.0 - lv.reshape(-1)), 0.5 * (1.0 + lv.reshape(-1))])
         (q, _), _ = _level_op(post, param, p, sigma_new, "quantile")
         _check_far_quantiles(post, param, q, p)
-        lo, hi, scalar = q[..., :lv.size], q[..., lv.size:], lv.ndim == 0
+        lo, hi, scalar = q[..., : lv.size], q[..., lv.size :], lv.ndim == 0
     else:
         (lo, hi, _), scalar = _level_op(post, param, level, sigma_new, kind)
     lo, hi = (_from_std(post, param, np.asarray(a, np.float64)) for a in (lo, hi))
@@ -790,7 +889,8 @@ def interval(post: Posterior, param: str, level=0.95, kind: str = "central", *, 
 @jax.jit
 def _mu_at(y, sigma2, mask, mu_prior, tau2):
     return jax.vmap(lambda yb, sb, mb, mp, tb: mu_given_tau(tb, yb, sb, mb, mp))(
-        y, sigma2, mask, mu_prior, tau2)
+        y, sigma2, mask, mu_prior, tau2
+    )
 
 
 def predictive_prob(post: Posterior, threshold, sigma_new, side: str = "greater", *, tau=None):
@@ -824,9 +924,8 @@ def predictive_prob(post: Posterior, threshold, sigma_new, side: str = "greater"
     pts, scalar = _points(post, "mu", threshold, "threshold")
     t_std = t / post.scale
     d = _data(post)
-    mu = _in_blocks(_mu_at, (d.y, d.sigma2, d.mask, post.mu_prior,
-                             (t_std ** 2).astype(_dtype(post))))
-    sd = np.sqrt(np.asarray(mu.var, np.float64) + t_std ** 2 + sn ** 2)
+    mu = _in_blocks(_mu_at, (d.y, d.sigma2, d.mask, post.mu_prior, (t_std**2).astype(_dtype(post))))
+    sd = np.sqrt(np.asarray(mu.var, np.float64) + t_std**2 + sn**2)
     z = (_to_std(post, "mu", pts) - np.asarray(mu.mean, np.float64)[:, None]) / sd[:, None]
     z = z if side == "less" else -z
     p = np.asarray(ndtr(jnp.asarray(z, _dtype(post))), np.float64)
@@ -849,7 +948,7 @@ class PredictiveCheck(NamedTuple):
 
 
 def _check_one(d: _Data):
-    log_w, m, s = _mixture(d, "y_rep", None)          # [J, K]
+    log_w, m, s = _mixture(d, "y_rep", None)  # [J, K]
     w = jnp.exp(log_w)
     mean = jnp.sum(w * m, axis=-1)
     var = jnp.sum(w * (s * s + (m - mean[:, None]) ** 2), axis=-1)
@@ -871,8 +970,10 @@ def predictive_check(post: Posterior) -> PredictiveCheck:
             \Phi\Big(\frac{E[\theta_j \mid \tau_k, y] - y_j}
                           {\sqrt{Var[\theta_j \mid \tau_k, y] + \sigma_j^2}}\Big)
     """
-    mean, sd, p = (_own_groups(post, np.asarray(a, np.float64))
-                   for a in _in_blocks(_check_kernel, (_data(post),)))
+    mean, sd, p = (
+        _own_groups(post, np.asarray(a, np.float64))
+        for a in _in_blocks(_check_kernel, (_data(post),))
+    )
     mean = post.loc[:, None] + post.scale[:, None] * mean
     sd = post.scale[:, None] * sd
     dt = _dtype(post)
@@ -915,22 +1016,22 @@ def _shrink_one(d: _Data):
     B_j mu_hat``.
     """
     g = d.grid
-    w = jnp.exp(g.log_weight_fine)                               # [N]
-    t2 = g.tau_fine[:, None] ** 2                                # [N, 1]
-    v = d.sigma2[None, :] + t2                                   # [N, J]
+    w = jnp.exp(g.log_weight_fine)  # [N]
+    t2 = g.tau_fine[:, None] ** 2  # [N, 1]
+    v = d.sigma2[None, :] + t2  # [N, J]
     B = d.sigma2[None, :] / v
     one_minus_B = t2 / v
     prec = jnp.where(d.mask[None, :], 1.0 / v, 0.0)
     p0 = _prior_precision(d.mu_prior, v.dtype)
-    P = jnp.sum(prec, axis=1) + p0                               # [N]
-    W = prec / P[:, None]                                        # [N, J]
+    P = jnp.sum(prec, axis=1) + p0  # [N]
+    W = prec / P[:, None]  # [N, J]
     W0 = p0 / P
     shrink = w @ B
     mu_w, mu_w0 = w @ W, jnp.sum(w * W0)
     theta_w = jnp.diag(w @ one_minus_B) + (B * w[:, None]).T @ W
     theta_w0 = (B * w[:, None]).T @ W0
     s2 = _typical_variance(d.sigma2, d.mask)
-    i2_mean = jnp.sum(w * g.tau_fine ** 2 / (g.tau_fine ** 2 + s2))
+    i2_mean = jnp.sum(w * g.tau_fine**2 / (g.tau_fine**2 + s2))
     return shrink, mu_w, mu_w0, theta_w, theta_w0, i2_mean, s2
 
 
@@ -975,9 +1076,12 @@ def weights(post: Posterior) -> Weights:
     _, mu_w, mu_w0, th_w, th_w0, _, _ = _shrink(post)
     m = post.mask
     dt = _dtype(post)
-    return Weights(np.where(m, mu_w, np.nan).astype(dt), mu_w0.astype(dt),
-                   np.where(m[:, :, None] & m[:, None, :], th_w, np.nan).astype(dt),
-                   np.where(m, th_w0, np.nan).astype(dt))
+    return Weights(
+        np.where(m, mu_w, np.nan).astype(dt),
+        mu_w0.astype(dt),
+        np.where(m[:, :, None] & m[:, None, :], th_w, np.nan).astype(dt),
+        np.where(m, th_w0, np.nan).astype(dt),
+    )
 
 
 class I2Summary(NamedTuple):
@@ -1006,8 +1110,11 @@ def i2(post: Posterior, levels=DEFAULT_LEVELS) -> I2Summary:
     """
     out = _shrink(post)
     dt = _dtype(post)
-    return I2Summary(out[5].astype(dt), quantile(post, "I2", np.asarray(levels, np.float64)),
-                     (out[6] * post.scale ** 2).astype(dt))
+    return I2Summary(
+        out[5].astype(dt),
+        quantile(post, "I2", np.asarray(levels, np.float64)),
+        (out[6] * post.scale**2).astype(dt),
+    )
 
 
 # --------------------------------------------------------------------------- pairwise
@@ -1049,7 +1156,7 @@ def _pairwise_one(d: _Data):
 
     def at(t, mm, mv):
         E, C = _difference_terms(t * t, d.y, d.sigma2, MuGivenTau(mm, mv, mv))
-        return _Phi(t * E / jnp.sqrt(C))          # mean / sd = tau E / sqrt(C)
+        return _Phi(t * E / jnp.sqrt(C))  # mean / sd = tau E / sqrt(C)
 
     P = jnp.einsum("k,kij->ij", jnp.exp(g.log_weight), jax.vmap(at)(g.tau, g.mu.mean, g.mu.var))
     J = d.y.shape[0]
@@ -1072,7 +1179,8 @@ def pairwise_prob(post: Posterior):
     with the exact conditional moments of :func:`difference_given_tau`. The diagonal is
     0 (``P(theta_i > theta_i) = 0``); nan where a group is padded.
     """
-    P = _own_groups(post, np.asarray(_in_blocks(_pairwise_kernel, (_data(post),)), np.float64),
-                    (1, 2))
+    P = _own_groups(
+        post, np.asarray(_in_blocks(_pairwise_kernel, (_data(post),)), np.float64), (1, 2)
+    )
     m = post.mask
     return np.where(m[:, :, None] & m[:, None, :], P, np.nan).astype(_dtype(post))

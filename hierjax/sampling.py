@@ -23,32 +23,40 @@ and each group's ``theta`` normal (``fold_in(., 0)``, ``fold_in(., 1)``,
 its position in a block, the chunk size, the padding of ``J``, or ``num_draws``: the
 first ``S`` draws of a larger request are exactly the ``S`` draws of a smaller one.
 """
+
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hierjax.engine.prepare import grids_standardized, prepare
 from hierjax.engine.batch import InputError
 from hierjax.engine.cache import register
-from hierjax.model.conditionals import mu_given_tau, theta_given_mu_tau
-from hierjax.status import STATUS
+from hierjax.engine.prepare import grids_standardized, prepare
 from hierjax.inference.grid import TauGrid
-from hierjax.model.priors import MuPrior
 from hierjax.inference.summaries import tau_cdf_nodes, tau_quantile
+from hierjax.model.conditionals import mu_given_tau, theta_given_mu_tau
+from hierjax.model.priors import MuPrior
+from hierjax.status import STATUS
 
-__all__ = ["DRAW_CHUNK", "DatasetDraws", "Draws", "draws", "draws_dataset", "draws_standardized",
-           "to_arviz"]
+__all__ = [
+    "DRAW_CHUNK",
+    "DatasetDraws",
+    "Draws",
+    "draws",
+    "draws_dataset",
+    "draws_standardized",
+    "to_arviz",
+]
 
 #: Draws vmapped at once for one dataset; ``num_draws`` is padded to a multiple of it so
 #: that every draw is computed at the same vector width whatever ``S`` (bitwise prefixes).
 DRAW_CHUNK = 256
 _MAX_ITER = 100
-_FAST_STEPS = 0   # a single while loop: a small compile; lanes stop when done
+_FAST_STEPS = 0  # a single while loop: a small compile; lanes stop when done
 
 
 class DatasetDraws(NamedTuple):
@@ -91,8 +99,9 @@ class Draws(NamedTuple):
     groups: tuple
 
 
-def draws_dataset(key, grid: TauGrid, y, sigma2, mask, mu_prior: MuPrior,
-                  num_draws: int) -> DatasetDraws:
+def draws_dataset(
+    key, grid: TauGrid, y, sigma2, mask, mu_prior: MuPrior, num_draws: int
+) -> DatasetDraws:
     r"""``num_draws`` iid posterior draws for one standardised dataset.
 
     Args:
@@ -116,27 +125,29 @@ def draws_dataset(key, grid: TauGrid, y, sigma2, mask, mu_prior: MuPrior,
         u = jax.random.uniform(jax.random.fold_in(k, 0), (), dtype)
         tau, ok = tau_quantile(u, grid, cdf, fast_steps=_FAST_STEPS)  # tau = F^-1(U)
         tau2 = tau * tau
-        cond = mu_given_tau(tau2, y, sigma2, mask, mu_prior)     # mu | tau, y
-        mu = cond.mean + jnp.sqrt(cond.var) * jax.random.normal(jax.random.fold_in(k, 1), (),
-                                                                dtype)
-        mean, var = theta_given_mu_tau(mu, tau2, y, sigma2)     # theta_j | mu, tau, y
+        cond = mu_given_tau(tau2, y, sigma2, mask, mu_prior)  # mu | tau, y
+        mu = cond.mean + jnp.sqrt(cond.var) * jax.random.normal(jax.random.fold_in(k, 1), (), dtype)
+        mean, var = theta_given_mu_tau(mu, tau2, y, sigma2)  # theta_j | mu, tau, y
         z = jax.vmap(lambda j: jax.random.normal(jax.random.fold_in(k, 2 + j), (), dtype))(groups)
         return tau, mu, mean + jnp.sqrt(var) * z, ok
 
-    tau, mu, theta, ok = jax.lax.map(one, jnp.arange(num_draws, dtype=jnp.uint32),
-                                     batch_size=min(DRAW_CHUNK, num_draws))
+    tau, mu, theta, ok = jax.lax.map(
+        one, jnp.arange(num_draws, dtype=jnp.uint32), batch_size=min(DRAW_CHUNK, num_draws)
+    )
     limit = 0.1 * float(jnp.finfo(dtype).eps) ** 0.5
-    status = (jnp.where(grid.error > limit, STATUS["grid_unresolved"], 0)
-              | jnp.where(grid.truncated, STATUS["tail_truncated"], 0)
-              | jnp.where(jnp.all(ok) & grid.converged, 0, STATUS["unconverged"])
-              ).astype(jnp.int32)
+    status = (
+        jnp.where(grid.error > limit, STATUS["grid_unresolved"], 0)
+        | jnp.where(grid.truncated, STATUS["tail_truncated"], 0)
+        | jnp.where(jnp.all(ok) & grid.converged, 0, STATUS["unconverged"])
+    ).astype(jnp.int32)
     return DatasetDraws(tau, mu, theta, status)
 
 
 @register
 @functools.partial(jax.jit, static_argnames=("num_draws",))
-def draws_standardized(key, ids, grids: TauGrid, y, sigma2, mask, mu_prior, *,
-                       num_draws: int) -> DatasetDraws:
+def draws_standardized(
+    key, ids, grids: TauGrid, y, sigma2, mask, mu_prior, *, num_draws: int
+) -> DatasetDraws:
     """:func:`draws_dataset` over a block: ``[B]`` ids, grids with a leading ``B`` axis,
     ``[B, J]`` data, ``[B]`` prior leaves.
 
@@ -144,6 +155,7 @@ def draws_standardized(key, ids, grids: TauGrid, y, sigma2, mask, mu_prior, *,
     every draw is computed by the same code at the same width, whatever the block, so a
     dataset's draws are bitwise the same in any batch, order or chunking.
     """
+
     def one(args):
         i, g, yb, sb, mb, mp = args
         return draws_dataset(jax.random.fold_in(key, i), g, yb, sb, mb, mp, num_draws)
@@ -155,9 +167,22 @@ def _default_chunk(K: int, J: int) -> int:
     return 64
 
 
-def draws(y, sigma=None, *, key, num_draws: int, tau_prior="uniform", mu_prior="flat",
-          mask=None, names=None, groups=None, ids=None, nodes: Optional[int] = None,
-          dtype=None, chunk: Optional[int] = None) -> Draws:
+def draws(
+    y,
+    sigma=None,
+    *,
+    key,
+    num_draws: int,
+    tau_prior="uniform",
+    mu_prior="flat",
+    mask=None,
+    names=None,
+    groups=None,
+    ids=None,
+    nodes: int | None = None,
+    dtype=None,
+    chunk: int | None = None,
+) -> Draws:
     r"""Independent exact posterior draws of ``(tau, mu, theta)`` for one or many datasets.
 
     .. math::
@@ -195,9 +220,19 @@ def draws(y, sigma=None, *, key, num_draws: int, tau_prior="uniform", mu_prior="
         raise InputError(f"num_draws must be a positive integer, got {num_draws!r}")
     S = int(num_draws)
     key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
-    prep = prepare(y, sigma, tau_prior=tau_prior, mu_prior=mu_prior, mask=mask, names=names,
-                   groups=groups, nodes=nodes, chunk=chunk, dtype=dtype,
-                   default_chunk=_default_chunk)
+    prep = prepare(
+        y,
+        sigma,
+        tau_prior=tau_prior,
+        mu_prior=mu_prior,
+        mask=mask,
+        names=names,
+        groups=groups,
+        nodes=nodes,
+        chunk=chunk,
+        dtype=dtype,
+        default_chunk=_default_chunk,
+    )
     B = prep.batch.y.shape[0]
     if ids is None:
         ids_np = np.arange(B, dtype=np.int64)
@@ -205,7 +240,7 @@ def draws(y, sigma=None, *, key, num_draws: int, tau_prior="uniform", mu_prior="
         ids_np = np.asarray(ids)
         if ids_np.shape != (B,) or not np.issubdtype(ids_np.dtype, np.integer):
             raise InputError(f"ids must be {B} integers (one per dataset), got {ids!r}")
-        if np.any(ids_np < 0) or np.any(ids_np >= 2 ** 32):
+        if np.any(ids_np < 0) or np.any(ids_np >= 2**32):
             raise InputError("ids must lie in [0, 2**32)")
     ids_u32 = ids_np.astype(np.uint32)
     S_pad = -(-S // DRAW_CHUNK) * DRAW_CHUNK
@@ -213,8 +248,9 @@ def draws(y, sigma=None, *, key, num_draws: int, tau_prior="uniform", mu_prior="
     for sl in prep.blocks():
         y_b, s2_b, m_b, _, tp_b, mp_b = prep.block(sl)
         grids = grids_standardized(y_b, s2_b, m_b, tp_b, mp_b, n=prep.n)
-        block = draws_standardized(key, jnp.asarray(ids_u32[sl]), grids, y_b, s2_b, m_b, mp_b,
-                                   num_draws=S_pad)
+        block = draws_standardized(
+            key, jnp.asarray(ids_u32[sl]), grids, y_b, s2_b, m_b, mp_b, num_draws=S_pad
+        )
         tau_s, mu_s, theta_s = (np.asarray(a)[:, :S] for a in block[:3])
         out.append(DatasetDraws(tau_s, mu_s, theta_s, np.asarray(block.status)))
     res = jax.tree.map(lambda *a: np.concatenate(a), *out)
@@ -222,16 +258,23 @@ def draws(y, sigma=None, *, key, num_draws: int, tau_prior="uniform", mu_prior="
     dt = prep.dtype
     tau = (scale[:, None] * res.tau.astype(np.float64)).astype(dt)
     mu = (loc[:, None] + scale[:, None] * res.mu.astype(np.float64)).astype(dt)
-    W = prep.batch.width      # the input's own width: the padding for shapes never shows
+    W = prep.batch.width  # the input's own width: the padding for shapes never shows
     mask = prep.batch.mask[:, :W]
     theta = loc[:, None, None] + scale[:, None, None] * res.theta[..., :W].astype(np.float64)
     theta = np.where(mask[:, None, :], theta, np.nan).astype(dt)
-    return Draws(tau=tau, mu=mu, theta=theta, status=res.status.astype(np.int32),
-                 mask=mask, ids=ids_np, names=prep.batch.names,
-                 groups=prep.batch.groups)
+    return Draws(
+        tau=tau,
+        mu=mu,
+        theta=theta,
+        status=res.status.astype(np.int32),
+        mask=mask,
+        ids=ids_np,
+        names=prep.batch.names,
+        groups=prep.batch.groups,
+    )
 
 
-def to_arviz(d: Draws, dataset: Optional[int] = None):
+def to_arviz(d: Draws, dataset: int | None = None):
     """The draws as an ``arviz.InferenceData`` (one chain of ``S`` draws).
 
     Args:
@@ -263,12 +306,15 @@ def to_arviz(d: Draws, dataset: Optional[int] = None):
         labels = d.groups[b]
         labels = list(range(1, int(m.sum()) + 1)) if labels is None else list(labels)
         post = {"mu": d.mu[b][None], "tau": d.tau[b][None], "theta": d.theta[b][:, m][None]}
-        return az.from_dict(posterior=post, coords={"group": labels},
-                            dims={"theta": ["group"]})
-    post = {"mu": np.moveaxis(d.mu, 0, -1)[None], "tau": np.moveaxis(d.tau, 0, -1)[None],
-            "theta": np.moveaxis(d.theta, 0, 1)[None]}
+        return az.from_dict(posterior=post, coords={"group": labels}, dims={"theta": ["group"]})
+    post = {
+        "mu": np.moveaxis(d.mu, 0, -1)[None],
+        "tau": np.moveaxis(d.tau, 0, -1)[None],
+        "theta": np.moveaxis(d.theta, 0, 1)[None],
+    }
     names = [str(x) for x in d.names]
-    return az.from_dict(posterior=post,
-                        coords={"dataset": names, "group": list(range(1, d.theta.shape[2] + 1))},
-                        dims={"mu": ["dataset"], "tau": ["dataset"],
-                              "theta": ["dataset", "group"]})
+    return az.from_dict(
+        posterior=post,
+        coords={"dataset": names, "group": list(range(1, d.theta.shape[2] + 1))},
+        dims={"mu": ["dataset"], "tau": ["dataset"], "theta": ["dataset", "group"]},
+    )

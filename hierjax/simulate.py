@@ -3,6 +3,7 @@
 .. math::
     \\theta_{bj} \\sim N(\\mu, \\tau^2),\\qquad y_{bj} \\sim N(\\theta_{bj}, \\sigma_{bj}^2)
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -30,8 +31,15 @@ class Simulated(NamedTuple):
     tau: np.ndarray
 
 
-def simulate(n_datasets: int, n_groups: int = 8, *, seed: int = 0, mu: float = 8.0,
-             tau_scale: float = 5.0, sigma_range=(9.0, 18.0)) -> Simulated:
+def simulate(
+    n_datasets: int,
+    n_groups: int = 8,
+    *,
+    seed: int = 0,
+    mu: float = 8.0,
+    tau_scale: float = 5.0,
+    sigma_range=(9.0, 18.0),
+) -> Simulated:
     """Draw ``n_datasets`` eight-schools-like datasets.
 
     Per dataset ``tau ~ |Cauchy(0, tau_scale)|`` (clipped at 20 tau_scale) and

@@ -8,6 +8,7 @@ Usage::
 
 With no INPUT: the eight schools (BDA3 Table 5.2).
 """
+
 import sys
 
 from hierjax.io.cli import main

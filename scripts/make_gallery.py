@@ -6,6 +6,7 @@ Computes in float64 (uniform tau, flat mu; BDA3's choices) and writes impact.png
 shrinkage.png, densities.png and forest.png; ``docs/gallery/README.md`` holds the
 markdown block the main README includes.
 """
+
 import argparse
 import os
 import sys
@@ -17,11 +18,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default=os.path.join(HERE, os.pardir, "docs", "gallery"),
-                   help="output directory (default: docs/gallery)")
+    p.add_argument(
+        "--out",
+        default=os.path.join(HERE, os.pardir, "docs", "gallery"),
+        help="output directory (default: docs/gallery)",
+    )
     args = p.parse_args(argv)
     jax.config.update("jax_enable_x64", True)
     import matplotlib
+
     matplotlib.use("Agg")
 
     import hierjax

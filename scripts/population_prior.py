@@ -30,6 +30,7 @@ References:
     between-study heterogeneity and simple methods for their application in Bayesian
     meta-analysis, *Statistics in Medicine* 34(6).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,7 +84,8 @@ def total_log_evidence(params, y, sigma, mask):
     m, s = params[0], params[1]
     prior = hierjax.LogNormal(m, s)
     each = jax.vmap(lambda a, b, c: core.log_evidence(a, b, c, prior, hierjax.FlatMu()))(
-        y, sigma, mask)
+        y, sigma, mask
+    )
     return jnp.sum(each)
 
 
@@ -131,10 +133,12 @@ def fit(y, sigma, mask, start=(0.0, 1.0), max_iter: int = 30):
     dt = y.dtype
     eps = float(np.finfo(dt).eps)
     p = np.asarray(start, np.float64)
-    f, g = (np.float64(a) if np.ndim(a) == 0 else np.asarray(a, np.float64)
-            for a in _value_and_grad(jnp.asarray(p, dt), y, sigma, mask))
+    f, g = (
+        np.float64(a) if np.ndim(a) == 0 else np.asarray(a, np.float64)
+        for a in _value_and_grad(jnp.asarray(p, dt), y, sigma, mask)
+    )
     converged = False
-    for it in range(1, max_iter + 1):
+    for _ in range(1, max_iter + 1):
         h = eps ** (1.0 / 3.0) * np.maximum(np.abs(p), 0.1)
         H = _hessian(jnp.asarray(p, dt), y, sigma, mask, h)
         try:
@@ -169,8 +173,7 @@ def run(n_datasets: int = 2000, j_max: int = 20, truth=TRUTH, seed: int = 0) -> 
     est, H, iters, ok = fit(y, sigma, mask)
     t2 = time.perf_counter()
     cov = np.linalg.inv(H)
-    return Result(est, np.sqrt(np.diag(cov)), tuple(truth), ok, n_datasets, iters, t2 - t1,
-                  t1 - t0)
+    return Result(est, np.sqrt(np.diag(cov)), tuple(truth), ok, n_datasets, iters, t2 - t1, t1 - t0)
 
 
 def main(argv=None):
@@ -181,14 +184,18 @@ def main(argv=None):
     args = ap.parse_args(argv)
     jax.config.update("jax_enable_x64", True)
     res = run(args.n, args.j_max, seed=args.seed)
-    print(f"{res.n_datasets} simulated meta-analyses, J = 3..{args.j_max}, "
-          f"log tau ~ N(m, s^2); {res.iterations} Newton steps, converged {res.converged}")
+    print(
+        f"{res.n_datasets} simulated meta-analyses, J = 3..{args.j_max}, "
+        f"log tau ~ N(m, s^2); {res.iterations} Newton steps, converged {res.converged}"
+    )
     print(f"{'':4}{'truth':>10}{'estimate':>12}{'std error':>12}{'z':>8}")
     for name, t, e, se in zip(("m", "s"), res.truth, res.estimate, res.std_error):
         print(f"{name:4}{t:10.4f}{e:12.4f}{se:12.4f}{(e - t) / se:8.2f}")
-    print(f"time: compile and first evaluation {res.seconds_compile:.1f} s, fit with "
-          f"standard errors {res.seconds_fit:.1f} s; {jax.default_backend()}, "
-          f"{jax.devices()[0].device_kind}")
+    print(
+        f"time: compile and first evaluation {res.seconds_compile:.1f} s, fit with "
+        f"standard errors {res.seconds_fit:.1f} s; {jax.default_backend()}, "
+        f"{jax.devices()[0].device_kind}"
+    )
 
 
 if __name__ == "__main__":

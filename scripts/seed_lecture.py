@@ -6,6 +6,7 @@ tau integrated out; ``P(theta_j > 0 | y)``, ``P(mu > 0 | y)`` and the impact of 
 
     python scripts/seed_lecture.py [--x64]
 """
+
 import argparse
 
 import jax
@@ -19,13 +20,20 @@ def main():
     import numpy as np
 
     import hierjax
+
     y, sigma = hierjax.eight_schools()
     np.set_printoptions(precision=4, suppress=True)
     print("no pooling (MLE):        ", hierjax.no_pooling(y, sigma).mean[0])
     pooled = hierjax.complete_pooling(y, sigma)
     print("complete pooling mu:      %.6f (sd %.4f)" % (pooled.mean[0], pooled.sd[0]))
-    print("P(y_new >= 28 | sigma=15): %.7g" % hierjax.complete_pooling_predictive(y, sigma, 15, 28)[2][0])
-    print("P(y_new < -3 | sigma=16):  %.7g" % (1 - hierjax.complete_pooling_predictive(y, sigma, 16, -3)[2][0]))
+    print(
+        "P(y_new >= 28 | sigma=15): %.7g"
+        % hierjax.complete_pooling_predictive(y, sigma, 15, 28)[2][0]
+    )
+    print(
+        "P(y_new < -3 | sigma=16):  %.7g"
+        % (1 - hierjax.complete_pooling_predictive(y, sigma, 16, -3)[2][0])
+    )
     for tau in (0.0, 5.0, 10.0, 25.0):
         pp = hierjax.partial_pooling(y, sigma, tau=tau)
         print(f"E[theta | tau={tau:>4}, y]:  ", pp.theta_mean[0])

@@ -8,6 +8,7 @@ Compiling a kernel costs seconds, so the fixtures share batch shapes: the
 session-wide simulated batch (``B = 20``, ``J = 8``, uniform tau, flat mu, the
 default levels) is one compiled kernel that several test modules reuse.
 """
+
 from __future__ import annotations
 
 import csv
@@ -68,6 +69,7 @@ def write_csv(tmp_path):
     including ``'nan'`` or ``'abc'``, lands in the file verbatim). ``header=None``
     writes no header line.
     """
+
     def write(rows, name="data.csv", header=("dataset", "y", "sigma")):
         path = tmp_path / name
         with open(path, "w", newline="", encoding="utf-8") as fh:
@@ -77,6 +79,7 @@ def write_csv(tmp_path):
             for r in rows:
                 w.writerow(r)
         return path
+
     return write
 
 

@@ -31,6 +31,7 @@ For a *fixed* tau, :func:`joint_gaussian_posterior` and :func:`precision_posteri
 give the posterior of ``(mu, theta)`` by dense linear algebra, independent of the
 closed-form conditionals above.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,18 +42,42 @@ import warnings
 import numpy as np
 from scipy import integrate, optimize, special
 
-__all__ = ["LEVELS", "Reference", "RefMarginal", "reference", "parse_tau", "parse_mu",
-           "log_prior_tau", "joint_gaussian_posterior", "precision_posterior",
-           "joint_log_evidence", "CallableTau", "bayesmeta_tau_prior"]
+__all__ = [
+    "LEVELS",
+    "Reference",
+    "RefMarginal",
+    "reference",
+    "parse_tau",
+    "parse_mu",
+    "log_prior_tau",
+    "joint_gaussian_posterior",
+    "precision_posterior",
+    "joint_log_evidence",
+    "CallableTau",
+    "bayesmeta_tau_prior",
+]
 
 LEVELS = (0.025, 0.25, 0.5, 0.75, 0.975)
 
 _LOG_2PI = math.log(2.0 * math.pi)
 _SQRT2 = math.sqrt(2.0)
 EPSREL = 1e-13
-_CHECK = 1e-10          # largest acceptable quad error estimate (relative to the scale)
-_BREAK_LEVELS = (1e-10, 1e-6, 1e-3, 0.02, 0.1, 0.25, 0.5, 0.75, 0.9, 0.98, 0.999,
-                 1 - 1e-6, 1 - 1e-10)
+_CHECK = 1e-10  # largest acceptable quad error estimate (relative to the scale)
+_BREAK_LEVELS = (
+    1e-10,
+    1e-6,
+    1e-3,
+    0.02,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    0.9,
+    0.98,
+    0.999,
+    1 - 1e-6,
+    1 - 1e-10,
+)
 
 
 # --------------------------------------------------------------------------- priors
@@ -93,9 +118,14 @@ def log_prior_tau(kind, params, tau):
         return math.log(2.0 / math.pi) - math.log(s) - np.log1p((tau / s) ** 2)
     if kind == "half-t":
         nu, s = params
-        c = (math.log(2.0) + math.lgamma(0.5 * (nu + 1)) - math.lgamma(0.5 * nu)
-             - 0.5 * math.log(nu * math.pi) - math.log(s))
-        return c - 0.5 * (nu + 1) * np.log1p(tau ** 2 / (nu * s * s))
+        c = (
+            math.log(2.0)
+            + math.lgamma(0.5 * (nu + 1))
+            - math.lgamma(0.5 * nu)
+            - 0.5 * math.log(nu * math.pi)
+            - math.log(s)
+        )
+        return c - 0.5 * (nu + 1) * np.log1p(tau**2 / (nu * s * s))
     if kind == "exponential":
         (r,) = params
         return math.log(r) - r * tau
@@ -109,7 +139,9 @@ def dlog_prior_tau(kind, params, tau):
         t = np.asarray(tau, dtype=np.float64)
         h = 1e-5
         with np.errstate(divide="ignore", invalid="ignore"):
-            d = (kind.logpdf(t * math.exp(h)) - kind.logpdf(t * math.exp(-h))) / (t * 2.0 * math.sinh(h))
+            d = (kind.logpdf(t * math.exp(h)) - kind.logpdf(t * math.exp(-h))) / (
+                t * 2.0 * math.sinh(h)
+            )
         return np.where(t > 0, d, 0.0)
     if kind == "uniform":
         return 0.0 * tau
@@ -131,7 +163,8 @@ def tail_power(kind, params):
     if isinstance(kind, CallableTau):
         return kind.tail_power
     return {"uniform": 0.0, "half-cauchy": 2.0}.get(
-        kind, params[0] + 1.0 if kind == "half-t" else math.inf)
+        kind, params[0] + 1.0 if kind == "half-t" else math.inf
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,9 +187,17 @@ def _normalised(name, log_unnorm, tail, scale):
     """A proper CallableTau from an unnormalised log density, normalised by ``quad``."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", integrate.IntegrationWarning)
-        z = sum(integrate.quad(lambda t: math.exp(float(log_unnorm(np.array([t]))[0])), a, b,
-                               epsabs=0.0, epsrel=1e-13, limit=500)[0]
-                for a, b in ((0.0, scale), (scale, 100 * scale), (100 * scale, math.inf)))
+        z = sum(
+            integrate.quad(
+                lambda t: math.exp(float(log_unnorm(np.array([t]))[0])),
+                a,
+                b,
+                epsabs=0.0,
+                epsrel=1e-13,
+                limit=500,
+            )[0]
+            for a, b in ((0.0, scale), (scale, 100 * scale), (100 * scale, math.inf))
+        )
     return CallableTau(name, lambda t: log_unnorm(t) - math.log(z), tail, True)
 
 
@@ -180,19 +221,31 @@ def bayesmeta_tau_prior(name, sigma, *params) -> CallableTau:
     if name == "sqrt":
         return CallableTau(name, lambda t: -0.5 * np.log(t), 0.5, False)
     if name == "jeffreys":
-        return CallableTau(name, lambda t: 0.5 * np.log(np.sum((col(t) / (s2 + col(t) ** 2)) ** 2,
-                                                                axis=1)), 1.0, False)
+        return CallableTau(
+            name,
+            lambda t: 0.5 * np.log(np.sum((col(t) / (s2 + col(t) ** 2)) ** 2, axis=1)),
+            1.0,
+            False,
+        )
     if name == "berger-deely":
-        return CallableTau(name, lambda t: np.log(np.prod((col(t) / (s2 + col(t) ** 2)) ** (1.0 / k),
-                                                          axis=1)), 1.0, False)
+        return CallableTau(
+            name,
+            lambda t: np.log(np.prod((col(t) / (s2 + col(t) ** 2)) ** (1.0 / k), axis=1)),
+            1.0,
+            False,
+        )
     if name == "overall-jeffreys":
+
         def lu(t):
             v = s2 + col(t) ** 2
             return 0.5 * np.log(np.sum(1.0 / v, axis=1) * np.sum((col(t) / v) ** 2, axis=1))
+
         return _normalised(name, lu, 2.0, float(np.sqrt(s2.max())))
     if name == "conventional":
+
         def lu(t):
             return np.log(np.prod((col(t) / (s2 + col(t) ** 2) ** 1.5) ** (1.0 / k), axis=1))
+
         return _normalised(name, lu, 2.0, float(np.sqrt(s2.max())))
     if name == "dumouchel":
         s0 = math.sqrt(k / np.sum(1.0 / s2))
@@ -200,10 +253,10 @@ def bayesmeta_tau_prior(name, sigma, *params) -> CallableTau:
     if name in ("shrinkage", "i2"):
         if name == "shrinkage":
             c2 = k / np.sum(1.0 / s2)
-        else:   # Higgins and Thompson (2002), eq. 9
+        else:  # Higgins and Thompson (2002), eq. 9
             w = 1.0 / s2
-            c2 = (k - 1) * w.sum() / (w.sum() ** 2 - np.sum(w ** 2))
-        return CallableTau(name, lambda t: np.log(2.0 * c2 * t / (c2 + t ** 2) ** 2), 3.0, True)
+            c2 = (k - 1) * w.sum() / (w.sum() ** 2 - np.sum(w**2))
+        return CallableTau(name, lambda t: np.log(2.0 * c2 * t / (c2 + t**2) ** 2), 3.0, True)
     if name == "half-logistic":
         (s,) = params
         return CallableTau(name, lambda t: stats.halflogistic(scale=s).logpdf(t), math.inf, True)
@@ -215,12 +268,19 @@ def bayesmeta_tau_prior(name, sigma, *params) -> CallableTau:
         return CallableTau(name, lambda t: stats.rayleigh(scale=s).logpdf(t), math.inf, True)
     if name == "log-normal":
         m, s = params
-        return CallableTau(name, lambda t: stats.lognorm(s, scale=math.exp(m)).logpdf(t),
-                           math.inf, True)
-    if name == "inv-gamma":   # tau^2 ~ IG(a, b); p(tau) = 2 tau p_IG(tau^2)
+        return CallableTau(
+            name, lambda t: stats.lognorm(s, scale=math.exp(m)).logpdf(t), math.inf, True
+        )
+    if name == "inv-gamma":  # tau^2 ~ IG(a, b); p(tau) = 2 tau p_IG(tau^2)
         a, b = params
-        return CallableTau(name, lambda t: stats.invgamma(a, scale=b).logpdf(np.asarray(t) ** 2)
-                           + np.log(2.0 * np.asarray(t)), 2.0 * a + 1.0, True)
+        return CallableTau(
+            name,
+            lambda t: (
+                stats.invgamma(a, scale=b).logpdf(np.asarray(t) ** 2) + np.log(2.0 * np.asarray(t))
+            ),
+            2.0 * a + 1.0,
+            True,
+        )
     raise ValueError(name)
 
 
@@ -236,7 +296,7 @@ class RefMarginal:
     mean_exists: bool
     sd_exists: bool
     levels: tuple
-    scale: float   # sd where it exists, else the interquartile range
+    scale: float  # sd where it exists, else the interquartile range
 
 
 def _phi(z):
@@ -258,7 +318,7 @@ class Reference:
         else:
             self.kind, self.params = parse_tau(tau_prior)
         self.mu_prior = parse_mu(mu_prior)
-        s2 = self.sigma ** 2
+        s2 = self.sigma**2
         # Centre: the model is translation equivariant (the mu prior's location moves too).
         self.c = float(np.sum(self.y / s2) / np.sum(1.0 / s2))
         self.yc = self.y - self.c
@@ -267,11 +327,14 @@ class Reference:
             self.p0, self.m0c, self.logdet0, n = 0.0, 0.0, 0.0, J
         else:
             m0, s0 = self.mu_prior
-            self.p0, self.m0c, self.logdet0, n = 1.0 / s0 ** 2, m0 - self.c, 2.0 * math.log(s0), J + 1
+            self.p0, self.m0c, self.logdet0, n = 1.0 / s0**2, m0 - self.c, 2.0 * math.log(s0), J + 1
         self.const = (n - 1) * _LOG_2PI + self.logdet0
-        self.alpha = J - (2.0 if self.mu_prior is None else 1.0) + tail_power(self.kind, self.params)
-        self.proper = (self.kind.proper if isinstance(self.kind, CallableTau)
-                       else self.kind != "uniform") and self.mu_prior is not None
+        self.alpha = (
+            J - (2.0 if self.mu_prior is None else 1.0) + tail_power(self.kind, self.params)
+        )
+        self.proper = (
+            self.kind.proper if isinstance(self.kind, CallableTau) else self.kind != "uniform"
+        ) and self.mu_prior is not None
         self._memo = {}
         self._setup()
 
@@ -282,9 +345,9 @@ class Reference:
         out_lp = np.empty(tau.size)
         out_m = np.empty(tau.size)
         out_v = np.empty(tau.size)
-        step = max(1, 2 ** 20 // self.J)
+        step = max(1, 2**20 // self.J)
         for a in range(0, tau.size, step):
-            t = tau[a:a + step, None]
+            t = tau[a : a + step, None]
             v = self.s2[None, :] + t * t
             prec = 1.0 / v
             P = prec.sum(axis=1) + self.p0
@@ -292,9 +355,9 @@ class Reference:
             r = self.yc[None, :] - mh[:, None]
             quadf = np.sum(r * r * prec, axis=1) + self.p0 * (self.m0c - mh) ** 2
             ll = -0.5 * (self.const + np.log(v).sum(axis=1) + np.log(P) + quadf)
-            out_lp[a:a + step] = ll + log_prior_tau(self.kind, self.params, t[:, 0])
-            out_m[a:a + step] = mh
-            out_v[a:a + step] = 1.0 / P
+            out_lp[a : a + step] = ll + log_prior_tau(self.kind, self.params, t[:, 0])
+            out_m[a : a + step] = mh
+            out_v[a : a + step] = 1.0 / P
         return out_lp, out_m, out_v
 
     def log_post(self, tau):
@@ -325,8 +388,11 @@ class Reference:
         P = prec.sum(axis=1) + self.p0
         mh = (prec @ self.yc + self.p0 * self.m0c) / P
         r = self.yc[None, :] - mh[:, None]
-        d_t2 = (-0.5 * prec.sum(axis=1) + 0.5 * np.sum(r * r * prec * prec, axis=1)
-                + 0.5 * np.sum(prec * prec, axis=1) / P)
+        d_t2 = (
+            -0.5 * prec.sum(axis=1)
+            + 0.5 * np.sum(r * r * prec * prec, axis=1)
+            + 0.5 * np.sum(prec * prec, axis=1) / P
+        )
         return 2.0 * t[:, 0] * d_t2 + dlog_prior_tau(self.kind, self.params, t[:, 0])
 
     def _node(self, tau):
@@ -367,9 +433,18 @@ class Reference:
         cands = [(lp0, 0.0)] if math.isfinite(lp0) or lp0 < 0 else []
         for k in np.flatnonzero((d[:-1] > 0) & (d[1:] <= 0)):
             a, b = tau_grid[k], tau_grid[k + 1]
-            root = optimize.brentq(lambda t: float(self._dlog_post([t])[0]), a, b,
-                                   xtol=1e-300, rtol=4 * np.finfo(float).eps, maxiter=200) \
-                if d[k + 1] < 0 else b
+            root = (
+                optimize.brentq(
+                    lambda t: float(self._dlog_post([t])[0]),
+                    a,
+                    b,
+                    xtol=1e-300,
+                    rtol=4 * np.finfo(float).eps,
+                    maxiter=200,
+                )
+                if d[k + 1] < 0
+                else b
+            )
             cands.append((float(self.log_post([root])[0]), root))
         lmode, self.mode = max(cands) if cands else (-math.inf, 0.0)
         self.lmax = max(lmode, float(lp.max()))
@@ -392,11 +467,14 @@ class Reference:
         bps = [float(np.exp(np.interp(p, cum, x))) for p in _BREAK_LEVELS]
         lo_b, hi_b = bps[0], bps[-1]
         bps += [self.mode, float(np.exp(x[int(np.argmax(h))]))]
-        bps += [s for s in (float(sig.min()), float(np.median(sig)), float(sig.max()))
-                if lo_b < s < hi_b]
+        bps += [
+            s
+            for s in (float(sig.min()), float(np.median(sig)), float(sig.max()))
+            if lo_b < s < hi_b
+        ]
         bps = sorted(b for b in set(bps) if b > 0)
         merged = []
-        for b in bps:   # drop breakpoints closer than 1e-6 relative
+        for b in bps:  # drop breakpoints closer than 1e-6 relative
             if not merged or b > merged[-1] * (1 + 1e-6):
                 merged.append(b)
         self.breaks = merged
@@ -419,23 +497,32 @@ class Reference:
                 if b == math.inf and a > 0:
                     # tau = a w, w in [1, inf): quad's own map of an infinite range has a
                     # fixed unit scale, which a tail at tau ~ 1e9 would defeat
-                    val, e = integrate.quad(lambda w: a * func(a * w), 1.0, math.inf,
-                                            epsabs=0.0, epsrel=EPSREL, limit=500)
+                    val, e = integrate.quad(
+                        lambda w: a * func(a * w),
+                        1.0,
+                        math.inf,
+                        epsabs=0.0,
+                        epsrel=EPSREL,
+                        limit=500,
+                    )
                 else:
                     val, e = integrate.quad(func, a, b, epsabs=0.0, epsrel=EPSREL, limit=500)
                 total += val
                 err += e
         scale = abs(total) if check_scale is None else check_scale
         if not err <= _CHECK * scale + 1e-300:
-            raise RuntimeError(f"quad error estimate {err:.3g} too large for {scale:.3g} "
-                               f"(breaks {self.breaks})")
+            raise RuntimeError(
+                f"quad error estimate {err:.3g} too large for {scale:.3g} (breaks {self.breaks})"
+            )
         return total, err
 
     def expect(self, g, check_scale=None):
         """``E[g(tau, mu_hat, V_mu) | y]`` (centred units)."""
+
         def f(t):
             w, m, v = self._node(t)
             return w * g(t, m, v)
+
         zs = None if check_scale is None else check_scale * self.Z
         return self._integrate(f, check_scale=zs)[0] / self.Z
 
@@ -453,6 +540,7 @@ class Reference:
                 t2 = t * t
                 omb, b = t2 / (s2j + t2), s2j / (s2j + t2)
                 return omb * yj + b * m, math.sqrt(omb * s2j + b * b * v)
+
             return comp
         raise ValueError(name)
 
@@ -470,8 +558,9 @@ class Reference:
         """``P(phi <= q | y)`` for ``q`` in data units."""
         comp = self._component(name, j)
         qc = q - self.c
-        return self.expect(lambda t, m, v: _phi((qc - comp(t, m, v)[0]) / comp(t, m, v)[1]),
-                           check_scale=1.0)
+        return self.expect(
+            lambda t, m, v: _phi((qc - comp(t, m, v)[0]) / comp(t, m, v)[1]), check_scale=1.0
+        )
 
     def tau_cdf(self, q):
         """``P(tau <= q | y)``."""
@@ -479,8 +568,9 @@ class Reference:
 
     def tau_sf(self, q):
         """``P(tau > q | y)``."""
-        return self._integrate(lambda t: self._node(t)[0], q, math.inf,
-                               check_scale=self.Z)[0] / self.Z
+        return (
+            self._integrate(lambda t: self._node(t)[0], q, math.inf, check_scale=self.Z)[0] / self.Z
+        )
 
     # ---- distribution functions, predictive, shrinkage, weights, pairs -------------
     # (for tests/test_posterior.py; each is one quad over tau of a closed form given tau)
@@ -497,6 +587,7 @@ class Reference:
             def rep(t, m, v):
                 mm, ss = comp(t, m, v)
                 return mm, math.sqrt(ss * ss + s2j)
+
             return rep
         return self._component(name, j)
 
@@ -517,6 +608,7 @@ class Reference:
             mm, ss = comp(t, m, v)
             z = (qc - mm) / ss
             return math.exp(-0.5 * z * z) / (ss * math.sqrt(2.0 * math.pi))
+
         return self.expect(f)
 
     def cdf(self, name, q, j=None, sigma_new=None):
@@ -525,8 +617,9 @@ class Reference:
             return self.tau_cdf(q)
         comp = self._general_component(name, j, sigma_new)
         qc = q - self.c
-        return self.expect(lambda t, m, v: _phi((qc - comp(t, m, v)[0]) / comp(t, m, v)[1]),
-                           check_scale=1.0)
+        return self.expect(
+            lambda t, m, v: _phi((qc - comp(t, m, v)[0]) / comp(t, m, v)[1]), check_scale=1.0
+        )
 
     def sf(self, name, q, j=None, sigma_new=None):
         """``P(phi > q | y)`` of any marginal, tau included."""
@@ -534,8 +627,9 @@ class Reference:
             return self.tau_sf(q)
         comp = self._general_component(name, j, sigma_new)
         qc = q - self.c
-        return self.expect(lambda t, m, v: _phi((comp(t, m, v)[0] - qc) / comp(t, m, v)[1]),
-                           check_scale=1.0)
+        return self.expect(
+            lambda t, m, v: _phi((comp(t, m, v)[0] - qc) / comp(t, m, v)[1]), check_scale=1.0
+        )
 
     def shrinkage(self, j):
         """``E[sigma_j^2 / (sigma_j^2 + tau^2) | y]``."""
@@ -561,6 +655,7 @@ class Reference:
             b = s2j / (s2j + t * t)
             own = (1.0 - b) if i == j else 0.0
             return own + b * self._mu_weight(t, i)
+
         return self.expect(f, check_scale=1.0)
 
     def i2_s2(self):
@@ -588,13 +683,16 @@ class Reference:
             bi, bj = s2i / (s2i + t * t), s2j / (s2j + t * t)
             var = si * si + sj * sj - 2.0 * bi * bj * v
             return _phi((mi - mj) / math.sqrt(var)) if var > 0 else 0.5
+
         return self.expect(f, check_scale=1.0)
+
     # ---- densities -------------------------------------------------------
     def mu_density(self, mu):
         """``p(mu | y) = int p(tau | y) N(mu | mu_hat(tau), V_mu(tau)) dtau`` (one ``quad``)."""
         mc = float(mu) - self.c
-        return self.expect(lambda t, m, v: math.exp(-0.5 * (mc - m) ** 2 / v)
-                           / math.sqrt(2.0 * math.pi * v))
+        return self.expect(
+            lambda t, m, v: math.exp(-0.5 * (mc - m) ** 2 / v) / math.sqrt(2.0 * math.pi * v)
+        )
 
     # ---- quantiles ---------------------------------------------------------
     @staticmethod
@@ -615,8 +713,7 @@ class Reference:
             return a
         if fb == 0:
             return b
-        return optimize.brentq(fun, a, b, xtol=1e-300, rtol=4 * np.finfo(float).eps,
-                               maxiter=200)
+        return optimize.brentq(fun, a, b, xtol=1e-300, rtol=4 * np.finfo(float).eps, maxiter=200)
 
     def _tab_mixture_quantile(self, name, p, j):
         m, s = self._tab_component(name, j)
@@ -624,6 +721,7 @@ class Reference:
 
         def F(q):
             return float(np.sum(w * special.ndtr((q - m) / s))) - p
+
         lo = float(np.min(m - 40 * s))
         hi = float(np.max(m + 40 * s))
         return optimize.brentq(F, lo, hi, xtol=1e-12 * (hi - lo))
@@ -632,15 +730,23 @@ class Reference:
         guess = self._tab_mixture_quantile(name, p, j)
         comp = self._component(name, j)
         if p <= 0.5:
+
             def fun(qc):
-                return self.expect(
-                    lambda t, m, v: _phi((qc - comp(t, m, v)[0]) / comp(t, m, v)[1]),
-                    check_scale=1.0) - p
-        else:   # survival function: no cancellation near 1
+                return (
+                    self.expect(
+                        lambda t, m, v: _phi((qc - comp(t, m, v)[0]) / comp(t, m, v)[1]),
+                        check_scale=1.0,
+                    )
+                    - p
+                )
+        else:  # survival function: no cancellation near 1
+
             def fun(qc):
                 return (1.0 - p) - self.expect(
                     lambda t, m, v: _phi((comp(t, m, v)[0] - qc) / comp(t, m, v)[1]),
-                    check_scale=1.0)
+                    check_scale=1.0,
+                )
+
         return self._root(fun, guess, 1e-3 * scale) + self.c
 
     def _tau_quantile(self, p):
@@ -648,15 +754,18 @@ class Reference:
         lx = math.log(guess)
         # root in log tau: the tau posterior can span many orders of magnitude
         if p <= 0.5:
+
             def fun(x):
                 return self.tau_cdf(math.exp(x)) - p
         else:
+
             def fun(x):
                 return (1.0 - p) - self.tau_sf(math.exp(x))
+
         return math.exp(self._root(fun, lx, 1e-3))
 
     # ---- summaries ---------------------------------------------------------
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def moments(self, name, j=None):
         """``(mean, sd, mean_exists, sd_exists, p_gt0)`` of a marginal in data units."""
         has_mean, has_sd = self.alpha > 1.0, self.alpha > 2.0
@@ -670,23 +779,28 @@ class Reference:
             has_mean = has_sd = True
         comp = self._component(name, j)
         if has_mean:
-            mean = self.expect(lambda t, m, v: comp(t, m, v)[0],
-                               check_scale=float(np.sqrt(np.sum(self._tab_w * self._tab_v))))
+            mean = self.expect(
+                lambda t, m, v: comp(t, m, v)[0],
+                check_scale=float(np.sqrt(np.sum(self._tab_w * self._tab_v))),
+            )
         else:
             mean = math.nan
         if has_sd:
+
             def second(t, m, v):
                 mm, ss = comp(t, m, v)
                 return ss * ss + (mm - mean) ** 2
+
             sd = math.sqrt(self.expect(second))
         else:
             sd = math.inf
         thr = -self.c
-        pgt = self.expect(lambda t, m, v: _phi((comp(t, m, v)[0] - thr) / comp(t, m, v)[1]),
-                          check_scale=1.0)
+        pgt = self.expect(
+            lambda t, m, v: _phi((comp(t, m, v)[0] - thr) / comp(t, m, v)[1]), check_scale=1.0
+        )
         return (mean + self.c if has_mean else mean), sd, has_mean, has_sd, pgt
 
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def quantile(self, name, p, j=None):
         """The ``p`` quantile of a marginal in data units (``name``: tau, mu, theta, theta_new)."""
         if name == "tau":
@@ -698,7 +812,7 @@ class Reference:
     def _rough_iqr(self, name, j):
         return self._tab_mixture_quantile(name, 0.75, j) - self._tab_mixture_quantile(name, 0.25, j)
 
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def marginal(self, name, j=None, levels=LEVELS):
         """:class:`RefMarginal` of ``tau``, ``mu``, ``theta`` (group ``j``) or ``theta_new``."""
         mean, sd, has_mean, has_sd, pgt = self.moments(name, j)
@@ -707,11 +821,12 @@ class Reference:
         return RefMarginal(mean, sd, q, pgt, has_mean, has_sd, tuple(levels), scale)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def reference(y, sigma, tau_prior="uniform", mu_prior="flat") -> Reference:
     """Cached :class:`Reference` (``y`` and ``sigma`` as tuples of floats)."""
-    return Reference(np.array(y, dtype=np.float64), np.array(sigma, dtype=np.float64),
-                     tau_prior, mu_prior)
+    return Reference(
+        np.array(y, dtype=np.float64), np.array(sigma, dtype=np.float64), tau_prior, mu_prior
+    )
 
 
 # --------------------------------------------------------------------------- fixed tau: dense
@@ -730,15 +845,15 @@ def joint_gaussian_posterior(y, sigma, tau, m0, s0):
     # (mu, theta, y) = L @ (mu, eta, eps) + mean with independent standard pieces.
     L = np.zeros((n, n))
     L[0, 0] = s0
-    L[1:J + 1, 0] = s0
-    L[1:J + 1, 1:J + 1] = tau * np.eye(J)
-    L[J + 1:, 0] = s0
-    L[J + 1:, 1:J + 1] = tau * np.eye(J)
-    L[J + 1:, J + 1:] = np.diag(np.sqrt(s2))
+    L[1 : J + 1, 0] = s0
+    L[1 : J + 1, 1 : J + 1] = tau * np.eye(J)
+    L[J + 1 :, 0] = s0
+    L[J + 1 :, 1 : J + 1] = tau * np.eye(J)
+    L[J + 1 :, J + 1 :] = np.diag(np.sqrt(s2))
     S = L @ L.T
     mean = np.full(n, float(m0))
     a, b = slice(0, J + 1), slice(J + 1, n)
-    d = np.sqrt(np.diag(S[b, b]))           # Jacobi equilibration of the solve
+    d = np.sqrt(np.diag(S[b, b]))  # Jacobi equilibration of the solve
     K = (np.linalg.solve(S[b, b] / np.outer(d, d), S[b, a] / d[:, None]) / d[:, None]).T
     post_mean = mean[a] + K @ (y - mean[b])
     post_cov = S[a, a] - K @ S[b, a]
@@ -762,8 +877,8 @@ def precision_posterior(y, sigma, tau, m0=None, s0=None):
     Q[1:, 1:] = np.diag(1.0 / t2 + 1.0 / s2)
     b[1:] = y / s2
     if s0 is not None:
-        Q[0, 0] += 1.0 / s0 ** 2
-        b[0] += m0 / s0 ** 2
+        Q[0, 0] += 1.0 / s0**2
+        b[0] += m0 / s0**2
     # Jacobi equilibration: sigma_j spanning 1e6 would otherwise cost digits in inv()
     d = np.sqrt(np.diag(Q))
     Qs = Q / np.outer(d, d)

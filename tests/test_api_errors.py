@@ -4,17 +4,17 @@ or, with ``skip_invalid=True``, status ``invalid`` and nan results for those dat
 Only the ``skip_invalid`` tests compile, and they reuse the session's simulated
 batch shape (``B = 20``, ``J = 8``, uniform tau, flat mu).
 """
+
 from __future__ import annotations
 
 import re
 
 import numpy as np
 import pytest
-
-import hierjax
-
 from conftest import N_SIM
 from test_structure import assert_fits_equal
+
+import hierjax
 
 INVALID = hierjax.STATUS["invalid"]
 
@@ -47,8 +47,9 @@ def _dataset_named(msg, name):
     return re.search(r"dataset \'?" + re.escape(str(name)) + r"\b\'?", msg) is not None
 
 
-@pytest.mark.parametrize("field,value,where,why", [b[1:] for b in BAD_VALUES],
-                         ids=[b[0] for b in BAD_VALUES])
+@pytest.mark.parametrize(
+    "field,value,where,why", [b[1:] for b in BAD_VALUES], ids=[b[0] for b in BAD_VALUES]
+)
 @pytest.mark.parametrize("layout", ["single", "rectangular", "ragged", "named"])
 def test_bad_value_raises_naming_dataset_and_field(layout, field, value, where, why):
     if layout == "single":
@@ -124,21 +125,26 @@ def test_non_numeric_value(layout):
 
 def test_two_groups_need_three_under_uniform_flat():
     with pytest.raises(ValueError) as e:
-        hierjax.fit([[1.0, 2.0, 3.0], [1.0, 2.0]], [[1.0, 1.0, 1.0], [1.0, 1.0]],
-                    names=["ok", "short"])
+        hierjax.fit(
+            [[1.0, 2.0, 3.0], [1.0, 2.0]], [[1.0, 1.0, 1.0], [1.0, 1.0]], names=["ok", "short"]
+        )
     msg = str(e.value)
     assert _dataset_named(msg, "short") and "2 group" in msg and "3" in msg, msg
     assert "uniform" in msg and "flat" in msg
 
 
-@pytest.mark.parametrize("tau_prior,mu_prior,need", [
-    ("half-cauchy:5", "flat", 1),
-    ("uniform", "normal:0,10", 2),
-    ("half-normal:3", "normal:0,10", 1),
-])
+@pytest.mark.parametrize(
+    "tau_prior,mu_prior,need",
+    [
+        ("half-cauchy:5", "flat", 1),
+        ("uniform", "normal:0,10", 2),
+        ("half-normal:3", "normal:0,10", 1),
+    ],
+)
 def test_min_groups_by_prior(tau_prior, mu_prior, need):
     """One fewer group than the prior pair needs is an error naming the dataset."""
     from hierjax.engine.batch import min_groups
+
     tp, mp = hierjax.parse_tau_prior(tau_prior), hierjax.parse_mu_prior(mu_prior)
     assert min_groups(tp, mp) == need
     if need > 1:
@@ -146,19 +152,33 @@ def test_min_groups_by_prior(tau_prior, mu_prior, need):
             hierjax.fit([1.0], [1.0], tau_prior=tau_prior, mu_prior=mu_prior)
 
 
-@pytest.mark.parametrize("y,sigma,kw,fragment", [
-    (np.zeros(8), np.ones(7), {}, "shape"),
-    (np.zeros((2, 8)), np.ones((3, 8)), {}, "shape"),
-    (np.zeros((2, 8)), np.ones(8), {}, "shape"),
-    (np.zeros((2, 2, 8)), np.ones((2, 2, 8)), {}, "shape"),
-    (np.zeros((2, 8)), np.ones((2, 8)), {"mask": np.ones((2, 7), bool)}, "mask"),
-    (np.zeros((2, 8)), np.ones((2, 8)), {"names": ["a"]}, "names"),
-    ([np.zeros(4), np.zeros(3)], [np.ones(4), np.ones(4)], {}, "dataset 1"),
-    ([np.zeros(4), np.zeros(3)], [np.ones(4)], {}, "sigma"),
-    ([np.zeros(4), np.zeros(3)], np.ones((2, 4)), {}, "sigma"),
-    ([np.zeros(4)], [np.ones(4)], {"mask": np.ones((1, 4), bool)}, "mask"),
-], ids=["J-mismatch", "B-mismatch", "batch-vs-single", "3-d", "mask-shape", "names-length",
-        "ragged-lengths", "ragged-count", "ragged-vs-array", "ragged-with-mask"])
+@pytest.mark.parametrize(
+    "y,sigma,kw,fragment",
+    [
+        (np.zeros(8), np.ones(7), {}, "shape"),
+        (np.zeros((2, 8)), np.ones((3, 8)), {}, "shape"),
+        (np.zeros((2, 8)), np.ones(8), {}, "shape"),
+        (np.zeros((2, 2, 8)), np.ones((2, 2, 8)), {}, "shape"),
+        (np.zeros((2, 8)), np.ones((2, 8)), {"mask": np.ones((2, 7), bool)}, "mask"),
+        (np.zeros((2, 8)), np.ones((2, 8)), {"names": ["a"]}, "names"),
+        ([np.zeros(4), np.zeros(3)], [np.ones(4), np.ones(4)], {}, "dataset 1"),
+        ([np.zeros(4), np.zeros(3)], [np.ones(4)], {}, "sigma"),
+        ([np.zeros(4), np.zeros(3)], np.ones((2, 4)), {}, "sigma"),
+        ([np.zeros(4)], [np.ones(4)], {"mask": np.ones((1, 4), bool)}, "mask"),
+    ],
+    ids=[
+        "J-mismatch",
+        "B-mismatch",
+        "batch-vs-single",
+        "3-d",
+        "mask-shape",
+        "names-length",
+        "ragged-lengths",
+        "ragged-count",
+        "ragged-vs-array",
+        "ragged-with-mask",
+    ],
+)
 def test_mismatched_shapes(y, sigma, kw, fragment):
     with pytest.raises(ValueError) as e:
         hierjax.fit(y, sigma, **kw)
@@ -166,12 +186,16 @@ def test_mismatched_shapes(y, sigma, kw, fragment):
     assert fragment in msg or fragment.replace("names", "name") in msg, msg
 
 
-@pytest.mark.parametrize("y,sigma,fragment", [
-    ([], [], "no groups"),
-    (np.zeros((0, 8)), np.ones((0, 8)), "no datasets"),
-    (np.zeros((1, 0)), np.ones((1, 0)), "no groups"),
-    ([np.zeros(3), np.zeros(0)], [np.ones(3), np.ones(0)], "no groups"),
-], ids=["empty-list", "zero-datasets", "zero-groups", "ragged-empty-dataset"])
+@pytest.mark.parametrize(
+    "y,sigma,fragment",
+    [
+        ([], [], "no groups"),
+        (np.zeros((0, 8)), np.ones((0, 8)), "no datasets"),
+        (np.zeros((1, 0)), np.ones((1, 0)), "no groups"),
+        ([np.zeros(3), np.zeros(0)], [np.ones(3), np.ones(0)], "no groups"),
+    ],
+    ids=["empty-list", "zero-datasets", "zero-groups", "ragged-empty-dataset"],
+)
 def test_empty_input(y, sigma, fragment):
     with pytest.raises(ValueError) as e:
         hierjax.fit(y, sigma)
@@ -184,9 +208,11 @@ def test_empty_ragged_dataset_is_named():
     assert _dataset_named(str(e.value), "b"), str(e.value)
 
 
-@pytest.mark.parametrize("levels", [[0.0, 0.5], [0.5, 1.0], [1.5], [-0.1, 0.5], [np.nan],
-                                    [0.5, np.inf]],
-                         ids=["zero", "one", "above-one", "negative", "nan", "inf"])
+@pytest.mark.parametrize(
+    "levels",
+    [[0.0, 0.5], [0.5, 1.0], [1.5], [-0.1, 0.5], [np.nan], [0.5, np.inf]],
+    ids=["zero", "one", "above-one", "negative", "nan", "inf"],
+)
 def test_bad_quantile_levels(levels):
     y, s = _y_s()
     with pytest.raises(ValueError, match="quantile"):
@@ -200,17 +226,31 @@ def test_bad_nodes(nodes):
         hierjax.fit(y, s, nodes=nodes)
 
 
-@pytest.mark.parametrize("spec", ["half-cauchy", "foo:1", "half-normal:-1", "half-cauchy:0",
-                                  "half-t:3", "half-t:-1,2", "exponential:0", "uniform:3",
-                                  "half-cauchy:nan", "half-cauchy:inf", 5.0])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "half-cauchy",
+        "foo:1",
+        "half-normal:-1",
+        "half-cauchy:0",
+        "half-t:3",
+        "half-t:-1,2",
+        "exponential:0",
+        "uniform:3",
+        "half-cauchy:nan",
+        "half-cauchy:inf",
+        5.0,
+    ],
+)
 def test_bad_tau_prior(spec):
     y, s = _y_s()
     with pytest.raises(ValueError):
         hierjax.fit(y, s, tau_prior=spec)
 
 
-@pytest.mark.parametrize("spec", ["normal", "normal:0", "normal:0,-1", "normal:nan,1",
-                                  "cauchy:0,1", "flat:1", None])
+@pytest.mark.parametrize(
+    "spec", ["normal", "normal:0", "normal:0,-1", "normal:nan,1", "cauchy:0,1", "flat:1", None]
+)
 def test_bad_mu_prior(spec):
     y, s = _y_s()
     with pytest.raises(ValueError):
@@ -221,6 +261,7 @@ def test_bad_mu_prior(spec):
 # skip_invalid
 # --------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def skipped(sim):
     """The simulated batch with datasets 2, 7, 11 and 19 made invalid, fitted with skip_invalid."""
@@ -229,7 +270,7 @@ def skipped(sim):
     y[2, 4] = np.nan
     s[7, 0] = 0.0
     s[11, 3] = np.inf
-    mask[19, 2:] = False                      # two groups: too few under uniform / flat
+    mask[19, 2:] = False  # two groups: too few under uniform / flat
     names = [f"d{b}" for b in range(N_SIM)]
     with pytest.raises(ValueError) as e:
         hierjax.fit(y, s, mask=mask, names=names)
@@ -274,10 +315,12 @@ def test_skip_invalid_leaves_valid_datasets_alone(skipped, sim_fit):
 
 def _subset(f: hierjax.Fit, idx) -> hierjax.Fit:
     """The datasets ``idx`` of a Fit."""
+
     def take(a):
         if isinstance(a, hierjax.Marginal):
             return hierjax.Marginal(*[x[idx] for x in a])
         if isinstance(a, tuple):
             return tuple(a[i] for i in idx)
         return a if a.ndim == 1 and a.shape[0] != len(f.names) else a[idx]
+
     return hierjax.Fit(*[a if k == "levels" else take(a) for k, a in zip(f._fields, f)])

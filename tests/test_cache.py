@@ -4,6 +4,7 @@ memory before they exhaust the process's memory maps.
 Each on-disk check runs in a subprocess: turning the cache on is a global JAX setting,
 which the test process itself must not make.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,7 @@ print(where, sum(e == "/jax/compilation_cache/cache_hits" for e in events),
 
 
 def _env(**extra):
-    env = {k: v for k, v in os.environ.items()
-           if k not in (ENV, "JAX_COMPILATION_CACHE_DIR")}
+    env = {k: v for k, v in os.environ.items() if k not in (ENV, "JAX_COMPILATION_CACHE_DIR")}
     env["JAX_ENABLE_X64"] = "1" if jax.config.jax_enable_x64 else "0"
     env.update(extra)
     return env
@@ -47,8 +47,13 @@ def test_kernels_are_reused_by_the_next_process(tmp_path):
     cache = tmp_path / "kernels"
     runs = []
     for _ in range(2):
-        r = subprocess.run([sys.executable, "-c", _SCRIPT, str(cache)], env=_env(),
-                           capture_output=True, text=True, timeout=600)
+        r = subprocess.run(
+            [sys.executable, "-c", _SCRIPT, str(cache)],
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert r.returncode == 0, r.stderr
         runs.append(r.stdout.split())
     (where1, hits1, median1, status1), (where2, hits2, median2, status2) = runs
@@ -61,10 +66,18 @@ def test_kernels_are_reused_by_the_next_process(tmp_path):
 
 def test_an_existing_jax_cache_setting_is_kept(tmp_path):
     mine = tmp_path / "jax-own"
-    r = subprocess.run([sys.executable, "-c", "import hierjax, sys; "
-                        "print(hierjax.use_compilation_cache(sys.argv[1]))", str(tmp_path / "x")],
-                       env=_env(JAX_COMPILATION_CACHE_DIR=str(mine)), capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import hierjax, sys; print(hierjax.use_compilation_cache(sys.argv[1]))",
+            str(tmp_path / "x"),
+        ],
+        env=_env(JAX_COMPILATION_CACHE_DIR=str(mine)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == str(mine)
     assert not (tmp_path / "x").exists()
@@ -73,10 +86,20 @@ def test_an_existing_jax_cache_setting_is_kept(tmp_path):
 def test_unusable_directory_warns_and_runs_without(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    r = subprocess.run([sys.executable, "-c", "import hierjax, sys, jax; "
-                        "print(hierjax.use_compilation_cache(sys.argv[1]), "
-                        "jax.config.jax_compilation_cache_dir)", str(blocker / "sub")],
-                       env=_env(), capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import hierjax, sys, jax; "
+            "print(hierjax.use_compilation_cache(sys.argv[1]), "
+            "jax.config.jax_compilation_cache_dir)",
+            str(blocker / "sub"),
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["None", "None"]
     assert "no compilation cache" in r.stderr
@@ -88,9 +111,11 @@ def test_cli_cache_location_and_off_switches(tmp_path):
     cli = [sys.executable, "-m", "hierjax.io.cli", "fit", str(tmp_path / "missing.csv")]
 
     def run(argv, **env):
-        r = subprocess.run(argv, env=_env(**env), capture_output=True, text=True,
-                           timeout=300, cwd=tmp_path)
+        r = subprocess.run(
+            argv, env=_env(**env), capture_output=True, text=True, timeout=300, cwd=tmp_path
+        )
         assert r.returncode == 2 and "missing.csv" in r.stderr, r.stderr
+
     run(cli, **{ENV: str(tmp_path / "on")})
     assert (tmp_path / "on" / machine_key()).is_dir()
     run(cli + ["--no-cache"], **{ENV: str(tmp_path / "flag")})
@@ -115,17 +140,19 @@ def test_kernels_dropped_near_the_memory_map_limit(monkeypatch):
     used = {"maps": 1000}
     monkeypatch.setattr(cache, "memory_maps", lambda: (used["maps"], 65530))
 
-    def frees(clear):              # dropping hierjax's kernels frees the maps
+    def frees(clear):  # dropping hierjax's kernels frees the maps
         def run():
             clear()
             used["maps"] = 5000
+
         return run
+
     monkeypatch.setattr(cache, "_KERNELS", [(size, frees(clear)) for size, clear in cache._KERNELS])
     cache._seen["compiled"] = -1
-    cache.make_room()                                      # 2% in use: nothing dropped
+    cache.make_room()  # 2% in use: nothing dropped
     assert engine.fit_standardized._cache_size() == compiled
 
-    used["maps"] = 60000                                   # 92%
+    used["maps"] = 60000  # 92%
     cache._seen["compiled"] = -1
     with pytest.warns(UserWarning, match="uses 60000 of its 65530 memory maps") as rec:
         cache.make_room()
@@ -163,8 +190,10 @@ def test_memory_maps_counts_this_process():
         return
     used, limit = cache.memory_maps()
     assert 0 < used < limit
-    keep = [mmap.mmap(-1, 4096, prot=mmap.PROT_READ if i % 2 else mmap.PROT_READ | mmap.PROT_WRITE)
-            for i in range(20)]
+    keep = [
+        mmap.mmap(-1, 4096, prot=mmap.PROT_READ if i % 2 else mmap.PROT_READ | mmap.PROT_WRITE)
+        for i in range(20)
+    ]
     assert cache.memory_maps()[0] >= used + 10
     for m in keep:
         m.close()

@@ -9,6 +9,7 @@ the reference elsewhere) within the accuracy goals. One compiled shape (``J = 8`
 serves every dataset: the awkward ones (``J = 3``, a posterior mode at ``tau = 0``, units
 of ``1e-3``) carry ``nan`` and ``sigma = 0`` in their padded slots, which must not matter.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -31,10 +32,14 @@ ES_S = (15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0)
 DATA = [
     ("eight schools", ES_Y, ES_S, 5.0, (0.0, 5.0)),
     ("J = 3", (1.0, -0.5, 2.0), (1.0, 1.5, 0.8), 1.0, (0.0, 2.0)),
-    ("mode at tau = 0", (0.1, -0.1, 0.05, 0.0, -0.05), (1.0, 1.0, 1.2, 0.9, 1.0), 1.0,
-     (0.0, 1.0)),
-    ("units 1e-3", tuple(1e-3 * v for v in ES_Y), tuple(1e-3 * v for v in ES_S), 5e-3,
-     (1e-3, 2e-2)),
+    ("mode at tau = 0", (0.1, -0.1, 0.05, 0.0, -0.05), (1.0, 1.0, 1.2, 0.9, 1.0), 1.0, (0.0, 1.0)),
+    (
+        "units 1e-3",
+        tuple(1e-3 * v for v in ES_Y),
+        tuple(1e-3 * v for v in ES_S),
+        5e-3,
+        (1e-3, 2e-2),
+    ),
     ("offset", tuple(v + 1e3 for v in ES_Y), ES_S, 25.0, (1e3, 50.0)),
 ]
 
@@ -46,18 +51,22 @@ def _batch(dtype):
     S = np.zeros((B, J))
     M = np.zeros((B, J), bool)
     for b, (_, y, s, *_rest) in enumerate(DATA):
-        Y[b, :len(y)], S[b, :len(s)], M[b, :len(y)] = y, s, True
+        Y[b, : len(y)], S[b, : len(s)], M[b, : len(y)] = y, s, True
     hc = np.array([d[3] for d in DATA])
     m0 = np.array([d[4][0] for d in DATA])
     s0 = np.array([d[4][1] for d in DATA])
-    return tuple(jnp.asarray(a, dtype) if a.dtype != bool else jnp.asarray(a)
-                 for a in (Y, S, M, hc, m0, s0))
+    return tuple(
+        jnp.asarray(a, dtype) if a.dtype != bool else jnp.asarray(a) for a in (Y, S, M, hc, m0, s0)
+    )
 
 
 def _total(Y, S, M, hc, m0, s0):
     """The summed log evidence of the batch, and each dataset's (aux)."""
-    each = jax.vmap(lambda y, s, m, c, a, b: core.log_evidence(
-        y, s, m, hierjax.HalfCauchy(c), hierjax.NormalMu(a, b)))(Y, S, M, hc, m0, s0)
+    each = jax.vmap(
+        lambda y, s, m, c, a, b: core.log_evidence(
+            y, s, m, hierjax.HalfCauchy(c), hierjax.NormalMu(a, b)
+        )
+    )(Y, S, M, hc, m0, s0)
     return jnp.sum(each), each
 
 
@@ -73,8 +82,12 @@ def run64():
 
 
 def _ref(y, s, hc, mu):
-    return Reference(np.asarray(y, float), np.asarray(s, float), f"half-cauchy:{hc!r}",
-                     f"normal:{mu[0]!r},{mu[1]!r}").log_evidence
+    return Reference(
+        np.asarray(y, float),
+        np.asarray(s, float),
+        f"half-cauchy:{hc!r}",
+        f"normal:{mu[0]!r},{mu[1]!r}",
+    ).log_evidence
 
 
 def _fd(f, x, h):
@@ -91,6 +104,7 @@ def test_log_evidence_matches_reference_float64(run64):
 
 def _fd_derivatives(y, s, hc, mu, dy, ds):
     """Finite differences of the reference: d/d(scale), and along dy in y and ds in sigma."""
+
     def in_scale(c):
         return _ref(y, s, c, mu)
 
@@ -113,8 +127,11 @@ def test_grad_matches_reference_finite_differences_float64(run64):
         n = y.size
         dy, ds = rng.normal(size=n) * s, rng.normal(size=n) * s
         fds = _fd_derivatives(y, s, hc, mu, dy, ds)
-        got = (float(ghc[b]), float(np.dot(np.asarray(gY[b, :n]), dy)),
-               float(np.dot(np.asarray(gS[b, :n]), ds)))
+        got = (
+            float(ghc[b]),
+            float(np.dot(np.asarray(gY[b, :n]), dy)),
+            float(np.dot(np.asarray(gS[b, :n]), ds)),
+        )
         for what, g, fd in zip(("scale", "y", "sigma"), got, fds):
             worst[(name, what)] = abs(g - fd) / abs(fd)
         # the padded slots hold nan and sigma 0: no gradient flows there
@@ -140,9 +157,9 @@ def test_jit_vmap_summaries_equal_fit(sim, sim_fit):
     Y = np.concatenate([sim.y, [[1.0, np.nan] + [0.0] * (J - 2)]])
     S = np.concatenate([sim.sigma, np.ones((1, J))])
     M = np.ones(Y.shape, bool)
-    out = jax.jit(jax.vmap(lambda y, s, m: core.summaries(
-        y, s, m, levels=hierjax.DEFAULT_LEVELS)))(jnp.asarray(Y, dt), jnp.asarray(S, dt),
-                                                  jnp.asarray(M))
+    out = jax.jit(jax.vmap(lambda y, s, m: core.summaries(y, s, m, levels=hierjax.DEFAULT_LEVELS)))(
+        jnp.asarray(Y, dt), jnp.asarray(S, dt), jnp.asarray(M)
+    )
     assert out.mu.mean.dtype == dt
     status = np.asarray(out.status)
     assert status[-1] & hierjax.STATUS["invalid"] and np.isnan(float(out.log_evidence[-1]))
@@ -158,8 +175,9 @@ def test_jit_vmap_summaries_equal_fit(sim, sim_fit):
             scale = 1.0 if field == "p_gt0" else unit
             np.testing.assert_array_less(np.abs(x - r) / scale, 2 * goal, err_msg=f"{name}.{field}")
         x, r = np.asarray(a.quantiles)[:-1][ok], np.asarray(f.quantiles)[ok]
-        np.testing.assert_array_less(np.abs(x - r) / unit[..., None], 2 * goal,
-                                     err_msg=f"{name}.quantiles")
+        np.testing.assert_array_less(
+            np.abs(x - r) / unit[..., None], 2 * goal, err_msg=f"{name}.quantiles"
+        )
 
 
 def test_unbound_data_prior_and_batch_shapes_are_refused():

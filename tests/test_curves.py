@@ -11,6 +11,7 @@
 Compiled shapes: eight-school-sized (J = 8) batches of one and two datasets, uniform
 tau / flat mu, plus one half-Cauchy / normal run; the default axis and a T = 1 axis.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,7 +31,7 @@ TOL = 1e-8 if X64 else 1e-4
 
 EIGHT_Y = (28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0)
 EIGHT_S = (15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0)
-J3 = (EIGHT_Y[:3], EIGHT_S[:3])   # heavy tail: E[tau | y] does not exist
+J3 = (EIGHT_Y[:3], EIGHT_S[:3])  # heavy tail: E[tau | y] does not exist
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +44,9 @@ def eight_curves():
 def pair_curves():
     """A ragged batch (eight schools, its first three schools) on a shared explicit axis."""
     axis = np.concatenate([[0.0], np.geomspace(1e-3, 1e4, 60)])
-    return axis, tau_curves([np.array(EIGHT_Y), np.array(J3[0])],
-                            [np.array(EIGHT_S), np.array(J3[1])], tau=axis)
+    return axis, tau_curves(
+        [np.array(EIGHT_Y), np.array(J3[0])], [np.array(EIGHT_S), np.array(J3[1])], tau=axis
+    )
 
 
 def test_density_matches_reference_default_axis(eight_curves):
@@ -68,7 +70,9 @@ def test_density_batch_and_heavy_tail_match_reference(pair_curves):
     assert c.tau.shape == (2, axis.size)
     for b, (y, s) in enumerate([(EIGHT_Y, EIGHT_S), J3]):
         ref = reference(y, s)
-        np.testing.assert_allclose(np.asarray(c.tau[b], np.float64), axis, rtol=1e-15 if X64 else 1e-6)
+        np.testing.assert_allclose(
+            np.asarray(c.tau[b], np.float64), axis, rtol=1e-15 if X64 else 1e-6
+        )
         want = ref.tau_density(np.asarray(c.tau[b], np.float64))
         got = np.asarray(c.density[b], np.float64)
         # far in the tails the density underflows in float32: compare where it is representable
@@ -83,14 +87,23 @@ def test_proper_priors_density_prior_and_normalizer():
     """half-Cauchy(5) tau, normal(0, 5) mu: the prior is a normalised density, and the
     normaliser is the marginal likelihood p(y) of the reference."""
     axis = np.linspace(0.0, 25.0, 11)
-    c = tau_curves(np.array(EIGHT_Y), np.array(EIGHT_S), tau=axis, tau_prior="half-cauchy:5",
-                   mu_prior="normal:0,5")
+    c = tau_curves(
+        np.array(EIGHT_Y),
+        np.array(EIGHT_S),
+        tau=axis,
+        tau_prior="half-cauchy:5",
+        mu_prior="normal:0,5",
+    )
     ref = reference(EIGHT_Y, EIGHT_S, "half-cauchy:5", "normal:0,5")
-    np.testing.assert_allclose(np.asarray(c.density[0], np.float64), ref.tau_density(axis),
-                               rtol=TOL, atol=0)
+    np.testing.assert_allclose(
+        np.asarray(c.density[0], np.float64), ref.tau_density(axis), rtol=TOL, atol=0
+    )
     assert c.prior_proper
-    np.testing.assert_allclose(np.asarray(c.prior[0], np.float64),
-                               2.0 / (math.pi * 5.0 * (1.0 + (axis / 5.0) ** 2)), rtol=TOL)
+    np.testing.assert_allclose(
+        np.asarray(c.prior[0], np.float64),
+        2.0 / (math.pi * 5.0 * (1.0 + (axis / 5.0) ** 2)),
+        rtol=TOL,
+    )
     assert c.log_normalizer[0] == pytest.approx(ref.log_evidence, abs=TOL)
     # E[theta_j | tau, y] under the normal mu prior: dense Gaussian with the prior's precision
     for k in (1, 5, 10):
@@ -107,12 +120,18 @@ def test_density_integrates_to_one():
     def p(t):
         return float(tau_curves(y, s, tau=[t]).density[0, 0])
 
-    rel = 1e-11 if X64 else 1e-6     # float32 round-off would keep quad subdividing
+    rel = 1e-11 if X64 else 1e-6  # float32 round-off would keep quad subdividing
     pieces = [(0.0, 5.0), (5.0, 20.0), (20.0, 100.0)]
     total = sum(integrate.quad(p, a, b, epsabs=0, epsrel=rel, limit=200)[0] for a, b in pieces)
     # tail beyond 100: tau = 100 / w, dtau = 100 / w^2 dw, w in (0, 1]
-    total += integrate.quad(lambda w: p(100.0 / w) * 100.0 / w ** 2 if w > 0 else 0.0, 0.0, 1.0,
-                            epsabs=0, epsrel=rel, limit=200)[0]
+    total += integrate.quad(
+        lambda w: p(100.0 / w) * 100.0 / w**2 if w > 0 else 0.0,
+        0.0,
+        1.0,
+        epsabs=0,
+        epsrel=rel,
+        limit=200,
+    )[0]
     assert total == pytest.approx(1.0, abs=1e-9 if X64 else 1e-5)
 
 
@@ -157,17 +176,21 @@ def test_mu_density_matches_reference():
     for k in (0, 40, 80, 100, 120, 160, 200):
         want = ref.mu_density(float(m.mu[0, k]))
         assert float(m.density[0, k]) == pytest.approx(want, abs=TOL * peak)
-    assert integrate.trapezoid(np.asarray(m.density[0], np.float64),
-                               np.asarray(m.mu[0], np.float64)) == pytest.approx(1.0, abs=2e-3)
+    assert integrate.trapezoid(
+        np.asarray(m.density[0], np.float64), np.asarray(m.mu[0], np.float64)
+    ) == pytest.approx(1.0, abs=2e-3)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(y=[1.0, 2.0, 3.0], sigma=[1.0, -1.0, 1.0]), r"dataset 0: sigma\[2\]"),
-    (dict(y=[1.0, 2.0], sigma=[1.0, 1.0]), "needs at least 3"),
-    (dict(y=list(EIGHT_Y), sigma=list(EIGHT_S), tau=[-1.0, 2.0]), "tau axis"),
-    (dict(y=list(EIGHT_Y), sigma=list(EIGHT_S), tau=[[1.0], [2.0]]), "tau must be"),
-    (dict(y=list(EIGHT_Y), sigma=list(EIGHT_S), tau_prior="bogus"), "unknown tau prior"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(y=[1.0, 2.0, 3.0], sigma=[1.0, -1.0, 1.0]), r"dataset 0: sigma\[2\]"),
+        (dict(y=[1.0, 2.0], sigma=[1.0, 1.0]), "needs at least 3"),
+        (dict(y=list(EIGHT_Y), sigma=list(EIGHT_S), tau=[-1.0, 2.0]), "tau axis"),
+        (dict(y=list(EIGHT_Y), sigma=list(EIGHT_S), tau=[[1.0], [2.0]]), "tau must be"),
+        (dict(y=list(EIGHT_Y), sigma=list(EIGHT_S), tau_prior="bogus"), "unknown tau prior"),
+    ],
+)
 def test_bad_input_raises_before_jit(kwargs, match):
     with pytest.raises(hierjax.InputError, match=match):
         tau_curves(kwargs.pop("y"), kwargs.pop("sigma"), **kwargs)

@@ -8,14 +8,15 @@ figures and against the independent quadrature reference.
 
 Both have padded J = 32, so they share one compiled kernel.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
-import hierjax
 from conftest import X64
 from reference import Reference
+
+import hierjax
 
 SD_TOL = 1e-8 if X64 else 1e-4
 
@@ -25,8 +26,9 @@ def _against_reference(f, y, sigma):
     ref = Reference(y, sigma)
     levels = tuple(f.levels)
     worst = 0.0
-    checks = [("mu", None, f.mu), ("tau", None, f.tau)] + \
-        [("theta", j, f.theta) for j in range(len(y))]
+    checks = [("mu", None, f.mu), ("tau", None, f.tau)] + [
+        ("theta", j, f.theta) for j in range(len(y))
+    ]
     for what, j, m in checks:
         rm = ref.marginal(what, j, levels)
         pick = (lambda a: np.asarray(a)[0]) if j is None else (lambda a: np.asarray(a)[0, j])
@@ -39,8 +41,9 @@ def _against_reference(f, y, sigma):
 @pytest.fixture(scope="module")
 def beta():
     b = hierjax.beta_blockers()
-    es = hierjax.log_odds_ratio(b.treated_deaths, b.treated_total, b.control_deaths,
-                                b.control_total)
+    es = hierjax.log_odds_ratio(
+        b.treated_deaths, b.treated_total, b.control_deaths, b.control_total
+    )
     return es.y, es.sigma, hierjax.fit(es.y, es.sigma)
 
 
@@ -62,7 +65,7 @@ def test_efron_morris_shrinkage_predicts_the_season():
     f = hierjax.fit(d.y, d.sigma)
     assert int(f.status[0]) == 0, hierjax.status_text(int(f.status[0]))
     assert _against_reference(f, d.y, d.sigma) < SD_TOL
-    post = np.asarray(f.theta.mean[0, :len(d.y)], np.float64)
+    post = np.asarray(f.theta.mean[0, : len(d.y)], np.float64)
     sse_mle = float(np.sum((d.y - d.truth) ** 2))
     sse_bayes = float(np.sum((post - d.truth) ** 2))
     # Efron and Morris: the raw averages' total squared error is about 3.5x the shrunken one's

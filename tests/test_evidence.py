@@ -7,6 +7,7 @@ here); p(y) by quad over tau (tests/reference.py). Tolerances: 1e-8 (float64), 1
 (float32) absolute on log Bayes factors and relative on log p(y); estimates to 1e-6
 (float64) / 2e-3 (float32) of the posterior sd.
 """
+
 from __future__ import annotations
 
 import math
@@ -14,14 +15,14 @@ import math
 import jax
 import numpy as np
 import pytest
+from reference import joint_log_evidence, log_prior_tau, parse_tau, reference
 from scipy import integrate, optimize, stats
 
 from hierjax.evidence import evidence
-from reference import joint_log_evidence, log_prior_tau, parse_tau, reference
 
 RUBIN_Y = (28.39, 7.94, -2.75, 6.82, -0.64, 0.63, 18.01, 12.16)
 RUBIN_S = (14.9, 10.2, 16.3, 11.0, 9.4, 11.4, 10.4, 17.6)
-WIDE_Y = tuple(2.5 * v for v in RUBIN_Y)          # heterogeneous: interior tau estimates
+WIDE_Y = tuple(2.5 * v for v in RUBIN_Y)  # heterogeneous: interior tau estimates
 DATA = [(RUBIN_Y, RUBIN_S), (WIDE_Y, RUBIN_S)]
 PROPER = ("half-cauchy:25", "normal:0,50")
 
@@ -36,8 +37,12 @@ def est_tol():
 
 @pytest.fixture(scope="module")
 def proper():
-    return evidence([np.array(d[0]) for d in DATA], [np.array(d[1]) for d in DATA],
-                    tau_prior=PROPER[0], mu_prior=PROPER[1])
+    return evidence(
+        [np.array(d[0]) for d in DATA],
+        [np.array(d[1]) for d in DATA],
+        tau_prior=PROPER[0],
+        mu_prior=PROPER[1],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +52,7 @@ def improper():
 
 # ----------------------------------------------------------------- independent pieces
 def loglik_joint(y, s, mu, tau):
-    return float(np.sum(stats.norm.logpdf(y, mu, np.sqrt(np.asarray(s) ** 2 + tau ** 2))))
+    return float(np.sum(stats.norm.logpdf(y, mu, np.sqrt(np.asarray(s) ** 2 + tau**2))))
 
 
 def log_p_y_given_tau(y, s, tau, m0=0.0, s0=50.0):
@@ -57,19 +62,26 @@ def log_p_y_given_tau(y, s, tau, m0=0.0, s0=50.0):
 def log_p_y_given_mu(y, s, mu, tau_spec):
     """log int p(y | mu, tau) p(tau) dtau by quad (scaled by its value at a guess)."""
     kind, params = parse_tau(tau_spec)
-    c = max(loglik_joint(y, s, mu, t) + float(log_prior_tau(kind, params, t))
-            for t in np.geomspace(1e-3, 1e3, 200))
+    c = max(
+        loglik_joint(y, s, mu, t) + float(log_prior_tau(kind, params, t))
+        for t in np.geomspace(1e-3, 1e3, 200)
+    )
+
     def f(t):
         return math.exp(loglik_joint(y, s, mu, t) + float(log_prior_tau(kind, params, t)) - c)
-    val = sum(integrate.quad(f, a, b, epsabs=0, epsrel=1e-13, limit=400)[0]
-              for a, b in [(0, 1), (1, 10), (10, 100), (100, np.inf)])
+
+    val = sum(
+        integrate.quad(f, a, b, epsabs=0, epsrel=1e-13, limit=400)[0]
+        for a, b in [(0, 1), (1, 10), (10, 100), (100, np.inf)]
+    )
     return math.log(val) + c
 
 
 def argmax_1d(f, lo, hi):
     """Maximise f on [lo, hi] (bounded Brent, then compared with the ends)."""
-    r = optimize.minimize_scalar(lambda x: -f(x), bounds=(lo, hi), method="bounded",
-                                 options={"xatol": 1e-12})
+    r = optimize.minimize_scalar(
+        lambda x: -f(x), bounds=(lo, hi), method="bounded", options={"xatol": 1e-12}
+    )
     cands = [(f(r.x), r.x), (f(lo), lo)]
     return max(cands)[1]
 
@@ -91,8 +103,9 @@ def test_log_ml_and_bayes_factors_vs_quad(proper, b):
     mbf_tau = log_p_y_given_tau(y, s, 0.0) - log_p_y_given_tau(y, s, t_ml)
     assert abs(proper.log_min_bf_tau0[b] - mbf_tau) <= tol()
     m_ml = argmax_1d(lambda m: log_p_y_given_mu(y, s, m, PROPER[0]), -50.0, 80.0)
-    assert abs(proper.log_min_bf_mu0[b] - (l0 - log_p_y_given_mu(y, s, m_ml, PROPER[0]))) \
-        <= max(tol(), 1e-9)
+    assert abs(proper.log_min_bf_mu0[b] - (l0 - log_p_y_given_mu(y, s, m_ml, PROPER[0]))) <= max(
+        tol(), 1e-9
+    )
     sd_tau, sd_mu = ref.moments("tau")[1], ref.moments("mu")[1]
     assert abs(proper.ml_marginal.tau[b] - t_ml) <= est_tol() * sd_tau
     assert abs(proper.ml_marginal.mu[b] - m_ml) <= est_tol() * sd_mu
@@ -100,13 +113,22 @@ def test_log_ml_and_bayes_factors_vs_quad(proper, b):
 
 def _joint_argmax(f, start):
     """argmax of f(tau, mu) over tau >= 0: L-BFGS-B from a start, and the tau = 0 edge."""
-    r = optimize.minimize(lambda p: -f(p[0], p[1]), start, method="L-BFGS-B",
-                          bounds=[(0.0, None), (None, None)],
-                          options={"ftol": 1e-15, "gtol": 1e-11, "maxiter": 2000})
-    r = optimize.minimize(lambda p: -f(p[0], p[1]), r.x, method="Nelder-Mead",
-                          options={"xatol": 1e-11, "fatol": 1e-15, "maxiter": 5000})
-    edge = optimize.minimize_scalar(lambda m: -f(0.0, m), bounds=(-100, 100), method="bounded",
-                                    options={"xatol": 1e-12})
+    r = optimize.minimize(
+        lambda p: -f(p[0], p[1]),
+        start,
+        method="L-BFGS-B",
+        bounds=[(0.0, None), (None, None)],
+        options={"ftol": 1e-15, "gtol": 1e-11, "maxiter": 2000},
+    )
+    r = optimize.minimize(
+        lambda p: -f(p[0], p[1]),
+        r.x,
+        method="Nelder-Mead",
+        options={"xatol": 1e-11, "fatol": 1e-15, "maxiter": 5000},
+    )
+    edge = optimize.minimize_scalar(
+        lambda m: -f(0.0, m), bounds=(-100, 100), method="bounded", options={"xatol": 1e-12}
+    )
     x = r.x if r.x[0] >= 0 else np.array([0.0, edge.x])
     return x if f(*x) > f(0.0, edge.x) else np.array([0.0, edge.x])
 
@@ -126,17 +148,22 @@ def test_ml_map_estimates_vs_scipy(proper, improper, which, b):
 
     start = np.array([float(np.std(y)), float(np.mean(y))])
     jml = _joint_argmax(lambda t, m: loglik_joint(y, s, m, t), start)
-    jmap = _joint_argmax(lambda t, m: loglik_joint(y, s, m, t)
-                         + float(log_prior_tau(kind, params, t)) + logp_mu(m), start)
+    jmap = _joint_argmax(
+        lambda t, m: loglik_joint(y, s, m, t) + float(log_prior_tau(kind, params, t)) + logp_mu(m),
+        start,
+    )
     for est, (t, m) in ((e.ml_joint, jml), (e.map_joint, jmap)):
         assert abs(est.tau[b] - t) <= 1e3 * est_tol() * sd_tau, (est, t, m)
         assert abs(est.mu[b] - m) <= 1e3 * est_tol() * sd_mu, (est, t, m)
     # marginal MAP: modes of p(tau | y) (the reference's own root of the derivative) and
     # of p(mu | y) (quad mixture density maximised by Brent)
     assert abs(e.map_marginal.tau[b] - ref.mode) <= est_tol() * sd_tau
+
     def dens_mu(m):
-        return ref.expect(lambda t, mh, v: math.exp(-0.5 * (m - ref.c - mh) ** 2 / v)
-                          / math.sqrt(2 * math.pi * v))
+        return ref.expect(
+            lambda t, mh, v: math.exp(-0.5 * (m - ref.c - mh) ** 2 / v) / math.sqrt(2 * math.pi * v)
+        )
+
     m_mode = argmax_1d(dens_mu, ref.moments("mu")[0] - sd_mu, ref.moments("mu")[0] + sd_mu)
     assert abs(e.map_marginal.mu[b] - m_mode) <= 10 * est_tol() * sd_mu
     if which == "improper":
@@ -147,7 +174,12 @@ def test_ml_map_estimates_vs_scipy(proper, improper, which, b):
 
 
 def test_improper_priors_give_nan_like_bayesmeta(improper):
-    for f in ("log_marginal_likelihood", "log_bf_tau0", "log_bf_mu0", "log_min_bf_tau0",
-              "log_min_bf_mu0"):
+    for f in (
+        "log_marginal_likelihood",
+        "log_bf_tau0",
+        "log_bf_mu0",
+        "log_min_bf_tau0",
+        "log_min_bf_mu0",
+    ):
         assert np.all(np.isnan(getattr(improper, f))), f
     assert np.all(improper.status == 0)

@@ -23,9 +23,12 @@ TOL = 1e-9 if X64 else 2e-5
 CASES = {
     # (tau prior, mu prior, reference specs); data standardised below (unit sigma scale)
     "uniform/flat": (Uniform(), FlatMu(), "uniform", "flat"),
-    "half-cauchy/normal": (HalfCauchy(np.float64(0.5)), NormalMu(np.float64(0.0),
-                                                                 np.float64(0.5)),
-                           "half-cauchy:0.5", "normal:0,0.5"),
+    "half-cauchy/normal": (
+        HalfCauchy(np.float64(0.5)),
+        NormalMu(np.float64(0.0), np.float64(0.5)),
+        "half-cauchy:0.5",
+        "normal:0,0.5",
+    ),
 }
 
 
@@ -42,7 +45,7 @@ def test_grid_weights_integrate_the_tau_posterior(case):
     y, sigma = _standard_eight_schools()
     ref = reference(tuple(y), tuple(sigma), ref_tau, ref_mu)
     dt = jnp.float64 if X64 else jnp.float32
-    yj, s2 = jnp.asarray(y, dt), jnp.asarray(sigma ** 2, dt)
+    yj, s2 = jnp.asarray(y, dt), jnp.asarray(sigma**2, dt)
     mask = jnp.ones(y.shape, bool)
     tp = jax.tree.map(lambda a: jnp.asarray(a, dt), tau_prior)
     mp = jax.tree.map(lambda a: jnp.asarray(a, dt), mu_prior)
@@ -53,18 +56,20 @@ def test_grid_weights_integrate_the_tau_posterior(case):
     assert abs(w.sum() - 1.0) < 10 * float(jnp.finfo(dt).eps) * w.size
     assert bool(g.converged) and not bool(g.truncated)
     for k in (1, 2):
-        e_ref = ref.expect(lambda t, m, v, k=k: t ** k)
-        np.testing.assert_allclose(np.sum(w * tau ** k), e_ref, rtol=TOL)
+        e_ref = ref.expect(lambda t, m, v, k=k: t**k)
+        np.testing.assert_allclose(np.sum(w * tau**k), e_ref, rtol=TOL)
     # the evidence's normalising constant, comparable where both priors are proper
     if tau_prior.proper and mu_prior.proper:
-        np.testing.assert_allclose(float(g.log_evidence), ref.log_evidence,
-                                   atol=TOL * abs(ref.log_evidence) + TOL)
+        np.testing.assert_allclose(
+            float(g.log_evidence), ref.log_evidence, atol=TOL * abs(ref.log_evidence) + TOL
+        )
     # the n-rule's own error estimate is far inside the goal on such data
     assert float(g.error) < 0.1 * float(jnp.finfo(dt).eps) ** 0.5
 
 
-@pytest.mark.parametrize("J, normal_mu, expected", [(3, False, 1.0), (8, False, 6.0),
-                                                    (3, True, 2.0)])
+@pytest.mark.parametrize(
+    "J, normal_mu, expected", [(3, False, 1.0), (8, False, 6.0), (3, True, 2.0)]
+)
 def test_tail_alpha_is_the_posterior_tail_power(J, normal_mu, expected):
     """``p(tau | y) ~ tau^-(alpha + 1)`` under a uniform prior: ``alpha = J - 2`` (flat mu) or
     ``J - 1`` (normal mu), BDA3 eq. 5.21."""

@@ -5,6 +5,7 @@ against numbers worked out here independently: y_j +- 1.96 sigma_j, the Fisher-w
 Compiled shapes: one eight-schools dataset (J = 8), uniform tau / flat mu, default
 quantile levels (shared with tests/test_cli.py and tests/test_curves.py).
 """
+
 from __future__ import annotations
 
 import math
@@ -65,8 +66,9 @@ def is_png(path):
 
 
 def close(a, b, tol=1e-12):
-    np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=tol,
-                               atol=tol)
+    np.testing.assert_allclose(
+        np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=tol, atol=tol
+    )
 
 
 def test_impact_figure(curves8, tmp_path):
@@ -98,7 +100,7 @@ def test_shrinkage_figure(data, fit8, tmp_path):
     fig = plot_shrinkage(y, sigma, fit=fit8, path=path)
     assert is_png(path)
     post = fit8.theta.mean[0]
-    lo, hi = fit8.theta.quantiles[0, :, 0], fit8.theta.quantiles[0, :, -1]   # 0.025, 0.975
+    lo, hi = fit8.theta.quantiles[0, :, 0], fit8.theta.quantiles[0, :, -1]  # 0.025, 0.975
     xy = by_gid(fig, "posterior_mean").get_xydata()
     close(xy[:, 0], y)
     close(xy[:, 1], post)
@@ -111,7 +113,7 @@ def test_shrinkage_figure(data, fit8, tmp_path):
     seg = np.array(by_gid(fig, "no_pooling_interval").get_segments())
     close(seg[:, 0, 0], y - Z95 * sigma, 1e-9)
     close(seg[:, 1, 0], y + Z95 * sigma, 1e-9)
-    w = 1.0 / sigma ** 2
+    w = 1.0 / sigma**2
     pooled = np.sum(w * y) / w.sum()
     close(by_gid(fig, "complete_pooling").get_xydata()[:, 0], np.full(8, pooled), 1e-6)
     seg = np.array(by_gid(fig, "complete_pooling_interval").get_segments())
@@ -122,7 +124,7 @@ def test_shrinkage_figure(data, fit8, tmp_path):
     arrow = by_gid(fig, "shrinkage_arrow:A")
     assert arrow.xyann[0] == pytest.approx(y[0]) and arrow.xy[0] == pytest.approx(post[0])
     labels = [t.get_text() for t in fig.get_axes()[1].get_yticklabels()]
-    assert labels == list(SCHOOLS)        # group labels from the fit
+    assert labels == list(SCHOOLS)  # group labels from the fit
 
 
 def test_densities_figure(curves8, mu8, tmp_path):
@@ -183,8 +185,15 @@ def test_forest_needs_the_interval_levels(data, fit8):
 
 
 def test_plot_all_writes_every_kind(data, fit8, curves8, mu8, tmp_path):
-    paths = plot_all(*data, tmp_path / "all", fit=fit8, curves=curves8, mu_marginal=mu8,
-                     labels=SCHOOLS, prefix="x-")
+    paths = plot_all(
+        *data,
+        tmp_path / "all",
+        fit=fit8,
+        curves=curves8,
+        mu_marginal=mu8,
+        labels=SCHOOLS,
+        prefix="x-",
+    )
     assert sorted(paths) == sorted(KINDS)
     for kind, p in paths.items():
         assert p.endswith(f"x-{kind}.png") and is_png(p)
@@ -209,6 +218,7 @@ def test_cli_plot_writes_the_files(tmp_path, capsys):
 
 def test_cli_plot_csv_one_kind(tmp_path, capsys, write_csv):
     from conftest import long_rows
+
     y, s = hierjax.eight_schools()
     csv = write_csv(long_rows({"schools": (y, s)}))
     code, _, err = run_cli(["plot", csv, "--kind", "impact", "--out", tmp_path / "o"], capsys)
@@ -232,9 +242,12 @@ def test_plots_extra_lists_matplotlib():
     import pathlib
 
     import tomllib
+
     root = pathlib.Path(__file__).resolve().parents[1]
     meta = tomllib.loads((root / "pyproject.toml").read_text())
-    assert any(d.startswith("matplotlib") for d in meta["project"]["optional-dependencies"]["plots"])
+    assert any(
+        d.startswith("matplotlib") for d in meta["project"]["optional-dependencies"]["plots"]
+    )
 
 
 # --------------------------------------------------------------------------- issue 25, item 6
@@ -263,14 +276,14 @@ def test_forest_ratio_measure_on_log_axis(data, fit8, tmp_path):
     """transform='exp': exp of every position (medians for the points), a log axis, the
     line of no effect at 1."""
     y, sigma = data
-    y, sigma = y / 40.0, sigma / 40.0           # log-odds-like sizes; fit8 is for data, so
+    y, sigma = y / 40.0, sigma / 40.0  # log-odds-like sizes; fit8 is for data, so
     f = hierjax.fit(y, sigma, groups=[SCHOOLS])  # the fit of these (same compiled shape)
     path = tmp_path / "forest_or.png"
     fig = plot_forest(y, sigma, fit=f, transform="exp", weights=False, path=path)
     assert is_png(path)
     ax = fig.axes[0]
     assert ax.get_xscale() == "log"
-    tol = 1e-9 if f.mu.mean.dtype == np.float64 else 1e-6     # y / 40 rounded to float32
+    tol = 1e-9 if f.mu.mean.dtype == np.float64 else 1e-6  # y / 40 rounded to float32
     close(by_gid(fig, "study").get_offsets()[:, 0], np.exp(y), tol)
     seg = np.array(by_gid(fig, "study_interval").get_segments())
     close(seg[:, 0, 0], np.exp(y - Z95 * sigma), tol)
@@ -304,6 +317,7 @@ def test_file_stems_never_collide():
 
 def test_cli_plot_names_that_sanitise_alike_get_distinct_files(tmp_path, capsys, write_csv):
     from conftest import long_rows
+
     y, s = hierjax.eight_schools()
     csv = write_csv(long_rows({"a b": (y, s), "a_b": (y, s)}))
     code, _, err = run_cli(["plot", csv, "--kind", "impact", "--out", tmp_path / "o"], capsys)

@@ -13,6 +13,7 @@ and probabilities 1e-8 absolute in float64, 1e-4 in float32; self-consistency
 Compile budget: every posterior here has J <= 8 groups (padded to 8) and B <= 8
 datasets (one block of 8), so each kernel compiles once per param.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,8 +31,8 @@ from hierjax.model.conditionals import MuGivenTau, mu_given_tau
 from hierjax.posterior import difference_given_tau
 
 X64 = bool(jax.config.jax_enable_x64)
-TOL = 1e-8 if X64 else 1e-4          # sd units / absolute on probabilities
-CONS = 1e-10 if X64 else 1e-5        # cdf(quantile(p)) = p
+TOL = 1e-8 if X64 else 1e-4  # sd units / absolute on probabilities
+CONS = 1e-10 if X64 else 1e-5  # cdf(quantile(p)) = p
 
 EIGHT_Y = (28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0)
 EIGHT_S = (15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0)
@@ -69,11 +70,10 @@ def report(errs):
 @pytest.mark.parametrize("param", ["mu", "theta", "theta_new", "y_new", "y_rep"])
 def test_mixture_distribution_functions_vs_quad(post, param):
     B = post.y.shape[0]
-    x = np.stack([points(b) for b in range(B)])                      # [B, P]
+    x = np.stack([points(b) for b in range(B)])  # [B, P]
     sn = np.array([15.0, 4.0, 16.0]) if param == "y_new" else None
     kw = {"sigma_new": sn} if sn is not None else {}
-    f, F, S = (fn(post, param, x, **kw) for fn in (hierjax.pdf, hierjax.cdf,
-                                                    hierjax.prob_greater))
+    f, F, S = (fn(post, param, x, **kw) for fn in (hierjax.pdf, hierjax.cdf, hierjax.prob_greater))
     assert f.dtype == F.dtype == S.dtype == post.grid.tau.dtype
     errs = []
     for b in (0, 1):
@@ -94,7 +94,7 @@ def test_mixture_distribution_functions_vs_quad(post, param):
                 if not abs(S[idx][k] - Sr[k]) <= TOL:
                     errs.append(f"{lab}: P(>x) {S[idx][k]!r} vs {Sr[k]!r}")
     report(errs)
-    if param in ("theta", "y_rep"):          # padded groups are nan
+    if param in ("theta", "y_rep"):  # padded groups are nan
         assert np.all(np.isnan(F[1, 6:])) and np.all(np.isfinite(F[1, :6]))
 
 
@@ -124,14 +124,14 @@ def test_tau_distribution_functions_vs_quad(post):
 def test_quantiles_vs_quad(post, param):
     q = hierjax.quantile(post, param, P5)
     errs = []
-    for b in ((0, 1) if param == "tau" else (0,)):
+    for b in (0, 1) if param == "tau" else (0,):
         r = ref(b)
-        for j in ((0, 2) if param == "theta" else (None,)):
+        for j in (0, 2) if param == "theta" else (None,):
             idx = (b,) if j is None else (b, j)
             mo = r.moments(param, j)
             scale = mo[1] if mo[3] else (r.quantile(param, 0.75, j) - r.quantile(param, 0.25, j))
             for k, p in enumerate(P5):
-                if p in (0.025, 0.999):       # the reference's root finding is slow
+                if p in (0.025, 0.999):  # the reference's root finding is slow
                     continue
                 qr = r.quantile(param, float(p), j)
                 if not abs(q[idx][k] - qr) <= TOL * scale:
@@ -154,8 +154,10 @@ def test_cdf_of_quantile(post, param):
 
 # --------------------------------------------------------------------------- intervals
 # the shortest-interval kernel of each param is one more compilation (the heaviest)
-@pytest.mark.parametrize("param", ["mu", "tau"] + [pytest.param(p, marks=pytest.mark.slow)
-                                                   for p in ("theta", "theta_new", "I2")])
+@pytest.mark.parametrize(
+    "param",
+    ["mu", "tau"] + [pytest.param(p, marks=pytest.mark.slow) for p in ("theta", "theta_new", "I2")],
+)
 def test_intervals(post, param):
     """Central: equal tails. Shortest: mass ``level``, equal density at both ends (or
     starting at 0), no wider than the central one, the density rising into it at
@@ -180,7 +182,7 @@ def test_intervals(post, param):
     both = ~at_zero & valid & (su < 1)
     assert np.all(np.abs(f[..., 0] - f[..., 4])[both] <= rel * f[..., 2][both])
     assert np.all((f[..., 1] > f[..., 0])[both])
-    at_one = su == 1                         # I^2 only: the support ends at 1
+    at_one = su == 1  # I^2 only: the support ends at 1
     # (an interval from 0 may end where the density rises again: I^2 of four groups is
     # U-shaped, infinite at 0 and increasing towards 1)
     assert np.all((f[..., 3] > f[..., 4])[valid & ~at_one & ~at_zero])
@@ -212,10 +214,10 @@ def test_seed_predictive_probabilities(post):
     assert abs(p_lo - 0.2587447) <= 5e-8 + TOL
     # the same by the seed's own formula (Fisher weighting), in float64 NumPy
     y, s = np.array(EIGHT_Y), np.array(EIGHT_S)
-    m = np.sum(y / s ** 2) / np.sum(1 / s ** 2)
-    v = 1 / np.sum(1 / s ** 2)
-    assert abs(p_hi - special.ndtr(-(28 - m) / np.sqrt(v + 15 ** 2))) <= TOL
-    assert abs(p_lo - special.ndtr((-3 - m) / np.sqrt(v + 16 ** 2))) <= TOL
+    m = np.sum(y / s**2) / np.sum(1 / s**2)
+    v = 1 / np.sum(1 / s**2)
+    assert abs(p_hi - special.ndtr(-(28 - m) / np.sqrt(v + 15**2))) <= TOL
+    assert abs(p_lo - special.ndtr((-3 - m) / np.sqrt(v + 16**2))) <= TOL
     # integrated over tau
     r = ref(0)
     q_hi = hierjax.predictive_prob(post, 28.0, 15.0, "greater")[0]
@@ -231,7 +233,7 @@ def test_predictive_check_vs_quad(post):
         r = ref(b)
         for j in range(len(DATA[b][0])):
             mean, sd = r.moments("theta", j)[:2]
-            sd_rep = math.sqrt(sd ** 2 + DATA[b][1][j] ** 2)
+            sd_rep = math.sqrt(sd**2 + DATA[b][1][j] ** 2)
             pv = r.sf("y_rep", DATA[b][0][j], j)
             if not abs(pc.mean[b, j] - mean) <= TOL * sd_rep:
                 errs.append(f"b={b} j={j}: mean {pc.mean[b, j]!r} vs {mean!r}")
@@ -246,9 +248,12 @@ def test_predictive_check_vs_quad(post):
 # --------------------------------------------------------------------------- shrinkage, weights
 def test_shrinkage_vs_quad(post):
     B_ = hierjax.shrinkage(post)
-    errs = [f"b={b} j={j}: {B_[b, j]!r} vs {ref(b).shrinkage(j)!r}"
-            for b in (0, 1) for j in range(len(DATA[b][0]))
-            if not abs(B_[b, j] - ref(b).shrinkage(j)) <= TOL]
+    errs = [
+        f"b={b} j={j}: {B_[b, j]!r} vs {ref(b).shrinkage(j)!r}"
+        for b in (0, 1)
+        for j in range(len(DATA[b][0]))
+        if not abs(B_[b, j] - ref(b).shrinkage(j)) <= TOL
+    ]
     report(errs)
     assert np.all((B_[post.mask] > 0) & (B_[post.mask] < 1))
 
@@ -270,8 +275,9 @@ def test_weights_flat_mu(post):
             if not abs(w.mu[b, i] - r.mu_weight(i)) <= TOL:
                 errs.append(f"b={b}: mu weight {i} {w.mu[b, i]!r} vs {r.mu_weight(i)!r}")
             if not abs(w.theta[b, 0, i] - r.theta_weight(0, i)) <= TOL:
-                errs.append(f"b={b}: theta[0] weight {i} {w.theta[b, 0, i]!r} vs "
-                            f"{r.theta_weight(0, i)!r}")
+                errs.append(
+                    f"b={b}: theta[0] weight {i} {w.theta[b, 0, i]!r} vs {r.theta_weight(0, i)!r}"
+                )
         mean, sd = r.moments("mu")[:2]
         if not abs(w.mu[b, :J] @ y - mean) <= TOL * sd:
             errs.append(f"b={b}: sum w y = {w.mu[b, :J] @ y!r} vs E[mu] {mean!r}")
@@ -282,7 +288,7 @@ def test_weights_flat_mu(post):
     report(errs)
 
 
-@pytest.mark.slow          # a second prior type: the grid compiles again
+@pytest.mark.slow  # a second prior type: the grid compiles again
 def test_weights_normal_mu_prior():
     """With mu ~ N(m0, s0^2) the prior mean has a weight too; all weights sum to 1."""
     m0, s0 = 5.0, 10.0
@@ -309,8 +315,8 @@ def test_i2(post):
     for b in range(3):
         w = 1 / np.array(DATA[b][1]) ** 2
         k = w.size
-        assert abs(s2[b] - (k - 1) * w.sum() / (w.sum() ** 2 - (w ** 2).sum())) <= CONS * s2[b]
-    mapped = tq ** 2 / (tq ** 2 + s2[:, None])
+        assert abs(s2[b] - (k - 1) * w.sum() / (w.sum() ** 2 - (w**2).sum())) <= CONS * s2[b]
+    mapped = tq**2 / (tq**2 + s2[:, None])
     assert np.allclose(out.quantiles, mapped, rtol=100 * CONS, atol=0)
     x = np.array([0.05, 0.2, 0.5, 0.7, 0.95])
     F = hierjax.cdf(post, "I2", x)
@@ -334,8 +340,10 @@ def test_pairwise_vs_quad(post):
     assert np.all(np.diagonal(P, axis1=1, axis2=2)[m] == 0)
     assert np.all(np.isnan(P[2, 4:, :])) and np.all(np.isnan(P[2, :, 4:]))
     errs = []
-    for b, pairs in ((0, [(i, j) for i in range(8) for j in range(i + 1, 8)]),
-                     (1, [(0, 1), (2, 3), (4, 5)])):
+    for b, pairs in (
+        (0, [(i, j) for i in range(8) for j in range(i + 1, 8)]),
+        (1, [(0, 1), (2, 3), (4, 5)]),
+    ):
         r = ref(b)
         for i, j in pairs:
             pr = r.pairwise(i, j)
@@ -351,7 +359,7 @@ def test_difference_given_tau_dense(tau):
     y, s = np.array(EIGHT_Y), np.array(EIGHT_S)
     dt = jnp.float64 if X64 else jnp.float32
     mean, cov = precision_posterior(y, s, tau)
-    ya, s2a = jnp.asarray(y, dt), jnp.asarray(s ** 2, dt)
+    ya, s2a = jnp.asarray(y, dt), jnp.asarray(s**2, dt)
     mu = mu_given_tau(jnp.asarray(tau * tau, dt), ya, s2a, jnp.ones(8, bool), hierjax.FlatMu())
     E, V = difference_given_tau(jnp.asarray(tau * tau, dt), ya, s2a, MuGivenTau(*mu))
     th, C = mean[1:], cov[1:, 1:]
@@ -362,26 +370,36 @@ def test_difference_given_tau_dense(tau):
     assert np.all(np.abs(np.asarray(E) - E_ref) <= tol * sd.max())
     assert np.all(np.abs(np.asarray(V) - V_ref) <= tol * (sd.max() ** 2))
     iu = np.triu_indices(8, 1)
-    assert np.all(np.abs(np.sqrt(np.asarray(V, np.float64))[iu] - np.sqrt(V_ref[iu]))
-                  <= tol * np.sqrt(V_ref[iu]) * 10)
+    assert np.all(
+        np.abs(np.sqrt(np.asarray(V, np.float64))[iu] - np.sqrt(V_ref[iu]))
+        <= tol * np.sqrt(V_ref[iu]) * 10
+    )
 
 
 # --------------------------------------------------------------------------- structure
 def test_batched_equals_one_at_a_time(post):
     """Each dataset alone gives what it gives in the (ragged) batch."""
     x = np.array([-5.0, 0.0, 5.0, 10.0, 20.0])
-    batched = (hierjax.cdf(post, "mu", x), hierjax.quantile(post, "tau", P5),
-               hierjax.interval(post, "theta_new", 0.9, kind="shortest")[1],
-               hierjax.shrinkage(post), hierjax.pairwise_prob(post))
+    batched = (
+        hierjax.cdf(post, "mu", x),
+        hierjax.quantile(post, "tau", P5),
+        hierjax.interval(post, "theta_new", 0.9, kind="shortest")[1],
+        hierjax.shrinkage(post),
+        hierjax.pairwise_prob(post),
+    )
     for b, (y, s) in enumerate(DATA):
         one = hierjax.posterior(np.array(y), np.array(s))
-        single = (hierjax.cdf(one, "mu", x), hierjax.quantile(one, "tau", P5),
-                  hierjax.interval(one, "theta_new", 0.9, kind="shortest")[1],
-                  hierjax.shrinkage(one), hierjax.pairwise_prob(one))
-        J = len(y)           # the dataset's own groups (the batch's kernels ran at 8 too)
-        group_axes = (0, 0, 0, 1, 2)          # shrinkage [B, J], pairwise_prob [B, J, J]
+        single = (
+            hierjax.cdf(one, "mu", x),
+            hierjax.quantile(one, "tau", P5),
+            hierjax.interval(one, "theta_new", 0.9, kind="shortest")[1],
+            hierjax.shrinkage(one),
+            hierjax.pairwise_prob(one),
+        )
+        J = len(y)  # the dataset's own groups (the batch's kernels ran at 8 too)
+        group_axes = (0, 0, 0, 1, 2)  # shrinkage [B, J], pairwise_prob [B, J, J]
         for a, c, g in zip(batched, single, group_axes):
-            if g:            # the batch's columns beyond the dataset's groups are nan
+            if g:  # the batch's columns beyond the dataset's groups are nan
                 assert np.all(np.isnan(a[b][J:])), "padded groups"
             a = a[b][(slice(0, J),) * g]
             np.testing.assert_allclose(a, c[0], rtol=BATCH_RTOL, atol=BATCH_RTOL * 1e-3)
@@ -403,8 +421,9 @@ def test_bad_input(post):
     with pytest.raises(hierjax.InputError, match="B = 3"):
         hierjax.cdf(post, "mu", np.zeros((2, 5)))
     with pytest.raises(hierjax.InputError, match="dataset 1.*sigma"):
-        hierjax.posterior([np.array(EIGHT_Y), np.array(HET_Y)],
-                          [np.array(EIGHT_S), np.array(HET_S) * 0])
+        hierjax.posterior(
+            [np.array(EIGHT_Y), np.array(HET_Y)], [np.array(EIGHT_S), np.array(HET_S) * 0]
+        )
 
 
 def test_far_quantiles_warn_or_agree():
@@ -431,10 +450,11 @@ def test_far_quantiles_warn_or_agree():
         iqr = r.quantile("mu", 0.75) - r.quantile("mu", 0.25)
         for p, a in zip(levels, q):
             assert abs(a - r.quantile("mu", p)) / iqr <= TOL, (p, a, r.quantile("mu", p))
-    with warnings.catch_warnings():      # no spurious warning at the usual levels
+    with warnings.catch_warnings():  # no spurious warning at the usual levels
         warnings.simplefilter("error")
-        quantile(hierjax.posterior(np.array(EIGHT_Y), np.array(EIGHT_S)), "theta_new",
-                 [0.025, 0.975])
+        quantile(
+            hierjax.posterior(np.array(EIGHT_Y), np.array(EIGHT_S)), "theta_new", [0.025, 0.975]
+        )
 
 
 def test_float32_rounding_warns():
@@ -446,9 +466,12 @@ def test_float32_rounding_warns():
     from hierjax.posterior import interval, quantile
 
     shifted = np.array(EIGHT_Y) - 1e5
-    post = hierjax.posterior(np.stack([np.array(EIGHT_Y), shifted]),
-                             np.stack([np.array(EIGHT_S)] * 2), names=["plain", "shifted"],
-                             dtype=np.float32)
+    post = hierjax.posterior(
+        np.stack([np.array(EIGHT_Y), shifted]),
+        np.stack([np.array(EIGHT_S)] * 2),
+        names=["plain", "shifted"],
+        dtype=np.float32,
+    )
     for param in ("mu", "theta", "theta_new", "y_rep"):
         with pytest.warns(UserWarning, match=r"1 dataset\(s\) \(shifted\) cannot be held"):
             quantile(post, param, [0.25, 0.5, 0.975])
@@ -456,7 +479,7 @@ def test_float32_rounding_warns():
         interval(post, "mu", 0.95)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        quantile(post, "tau", [0.25, 0.5])         # a scale, not a location: holds
+        quantile(post, "tau", [0.25, 0.5])  # a scale, not a location: holds
         plain = hierjax.posterior(np.array(EIGHT_Y), np.array(EIGHT_S), dtype=np.float32)
         quantile(plain, "theta", [0.025, 0.5, 0.975])
         interval(plain, "theta_new", [0.5, 0.95])

@@ -8,6 +8,7 @@ independent quadrature reference. Each prior type costs one engine compile (tens
 seconds), so the default suite fits one representative prior (``conventional``: data
 leaves ``[B, J]``, a host-computed normaliser, proper); the others are ``slow``.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,8 +22,8 @@ from reference import Reference, bayesmeta_tau_prior
 from scipy import integrate
 
 import hierjax
-from hierjax.io import cli
 from hierjax.engine.batch import min_groups
+from hierjax.io import cli
 from hierjax.model.priors import (
     BergerDeely,
     Conventional,
@@ -94,7 +95,7 @@ def test_density_matches_published_formula(spec, eight_schools):
     assert np.all(np.isfinite(mine[ok]))
     diff = mine[ok] - ref[ok]
     if not proper:
-        diff = diff - diff[0]          # improper: equal up to an additive constant
+        diff = diff - diff[0]  # improper: equal up to an additive constant
     np.testing.assert_allclose(diff, 0.0, atol=LOG_TOL * (1 + np.abs(ref[ok]).max()))
 
 
@@ -105,10 +106,13 @@ def test_proper_density_integrates_to_one(spec, eight_schools):
 
     def f(t):
         return math.exp(float(prior.log_density(jnp.asarray(t))))
-    with warnings.catch_warnings():   # float32 densities: quad cannot reach 1e-12 (expected)
+
+    with warnings.catch_warnings():  # float32 densities: quad cannot reach 1e-12 (expected)
         warnings.simplefilter("ignore", integrate.IntegrationWarning)
-        total = sum(integrate.quad(f, a, b, epsabs=0.0, epsrel=1e-12, limit=500)[0]
-                    for a, b in ((0.0, 1.0), (1.0, 30.0), (30.0, 1e3), (1e3, math.inf)))
+        total = sum(
+            integrate.quad(f, a, b, epsabs=0.0, epsrel=1e-12, limit=500)[0]
+            for a, b in ((0.0, 1.0), (1.0, 30.0), (30.0, 1e3), (1e3, math.inf))
+        )
     assert abs(total - 1.0) < (1e-9 if X64 else 1e-5)
 
 
@@ -123,13 +127,24 @@ def test_flags_and_tail_power(spec, eight_schools):
     t1, t2 = 1e6, 1e9
     slope = -(_logpdf(prior, t2)[0] - _logpdf(prior, t1)[0]) / math.log(t2 / t1)
     if math.isinf(c):
-        assert slope > 20 or not np.isfinite(slope)     # faster than any power used here
+        assert slope > 20 or not np.isfinite(slope)  # faster than any power used here
     else:
         assert abs(slope - c) < 1e-3
 
 
-@pytest.mark.parametrize("spec", ["sqrt", "jeffreys", "overall-jeffreys", "berger-deely",
-                                  "conventional", "shrinkage", "i2", "rayleigh:4"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "sqrt",
+        "jeffreys",
+        "overall-jeffreys",
+        "berger-deely",
+        "conventional",
+        "shrinkage",
+        "i2",
+        "rayleigh:4",
+    ],
+)
 def test_behaviour_at_zero_is_integrable(spec, eight_schools):
     """``p(tau) ~ tau^b`` near 0 with ``b > -1`` (the grid's ``e^{(1+b)x}`` decay in x = log tau)."""
     _, sigma = eight_schools
@@ -141,24 +156,38 @@ def test_behaviour_at_zero_is_integrable(spec, eight_schools):
 
 def test_improper_priors_known_as_such_and_min_groups():
     flat, normal = FlatMu(), NormalMu(np.asarray(0.0), np.asarray(10.0))
-    need = {s: (min_groups(parse_tau_prior(s), flat), min_groups(parse_tau_prior(s), normal))
-            for s in PRIORS}
+    need = {
+        s: (min_groups(parse_tau_prior(s), flat), min_groups(parse_tau_prior(s), normal))
+        for s in PRIORS
+    }
     # alpha = J - 2 + c > 0 (flat mu), J - 1 + c > 0 (normal mu); I^2 needs J >= 2 itself
     assert need["sqrt"] == (2, 1)
     assert need["jeffreys"] == (2, 1)
     assert need["berger-deely"] == (2, 1)
     assert need["i2"] == (2, 2)
-    for s in ("overall-jeffreys", "conventional", "dumouchel", "shrinkage", "half-logistic:3",
-              "lomax:2,5", "rayleigh:4", "log-normal:1.5,0.8", "inv-gamma:2,30"):
+    for s in (
+        "overall-jeffreys",
+        "conventional",
+        "dumouchel",
+        "shrinkage",
+        "half-logistic:3",
+        "lomax:2,5",
+        "rayleigh:4",
+        "log-normal:1.5,0.8",
+        "inv-gamma:2,30",
+    ):
         assert need[s] == (1, 1), s
 
 
-@pytest.mark.parametrize("spec, mu, fragment", [
-    ("sqrt", "flat", "needs at least 2"),
-    ("jeffreys", "flat", "needs at least 2"),
-    ("berger-deely", "flat", "needs at least 2"),
-    ("i2", "normal:0,10", "needs at least 2"),
-])
+@pytest.mark.parametrize(
+    "spec, mu, fragment",
+    [
+        ("sqrt", "flat", "needs at least 2"),
+        ("jeffreys", "flat", "needs at least 2"),
+        ("berger-deely", "flat", "needs at least 2"),
+        ("i2", "normal:0,10", "needs at least 2"),
+    ],
+)
 def test_too_few_groups_is_a_clear_error(spec, mu, fragment):
     with pytest.raises(InputError, match=fragment) as e:
         hierjax.fit([1.0], [1.0], tau_prior=spec, mu_prior=mu)
@@ -171,13 +200,21 @@ def test_spec_strings_and_aliases():
     assert isinstance(parse_tau_prior("overallJeffreys"), OverallJeffreys)
     assert isinstance(parse_tau_prior("BergerDeely"), BergerDeely)
     assert isinstance(parse_tau_prior("I2"), UniformI2)
-    ln = parse_tau_prior("log-normal-tau2:-2.5,1.6")        # Turner et al.: log tau^2 ~ N(m, s^2)
+    ln = parse_tau_prior("log-normal-tau2:-2.5,1.6")  # Turner et al.: log tau^2 ~ N(m, s^2)
     assert isinstance(ln, LogNormal)
     np.testing.assert_allclose([ln.loc, ln.sigma], [-1.25, 0.8])
     ig = parse_tau_prior("inv-gamma:3,2")
     assert ig.shape == 3.0 and float(ig.scale) == 2.0 and ig.tail_power == 7.0
-    for bad in ("lomax:2", "lomax:-1,2", "rayleigh:0", "log-normal:0,-1", "inv-gamma:0,1",
-                "jeffreys:1", "half-logistic", "dumouchel:x"):
+    for bad in (
+        "lomax:2",
+        "lomax:-1,2",
+        "rayleigh:0",
+        "log-normal:0,-1",
+        "inv-gamma:0,1",
+        "jeffreys:1",
+        "half-logistic",
+        "dumouchel:x",
+    ):
         with pytest.raises(InputError):
             parse_tau_prior(bad)
 
@@ -185,8 +222,11 @@ def test_spec_strings_and_aliases():
 def test_cli_takes_the_new_specs(write_csv, capsys):
     """The CLI parses the specs and reaches the fit's checks (a 1-group dataset: no compile)."""
     path = write_csv([["a", "1.0", "1.0"]])
-    for spec, fragment in (("i2", "needs at least 2"), ("jeffreys", "needs at least 2"),
-                           ("lomax:0,1", "shape")):
+    for spec, fragment in (
+        ("i2", "needs at least 2"),
+        ("jeffreys", "needs at least 2"),
+        ("lomax:0,1", "shape"),
+    ):
         assert cli.main(["fit", str(path), "--tau-prior", spec]) == 2
         assert fragment in capsys.readouterr().err
 
@@ -200,8 +240,15 @@ def test_bind_rescale_equivariance():
     mask[1, 4:] = False
     mask[2, 5] = False
     c = np.array([2.0, 0.1, 7.0])
-    for cls in (Jeffreys, OverallJeffreys, BergerDeely, Conventional, DuMouchel,
-                UniformShrinkage, UniformI2):
+    for cls in (
+        Jeffreys,
+        OverallJeffreys,
+        BergerDeely,
+        Conventional,
+        DuMouchel,
+        UniformShrinkage,
+        UniformI2,
+    ):
         bound = cls().bind(sigma, mask)
         resc = bound.rescaled(c)
         direct = cls().bind(sigma / c[:, None], mask)
@@ -217,13 +264,17 @@ def test_bind_rescale_equivariance():
                 lp_1 = float(one.log_density(jnp.asarray(t * c[b]))) + math.log(c[b])
                 lp_a = float(alone.log_density(jnp.asarray(t * c[b]))) + math.log(c[b])
                 if cls.proper:
-                    np.testing.assert_allclose([lp_r, lp_d, lp_a], lp_1, rtol=0, atol=1e-5 if not X64 else 1e-11)
-                else:   # improper: equal up to a constant per dataset; compare shapes via differences
+                    np.testing.assert_allclose(
+                        [lp_r, lp_d, lp_a], lp_1, rtol=0, atol=1e-5 if not X64 else 1e-11
+                    )
+                else:  # improper: equal up to a constant per dataset; compare shapes via differences
                     lp_r0 = float(r.log_density(jnp.asarray(1.0)))
                     lp_d0 = float(d.log_density(jnp.asarray(1.0)))
-                    np.testing.assert_allclose(lp_r - lp_r0, lp_d - lp_d0, atol=1e-5 if not X64 else 1e-11)
+                    np.testing.assert_allclose(
+                        lp_r - lp_r0, lp_d - lp_d0, atol=1e-5 if not X64 else 1e-11
+                    )
     with pytest.raises(InputError):
-        Jeffreys().rescaled(2.0)            # unbound: no sigma yet
+        Jeffreys().rescaled(2.0)  # unbound: no sigma yet
 
 
 def _check_fit(spec, y, sigma, mu="flat"):
@@ -232,8 +283,12 @@ def _check_fit(spec, y, sigma, mu="flat"):
     levels = (0.025, 0.5, 0.975)
     f = hierjax.fit(y, sigma, tau_prior=spec, mu_prior=mu, quantiles=levels)
     assert int(f.status[0]) == 0, hierjax.status_text(int(f.status[0]))
-    checks = [("mu", None, f.mu), ("tau", None, f.tau), ("theta", 0, f.theta),
-              ("theta_new", None, f.theta_new)]
+    checks = [
+        ("mu", None, f.mu),
+        ("tau", None, f.tau),
+        ("theta", 0, f.theta),
+        ("theta_new", None, f.theta_new),
+    ]
     worst = 0.0
     for what, j, m in checks:
         rm = ref.marginal(what, j, levels)

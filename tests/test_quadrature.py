@@ -1,4 +1,5 @@
 """hierjax.numerics.quadrature against NumPy's Chebyshev module (an independent implementation)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,7 +18,7 @@ def test_integration_matrices_integrate_the_interpolant(n):
     L, U = integration_matrices(n)
     rng = np.random.default_rng(n)
     for f in (np.exp(-3.0 * (z - 0.3) ** 2), rng.standard_normal(n + 1)):
-        anti = C.chebint(C.chebfit(z, f, n), lbnd=-1)       # F(z) = int_{-1}^z p
+        anti = C.chebint(C.chebfit(z, f, n), lbnd=-1)  # F(z) = int_{-1}^z p
         F, total = C.chebval(z, anti), C.chebval(1.0, anti)
         scale = np.sum(np.abs(f))
         np.testing.assert_allclose(L @ f, F, rtol=0, atol=1e-13 * scale)
@@ -37,20 +38,21 @@ def test_survival_keeps_its_relative_accuracy_in_float32():
     z, _ = clenshaw_curtis(n)
     f = (1.0 - z) ** 2 * np.exp(2.0 * z)
     L, U = integration_matrices(n)
-    S64 = U @ f                                   # float64: the exact sums, to ~1e-16
+    S64 = U @ f  # float64: the exact sums, to ~1e-16
     f32 = f.astype(np.float32)
     S32 = np.sum(U.astype(np.float32) * f32, axis=1, dtype=np.float32)
-    one_minus_F32 = np.float32(np.sum(U[-1] * f)) - np.sum(L.astype(np.float32) * f32, axis=1,
-                                                           dtype=np.float32)
+    one_minus_F32 = np.float32(np.sum(U[-1] * f)) - np.sum(
+        L.astype(np.float32) * f32, axis=1, dtype=np.float32
+    )
     near = slice(1, 8)
     rel = np.abs(S32[near] - S64[near]) / S64[near]
     rel_complement = np.abs(one_minus_F32[near] - S64[near]) / S64[near]
     assert rel.max() < 5e-5, rel
-    assert rel_complement.max() > 0.5, rel_complement      # what the matrix U avoids
+    assert rel_complement.max() > 0.5, rel_complement  # what the matrix U avoids
 
 
 def test_chebyshev_matrix_gives_the_interpolant():
     n = 16
     z, _ = clenshaw_curtis(n)
-    f = np.cos(3.0 * z) + z ** 5
+    f = np.cos(3.0 * z) + z**5
     np.testing.assert_allclose(chebyshev_matrix(n) @ f, C.chebfit(z, f, n), atol=1e-13)

@@ -6,6 +6,7 @@ a Kolmogorov-Smirnov test of the tau draws against the independent quad CDF
 Every statistical test uses a fixed key (deterministic), with |z| <= 5 (a false alarm
 rate of 6e-7 per check had the key been random). Run under JAX_ENABLE_X64=0 and =1.
 """
+
 from __future__ import annotations
 
 import math
@@ -13,11 +14,11 @@ import math
 import jax
 import numpy as np
 import pytest
+from reference import reference
 from scipy import stats
 
 import hierjax
 from hierjax.sampling import DRAW_CHUNK, draws, to_arviz
-from reference import reference
 
 EIGHT_Y = (28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0)
 EIGHT_S = (15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0)
@@ -38,8 +39,8 @@ def _z_mean(x, exact):
 def _z_sd(x, exact):
     """z of the sample variance: Var(s^2) ~= (m4 - s^4) / S."""
     c = x - np.mean(x)
-    s2, m4 = np.mean(c ** 2), np.mean(c ** 4)
-    return (s2 - exact ** 2) / math.sqrt((m4 - s2 ** 2) / x.size)
+    s2, m4 = np.mean(c**2), np.mean(c**4)
+    return (s2 - exact**2) / math.sqrt((m4 - s2**2) / x.size)
 
 
 def _z_quantile(x, q, p):
@@ -86,17 +87,27 @@ def test_tau_draws_ks_against_quad_cdf(eight):
     pts, F = _ref_cdf_table(ref)
     tau = np.sort(d.tau[0].astype(np.float64))
     ecdf = np.searchsorted(tau, pts, side="right") / tau.size
-    D = np.max(np.abs(ecdf - F))          # KS statistic on these points (<= the full one)
+    D = np.max(np.abs(ecdf - F))  # KS statistic on these points (<= the full one)
     assert stats.kstwo.sf(D, tau.size) > 1e-4, D
     # a 5% bias in tau is visible at this sample size: the test can fail
     ecdf_bad = np.searchsorted(1.05 * tau, pts, side="right") / tau.size
     assert stats.kstwo.sf(np.max(np.abs(ecdf_bad - F)), tau.size) < 1e-4
 
 
-RAGGED_Y = [np.array(EIGHT_Y), np.array(EIGHT_Y[:5]) * 1.3, np.array(EIGHT_Y[2:]),
-            np.array(EIGHT_Y[:4]) - 5.0, np.array(EIGHT_Y[1:7]) * 0.5]
-RAGGED_S = [np.array(EIGHT_S), np.array(EIGHT_S[:5]), np.array(EIGHT_S[2:]),
-            np.array(EIGHT_S[:4]), np.array(EIGHT_S[1:7])]
+RAGGED_Y = [
+    np.array(EIGHT_Y),
+    np.array(EIGHT_Y[:5]) * 1.3,
+    np.array(EIGHT_Y[2:]),
+    np.array(EIGHT_Y[:4]) - 5.0,
+    np.array(EIGHT_Y[1:7]) * 0.5,
+]
+RAGGED_S = [
+    np.array(EIGHT_S),
+    np.array(EIGHT_S[:5]),
+    np.array(EIGHT_S[2:]),
+    np.array(EIGHT_S[:4]),
+    np.array(EIGHT_S[1:7]),
+]
 
 
 @pytest.fixture(scope="module")
@@ -106,12 +117,17 @@ def ragged():
 
 def test_batch_order_and_single_bitwise(ragged):
     perm = [3, 0, 4, 2, 1]
-    d2 = draws([RAGGED_Y[i] for i in perm], [RAGGED_S[i] for i in perm], key=jax.random.key(7),
-               num_draws=300, ids=perm)
+    d2 = draws(
+        [RAGGED_Y[i] for i in perm],
+        [RAGGED_S[i] for i in perm],
+        key=jax.random.key(7),
+        num_draws=300,
+        ids=perm,
+    )
     for f in ("tau", "mu", "theta"):
         assert np.array_equal(getattr(ragged, f)[perm], getattr(d2, f), equal_nan=True), f
     one = draws(RAGGED_Y[2], RAGGED_S[2], key=jax.random.key(7), num_draws=300, ids=[2])
-    J = len(RAGGED_Y[2])     # its own width alone; the batch's is its longest dataset's
+    J = len(RAGGED_Y[2])  # its own width alone; the batch's is its longest dataset's
     assert one.theta.shape[-1] == J
     assert np.array_equal(one.theta[0], ragged.theta[2, :, :J], equal_nan=True)
     assert np.all(np.isnan(ragged.theta[2, :, J:]))
@@ -160,8 +176,9 @@ def test_prefix_property_bitwise(ragged):
 @pytest.mark.parametrize("priors", [("uniform", "flat"), ("half-cauchy:5", "normal:0,5")])
 def test_million_draws_z(priors):
     y, s = np.array(EIGHT_Y), np.array(EIGHT_S)
-    d = draws(y, s, key=jax.random.key(11), num_draws=1_000_000, tau_prior=priors[0],
-              mu_prior=priors[1])
+    d = draws(
+        y, s, key=jax.random.key(11), num_draws=1_000_000, tau_prior=priors[0], mu_prior=priors[1]
+    )
     f = hierjax.fit(y, s, tau_prior=priors[0], mu_prior=priors[1])
     for name in ("tau", "mu"):
         x = getattr(d, name)[0].astype(np.float64)

@@ -10,10 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import X64
 from scipy import optimize, stats
 
 from hierjax.inference.summaries import mixture_quantile, mixture_summary
-from conftest import X64
 
 # float32's CDF cannot resolve 0.001 / 0.999 of the heavy mixture to 1e-4 sd (an ulp of F
 # there moves q by ~3e-4 sd): those levels are float64's only.
@@ -53,8 +53,10 @@ def test_mixture_quantile_matches_brentq(name):
     wj, mj, sj = _arrays(w, m, s)
     p = jnp.asarray(LEVELS, wj.dtype)
     q, ok = jax.jit(jax.vmap(lambda pi: mixture_quantile(pi, wj, mj, sj)))(p)
-    sd = np.sqrt(np.sum(np.asarray(w) / np.sum(w) * (np.asarray(s) ** 2 + np.asarray(m) ** 2))
-                 - np.sum(np.asarray(w) / np.sum(w) * np.asarray(m)) ** 2)
+    sd = np.sqrt(
+        np.sum(np.asarray(w) / np.sum(w) * (np.asarray(s) ** 2 + np.asarray(m) ** 2))
+        - np.sum(np.asarray(w) / np.sum(w) * np.asarray(m)) ** 2
+    )
     ref = np.array([_reference_quantile(pi, np.asarray(w) / np.sum(w), m, s) for pi in LEVELS])
     err = np.abs(np.asarray(q, np.float64) - ref) / sd
     assert np.all(np.asarray(ok))
@@ -67,11 +69,12 @@ def test_mixture_summary_moments_and_tail_probability():
     wj, mj, sj = _arrays(w, m, s)
     levels = jnp.asarray((0.25, 0.75), wj.dtype)
     yes = jnp.array(True)
-    out, ok = jax.jit(lambda: mixture_summary(wj, mj, sj, levels, jnp.asarray(0.0, wj.dtype),
-                                              yes, yes))()
+    out, ok = jax.jit(
+        lambda: mixture_summary(wj, mj, sj, levels, jnp.asarray(0.0, wj.dtype), yes, yes)
+    )()
     wn = np.asarray(w) / np.sum(w)
     mean = np.sum(wn * np.asarray(m))
-    sd = np.sqrt(np.sum(wn * (np.asarray(s) ** 2 + np.asarray(m) ** 2)) - mean ** 2)
+    sd = np.sqrt(np.sum(wn * (np.asarray(s) ** 2 + np.asarray(m) ** 2)) - mean**2)
     p_gt0 = np.sum(wn * stats.norm.sf(0.0, m, s))
     tol = 1e-12 if X64 else 1e-6
     np.testing.assert_allclose(float(out.mean), mean, rtol=tol, atol=tol)
@@ -86,7 +89,8 @@ def test_mixture_summary_reports_moments_that_do_not_exist():
     """``mean_exists`` / ``sd_exists`` False give nan / inf, whatever the grid's numbers."""
     wj, mj, sj = _arrays(*MIXTURES["heavy"])
     no = jnp.array(False)
-    out, _ = mixture_summary(wj, mj, sj, jnp.asarray((0.5,), wj.dtype),
-                             jnp.asarray(0.0, wj.dtype), no, no)
+    out, _ = mixture_summary(
+        wj, mj, sj, jnp.asarray((0.5,), wj.dtype), jnp.asarray(0.0, wj.dtype), no, no
+    )
     assert np.isnan(float(out.mean)) and np.isinf(float(out.sd))
     assert not bool(out.mean_exists) and not bool(out.sd_exists)

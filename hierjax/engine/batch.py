@@ -10,17 +10,28 @@ divided by the geometric mean of its ``sigma_j``. The model is equivariant under
 this map (priors are rescaled with it), so results are exact after mapping back,
 and float32 kernels lose nothing to a large offset or an extreme unit.
 """
+
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 from hierjax.model.priors import DataTauPrior, FlatMu, InputError, MuPrior, NormalMu, TauPrior
 
-__all__ = ["InputError", "Batch", "as_batch", "validate", "min_groups", "describe_priors", "padded_size", "Standardized",
-           "standardize"]
+__all__ = [
+    "InputError",
+    "Batch",
+    "as_batch",
+    "validate",
+    "min_groups",
+    "describe_priors",
+    "padded_size",
+    "Standardized",
+    "standardize",
+]
 
 
 class Batch(NamedTuple):
@@ -63,7 +74,7 @@ def _to_float(name, values, where):
         except (TypeError, ValueError):
             if arr.ndim == 2:
                 place = f"dataset {idx[0]}: {name}[{idx[1] + 1}]"
-            elif arr.ndim == 1:          # one dataset: dataset 0, or the one named by `where`
+            elif arr.ndim == 1:  # one dataset: dataset 0, or the one named by `where`
                 place = f"{'dataset 0' if where == 'input' else where}: {name}[{idx[0] + 1}]"
             else:
                 place = f"{where}: {name}"
@@ -71,8 +82,9 @@ def _to_float(name, values, where):
     raise InputError(f"{where}: {name} must be a numeric array, got shape {arr.shape}")
 
 
-def as_batch(y, sigma, mask=None, names: Optional[Sequence] = None, groups=None,
-             pad_to: Optional[int] = None) -> Batch:
+def as_batch(
+    y, sigma, mask=None, names: Sequence | None = None, groups=None, pad_to: int | None = None
+) -> Batch:
     """Assemble a batch from ``[J]``, ``[B, J]`` (with optional mask) or ragged lists.
 
     Args:
@@ -90,13 +102,17 @@ def as_batch(y, sigma, mask=None, names: Optional[Sequence] = None, groups=None,
         if mask is not None:
             raise InputError("mask is for [B, J] arrays; ragged lists carry their own lengths")
         if not isinstance(sigma, (list, tuple)) or len(sigma) != len(y):
-            raise InputError(f"ragged y has {len(y)} datasets; sigma must be a list of the same length")
+            raise InputError(
+                f"ragged y has {len(y)} datasets; sigma must be a list of the same length"
+            )
         ys = [_to_float("y", v, f"dataset {b}") for b, v in enumerate(y)]
         ss = [_to_float("sigma", v, f"dataset {b}") for b, v in enumerate(sigma)]
         for b, (yv, sv) in enumerate(zip(ys, ss)):
             if yv.ndim != 1 or sv.shape != yv.shape:
-                raise InputError(f"dataset {b}: y has shape {yv.shape} and sigma {sv.shape}; "
-                                 "expected two 1-D arrays of equal length")
+                raise InputError(
+                    f"dataset {b}: y has shape {yv.shape} and sigma {sv.shape}; "
+                    "expected two 1-D arrays of equal length"
+                )
         lens = [len(v) for v in ys]
         B = len(ys)
         J = max(lens) if lens else 0
@@ -104,15 +120,17 @@ def as_batch(y, sigma, mask=None, names: Optional[Sequence] = None, groups=None,
         S = np.ones((B, J))
         M = np.zeros((B, J), bool)
         for b, (yv, sv) in enumerate(zip(ys, ss)):
-            Y[b, :lens[b]], S[b, :lens[b]], M[b, :lens[b]] = yv, sv, True
+            Y[b, : lens[b]], S[b, : lens[b]], M[b, : lens[b]] = yv, sv, True
     else:
         Y = _to_float("y", y, "input")
         S = _to_float("sigma", sigma, "input")
         if Y.ndim == 1:
             Y, S = Y[None], S[None] if S.ndim == 1 else S
         if Y.ndim != 2 or S.shape != Y.shape:
-            raise InputError(f"y has shape {np.shape(y)} and sigma {np.shape(sigma)}; expected "
-                             "equal shapes [J] or [B, J], or ragged lists of 1-D arrays")
+            raise InputError(
+                f"y has shape {np.shape(y)} and sigma {np.shape(sigma)}; expected "
+                "equal shapes [J] or [B, J], or ragged lists of 1-D arrays"
+            )
         M = np.ones(Y.shape, bool) if mask is None else np.asarray(mask, bool)
         if M.ndim == 1:
             M = M[None]
@@ -160,10 +178,12 @@ def validate(batch: Batch, need: int, prior_text: str = "") -> list:
     # words the message (the loop over all of them cost ~15 us per dataset)
     mask, y_all, s_all = batch.mask, batch.y, batch.sigma
     with np.errstate(invalid="ignore"):
-        fails = ((mask.sum(axis=1) < max(need, 1))
-                 | np.any(mask & ~np.isfinite(y_all), axis=1)
-                 | np.any(mask & ~(np.isfinite(s_all) & (s_all > 0)), axis=1))
-    problems: list[Optional[str]] = [None] * y_all.shape[0]
+        fails = (
+            (mask.sum(axis=1) < max(need, 1))
+            | np.any(mask & ~np.isfinite(y_all), axis=1)
+            | np.any(mask & ~(np.isfinite(s_all) & (s_all > 0)), axis=1)
+        )
+    problems: list[str | None] = [None] * y_all.shape[0]
     for b in np.flatnonzero(fails):
         m = batch.mask[b]
         y, s = batch.y[b][m], batch.sigma[b][m]
@@ -181,17 +201,22 @@ def validate(batch: Batch, need: int, prior_text: str = "") -> list:
             j = int(np.flatnonzero(s <= 0)[0])
             msg = f"sigma[{j + 1}] is {s[j]} (must be > 0)"
         elif m.sum() < need:
-            msg = (f"has {int(m.sum())} group(s); {prior_text or 'this model'} needs at least "
-                   f"{need} for a proper posterior")
+            msg = (
+                f"has {int(m.sum())} group(s); {prior_text or 'this model'} needs at least "
+                f"{need} for a proper posterior"
+            )
         problems[b] = None if msg is None else f"dataset {name!r}: {msg}"
     return problems
 
 
 def describe_priors(tau_prior: TauPrior, mu_prior: MuPrior) -> str:
     """``"a uniform tau prior with a flat mu prior"`` and the like, for messages."""
+
     def name(p):
         return {"Uniform": "uniform", "FlatMu": "flat", "NormalMu": "normal"}.get(
-            type(p).__name__, type(p).__name__)
+            type(p).__name__, type(p).__name__
+        )
+
     return f"a {name(tau_prior)} tau prior with a {name(mu_prior)} mu prior"
 
 

@@ -24,6 +24,7 @@ registered here (:func:`register`); :func:`make_room`, called before they run, d
 their executables once the process uses :data:`MAP_SHARE` of its maps, and they
 recompile when next needed.
 """
+
 from __future__ import annotations
 
 import gc
@@ -34,10 +35,15 @@ import sys
 import warnings
 from pathlib import Path
 from types import FrameType
-from typing import Optional
 
-__all__ = ["use_compilation_cache", "default_cache_dir", "machine_key", "register",
-           "make_room", "memory_maps"]
+__all__ = [
+    "use_compilation_cache",
+    "default_cache_dir",
+    "machine_key",
+    "register",
+    "make_room",
+    "memory_maps",
+]
 
 #: Environment variable for the cache's location (``off`` disables it in the CLI).
 ENV = "HIERJAX_CACHE_DIR"
@@ -55,13 +61,23 @@ def machine_key() -> str:
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            lines = [ln for ln in f if ln.split(":")[0].strip() in ("model name", "flags",
-                                                                        "Features", "CPU part")]
+            lines = [
+                ln
+                for ln in f
+                if ln.split(":")[0].strip() in ("model name", "flags", "Features", "CPU part")
+            ]
         cpu = "".join(sorted(set(lines))) or cpu
     except OSError:
         pass
-    text = "\n".join([platform.machine(), platform.system(), cpu, jax.__version__,
-                      getattr(jaxlib, "__version__", "")])
+    text = "\n".join(
+        [
+            platform.machine(),
+            platform.system(),
+            cpu,
+            jax.__version__,
+            getattr(jaxlib, "__version__", ""),
+        ]
+    )
     return f"{platform.machine() or 'cpu'}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
@@ -70,11 +86,12 @@ def default_cache_dir() -> Path:
     :func:`machine_key` appended."""
     base = os.environ.get(ENV) or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
-        "hierjax")
+        "hierjax",
+    )
     return Path(base) / machine_key()
 
 
-def use_compilation_cache(path=None) -> Optional[Path]:
+def use_compilation_cache(path=None) -> Path | None:
     """Keep compiled kernels on disk in ``path`` (default :func:`default_cache_dir`).
 
     Call at program start, before anything compiles (JAX reads the setting at its first
@@ -161,20 +178,25 @@ def make_room() -> None:
     gc.collect()
     _seen["compiled"] = sum(size() for size, _ in _KERNELS)
     after = (memory_maps() or usage)[0]
-    rest = ("" if after <= MAP_SHARE * limit else
-            f"; {after} remain, held by other code: jax.clear_caches() frees JAX's, and a "
-            "larger vm.max_map_count (sysctl) avoids this")
-    warnings.warn(f"hierjax: this process uses {used} of its {limit} memory maps "
-                  f"(vm.max_map_count; XLA aborts at the limit): dropped hierjax's compiled "
-                  f"kernels ({used - after} maps), which recompile when next needed{rest}",
-                  stacklevel=_caller_level())
+    rest = (
+        ""
+        if after <= MAP_SHARE * limit
+        else f"; {after} remain, held by other code: jax.clear_caches() frees JAX's, and a "
+        "larger vm.max_map_count (sysctl) avoids this"
+    )
+    warnings.warn(
+        f"hierjax: this process uses {used} of its {limit} memory maps "
+        f"(vm.max_map_count; XLA aborts at the limit): dropped hierjax's compiled "
+        f"kernels ({used - after} maps), which recompile when next needed{rest}",
+        stacklevel=_caller_level(),
+    )
 
 
 def _caller_level() -> int:
     """``stacklevel`` for a warning from :func:`make_room` that names the first caller
     outside the hierjax package."""
     here = os.path.dirname(os.path.abspath(__file__))
-    frame: Optional[FrameType] = sys._getframe(2)     # 1: make_room
+    frame: FrameType | None = sys._getframe(2)  # 1: make_room
     level = 2
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(here):
         frame, level = frame.f_back, level + 1

@@ -6,33 +6,50 @@ standardise in float64 and rescale the priors. Blocks are full blocks of ``chunk
 datasets and then single datasets (:func:`block_slices`), so a kernel compiles for at
 most two block shapes per (J, priors, dtype) and nothing is spent on padding datasets.
 """
+
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hierjax.engine.batch import (Batch, InputError, Standardized, as_batch, describe_priors, min_groups,
-                           rescale_priors, standardize, validate)
+from hierjax.engine.batch import (
+    Batch,
+    InputError,
+    Standardized,
+    as_batch,
+    describe_priors,
+    min_groups,
+    rescale_priors,
+    standardize,
+    validate,
+)
 from hierjax.engine.cache import make_room, register
 from hierjax.inference.grid import default_nodes, tau_grid
 from hierjax.model.priors import MuPrior, TauPrior, parse_mu_prior, parse_tau_prior
 
-__all__ = ["Prepared", "block_slices", "grids_standardized", "prepare", "compute_dtype",
-           "with_stand_ins"]
+__all__ = [
+    "Prepared",
+    "block_slices",
+    "grids_standardized",
+    "prepare",
+    "compute_dtype",
+    "with_stand_ins",
+]
 
 
 def compute_dtype(*arrays, dtype=None):
     """float64 when x64 is on and the inputs are not float32; float32 otherwise."""
     if dtype is not None:
         return jnp.dtype(jax.dtypes.canonicalize_dtype(dtype))
+
     def is_f32(a):
         if isinstance(a, (np.ndarray, jax.Array, np.generic)):
             return a.dtype == np.float32
-        if isinstance(a, (list, tuple)) and a:        # ragged lists: look at the datasets
+        if isinstance(a, (list, tuple)) and a:  # ragged lists: look at the datasets
             return all(is_f32(v) for v in a)
         return False
 
@@ -49,7 +66,7 @@ def with_stand_ins(batch: Batch, bad, n_pad: int) -> Batch:
     m_ = np.concatenate([batch.mask, np.zeros((n_pad,) + batch.y.shape[1:], bool)])
     stand_in = np.concatenate([bad, np.ones(n_pad, bool)])
     if stand_in.any():
-        three = np.arange(3)   # padded J >= 8; three groups make any supported posterior proper
+        three = np.arange(3)  # padded J >= 8; three groups make any supported posterior proper
         y_[stand_in], s_[stand_in], m_[stand_in] = 0.0, 1.0, False
         m_[np.ix_(stand_in, three)] = True
         y_[np.ix_(stand_in, three)] = np.array([-1.0, 0.0, 1.0])
@@ -95,28 +112,49 @@ class Prepared(NamedTuple):
         """:func:`block_slices` of this batch."""
         return block_slices(self.batch.y.shape[0], self.size)
 
-    def block(self, sl, width: Optional[int] = None):
+    def block(self, sl, width: int | None = None):
         """``(y, sigma2, mask, threshold, tau_prior, mu_prior)`` of a block, on the device;
         only the first ``width`` groups (all by default: the caller knows the rest are
         padding)."""
+
         def take(a):
             return a[sl]
+
         cols = slice(None, width)
-        return (self.cast(self.st.y[sl, cols]), self.cast(self.st.sigma2[sl, cols]),
-                jnp.asarray(self.work.mask[sl, cols]), self.cast(self.st.threshold[sl]),
-                jax.tree.map(take, self.tau_std), jax.tree.map(take, self.mu_std))
+        return (
+            self.cast(self.st.y[sl, cols]),
+            self.cast(self.st.sigma2[sl, cols]),
+            jnp.asarray(self.work.mask[sl, cols]),
+            self.cast(self.st.threshold[sl]),
+            jax.tree.map(take, self.tau_std),
+            jax.tree.map(take, self.mu_std),
+        )
 
 
 def block_slices(B: int, size: int):
     """Full blocks of ``size`` datasets, then the rest one at a time."""
     full = (B // size) * size
-    return ([slice(s, s + size) for s in range(0, full, size)]
-            + [slice(s, s + 1) for s in range(full, B)])
+    return [slice(s, s + size) for s in range(0, full, size)] + [
+        slice(s, s + 1) for s in range(full, B)
+    ]
 
 
-def prepare(y, sigma, *, tau_prior, mu_prior, mask=None, names=None, groups=None,
-            nodes: Optional[int] = None, chunk: Optional[int] = None, dtype=None,
-            skip_invalid: bool = False, default_chunk=None, pad_blocks: bool = False) -> Prepared:
+def prepare(
+    y,
+    sigma,
+    *,
+    tau_prior,
+    mu_prior,
+    mask=None,
+    names=None,
+    groups=None,
+    nodes: int | None = None,
+    chunk: int | None = None,
+    dtype=None,
+    skip_invalid: bool = False,
+    default_chunk=None,
+    pad_blocks: bool = False,
+) -> Prepared:
     """Host checks, stand-ins, padding and standardisation: the one place every batched
     entry point (:func:`hierjax.fit`, posterior, curves, draws, evidence) prepares a batch.
 
@@ -130,11 +168,10 @@ def prepare(y, sigma, *, tau_prior, mu_prior, mask=None, names=None, groups=None
     Raises:
         InputError: bad input, naming the dataset and field (unless ``skip_invalid``).
     """
-    make_room()          # before this call's kernels compile (hierjax.engine.cache)
+    make_room()  # before this call's kernels compile (hierjax.engine.cache)
     tp, mp = parse_tau_prior(tau_prior), parse_mu_prior(mu_prior)
     dt = compute_dtype(y, sigma, dtype=dtype)
-    batch = y if isinstance(y, Batch) else as_batch(y, sigma, mask=mask, names=names,
-                                                    groups=groups)
+    batch = y if isinstance(y, Batch) else as_batch(y, sigma, mask=mask, names=names, groups=groups)
     problems = validate(batch, min_groups(tp, mp), describe_priors(tp, mp))
     bad = np.array([p is not None for p in problems])
     if bad.any() and not skip_invalid:
@@ -159,8 +196,21 @@ def prepare(y, sigma, *, tau_prior, mu_prior, mask=None, names=None, groups=None
     st = standardize(work)
     tp_std, mp_std = rescale_priors(tp, mp, st, work.mask)
     cast = functools.partial(jnp.asarray, dtype=dt)
-    return Prepared(batch, tp, mp, bad, problems, work, st, jax.tree.map(cast, tp_std),
-                    jax.tree.map(cast, mp_std), dt, n, ch, n_pad)
+    return Prepared(
+        batch,
+        tp,
+        mp,
+        bad,
+        problems,
+        work,
+        st,
+        jax.tree.map(cast, tp_std),
+        jax.tree.map(cast, mp_std),
+        dt,
+        n,
+        ch,
+        n_pad,
+    )
 
 
 @register
@@ -174,6 +224,7 @@ def grids_standardized(y, sigma2, mask, tau_prior, mu_prior, *, n: int):
     it, so results are bitwise reproducible per dataset; and the one compiled function is
     shared by every module that starts from the grid (draws, evidence).
     """
+
     def one(args):
         yb, sb, mb, tp, mp = args
         return tau_grid(yb, sb, mb, tp, mp, n)

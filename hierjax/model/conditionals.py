@@ -31,6 +31,7 @@ flat mu prior this is the likelihood against Lebesgue measure on mu (improper).
 Every formula is finite at ``tau = 0`` (``B_j = 1``, ``theta_j = mu``).
 Masked (padded) groups carry benign values and are excluded with ``where``.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,16 +43,32 @@ import jax.numpy as jnp
 
 from hierjax.model.priors import FlatMu, MuPrior, NormalMu
 
-__all__ = ["MuGivenTau", "mu_given_tau", "log_marginal_likelihood", "theta_given_tau",
-           "Components", "mixture_components", "theta_given_mu_tau", "Reference", "reference_point", "mu_given_tau_near"]
+__all__ = [
+    "MuGivenTau",
+    "mu_given_tau",
+    "log_marginal_likelihood",
+    "theta_given_tau",
+    "Components",
+    "mixture_components",
+    "theta_given_mu_tau",
+    "Reference",
+    "reference_point",
+    "mu_given_tau_near",
+]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 _LOG_2 = math.log(2.0)
 _SQRT_HALF = math.sqrt(0.5)
 # fdlibm's minimax coefficients for 2 atanh(s) = 2 s + s^3 R(s^2), |s| <= 0.1716
-_LG = (6.666666666666735130e-01, 3.999999999940941908e-01, 2.857142874366239149e-01,
-       2.222219843214978396e-01, 1.818357216161805012e-01, 1.531383769920937332e-01,
-       1.479819860511658591e-01)
+_LG = (
+    6.666666666666735130e-01,
+    3.999999999940941908e-01,
+    2.857142874366239149e-01,
+    2.222219843214978396e-01,
+    1.818357216161805012e-01,
+    1.531383769920937332e-01,
+    1.479819860511658591e-01,
+)
 
 
 def _log1p_small(f):
@@ -79,7 +96,7 @@ def _log1p_small(f):
 def _log_parts(x):
     """``(f, e)`` with ``x = (1 + f) 2^e`` and ``1 + f`` in ``[sqrt(1/2), sqrt(2))`` (``f``
     exact), for positive normal ``x``: ``log x = e log 2 + log1p(f)``."""
-    m, e = jnp.frexp(x)                       # m in [1/2, 1)
+    m, e = jnp.frexp(x)  # m in [1/2, 1)
     low = m < _SQRT_HALF
     return jnp.where(low, 2.0 * m, m) - 1.0, e - low.astype(e.dtype)
 
@@ -122,13 +139,13 @@ def mu_given_tau(tau2, y, sigma2, mask, mu_prior: MuPrior) -> MuGivenTau:
     Returns:
         MuGivenTau with scalar fields.
     """
-    chex.assert_rank([tau2, y, sigma2, mask], [0, 1, 1, 1])     # one dataset: no batch axis
+    chex.assert_rank([tau2, y, sigma2, mask], [0, 1, 1, 1])  # one dataset: no batch axis
     chex.assert_equal_shape([y, sigma2, mask])
-    v = jnp.where(mask, sigma2 + tau2, 1.0)                 # v_j = sigma_j^2 + tau^2
+    v = jnp.where(mask, sigma2 + tau2, 1.0)  # v_j = sigma_j^2 + tau^2
     prec = jnp.where(mask, 1.0 / v, 0.0)
     p0, p0m0 = _prior_terms(mu_prior, y.dtype)
-    P = jnp.sum(prec) + p0                                   # P = sum 1/v_j + 1/s0^2
-    mu_hat = (jnp.sum(prec * y) + p0m0) / P                  # precision-weighted mean
+    P = jnp.sum(prec) + p0  # P = sum 1/v_j + 1/s0^2
+    mu_hat = (jnp.sum(prec * y) + p0m0) / P  # precision-weighted mean
     quad = _quad_form(y, mu_hat, v, mask, mu_prior)
     logdet = jnp.sum(jnp.where(mask, jnp.log(v), 0.0))
     n_obs = jnp.sum(mask).astype(y.dtype)
@@ -190,8 +207,8 @@ def mu_given_tau_near(ref: Reference, tau2, sigma2, mask, mu_prior: MuPrior) -> 
     """
     dt = tau2 - ref.tau2
     v = jnp.where(mask, sigma2 + tau2, 1.0)
-    inv_v = jnp.where(mask, 1.0 / v, 0.0)          # the one division per group
-    delta = dt * ref.inv_v                           # (0 where masked)
+    inv_v = jnp.where(mask, 1.0 / v, 0.0)  # the one division per group
+    delta = dt * ref.inv_v  # (0 where masked)
     g = dt * inv_v
     near = jnp.abs(delta) < 0.5
     # log(v_j / v_rj) = log1p(delta_j) near the reference, else log1p(f) + e log 2 with
@@ -200,14 +217,14 @@ def mu_given_tau_near(ref: Reference, tau2, sigma2, mask, mu_prior: MuPrior) -> 
     f, e = _log_parts(v * ref.inv_v)
     arg = jnp.where(in_kernel, delta, f)
     e_far = jnp.sum(jnp.where(mask & ~in_kernel, e, 0))
-    dlogdet = (jnp.sum(jnp.where(mask, _log1p_small(arg), 0.0))
-               + e_far.astype(v.dtype) * _LOG_2)
+    dlogdet = jnp.sum(jnp.where(mask, _log1p_small(arg), 0.0)) + e_far.astype(v.dtype) * _LOG_2
     p0, _ = _prior_terms(mu_prior, sigma2.dtype)
     P = jnp.sum(inv_v) + p0
-    dP = -jnp.sum(g * ref.inv_v)                              # P - P_r, summed small
+    dP = -jnp.sum(g * ref.inv_v)  # P - P_r, summed small
     all_near = jnp.all(near)
-    log_ratio = jnp.where(all_near, jnp.log1p(jnp.where(all_near, dP / ref.P, 0.0)),
-                          jnp.log(P) - jnp.log(ref.P))
+    log_ratio = jnp.where(
+        all_near, jnp.log1p(jnp.where(all_near, dP / ref.P, 0.0)), jnp.log(P) - jnp.log(ref.P)
+    )
     S = jnp.sum(ref.r_over_v * g)
     # mu_hat as the change S / P near the reference; far from it directly, since S's
     # round-off eps sum|r/v_r| over P ~ J / tau^2 grows like eps tau^2.
@@ -217,8 +234,9 @@ def mu_given_tau_near(ref: Reference, tau2, sigma2, mask, mu_prior: MuPrior) -> 
     # Q(tau) - Q_r summed small near the reference; far from it directly, where the small
     # terms r_j^2 / sigma_j^2 grow large and cancel.
     dQ_near = -jnp.sum(ref.r2_over_v * g) - S * S / P
-    dQ_far = (_quad_form(ref.y, mean, v, mask, mu_prior)
-              - _quad_form(ref.y, ref.mu.mean, ref.v, mask, mu_prior))
+    dQ_far = _quad_form(ref.y, mean, v, mask, mu_prior) - _quad_form(
+        ref.y, ref.mu.mean, ref.v, mask, mu_prior
+    )
     log_lik = ref.mu.log_lik - 0.5 * (dlogdet + log_ratio + jnp.where(all_near, dQ_near, dQ_far))
     return MuGivenTau(mean, 1.0 / P, log_lik)
 
@@ -227,8 +245,11 @@ def _quad_form(y, mu, v, mask, mu_prior: MuPrior):
     """``sum_j (y_j - mu)^2 / v_j`` (+ ``((m_0 - mu) / s_0)^2`` for a normal mu prior)."""
     quad = jnp.sum(jnp.where(mask, (y - mu) ** 2 / v, 0.0))
     if isinstance(mu_prior, NormalMu):
-        quad = quad + ((jnp.asarray(mu_prior.loc, y.dtype) - mu)
-                       / jnp.asarray(mu_prior.scale, y.dtype)) ** 2
+        quad = (
+            quad
+            + ((jnp.asarray(mu_prior.loc, y.dtype) - mu) / jnp.asarray(mu_prior.scale, y.dtype))
+            ** 2
+        )
     return quad
 
 
@@ -248,9 +269,9 @@ def theta_given_tau(tau2, y, sigma2, mu: MuGivenTau):
     chex.assert_rank([tau2, y, sigma2], [0, 1, 1])
     v = sigma2 + tau2
     B = sigma2 / v
-    one_minus_B = tau2 / v          # not 1 - B: that loses every digit when sigma_j >> tau
+    one_minus_B = tau2 / v  # not 1 - B: that loses every digit when sigma_j >> tau
     mean = one_minus_B * y + B * mu.mean
-    var = one_minus_B * sigma2 + B ** 2 * mu.var
+    var = one_minus_B * sigma2 + B**2 * mu.var
     return mean, var
 
 
@@ -277,8 +298,8 @@ def mixture_components(tau2, mu_mean, mu_var, y, sigma2) -> Components:
     mu and theta_new: the one place the mixtures' components are built.
     """
     theta_mean, theta_var = jax.vmap(
-        lambda t2, m, v: theta_given_tau(t2, y, sigma2, MuGivenTau(m, v, v)))(tau2, mu_mean,
-                                                                               mu_var)
+        lambda t2, m, v: theta_given_tau(t2, y, sigma2, MuGivenTau(m, v, v))
+    )(tau2, mu_mean, mu_var)
     return Components(mu_mean, mu_var, theta_mean, theta_var, tau2 + mu_var)
 
 

@@ -42,6 +42,7 @@ References:
     Stat.* 6(2).
     Gelman et al. (2013), *Bayesian Data Analysis*, 3rd ed., sec. 5.6 (beta-blockers).
 """
+
 from __future__ import annotations
 
 import math
@@ -101,11 +102,14 @@ def _numbers(names, values):
     try:
         arrs = np.broadcast_arrays(*arrs)
     except ValueError:
-        raise InputError("shapes do not match: " + ", ".join(
-            f"{n} {np.shape(a)}" for n, a in zip(names, arrs))) from None
+        raise InputError(
+            "shapes do not match: " + ", ".join(f"{n} {np.shape(a)}" for n, a in zip(names, arrs))
+        ) from None
     shape = arrs[0].shape
     for name, a in zip(names, arrs):
-        _fail(~np.isfinite(a), shape, lambda i, a=a, name=name: f"{name} is {a[i]} (must be finite)")
+        _fail(
+            ~np.isfinite(a), shape, lambda i, a=a, name=name: f"{name} is {a[i]} (must be finite)"
+        )
     return [np.array(a) for a in arrs], shape
 
 
@@ -113,8 +117,11 @@ def _counts(e1, n1, e2, n2):
     names = ("events1", "total1", "events2", "total2")
     (e1, n1, e2, n2), shape = _numbers(names, (e1, n1, e2, n2))
     for name, a in zip(names, (e1, n1, e2, n2)):
-        _fail((a < 0) | (a != np.round(a)), shape,
-              lambda i, a=a, name=name: f"{name} is {a[i]} (must be a non-negative integer)")
+        _fail(
+            (a < 0) | (a != np.round(a)),
+            shape,
+            lambda i, a=a, name=name: f"{name} is {a[i]} (must be a non-negative integer)",
+        )
     for name, a in (("total1", n1), ("total2", n2)):
         _fail(a < 1, shape, lambda i, a=a, name=name: f"{name} is {a[i]:g} (must be >= 1)")
     for en, nn, e, n in (("events1", "total1", e1, n1), ("events2", "total2", e2, n2)):
@@ -154,8 +161,11 @@ def log_odds_ratio(events1, total1, events2, total2, *, cc: float = 0.5) -> Effe
     """
     e1, n1, e2, n2, shape = _counts(events1, total1, events2, total2)
     a, b, c, d = _cells(e1, n1, e2, n2, cc)
-    _fail((a == 0) | (b == 0) | (c == 0) | (d == 0), shape,
-          lambda i: "a zero cell and cc = 0: the log odds ratio is infinite")
+    _fail(
+        (a == 0) | (b == 0) | (c == 0) | (d == 0),
+        shape,
+        lambda i: "a zero cell and cc = 0: the log odds ratio is infinite",
+    )
     y = np.log(a) + np.log(d) - np.log(b) - np.log(c)
     return EffectSizes(y, np.sqrt(1 / a + 1 / b + 1 / c + 1 / d))
 
@@ -167,7 +177,11 @@ def log_risk_ratio(events1, total1, events2, total2, *, cc: float = 0.5) -> Effe
     """
     e1, n1, e2, n2, shape = _counts(events1, total1, events2, total2)
     a, b, c, d = _cells(e1, n1, e2, n2, cc)
-    _fail((a == 0) | (c == 0), shape, lambda i: "zero events and cc = 0: the log risk ratio is infinite")
+    _fail(
+        (a == 0) | (c == 0),
+        shape,
+        lambda i: "zero events and cc = 0: the log risk ratio is infinite",
+    )
     m1, m2 = a + b, c + d
     y = np.log(a / m1) - np.log(c / m2)
     return EffectSizes(y, np.sqrt(1 / a - 1 / m1 + 1 / c - 1 / m2))
@@ -183,8 +197,11 @@ def risk_difference(events1, total1, events2, total2) -> EffectSizes:
     e1, n1, e2, n2, shape = _counts(events1, total1, events2, total2)
     p1, p2 = e1 / n1, e2 / n2
     v = p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2
-    _fail(v <= 0, shape, lambda i: "both proportions are 0 or 1: the risk difference has "
-          "standard error 0")
+    _fail(
+        v <= 0,
+        shape,
+        lambda i: "both proportions are 0 or 1: the risk difference has standard error 0",
+    )
     return EffectSizes(p1 - p2, np.sqrt(v))
 
 
@@ -193,8 +210,11 @@ def _means(m1, sd1, n1, m2, sd2, n2, n_min):
     arrs, shape = _numbers(names, (m1, sd1, n1, m2, sd2, n2))
     m1, sd1, n1, m2, sd2, n2 = arrs
     for name, a in (("n1", n1), ("n2", n2)):
-        _fail((a < n_min) | (a != np.round(a)), shape,
-              lambda i, a=a, name=name: f"{name} is {a[i]:g} (must be an integer >= {n_min})")
+        _fail(
+            (a < n_min) | (a != np.round(a)),
+            shape,
+            lambda i, a=a, name=name: f"{name} is {a[i]:g} (must be an integer >= {n_min})",
+        )
     for name, a in (("sd1", sd1), ("sd2", sd2)):
         _fail(a <= 0, shape, lambda i, a=a, name=name: f"{name} is {a[i]:g} (must be > 0)")
     return m1, sd1, n1, m2, sd2, n2
@@ -207,7 +227,7 @@ def mean_difference(mean1, sd1, n1, mean2, sd2, n2) -> EffectSizes:
         InputError: non-finite values, ``sd <= 0``, ``n`` not an integer >= 1.
     """
     m1, s1, k1, m2, s2, k2 = _means(mean1, sd1, n1, mean2, sd2, n2, 1)
-    return EffectSizes(m1 - m2, np.sqrt(s1 ** 2 / k1 + s2 ** 2 / k2))
+    return EffectSizes(m1 - m2, np.sqrt(s1**2 / k1 + s2**2 / k2))
 
 
 def hedges_correction(m):
@@ -225,6 +245,6 @@ def standardized_mean_difference(mean1, sd1, n1, mean2, sd2, n2) -> EffectSizes:
     """
     m1, s1, k1, m2, s2, k2 = _means(mean1, sd1, n1, mean2, sd2, n2, 2)
     m = k1 + k2 - 2
-    sp = np.sqrt(((k1 - 1) * s1 ** 2 + (k2 - 1) * s2 ** 2) / m)
+    sp = np.sqrt(((k1 - 1) * s1**2 + (k2 - 1) * s2**2) / m)
     g = hedges_correction(m) * (m1 - m2) / sp
-    return EffectSizes(g, np.sqrt(1 / k1 + 1 / k2 + g ** 2 / (2 * (k1 + k2))))
+    return EffectSizes(g, np.sqrt(1 / k1 + 1 / k2 + g**2 / (2 * (k1 + k2))))

@@ -31,6 +31,7 @@ References:
     DerSimonian R, Laird N (1986); Hedges LV (1983); Sidik K, Jonkman JN (2005); Paule RC,
     Mandel J (1982); Morris CN (1983) (EB); Knapp G, Hartung J (2003).
 """
+
 from __future__ import annotations
 
 import functools
@@ -43,8 +44,16 @@ from jax.scipy.special import betainc, gammainc, gammaincc, gammaln, ndtri
 
 from hierjax.engine.batch import Batch, InputError, as_batch
 
-__all__ = ["FREQ_STATUS", "TAU2_METHODS", "TESTS", "RMAResult", "chi2_quantile", "rma",
-           "rma_one", "t_quantile"]
+__all__ = [
+    "FREQ_STATUS",
+    "TAU2_METHODS",
+    "TESTS",
+    "RMAResult",
+    "chi2_quantile",
+    "rma",
+    "rma_one",
+    "t_quantile",
+]
 
 #: tau^2 estimators, as metafor names them. EB (Morris 1983) is metafor's own iteration; its
 #: fixed point is the PM root, but it stops at metafor's convergence rule, not at the root.
@@ -56,10 +65,10 @@ TESTS = ("z", "knha")
 #: valid: a Q-profile interval of ``[0, 0]`` (``Q`` below the lower chi-square quantile:
 #: metafor's "null/empty set"), and roots beyond metafor's search intervals (given exactly).
 FREQ_STATUS = {
-    "not_converged": 1,     # the tau^2 iteration did not converge: Fisher scoring (ML, REML,
-                            # EB) after 100 steps (metafor: an error; tau2 is the last
-                            # iterate), or PM's root search
-    "one_study": 2,         # k = 1: tau^2 = 0 by convention; no Q-profile CI, no knha interval
+    "not_converged": 1,  # the tau^2 iteration did not converge: Fisher scoring (ML, REML,
+    # EB) after 100 steps (metafor: an error; tau2 is the last
+    # iterate), or PM's root search
+    "one_study": 2,  # k = 1: tau^2 = 0 by convention; no Q-profile CI, no knha interval
     "ci_not_converged": 4,  # a root search (PM, a Q-profile bound) did not converge
 }
 
@@ -123,6 +132,7 @@ def _solve_increasing(fg, x0, lo, hi, tol, skip=False):
     falls below ``tol * max(1, |x|)`` or ``f == 0`` within :data:`_MAXITER` steps. A lane
     that starts with ``skip`` (its answer is not needed) never holds a vmapped loop up.
     """
+
     def step(state):
         i, x, lo, hi, _ = state
         f, g = fg(x)
@@ -153,7 +163,7 @@ def _zeroin(f, a, b, fa, fb, tol, maxiter=1000, skip=False):
     def step(state):
         i, a, b, c, fa, fb, fc, _ = state
         prev_step = b - a
-        swap = jnp.abs(fc) < jnp.abs(fb)                    # b: the best approximation so far
+        swap = jnp.abs(fc) < jnp.abs(fb)  # b: the best approximation so far
         a, b, c = jnp.where(swap, b, a), jnp.where(swap, c, b), jnp.where(swap, b, c)
         fa, fb, fc = jnp.where(swap, fb, fa), jnp.where(swap, fc, fb), jnp.where(swap, fb, fc)
         tol_act = 2 * eps * jnp.abs(b) + tol / 2
@@ -170,25 +180,38 @@ def _zeroin(f, a, b, fa, fb, tol, maxiter=1000, skip=False):
         q = jnp.where(a == c, q_lin, q_quad)
         q = jnp.where(p > 0, -q, q)
         p = jnp.abs(p)
-        accept = ((jnp.abs(prev_step) >= tol_act) & (jnp.abs(fa) > jnp.abs(fb))
-                  & (p < 0.75 * cb * q - jnp.abs(tol_act * q) / 2)
-                  & (p < jnp.abs(prev_step * q / 2)))
+        accept = (
+            (jnp.abs(prev_step) >= tol_act)
+            & (jnp.abs(fa) > jnp.abs(fb))
+            & (p < 0.75 * cb * q - jnp.abs(tol_act * q) / 2)
+            & (p < jnp.abs(prev_step * q / 2))
+        )
         new_step = jnp.where(accept, p / q, new_step)
-        new_step = jnp.where(jnp.abs(new_step) < tol_act,
-                             jnp.where(new_step > 0, tol_act, -tol_act), new_step)
+        new_step = jnp.where(
+            jnp.abs(new_step) < tol_act, jnp.where(new_step > 0, tol_act, -tol_act), new_step
+        )
         a2, fa2 = b, fb
         b2 = b + new_step
         fb2 = f(b2)
         same = ((fb2 > 0) & (fc > 0)) | ((fb2 < 0) & (fc < 0))
         c2, fc2 = jnp.where(same, a2, c), jnp.where(same, fa2, fc)
         keep = functools.partial(jnp.where, done)
-        return (i + 1, keep(a, a2), keep(b, b2), keep(c, c2), keep(fa, fa2), keep(fb, fb2),
-                keep(fc, fc2), done)
+        return (
+            i + 1,
+            keep(a, a2),
+            keep(b, b2),
+            keep(c, c2),
+            keep(fa, fa2),
+            keep(fb, fb2),
+            keep(fc, fc2),
+            done,
+        )
 
     at_a, at_b = fa == 0, fb == 0
     init = (0, a, b, a, fa, fb, fa, at_a | at_b | skip)
     _, _, root, _, _, _, _, done = jax.lax.while_loop(
-        lambda s: (s[0] <= maxiter) & ~s[7], step, init)
+        lambda s: (s[0] <= maxiter) & ~s[7], step, init
+    )
     return jnp.where(at_a, a, root), done
 
 
@@ -233,7 +256,7 @@ def chi2_quantile(p, df, upper=False):
     small = 2.0 * jnp.exp((log_p + gammaln(a + 1.0)) / a)
     x0 = jnp.maximum(wh, small)
     big = -jnp.log(p) if upper else jnp.asarray(0.0, dt)
-    hi = 2.0 * a + 2.0 * jnp.sqrt(2.0 * a * big) + 2.0 * big + 4.0   # Laurent-Massart bound
+    hi = 2.0 * a + 2.0 * jnp.sqrt(2.0 * a * big) + 2.0 * big + 4.0  # Laurent-Massart bound
     s_lo = jnp.log(jnp.finfo(dt).tiny) + 2.0
     s, _ = _solve_increasing(fg, jnp.log(x0), s_lo, jnp.log(hi), 4 * eps)
     return jnp.exp(s)
@@ -264,16 +287,19 @@ def t_quantile(q, df):
     # Cornish-Fisher expansion in 1/df (Abramowitz & Stegun 26.7.5): the start, and the answer
     # in float32 where its last term is negligible (float32 betainc loses digits at large df)
     z2 = z * z
-    g = [z * (z2 + 1.0) / 4.0,
-         z * ((5.0 * z2 + 16.0) * z2 + 3.0) / 96.0,
-         z * (((3.0 * z2 + 19.0) * z2 + 17.0) * z2 - 15.0) / 384.0,
-         z * ((((79.0 * z2 + 776.0) * z2 + 1482.0) * z2 - 1920.0) * z2 - 945.0) / 92160.0]
-    cf = z + g[0] / nu + g[1] / nu ** 2 + g[2] / nu ** 3 + g[3] / nu ** 4
-    s_hi = jnp.asarray(0.5 * np.log(np.finfo(np.float32).max), dt)   # t^2 stays finite
-    s, _ = _solve_increasing(fg, jnp.log(jnp.maximum(z + g[0] / nu, 1e-6)),
-                             jnp.asarray(-30.0, dt), s_hi, 4 * eps)
+    g = [
+        z * (z2 + 1.0) / 4.0,
+        z * ((5.0 * z2 + 16.0) * z2 + 3.0) / 96.0,
+        z * (((3.0 * z2 + 19.0) * z2 + 17.0) * z2 - 15.0) / 384.0,
+        z * ((((79.0 * z2 + 776.0) * z2 + 1482.0) * z2 - 1920.0) * z2 - 945.0) / 92160.0,
+    ]
+    cf = z + g[0] / nu + g[1] / nu**2 + g[2] / nu**3 + g[3] / nu**4
+    s_hi = jnp.asarray(0.5 * np.log(np.finfo(np.float32).max), dt)  # t^2 stays finite
+    s, _ = _solve_increasing(
+        fg, jnp.log(jnp.maximum(z + g[0] / nu, 1e-6)), jnp.asarray(-30.0, dt), s_hi, 4 * eps
+    )
     if dt == jnp.float32:
-        return jnp.where(jnp.abs(g[3]) / nu ** 4 <= 1e-7 * z, cf, jnp.exp(s))
+        return jnp.where(jnp.abs(g[3]) / nu**4 <= 1e-7 * z, cf, jnp.exp(s))
     return jnp.exp(s)
 
 
@@ -306,17 +332,24 @@ def _q_root(y, v, mask, target, vmin, s2, tau2_max, utol):
         tau2 = jnp.exp(u) - vmin
         w, _, mu, q = _weighted(y, v, mask, tau2)
         r = jnp.where(mask, y - mu, 0.0)
-        dq = -jnp.sum(w * w * r * r)                 # dQ/dtau2 (mu's term vanishes at its min)
+        dq = -jnp.sum(w * w * r * r)  # dQ/dtau2 (mu's term vanishes at its min)
         return log_t - jnp.log(q), -dq * jnp.exp(u) / q
 
     def excess(tau2):
         return _weighted(y, v, mask, tau2)[3] - target
 
     f_lo, f_hi = excess(jnp.zeros_like(tau2_max)), excess(tau2_max)
-    none = ~(f_lo > 0)                       # Q(0) <= target (or nan): no positive root
+    none = ~(f_lo > 0)  # Q(0) <= target (or nan): no positive root
     beyond = f_hi > 0
-    root, ok = _zeroin(excess, jnp.zeros_like(tau2_max), tau2_max, f_lo, jnp.minimum(f_hi, 0.0),
-                       utol, skip=none | beyond)
+    root, ok = _zeroin(
+        excess,
+        jnp.zeros_like(tau2_max),
+        tau2_max,
+        f_lo,
+        jnp.minimum(f_hi, 0.0),
+        utol,
+        skip=none | beyond,
+    )
 
     u_lo = jnp.log(vmin)
     u_hi = jnp.log(jnp.maximum(s2 / target, vmin)) + 4 * eps
@@ -324,11 +357,14 @@ def _q_root(y, v, mask, target, vmin, s2, tau2_max, utol):
     k = jnp.sum(mask)
     vt = (k - 1) / (sw0 - jnp.sum(jnp.where(mask, 1.0 / v, 0.0) ** 2) / sw0)
     guess = vt * jnp.maximum(q0 / target - 1.0, 0.0)  # Q(tau2) ~ Q(0) vt / (vt + tau2)
-    u, ok_far = _solve_increasing(fg, jnp.log(guess + vmin), u_lo, u_hi, 4 * eps,
-                                  skip=none | ~beyond)
+    u, ok_far = _solve_increasing(
+        fg, jnp.log(guess + vmin), u_lo, u_hi, 4 * eps, skip=none | ~beyond
+    )
     far = jnp.maximum(jnp.exp(u) - vmin, 0.0)
-    return (jnp.where(none, 0.0, jnp.where(beyond, far, root)),
-            none | jnp.where(beyond, ok_far, ok))
+    return (
+        jnp.where(none, 0.0, jnp.where(beyond, far, root)),
+        none | jnp.where(beyond, ok_far, ok),
+    )
 
 
 def _loglik(y, v, mask, tau2, reml):
@@ -348,10 +384,10 @@ def _scoring(y, v, mask, tau2_0, which, threshold, skip):
     def adjustment(tau2):
         w, sw, mu, q = _weighted(y, v, mask, tau2)
         r = jnp.where(mask, y - mu, 0.0)
-        sw2, sw3 = jnp.sum(w * w), jnp.sum(w ** 3)
-        ypp = jnp.sum(w * w * r * r)                          # y' P P y
-        tr_p = sw - sw2 / sw                                  # tr(P), P = W - w w' / sum w
-        tr_pp = sw2 - 2.0 * sw3 / sw + (sw2 / sw) ** 2        # tr(P P)
+        sw2, sw3 = jnp.sum(w * w), jnp.sum(w**3)
+        ypp = jnp.sum(w * w * r * r)  # y' P P y
+        tr_p = sw - sw2 / sw  # tr(P), P = W - w w' / sum w
+        tr_pp = sw2 - 2.0 * sw3 / sw + (sw2 / sw) ** 2  # tr(P P)
         ml = (ypp - sw) / sw2
         reml = (ypp - tr_p) / tr_pp
         eb = (q * k / (k - 1) - k) / sw
@@ -400,8 +436,8 @@ def rma_one(y, v, mask, level, method, knha, threshold=1e-5, unit2=1.0, mad2=0.0
     dt = y.dtype
     eps = jnp.finfo(dt).eps
     threshold = jnp.asarray(threshold, dt) / unit2
-    utol = _LL0_TOL / unit2                      # uniroot's tol, .Machine$double.eps^0.25
-    hundred = 100.0 / unit2                      # metafor's default tau2.max
+    utol = _LL0_TOL / unit2  # uniroot's tol, .Machine$double.eps^0.25
+    hundred = 100.0 / unit2  # metafor's default tau2.max
     k = jnp.sum(mask)
     kf = k.astype(dt)
     df = jnp.maximum(kf - 1.0, 1.0)
@@ -415,7 +451,7 @@ def rma_one(y, v, mask, level, method, knha, threshold=1e-5, unit2=1.0, mad2=0.0
     s2 = (kf - 1.0) / (sw0 - jnp.sum(w0 * w0) / sw0)
     vmin = jnp.min(jnp.where(mask, v, jnp.inf))
     ybar = jnp.sum(y) / kf
-    ss = jnp.sum(jnp.where(mask, (y - ybar) ** 2, 0.0))       # sum (y - ybar)^2, unweighted
+    ss = jnp.sum(jnp.where(mask, (y - ybar) ** 2, 0.0))  # sum (y - ybar)^2, unweighted
 
     # the estimators (metafor's closed forms; the iterative ones report convergence)
     he = jnp.maximum(ss / df - jnp.sum(jnp.where(mask, v, 0.0)) / kf, 0.0)
@@ -429,13 +465,13 @@ def rma_one(y, v, mask, level, method, knha, threshold=1e-5, unit2=1.0, mad2=0.0
         return he, yes
 
     def est_sj():
-        tau2_0 = ss / kf                                 # var(y) (k - 1) / k
+        tau2_0 = ss / kf  # var(y) (k - 1) / k
         return tau2_0 * _weighted(y, v, mask, tau2_0)[3] / df, yes
 
     def est_pm():
         tau2_max = jnp.maximum(hundred, 10.0 * mad2)
         root, ok = _q_root(y, v, mask, kf - 1.0, vmin, ss, tau2_max, utol)
-        pos = q >= kf - 1.0                          # metafor: Q(0) < k - 1 gives tau2 = 0
+        pos = q >= kf - 1.0  # metafor: Q(0) < k - 1 gives tau2 = 0
         return jnp.where(pos, root, 0.0), ok | ~pos
 
     def scoring(which):
@@ -447,6 +483,7 @@ def rma_one(y, v, mask, level, method, knha, threshold=1e-5, unit2=1.0, mad2=0.0
             reml = which == 1
             worse = _loglik(y, v, mask, 0.0, reml) - _loglik(y, v, mask, tau2, reml) > _LL0_TOL
             return jnp.where(ok & worse & (tau2 > threshold), 0.0, tau2), ok
+
         return est
 
     branches = [est_dl, est_he, est_sj, est_pm, scoring(2), scoring(0), scoring(1)]
@@ -468,9 +505,10 @@ def rma_one(y, v, mask, level, method, knha, threshold=1e-5, unit2=1.0, mad2=0.0
     # Q-profile interval (Viechtbauer 2007): Q(tau2) at chi2_{k-1} quantiles, truncated at 0
     crit_u = chi2_quantile(0.5 * alpha, df, upper=True)
     crit_l = chi2_quantile(0.5 * alpha, df)
-    ci_max = jnp.maximum(hundred, 10.0 * tau2)              # confint's tau2.max
+    ci_max = jnp.maximum(hundred, 10.0 * tau2)  # confint's tau2.max
     roots, ok = jax.vmap(lambda c: _q_root(y, v, mask, c, vmin, ss, ci_max, utol))(
-        jnp.stack([crit_u, crit_l]))
+        jnp.stack([crit_u, crit_l])
+    )
     null = q < crit_l
     lo = jnp.where(q < crit_u, 0.0, roots[0])
     hi = jnp.where(null, 0.0, roots[1])
@@ -482,14 +520,30 @@ def rma_one(y, v, mask, level, method, knha, threshold=1e-5, unit2=1.0, mad2=0.0
     h2 = jnp.where(one, 1.0, tau2 / s2 + 1.0)
     q = jnp.where(one, 0.0, q)
     q_p = jnp.where(one, 1.0, gammaincc(0.5 * df, 0.5 * q))
-    status = (jnp.where(converged, 0, FREQ_STATUS["not_converged"])
-              | jnp.where(one, FREQ_STATUS["one_study"], 0)
-              | jnp.where(ci_ok | one, 0, FREQ_STATUS["ci_not_converged"]))
-    return {"k": k.astype(jnp.int32), "mu": mu, "mu_se": se, "mu_lo": mu - crit * se,
-            "mu_hi": mu + crit * se, "tau2": tau2, "tau2_lo": lo, "tau2_hi": hi, "i2": i2,
-            "h2": h2, "q": q, "q_df": (k - 1).astype(jnp.int32), "q_p": q_p,
-            "pi_lo": mu - crit * pi_se, "pi_hi": mu + crit * pi_se, "converged": converged,
-            "status": status.astype(jnp.int32)}
+    status = (
+        jnp.where(converged, 0, FREQ_STATUS["not_converged"])
+        | jnp.where(one, FREQ_STATUS["one_study"], 0)
+        | jnp.where(ci_ok | one, 0, FREQ_STATUS["ci_not_converged"])
+    )
+    return {
+        "k": k.astype(jnp.int32),
+        "mu": mu,
+        "mu_se": se,
+        "mu_lo": mu - crit * se,
+        "mu_hi": mu + crit * se,
+        "tau2": tau2,
+        "tau2_lo": lo,
+        "tau2_hi": hi,
+        "i2": i2,
+        "h2": h2,
+        "q": q,
+        "q_df": (k - 1).astype(jnp.int32),
+        "q_p": q_p,
+        "pi_lo": mu - crit * pi_se,
+        "pi_hi": mu + crit * pi_se,
+        "converged": converged,
+        "status": status.astype(jnp.int32),
+    }
 
 
 @jax.jit
@@ -498,7 +552,8 @@ def _rma_batch(y, v, mask, level, method, knha, threshold, unit2, mad2):
     ``method``, ``knha`` and ``threshold`` are shared (unbatched) traced scalars, so one
     program serves every method and test."""
     return jax.vmap(rma_one, in_axes=(0, 0, 0, None, None, None, None, 0, 0))(
-        y, v, mask, level, method, knha, threshold, unit2, mad2)
+        y, v, mask, level, method, knha, threshold, unit2, mad2
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -507,12 +562,14 @@ def _rma_batch(y, v, mask, level, method, knha, threshold, unit2, mad2):
 
 def _dtype_of(y, sigma):
     """float64 when x64 is on and the inputs are not float32; float32 otherwise."""
+
     def is_f32(a):
         if isinstance(a, (np.ndarray, jax.Array, np.generic)):
             return a.dtype == np.float32
         if isinstance(a, (list, tuple)) and a:
             return all(is_f32(x) for x in a)
         return False
+
     if is_f32(y) or is_f32(sigma):
         return np.dtype(np.float32)
     return np.dtype(jax.dtypes.canonicalize_dtype(np.float64))
@@ -523,8 +580,11 @@ def _check(batch) -> None:
     words the message runs only on datasets that fail)."""
     m = batch.mask
     with np.errstate(invalid="ignore"):
-        fails = ((m.sum(axis=1) == 0) | np.any(m & ~np.isfinite(batch.y), axis=1)
-                 | np.any(m & ~(np.isfinite(batch.sigma) & (batch.sigma > 0)), axis=1))
+        fails = (
+            (m.sum(axis=1) == 0)
+            | np.any(m & ~np.isfinite(batch.y), axis=1)
+            | np.any(m & ~(np.isfinite(batch.sigma) & (batch.sigma > 0)), axis=1)
+        )
     for b in np.flatnonzero(fails):
         m = batch.mask[b]
         y, s = batch.y[b][m], batch.sigma[b][m]
@@ -536,12 +596,20 @@ def _check(batch) -> None:
             raise InputError(f"{where}: y[{bad[0] + 1}] is {y[bad[0]]} (must be finite)")
         bad = np.flatnonzero(~(np.isfinite(s) & (s > 0)))
         if bad.size:
-            raise InputError(f"{where}: sigma[{bad[0] + 1}] is {s[bad[0]]} "
-                             "(must be finite and > 0)")
+            raise InputError(
+                f"{where}: sigma[{bad[0] + 1}] is {s[bad[0]]} (must be finite and > 0)"
+            )
 
 
-def rma(y, sigma, mask=None, method: str = "REML", test: str = "z", level: float = 0.95,
-        threshold: float = 1e-5) -> RMAResult:
+def rma(
+    y,
+    sigma,
+    mask=None,
+    method: str = "REML",
+    test: str = "z",
+    level: float = 0.95,
+    threshold: float = 1e-5,
+) -> RMAResult:
     r"""Random-effects meta-analysis of each dataset, as metafor's ``rma.uni`` computes it.
 
     .. math::
@@ -601,7 +669,7 @@ def rma(y, sigma, mask=None, method: str = "REML", test: str = "z", level: float
         raise InputError(f"level={level!r}: expected a probability in (0, 1), e.g. 0.95")
     if not float(threshold) > 0:
         raise InputError(f"threshold={threshold!r}: expected a positive number")
-    if isinstance(y, Batch):                         # hierjax.io.tables.read_long_csv's batches
+    if isinstance(y, Batch):  # hierjax.io.tables.read_long_csv's batches
         batch, dt = y, _dtype_of(y.y, None)
     else:
         batch, dt = as_batch(y, sigma, mask=mask), _dtype_of(y, sigma)
@@ -618,17 +686,23 @@ def rma(y, sigma, mask=None, method: str = "REML", test: str = "z", level: float
     ys = np.where(msk, (batch.y - loc[:, None]) / scale[:, None], 0.0)
     yn = np.where(msk, ys, np.nan)
     dev = np.abs(yn - np.nanmedian(yn, axis=1, keepdims=True))
-    mad2 = (1.4826 * np.nanmedian(dev, axis=1)) ** 2                   # R's mad(), squared
+    mad2 = (1.4826 * np.nanmedian(dev, axis=1)) ** 2  # R's mad(), squared
 
     # pad the batch to a power of two (benign copies of dataset 0): few compiled shapes
     Bp = 1 << max(0, B - 1).bit_length()
     pad = np.zeros(Bp - B, dtype=int)
-    ys, v, msk, unit2, mad2 = (np.concatenate([a, a[pad]])
-                               for a in (ys, v, msk, scale ** 2, mad2))
-    out = _rma_batch(jnp.asarray(ys, dt), jnp.asarray(v, dt), jnp.asarray(msk),
-                     jnp.asarray(lev, dt), jnp.asarray(TAU2_METHODS.index(m), jnp.int32),
-                     jnp.asarray(t == "knha"), jnp.asarray(threshold, dt),
-                     jnp.asarray(unit2, dt), jnp.asarray(mad2, dt))
+    ys, v, msk, unit2, mad2 = (np.concatenate([a, a[pad]]) for a in (ys, v, msk, scale**2, mad2))
+    out = _rma_batch(
+        jnp.asarray(ys, dt),
+        jnp.asarray(v, dt),
+        jnp.asarray(msk),
+        jnp.asarray(lev, dt),
+        jnp.asarray(TAU2_METHODS.index(m), jnp.int32),
+        jnp.asarray(t == "knha"),
+        jnp.asarray(threshold, dt),
+        jnp.asarray(unit2, dt),
+        jnp.asarray(mad2, dt),
+    )
     out = {key: np.asarray(val)[:B] for key, val in out.items()}
 
     res = dict(out)
@@ -636,5 +710,5 @@ def rma(y, sigma, mask=None, method: str = "REML", test: str = "z", level: float
         res[key] = (out[key].astype(np.float64) * scale + loc).astype(dt)
     res["mu_se"] = (out["mu_se"].astype(np.float64) * scale).astype(dt)
     for key in ("tau2", "tau2_lo", "tau2_hi"):
-        res[key] = (out[key].astype(np.float64) * scale ** 2).astype(dt)
+        res[key] = (out[key].astype(np.float64) * scale**2).astype(dt)
     return RMAResult(**res, method=m, test=t)

@@ -39,11 +39,12 @@ References:
     Röver et al. (2021), On weakly informative prior distributions for the heterogeneity
     parameter in Bayesian random-effects meta-analysis, *Res. Synth. Methods* 12(4).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -52,16 +53,33 @@ from jax.scipy.special import gammaln, logsumexp
 
 from hierjax.status import InputError
 
-
-
 __all__ = [
-    "TauPrior", "MuPrior",
-    "Uniform", "HalfNormal", "HalfCauchy", "HalfT", "Exponential", "CustomTau",
-    "UniformSqrt", "HalfLogistic", "Lomax", "Rayleigh", "LogNormal", "InvGammaTau2",
-    "DataTauPrior", "Jeffreys", "OverallJeffreys", "BergerDeely", "Conventional", "DuMouchel",
-    "UniformShrinkage", "UniformI2",
-    "FlatMu", "NormalMu",
-    "parse_tau_prior", "parse_mu_prior",
+    "TauPrior",
+    "MuPrior",
+    "Uniform",
+    "HalfNormal",
+    "HalfCauchy",
+    "HalfT",
+    "Exponential",
+    "CustomTau",
+    "UniformSqrt",
+    "HalfLogistic",
+    "Lomax",
+    "Rayleigh",
+    "LogNormal",
+    "InvGammaTau2",
+    "DataTauPrior",
+    "Jeffreys",
+    "OverallJeffreys",
+    "BergerDeely",
+    "Conventional",
+    "DuMouchel",
+    "UniformShrinkage",
+    "UniformI2",
+    "FlatMu",
+    "NormalMu",
+    "parse_tau_prior",
+    "parse_mu_prior",
 ]
 
 _LOG2 = math.log(2.0)
@@ -91,8 +109,10 @@ def _pytree(cls):
     keys = tuple(jax.tree_util.GetAttrKey(k) for k in data)
 
     def flatten_with_keys(p):
-        return ([(k, getattr(p, n)) for k, n in zip(keys, data)],
-                tuple(getattr(p, n) for n in meta))
+        return (
+            [(k, getattr(p, n)) for k, n in zip(keys, data)],
+            tuple(getattr(p, n) for n in meta),
+        )
 
     def flatten(p):
         return [getattr(p, n) for n in data], tuple(getattr(p, n) for n in meta)
@@ -111,7 +131,7 @@ class TauPrior:
     tail_power: float = math.inf
     #: ``b`` with ``p(tau) ~ tau^b`` as ``tau -> 0`` (``inf``: faster than any power; None:
     #: not known). The posterior of ``x = log tau`` then starts like ``e^{(1 + b) x}``.
-    origin_power: Optional[float] = None
+    origin_power: float | None = None
     #: fewest groups the prior itself needs (beyond the tail condition), e.g. 2 for I^2
     min_groups_floor: int = 1
 
@@ -204,7 +224,7 @@ class HalfT(TauPrior):
     """
 
     df: float = dataclasses.field(metadata=dict(static=True))
-    scale: Optional[np.ndarray] = None
+    scale: np.ndarray | None = None
     origin_power = 0.0
 
     @property
@@ -213,8 +233,7 @@ class HalfT(TauPrior):
 
     def log_density(self, tau):
         nu, s = self.df, self.scale
-        const = (_LOG2 + gammaln(0.5 * (nu + 1.0)) - gammaln(0.5 * nu)
-                 - 0.5 * math.log(nu * math.pi))
+        const = _LOG2 + gammaln(0.5 * (nu + 1.0)) - gammaln(0.5 * nu) - 0.5 * math.log(nu * math.pi)
         return const - jnp.log(s) - 0.5 * (nu + 1.0) * jnp.log1p((tau / s) ** 2 / nu)
 
     def rescaled(self, scale):
@@ -268,11 +287,11 @@ class CustomTau(TauPrior):
 
     logpdf: Callable = dataclasses.field(metadata=dict(static=True))
     proper: bool = dataclasses.field(default=False, metadata=dict(static=True))
-    tail_power: Optional[float] = dataclasses.field(  # type: ignore[assignment]
-        default=None, metadata=dict(static=True))  # None: estimated from logpdf
+    tail_power: float | None = dataclasses.field(  # type: ignore[assignment]
+        default=None, metadata=dict(static=True)
+    )  # None: estimated from logpdf
     scale: np.ndarray = dataclasses.field(default_factory=lambda: _leaf(1.0))
-    origin_power: Optional[float] = dataclasses.field(default=None,
-                                                      metadata=dict(static=True))
+    origin_power: float | None = dataclasses.field(default=None, metadata=dict(static=True))
 
     def __post_init__(self):
         if self.tail_power is None:
@@ -295,7 +314,8 @@ class CustomTau(TauPrior):
             raise InputError(
                 f"custom tau prior: p(tau) ~ tau^b near tau = 0 with b = {b:.6g} <= -1 is not "
                 "integrable there, and p(y | tau) tends to a positive limit as tau -> 0: the "
-                "posterior would be improper")
+                "posterior would be improper"
+            )
 
 
 def _estimate_tail_power(logpdf) -> float:
@@ -304,15 +324,18 @@ def _estimate_tail_power(logpdf) -> float:
     with jax.ensure_compile_time_eval():
         a = float(logpdf(jnp.asarray(t1)))
         b = float(logpdf(jnp.asarray(t2)))
-    if b == -math.inf or (math.isfinite(a) and math.isfinite(b) and (a - b) / math.log(t2 / t1) > 50):
+    if b == -math.inf or (
+        math.isfinite(a) and math.isfinite(b) and (a - b) / math.log(t2 / t1) > 50
+    ):
         return math.inf
     if not (math.isfinite(a) and math.isfinite(b)):
-        raise InputError("custom tau prior: logpdf is not finite at large tau; "
-                         "pass tail_power= explicitly")
+        raise InputError(
+            "custom tau prior: logpdf is not finite at large tau; pass tail_power= explicitly"
+        )
     return (a - b) / math.log(t2 / t1)
 
 
-def _estimate_origin_power(logpdf) -> Optional[float]:
+def _estimate_origin_power(logpdf) -> float | None:
     """``b`` in ``p(tau) ~ tau^b`` as ``tau -> 0``: the log-log slope of ``logpdf`` over
     1e-30..1e-25 and 1e-25..1e-20 (normal numbers in float32 too), when both agree (host
     side); ``inf`` for a density that vanishes faster than any power; None otherwise."""
@@ -394,7 +417,7 @@ class Lomax(TauPrior):
     """
 
     shape: float = dataclasses.field(metadata={"static": True})
-    scale: Optional[np.ndarray] = None
+    scale: np.ndarray | None = None
     origin_power = 0.0
 
     @property
@@ -456,13 +479,14 @@ class LogNormal(TauPrior):
 
     def log_density(self, tau):
         lt = jnp.log(tau)
-        return (-lt - jnp.log(self.sigma) - _LOG_SQRT_2PI
-                - 0.5 * ((lt - self.loc) / self.sigma) ** 2)
+        return -lt - jnp.log(self.sigma) - _LOG_SQRT_2PI - 0.5 * ((lt - self.loc) / self.sigma) ** 2
 
     def rescaled(self, scale):
         loc = self.loc - np.log(scale)
         # every leaf needs the per-dataset leading axis (the engine slices leaves by dataset)
-        return LogNormal(loc, np.broadcast_to(np.asarray(self.sigma, np.float64), np.shape(loc)).copy())
+        return LogNormal(
+            loc, np.broadcast_to(np.asarray(self.sigma, np.float64), np.shape(loc)).copy()
+        )
 
     def _check(self):
         if not np.all(np.isfinite(np.asarray(self.loc, dtype=np.float64))):
@@ -484,7 +508,7 @@ class InvGammaTau2(TauPrior):
     """
 
     shape: float = dataclasses.field(metadata={"static": True})
-    scale: Optional[np.ndarray] = None
+    scale: np.ndarray | None = None
     origin_power = math.inf
 
     @property
@@ -493,8 +517,13 @@ class InvGammaTau2(TauPrior):
 
     def log_density(self, tau):
         a, b = self.shape, self.scale
-        return (_LOG2 + a * jnp.log(b) - math.lgamma(a)
-                - (2.0 * a + 1.0) * jnp.log(tau) - b / (tau * tau))
+        return (
+            _LOG2
+            + a * jnp.log(b)
+            - math.lgamma(a)
+            - (2.0 * a + 1.0) * jnp.log(tau)
+            - b / (tau * tau)
+        )
 
     def rescaled(self, scale):
         return InvGammaTau2(self.shape, self.scale / np.asarray(scale, np.float64) ** 2)
@@ -543,14 +572,14 @@ def _host_log_integral(log_f_of_x, s2, m, h=0.125, left=22.0, right=45.0):
     56(3), thm. 5.1) plus the tails cut at ``e^{-44}``.
     """
     ls = 0.5 * np.log(s2)
-    lo = np.min(np.where(m, ls, np.inf), axis=-1) - left      # [B]
+    lo = np.min(np.where(m, ls, np.inf), axis=-1) - left  # [B]
     hi = np.max(np.where(m, ls, -np.inf), axis=-1) + right
     n = int(np.ceil(np.max(hi - lo) / h)) + 1
     out = np.empty(s2.shape[0])
     step = max(1, (1 << 21) // (n * s2.shape[1]))
     for a in range(0, s2.shape[0], step):
         sl = slice(a, a + step)
-        x = lo[sl][None, :] + h * np.arange(n)[:, None]          # [K, b]
+        x = lo[sl][None, :] + h * np.arange(n)[:, None]  # [K, b]
         lf = log_f_of_x(x[:, :, None], s2[None, sl], m[None, sl])  # [K, b]
         top = lf.max(axis=0)
         out[sl] = top + np.log(h * np.sum(np.exp(lf - top), axis=0))
@@ -571,13 +600,14 @@ class DataTauPrior(TauPrior):
 
     @property
     def bound(self) -> bool:
-        return all(getattr(self, f.name) is not None
-                   for f in dataclasses.fields(self))  # type: ignore[arg-type]
+        return all(getattr(self, f.name) is not None for f in dataclasses.fields(self))  # type: ignore[arg-type]
 
     def _need_bound(self):
         if not self.bound:
-            raise InputError(f"{type(self).__name__} tau prior depends on the data's sigma; "
-                             "bind it first (fit does this for you)")
+            raise InputError(
+                f"{type(self).__name__} tau prior depends on the data's sigma; "
+                "bind it first (fit does this for you)"
+            )
 
 
 class _VectorDataPrior(DataTauPrior):
@@ -586,13 +616,15 @@ class _VectorDataPrior(DataTauPrior):
     def rescaled(self, scale):
         self._need_bound()
         c = _per_dataset(scale, self.sigma2)
-        changes = {"sigma2": np.asarray(self.sigma2) / c ** 2}
+        changes = {"sigma2": np.asarray(self.sigma2) / c**2}
         if hasattr(self, "log_norm"):
-            changes["log_norm"] = np.asarray(self.log_norm) - np.log(_per_dataset(scale, self.log_norm))
+            changes["log_norm"] = np.asarray(self.log_norm) - np.log(
+                _per_dataset(scale, self.log_norm)
+            )
         return dataclasses.replace(self, **changes)
 
     def _parts(self, tau):
-        mask = jnp.asarray(self.mask) > 0            # cast-proof: the engine casts leaves to floats
+        mask = jnp.asarray(self.mask) > 0  # cast-proof: the engine casts leaves to floats
         k = jnp.sum(mask).astype(jnp.result_type(tau))
         return mask, k, _log_v(self.sigma2, tau)
 
@@ -617,7 +649,7 @@ class Jeffreys(_VectorDataPrior):
 
     def bind(self, sigma, mask=None):
         s, m, _ = _as_sigma_mask(sigma, mask, "jeffreys")
-        return Jeffreys(s ** 2, m)
+        return Jeffreys(s**2, m)
 
     def log_density(self, tau):
         mask, _, lv = self._parts(tau)
@@ -651,18 +683,21 @@ class OverallJeffreys(_VectorDataPrior):
     def _log_unnorm(lt, lv, mask, xp):
         """log of the unnormalised density from log tau and log v_j (numpy or jax)."""
         lse = (lambda a, axis: logsumexp(a, axis=axis)) if xp is jnp else _np_logsumexp
-        return 0.5 * (lse(xp.where(mask, -lv, -xp.inf), -1)
-                      + lse(xp.where(mask, 2.0 * (lt - lv), -xp.inf), -1))
+        return 0.5 * (
+            lse(xp.where(mask, -lv, -xp.inf), -1)
+            + lse(xp.where(mask, 2.0 * (lt - lv), -xp.inf), -1)
+        )
 
     def bind(self, sigma, mask=None):
         s, m, _ = _as_sigma_mask(sigma, mask, "overall-jeffreys")
-        s2 = s ** 2
+        s2 = s**2
         shape = s2.shape[:-1]
         s2b, mb = s2.reshape(-1, s2.shape[-1]), m.reshape(-1, m.shape[-1])
 
         def log_f(x, s2_, m_):
             lv = np.logaddexp(np.log(s2_), 2.0 * x)
             return x[..., 0] + self._log_unnorm(x, lv, m_, np)
+
         log_z = _host_log_integral(log_f, s2b, mb).reshape(shape)
         return OverallJeffreys(s2, m, -log_z)
 
@@ -691,7 +726,7 @@ class BergerDeely(_VectorDataPrior):
 
     def bind(self, sigma, mask=None):
         s, m, _ = _as_sigma_mask(sigma, mask, "berger-deely")
-        return BergerDeely(s ** 2, m)
+        return BergerDeely(s**2, m)
 
     def log_density(self, tau):
         mask, k, lv = self._parts(tau)
@@ -720,7 +755,7 @@ class Conventional(_VectorDataPrior):
 
     def bind(self, sigma, mask=None):
         s, m, k = _as_sigma_mask(sigma, mask, "conventional")
-        s2 = s ** 2
+        s2 = s**2
         shape = s2.shape[:-1]
         s2b, mb = s2.reshape(-1, s2.shape[-1]), m.reshape(-1, m.shape[-1])
         kb = k.reshape(-1).astype(np.float64)
@@ -728,6 +763,7 @@ class Conventional(_VectorDataPrior):
         def log_f(x, s2_, m_):
             lv = np.logaddexp(np.log(s2_), 2.0 * x)
             return 2.0 * x[..., 0] - 1.5 * np.sum(np.where(m_, lv, 0.0), axis=-1) / kb
+
         log_z = _host_log_integral(log_f, s2b, mb).reshape(shape)
         return Conventional(s2, m, -log_z)
 
@@ -744,7 +780,7 @@ def _np_logsumexp(a, axis):
 
 def _harmonic_s02(s, m, k):
     """``s_0^2 = J / sum_j sigma_j^-2``: harmonic mean of the squared standard errors."""
-    return k / np.sum(np.where(m, 1.0 / s ** 2, 0.0), axis=-1)
+    return k / np.sum(np.where(m, 1.0 / s**2, 0.0), axis=-1)
 
 
 class _ScalarDataPrior(DataTauPrior):
@@ -833,11 +869,13 @@ class UniformI2(_ScalarDataPrior):
     def bind(self, sigma, mask=None):
         s, m, k = _as_sigma_mask(sigma, mask, "i2")
         if np.any(k < 2):
-            raise InputError("i2 tau prior: needs at least 2 groups per dataset (hat sigma^2 "
-                             "is undefined for one)")
-        w = np.where(m, 1.0 / s ** 2, 0.0)
+            raise InputError(
+                "i2 tau prior: needs at least 2 groups per dataset (hat sigma^2 "
+                "is undefined for one)"
+            )
+        w = np.where(m, 1.0 / s**2, 0.0)
         sw = w.sum(axis=-1)
-        return UniformI2((k - 1) * sw / (sw ** 2 - np.sum(w ** 2, axis=-1)))
+        return UniformI2((k - 1) * sw / (sw**2 - np.sum(w**2, axis=-1)))
 
     def log_density(self, tau):
         ls2 = jnp.log(self.s2)
@@ -914,9 +952,14 @@ _TAU_SPECS = {
     "inv-gamma": (2, lambda a, b: InvGammaTau2(float(a), _leaf(b))),
 }
 #: bayesmeta's own spellings (case-insensitive) and other common ones
-_TAU_ALIASES = {"overalljeffreys": "overall-jeffreys", "bergerdeely": "berger-deely",
-                "uniform-shrinkage": "shrinkage", "halflogistic": "half-logistic",
-                "lognormal": "log-normal", "invgamma": "inv-gamma"}
+_TAU_ALIASES = {
+    "overalljeffreys": "overall-jeffreys",
+    "bergerdeely": "berger-deely",
+    "uniform-shrinkage": "shrinkage",
+    "halflogistic": "half-logistic",
+    "lognormal": "log-normal",
+    "invgamma": "inv-gamma",
+}
 
 
 def parse_tau_prior(spec) -> TauPrior:
@@ -934,8 +977,11 @@ def parse_tau_prior(spec) -> TauPrior:
         name, _, rest = spec.strip().lower().partition(":")
         name = _TAU_ALIASES.get(name, name)
         if name not in _TAU_SPECS:
-            raise InputError(f"unknown tau prior {spec!r}; expected one of "
-                             + ", ".join(_TAU_SPECS) + " (or a JAX log-density)")
+            raise InputError(
+                f"unknown tau prior {spec!r}; expected one of "
+                + ", ".join(_TAU_SPECS)
+                + " (or a JAX log-density)"
+            )
         n, make = _TAU_SPECS[name]
         prior = make(*_numbers(spec, rest, n))  # type: ignore[operator]
     else:

@@ -31,6 +31,7 @@ References:
     Vehtari, Gelman, Simpson, Carpenter and Bürkner (2021), Rank-normalization, folding,
     and localization: an improved R-hat, *Bayesian Analysis* 16(2) (MCSE of quantiles).
 """
+
 from __future__ import annotations
 
 import functools
@@ -90,6 +91,7 @@ COMPARE_LEVELS = (0.05, 0.25, 0.5, 0.75, 0.95)
 # --------------------------------------------------------------------------------------
 # The model
 # --------------------------------------------------------------------------------------
+
 
 class TauPriorCode(NamedTuple):
     """A built-in tau prior as array leaves (one compiled sampler for all of them).
@@ -151,9 +153,14 @@ def _tau_log_prior(prior, tau):
 
     if isinstance(prior, TauPriorCode):
         branches = [lambda t: jnp.zeros_like(t)] + [
-            functools.partial(_tau_log_prior, fam(**kw)) for fam, kw in (
-                (HalfNormal, {"scale": prior.a}), (HalfCauchy, {"scale": prior.a}),
-                (_HalfTCode, {"df": prior.df, "scale": prior.a}), (Exponential, {"rate": prior.a}))]
+            functools.partial(_tau_log_prior, fam(**kw))
+            for fam, kw in (
+                (HalfNormal, {"scale": prior.a}),
+                (HalfCauchy, {"scale": prior.a}),
+                (_HalfTCode, {"df": prior.df, "scale": prior.a}),
+                (Exponential, {"rate": prior.a}),
+            )
+        ]
         return jax.lax.switch(prior.kind, branches, tau)
     if isinstance(prior, Uniform):
         return None
@@ -171,7 +178,7 @@ def _tau_log_prior(prior, tau):
 
 
 class _HalfTCode(NamedTuple):
-    df: jnp.ndarray      # a traced leaf here (static in hierjax.HalfT)
+    df: jnp.ndarray  # a traced leaf here (static in hierjax.HalfT)
     scale: jnp.ndarray
 
 
@@ -218,7 +225,9 @@ def hierarchical_model(y, sigma, mask, tau_prior: TauPrior, mu_prior: MuPrior, c
         mu_lp = dist.Normal(mu_prior.loc, mu_prior.scale).log_prob(loc + scale * mu_z)
         numpyro.factor("mu_prior", jnp.where(mu_prior.normal, mu_lp, 0.0))
     elif isinstance(mu_prior, NormalMu):
-        mu_z = numpyro.sample("mu_z", dist.Normal((mu_prior.loc - loc) / scale, mu_prior.scale / scale))
+        mu_z = numpyro.sample(
+            "mu_z", dist.Normal((mu_prior.loc - loc) / scale, mu_prior.scale / scale)
+        )
     else:
         mu_z = numpyro.sample("mu_z", dist.ImproperUniform(constraints.real, (), ()))
     tau_z = numpyro.sample("tau_z", dist.ImproperUniform(constraints.positive, (), ()))
@@ -230,8 +239,10 @@ def hierarchical_model(y, sigma, mask, tau_prior: TauPrior, mu_prior: MuPrior, c
     J = y.shape[-1]
     if centered:
         # padded groups: N(0, 1), independent of mu and tau
-        theta_z = numpyro.sample("theta_z", dist.Normal(jnp.where(mask, mu_z, 0.0),
-                                                        jnp.where(mask, tau_z, 1.0)).to_event(1))
+        theta_z = numpyro.sample(
+            "theta_z",
+            dist.Normal(jnp.where(mask, mu_z, 0.0), jnp.where(mask, tau_z, 1.0)).to_event(1),
+        )
     else:
         eta = numpyro.sample("eta", dist.Normal(jnp.zeros(J, dtype), 1.0).to_event(1))
         theta_z = mu_z + tau_z * eta
@@ -252,17 +263,29 @@ def _init_params(key, J, dtype, centered):
 
 
 class _Chain(NamedTuple):
-    mu: jnp.ndarray            # [S]
-    tau: jnp.ndarray           # [S]
-    theta: jnp.ndarray         # [S, J]
-    diverging: jnp.ndarray     # [S]
-    num_steps: jnp.ndarray     # [S]
-    step_size: jnp.ndarray     # scalar
-    accept_prob: jnp.ndarray   # scalar
+    mu: jnp.ndarray  # [S]
+    tau: jnp.ndarray  # [S]
+    theta: jnp.ndarray  # [S, J]
+    diverging: jnp.ndarray  # [S]
+    num_steps: jnp.ndarray  # [S]
+    step_size: jnp.ndarray  # scalar
+    accept_prob: jnp.ndarray  # scalar
 
 
-def _one_chain(key, y, sigma, mask, tau_prior, mu_prior, target_accept, *, centered, warmup,
-               samples, max_tree_depth) -> _Chain:
+def _one_chain(
+    key,
+    y,
+    sigma,
+    mask,
+    tau_prior,
+    mu_prior,
+    target_accept,
+    *,
+    centered,
+    warmup,
+    samples,
+    max_tree_depth,
+) -> _Chain:
     """NUTS on one dataset, one chain: warmup with adaptation, then ``samples`` draws."""
     from numpyro.infer.hmc import hmc
     from numpyro.infer.util import constrain_fn, potential_energy
@@ -275,9 +298,14 @@ def _one_chain(key, y, sigma, mask, tau_prior, mu_prior, target_accept, *, cente
 
     init_kernel, sample_kernel = hmc(potential_fn_gen=potential_fn_gen, algo="NUTS")
     k_init, k_run = jax.random.split(key)
-    state = init_kernel(_init_params(k_init, y.shape[-1], y.dtype, centered), warmup,
-                        target_accept_prob=target_accept, max_tree_depth=max_tree_depth,
-                        model_args=args, rng_key=k_run)
+    state = init_kernel(
+        _init_params(k_init, y.shape[-1], y.dtype, centered),
+        warmup,
+        target_accept_prob=target_accept,
+        max_tree_depth=max_tree_depth,
+        model_args=args,
+        rng_key=k_run,
+    )
 
     def step(s, _):
         s = sample_kernel(s, model_args=args)
@@ -289,26 +317,50 @@ def _one_chain(key, y, sigma, mask, tau_prior, mu_prior, target_accept, *, cente
     z, div, nsteps = jax.tree.map(lambda a: a[warmup:], (z, div, nsteps))
     values = jax.vmap(lambda p: constrain_fn(model, args, {}, p, return_deterministic=True))(z)
     theta = jnp.where(mask, values["theta"], jnp.nan)
-    return _Chain(values["mu"], values["tau"], theta, div, nsteps, state.adapt_state.step_size,
-                  state.mean_accept_prob)
+    return _Chain(
+        values["mu"],
+        values["tau"],
+        theta,
+        div,
+        nsteps,
+        state.adapt_state.step_size,
+        state.mean_accept_prob,
+    )
 
 
-def _nuts_block(keys, y, sigma, mask, tau_prior, mu_prior, target_accept, *, centered, warmup,
-                samples, max_tree_depth) -> _Chain:
+def _nuts_block(
+    keys,
+    y,
+    sigma,
+    mask,
+    tau_prior,
+    mu_prior,
+    target_accept,
+    *,
+    centered,
+    warmup,
+    samples,
+    max_tree_depth,
+) -> _Chain:
     """:func:`_one_chain` vmapped over chains (``keys[B, C]``) and datasets (``y[B, J]``).
 
     One ``vmap`` over the flattened ``B * C`` lanes (half the tracing of two nested ones)."""
     B, C = keys.shape[:2]
-    one = functools.partial(_one_chain, centered=centered, warmup=warmup, samples=samples,
-                            max_tree_depth=max_tree_depth)
+    one = functools.partial(
+        _one_chain, centered=centered, warmup=warmup, samples=samples, max_tree_depth=max_tree_depth
+    )
     lanes = jax.tree.map(lambda a: jnp.repeat(a, C, axis=0), (y, sigma, mask))
-    flat = jax.vmap(one, in_axes=(0, 0, 0, 0, None, None, None))(  # type: ignore[call-arg]
-        keys.reshape((B * C,) + keys.shape[2:]), *lanes, tau_prior, mu_prior, target_accept)
+    flat = jax.vmap(
+        one, in_axes=(0, 0, 0, 0, None, None, None)
+    )(  # type: ignore[call-arg]
+        keys.reshape((B * C,) + keys.shape[2:]), *lanes, tau_prior, mu_prior, target_accept
+    )
     return jax.tree.map(lambda a: a.reshape((B, C) + a.shape[1:]), flat)
 
 
-_nuts_block_jit = jax.jit(_nuts_block, static_argnames=("centered", "warmup", "samples",
-                                                        "max_tree_depth"))
+_nuts_block_jit = jax.jit(
+    _nuts_block, static_argnames=("centered", "warmup", "samples", "max_tree_depth")
+)
 _COMPILED: dict = {}
 register(size=_COMPILED.__len__, clear=_COMPILED.clear)
 
@@ -319,7 +371,7 @@ def _compiled(args, statics):
     sig = (tree, tuple((a.shape, a.dtype) for a in leaves), tuple(sorted(statics.items())))
     if sig in _COMPILED:
         return _COMPILED[sig], 0.0
-    make_room()          # (hierjax.engine.cache)
+    make_room()  # (hierjax.engine.cache)
     t0 = time.perf_counter()
     exe = _nuts_block_jit.lower(*args, **statics).compile()
     _COMPILED[sig] = exe
@@ -329,6 +381,7 @@ def _compiled(args, statics):
 # --------------------------------------------------------------------------------------
 # The runner
 # --------------------------------------------------------------------------------------
+
 
 class NutsRun(NamedTuple):
     """Posterior draws of ``B`` selected datasets, ``C`` chains, ``S`` draws each (data units).
@@ -386,15 +439,30 @@ def _chain_keys(seed: int, datasets: np.ndarray, chains: int):
     ds = jnp.asarray(datasets, jnp.uint32)
     rp = jnp.asarray(rep, jnp.uint32)
     per = jax.vmap(lambda d, r: jax.random.fold_in(jax.random.fold_in(base, d), r))(ds, rp)
-    return jax.vmap(lambda k: jax.vmap(lambda c: jax.random.fold_in(k, c))(
-        jnp.arange(chains, dtype=jnp.uint32)))(per)
+    return jax.vmap(
+        lambda k: jax.vmap(lambda c: jax.random.fold_in(k, c))(jnp.arange(chains, dtype=jnp.uint32))
+    )(per)
 
 
-def run_nuts(y, sigma=None, *, tau_prior="uniform", mu_prior="flat", centered: bool = False,
-             chains: int = 4, warmup: int = 500, samples: int = 1000, seed: int = 0,
-             datasets: Sequence[int] | None = None, mask=None, names=None,
-             target_accept: float = 0.8, max_tree_depth: int = 10, chunk: int = 256,
-             dtype=None) -> NutsRun:
+def run_nuts(
+    y,
+    sigma=None,
+    *,
+    tau_prior="uniform",
+    mu_prior="flat",
+    centered: bool = False,
+    chains: int = 4,
+    warmup: int = 500,
+    samples: int = 1000,
+    seed: int = 0,
+    datasets: Sequence[int] | None = None,
+    mask=None,
+    names=None,
+    target_accept: float = 0.8,
+    max_tree_depth: int = 10,
+    chunk: int = 256,
+    dtype=None,
+) -> NutsRun:
     r"""NUTS on a batch of datasets: one compiled, ``vmap``-ed kernel over datasets and chains.
 
     .. math::
@@ -434,8 +502,13 @@ def run_nuts(y, sigma=None, *, tau_prior="uniform", mu_prior="flat", centered: b
     from hierjax.engine.fitting import compute_dtype
 
     tp, mp = parse_tau_prior(tau_prior), parse_mu_prior(mu_prior)
-    for name, v, lo in (("chains", chains, 1), ("warmup", warmup, 0), ("samples", samples, 1),
-                        ("chunk", chunk, 1), ("max_tree_depth", max_tree_depth, 1)):
+    for name, v, lo in (
+        ("chains", chains, 1),
+        ("warmup", warmup, 0),
+        ("samples", samples, 1),
+        ("chunk", chunk, 1),
+        ("max_tree_depth", max_tree_depth, 1),
+    ):
         if int(v) != v or v < lo:
             raise InputError(f"{name} must be an integer >= {lo}, got {v!r}")
     if not 0.0 < float(target_accept) < 1.0:
@@ -449,7 +522,9 @@ def run_nuts(y, sigma=None, *, tau_prior="uniform", mu_prior="flat", centered: b
     problems = validate(batch, min_groups(tp, mp), describe_priors(tp, mp))
     bad = [problems[i] for i in sel if problems[i] is not None]
     if bad:
-        raise InputError(bad[0] + (f" (and {len(bad) - 1} more invalid datasets)" if len(bad) > 1 else ""))
+        raise InputError(
+            bad[0] + (f" (and {len(bad) - 1} more invalid datasets)" if len(bad) > 1 else "")
+        )
     B = sel.size
     size = B if B < chunk else int(chunk)
     order = np.concatenate([sel, np.full(-B % size, sel[0])])
@@ -459,13 +534,24 @@ def run_nuts(y, sigma=None, *, tau_prior="uniform", mu_prior="flat", centered: b
     tau_code, mu_code = prior_codes(tp, mp)
     tp_c = jax.tree.map(lambda a: a if np.asarray(a).dtype.kind in "ib" else cast(a), tau_code)
     mp_c = jax.tree.map(lambda a: a if np.asarray(a).dtype.kind in "ib" else cast(a), mu_code)
-    statics = {"centered": bool(centered), "warmup": int(warmup), "samples": int(samples),
-                   "max_tree_depth": int(max_tree_depth)}
+    statics = {
+        "centered": bool(centered),
+        "warmup": int(warmup),
+        "samples": int(samples),
+        "max_tree_depth": int(max_tree_depth),
+    }
     blocks, run_s, compile_s = [], 0.0, 0.0
     for start in range(0, order.size, size):
-        idx = order[start:start + size]
-        args = (keys[start:start + size], cast(batch.y[idx]), cast(batch.sigma[idx]),
-                jnp.asarray(batch.mask[idx]), tp_c, mp_c, cast(target_accept))
+        idx = order[start : start + size]
+        args = (
+            keys[start : start + size],
+            cast(batch.y[idx]),
+            cast(batch.sigma[idx]),
+            jnp.asarray(batch.mask[idx]),
+            tp_c,
+            mp_c,
+            cast(target_accept),
+        )
         exe, c = _compiled(args, statics)
         compile_s += c
         t0 = time.perf_counter()
@@ -474,19 +560,34 @@ def run_nuts(y, sigma=None, *, tau_prior="uniform", mu_prior="flat", centered: b
         blocks.append(jax.tree.map(np.asarray, out))
     out = jax.tree.map(lambda *a: np.concatenate(a)[:B], *blocks)
     f64 = functools.partial(np.asarray, dtype=np.float64)
-    W = batch.width           # the input's own width: the padding for shapes never shows
+    W = batch.width  # the input's own width: the padding for shapes never shows
     m = batch.mask[sel, :W]
-    return NutsRun(mu=f64(out.mu), tau=f64(out.tau), theta=f64(out.theta[..., :W]),
-                   diverging=out.diverging.astype(bool), num_steps=out.num_steps,
-                   step_size=f64(out.step_size), accept_prob=f64(out.accept_prob), mask=m,
-                   n_groups=m.sum(axis=1), datasets=sel, names=tuple(batch.names[i] for i in sel),
-                   tau_prior=tp, mu_prior=mp, centered=bool(centered), warmup=int(warmup),
-                   target_accept=float(target_accept), seconds=run_s, compile_seconds=compile_s)
+    return NutsRun(
+        mu=f64(out.mu),
+        tau=f64(out.tau),
+        theta=f64(out.theta[..., :W]),
+        diverging=out.diverging.astype(bool),
+        num_steps=out.num_steps,
+        step_size=f64(out.step_size),
+        accept_prob=f64(out.accept_prob),
+        mask=m,
+        n_groups=m.sum(axis=1),
+        datasets=sel,
+        names=tuple(batch.names[i] for i in sel),
+        tau_prior=tp,
+        mu_prior=mp,
+        centered=bool(centered),
+        warmup=int(warmup),
+        target_accept=float(target_accept),
+        seconds=run_s,
+        compile_seconds=compile_s,
+    )
 
 
 # --------------------------------------------------------------------------------------
 # The comparison
 # --------------------------------------------------------------------------------------
+
 
 class Comparison(NamedTuple):
     """Exact posterior vs NUTS, in Monte Carlo standard errors.
@@ -550,7 +651,7 @@ def _split(x):
     """``[C, S, ...] -> [2C, S // 2, ...]``: split chains for split-ESS and split-R-hat."""
     _C, S = x.shape[:2]
     h = S // 2
-    return np.concatenate([x[:, :h], x[:, S - h:]], axis=0)
+    return np.concatenate([x[:, :h], x[:, S - h :]], axis=0)
 
 
 def _ess(x):
@@ -575,9 +676,9 @@ def _mcse_quantile(x, levels):
     C, S, N = x.shape
     flat = np.sort(x.reshape(C * S, N), axis=0)
     n = C * S
-    q = np.quantile(flat, levels, axis=0).T                          # [N, Q]
-    ind = (x[..., None] <= q[None, None]).astype(np.float64)          # [C, S, N, Q]
-    ess = _ess(ind)                                                   # [N, Q]
+    q = np.quantile(flat, levels, axis=0).T  # [N, Q]
+    ind = (x[..., None] <= q[None, None]).astype(np.float64)  # [C, S, N, Q]
+    ess = _ess(ind)  # [N, Q]
     p = np.asarray(levels)[None, :]
     lo = beta.ppf(0.1586553, ess * p + 1, ess * (1 - p) + 1)
     hi = beta.ppf(0.8413447, ess * p + 1, ess * (1 - p) + 1)
@@ -647,22 +748,27 @@ def compare(fit, run: NutsRun, *, alpha: float = 0.01) -> Comparison:
     fmask = np.asarray(fit.mask)[run.datasets]
     if fmask.shape[1] < run.mask.shape[1]:
         fmask = np.pad(fmask, ((0, 0), (0, run.mask.shape[1] - fmask.shape[1])))
-    if not np.array_equal(fmask[:, :run.mask.shape[1]], run.mask) or fmask[:, run.mask.shape[1]:].any():
-        raise InputError("compare: the fit and the NUTS run have different groups "
-                         "(fit the same batch the run was drawn from)")
+    if (
+        not np.array_equal(fmask[:, : run.mask.shape[1]], run.mask)
+        or fmask[:, run.mask.shape[1] :].any()
+    ):
+        raise InputError(
+            "compare: the fit and the NUTS run have different groups "
+            "(fit the same batch the run was drawn from)"
+        )
     J = run.mask.shape[1]
-    exact = _exact_table(fit, run, levels)[:, :2 + J]                 # [B, P, T]
-    x = _stack_draws(run)                                              # [C, S, B, P]
+    exact = _exact_table(fit, run, levels)[:, : 2 + J]  # [B, P, T]
+    x = _stack_draws(run)  # [C, S, B, P]
     C, S, B, P = x.shape
-    xf = np.where(np.isfinite(x), x, 0.0)                              # padded theta: zeros
+    xf = np.where(np.isfinite(x), x, 0.0)  # padded theta: zeros
     mean = xf.mean(axis=(0, 1))
     xc = xf - mean
-    var = (xc ** 2).mean(axis=(0, 1))
+    var = (xc**2).mean(axis=(0, 1))
     sd = np.sqrt(var)
     ess = _ess(xf)
-    ess2 = _ess(xc ** 2)
+    ess2 = _ess(xc**2)
     mcse_mean = sd / np.sqrt(ess)
-    var_x2 = (xc ** 2).var(axis=(0, 1))
+    var_x2 = (xc**2).var(axis=(0, 1))
     mcse_sd = np.sqrt(var_x2 / ess2) / (2 * sd)
     q, mcse_q = _mcse_quantile(xf.reshape(C, S, B * P), levels)
     q, mcse_q = q.reshape(B, P, -1), mcse_q.reshape(B, P, -1)
@@ -673,9 +779,9 @@ def compare(fit, run: NutsRun, *, alpha: float = 0.01) -> Comparison:
 
     # which values are compared: real groups; moments whose MCSE has a finite variance
     c = float(run.tau_prior.tail_power)  # type: ignore[arg-type]  # CustomTau: __post_init__
-    alpha_tail = run.n_groups - (1.0 if isinstance(run.mu_prior, NormalMu) else 2.0) + c   # [B]
-    heavy = np.ones((B, P), bool)          # parameters with tau's polynomial tail
-    heavy[:, 2:] = False                   # theta_j | y: bounded conditional variance
+    alpha_tail = run.n_groups - (1.0 if isinstance(run.mu_prior, NormalMu) else 2.0) + c  # [B]
+    heavy = np.ones((B, P), bool)  # parameters with tau's polynomial tail
+    heavy[:, 2:] = False  # theta_j | y: bounded conditional variance
     if isinstance(run.mu_prior, NormalMu):
         heavy[:, 0] = False
     real = np.concatenate([np.ones((B, 2), bool), run.mask], axis=1)
@@ -683,8 +789,10 @@ def compare(fit, run: NutsRun, *, alpha: float = 0.01) -> Comparison:
     # finite variance of its own) where E|x|^(4k) exists: alpha > 4 (mean), alpha > 8 (sd)
     mean_ok = real & (~heavy | (alpha_tail[:, None] > 4))
     sd_ok = real & (~heavy | (alpha_tail[:, None] > 8))
-    use = np.concatenate([mean_ok[..., None], sd_ok[..., None],
-                          np.repeat(real[..., None], levels.size, axis=-1)], axis=-1)
+    use = np.concatenate(
+        [mean_ok[..., None], sd_ok[..., None], np.repeat(real[..., None], levels.size, axis=-1)],
+        axis=-1,
+    )
     use &= np.isfinite(exact) & np.isfinite(mcse) & (mcse > 0)
     with np.errstate(invalid="ignore", divide="ignore"):
         z = np.where(use, (exact - nuts) / np.where(use, mcse, 1.0), np.nan)
@@ -700,22 +808,40 @@ def compare(fit, run: NutsRun, *, alpha: float = 0.01) -> Comparison:
     for p_i, t_i in zip(*np.nonzero(n_z)):
         zz = z[:, p_i, t_i][use[:, p_i, t_i]]
         ks_p[p_i, t_i] = st.kstest(zz, "norm").pvalue
-        chi2_p[p_i, t_i] = st.chi2.sf(np.sum(zz ** 2), zz.size)
+        chi2_p[p_i, t_i] = st.chi2.sf(np.sum(zz**2), zz.size)
     ps = np.concatenate([ks_p[np.isfinite(ks_p)], chi2_p[np.isfinite(chi2_p)]])
     p_value = float(min(1.0, ps.size * ps.min())) if ps.size else math.nan
     stats_ = ("mean", "sd") + tuple("q" + format(float(v), ".10g") for v in levels)
     params = ("mu", "tau") + tuple(f"theta[{j + 1}]" for j in range(J))
     return Comparison(
-        names=run.names, params=params, stats=stats_, mask=run.mask,
-        exact=np.where(use, exact, np.nan), nuts=nuts, mcse=mcse, z=z, rhat=rhat, ess=ess,
-        divergences=run.diverging.sum(axis=(1, 2)), draws=C * S, max_abs_z=max_abs_z,
-        z_threshold=z_thr, flagged=flagged, ks_p=ks_p, chi2_p=chi2_p, n_z=n_z,
-        p_value=p_value, alpha=float(alpha), ok=bool(p_value >= alpha))
+        names=run.names,
+        params=params,
+        stats=stats_,
+        mask=run.mask,
+        exact=np.where(use, exact, np.nan),
+        nuts=nuts,
+        mcse=mcse,
+        z=z,
+        rhat=rhat,
+        ess=ess,
+        divergences=run.diverging.sum(axis=(1, 2)),
+        draws=C * S,
+        max_abs_z=max_abs_z,
+        z_threshold=z_thr,
+        flagged=flagged,
+        ks_p=ks_p,
+        chi2_p=chi2_p,
+        n_z=n_z,
+        p_value=p_value,
+        alpha=float(alpha),
+        ok=bool(p_value >= alpha),
+    )
 
 
 # --------------------------------------------------------------------------------------
 # Reports
 # --------------------------------------------------------------------------------------
+
 
 def comparison_rows(cmp: Comparison, b: int) -> tuple:
     """``(header, rows)``: one row per parameter of dataset ``b`` with each statistic's
@@ -747,6 +873,7 @@ def _fmt(v, digits=None) -> str:
 
 def comparison_json(cmp: Comparison, run: NutsRun) -> dict:
     """A JSON-ready summary of a comparison and its run (nan -> None)."""
+
     def clean(a):
         a = np.asarray(a, dtype=np.float64)
         return [clean(v) for v in a] if a.ndim else (None if not np.isfinite(a) else float(a))
@@ -755,34 +882,84 @@ def comparison_json(cmp: Comparison, run: NutsRun) -> dict:
     for b, name in enumerate(cmp.names):
         n = int(run.n_groups[b])
         keep = list(range(2)) + [2 + j for j in range(run.mask.shape[1]) if run.mask[b, j]]
-        datasets.append({
-            "name": str(name), "index": int(run.datasets[b]), "n_groups": n,
-            "divergences": int(cmp.divergences[b]), "max_abs_z": clean(cmp.max_abs_z[b]),
-            "flagged": bool(cmp.flagged[b]),
-            "parameters": {cmp.params[p]: dict(
-                rhat=clean(cmp.rhat[b, p]), ess=clean(cmp.ess[b, p]),
-                **{s: {"exact": clean(cmp.exact[b, p, t]), "nuts": clean(cmp.nuts[b, p, t]),
-                           "mcse": clean(cmp.mcse[b, p, t]), "z": clean(cmp.z[b, p, t])}
-                   for t, s in enumerate(cmp.stats)}) for p in keep}})
-    tests = [{"parameter": cmp.params[p], "statistic": cmp.stats[t], "n": int(cmp.n_z[p, t]),
-                  "ks_p": clean(cmp.ks_p[p, t]), "chi2_p": clean(cmp.chi2_p[p, t])}
-             for p in range(len(cmp.params)) for t in range(len(cmp.stats)) if cmp.n_z[p, t]]
+        datasets.append(
+            {
+                "name": str(name),
+                "index": int(run.datasets[b]),
+                "n_groups": n,
+                "divergences": int(cmp.divergences[b]),
+                "max_abs_z": clean(cmp.max_abs_z[b]),
+                "flagged": bool(cmp.flagged[b]),
+                "parameters": {
+                    cmp.params[p]: dict(
+                        rhat=clean(cmp.rhat[b, p]),
+                        ess=clean(cmp.ess[b, p]),
+                        **{
+                            s: {
+                                "exact": clean(cmp.exact[b, p, t]),
+                                "nuts": clean(cmp.nuts[b, p, t]),
+                                "mcse": clean(cmp.mcse[b, p, t]),
+                                "z": clean(cmp.z[b, p, t]),
+                            }
+                            for t, s in enumerate(cmp.stats)
+                        },
+                    )
+                    for p in keep
+                },
+            }
+        )
+    tests = [
+        {
+            "parameter": cmp.params[p],
+            "statistic": cmp.stats[t],
+            "n": int(cmp.n_z[p, t]),
+            "ks_p": clean(cmp.ks_p[p, t]),
+            "chi2_p": clean(cmp.chi2_p[p, t]),
+        }
+        for p in range(len(cmp.params))
+        for t in range(len(cmp.stats))
+        if cmp.n_z[p, t]
+    ]
     n_draws = run.diverging.size
     return {
-        "tau_prior": repr(run.tau_prior), "mu_prior": repr(run.mu_prior), "centered": run.centered,
-        "chains": int(run.mu.shape[1]), "warmup": run.warmup, "samples": int(run.mu.shape[2]),
+        "tau_prior": repr(run.tau_prior),
+        "mu_prior": repr(run.mu_prior),
+        "centered": run.centered,
+        "chains": int(run.mu.shape[1]),
+        "warmup": run.warmup,
+        "samples": int(run.mu.shape[2]),
         "target_accept": run.target_accept,
-        "draws_per_dataset": cmp.draws, "sampling_seconds": run.seconds,
+        "draws_per_dataset": cmp.draws,
+        "sampling_seconds": run.seconds,
         "compile_seconds": run.compile_seconds,
         "datasets_per_second": (len(cmp.names) / run.seconds if run.seconds > 0 else None),
         "divergence_rate": float(run.diverging.sum() / n_draws),
-        "alpha": cmp.alpha, "z_threshold": cmp.z_threshold, "p_value": clean(cmp.p_value), "ok": cmp.ok,
-        "n_flagged": int(cmp.flagged.sum()), "datasets": datasets, "tests": tests}
+        "alpha": cmp.alpha,
+        "z_threshold": cmp.z_threshold,
+        "p_value": clean(cmp.p_value),
+        "ok": cmp.ok,
+        "n_flagged": int(cmp.flagged.sum()),
+        "datasets": datasets,
+        "tests": tests,
+    }
 
 
-def crosscheck(y, sigma=None, *, tau_prior="uniform", mu_prior="flat", centered: bool = False,
-               chains: int = 4, warmup: int = 500, samples: int = 1000, seed: int = 0,
-               datasets=None, levels=COMPARE_LEVELS, alpha: float = 0.01, **kwargs):
+def crosscheck(
+    y,
+    sigma=None,
+    *,
+    tau_prior="uniform",
+    mu_prior="flat",
+    centered: bool = False,
+    chains: int = 4,
+    warmup: int = 500,
+    samples: int = 1000,
+    seed: int = 0,
+    datasets=None,
+    levels=COMPARE_LEVELS,
+    alpha: float = 0.01,
+    **kwargs,
+):
     """Exact fit, NUTS run and their comparison for a batch: ``(Fit, NutsRun, Comparison)``.
 
     Args are those of :func:`run_nuts` (``kwargs`` go to it) plus the quantile
@@ -790,17 +967,40 @@ def crosscheck(y, sigma=None, *, tau_prior="uniform", mu_prior="flat", centered:
     """
     from hierjax.engine.fitting import fit as exact_fit
 
-    batch = y if isinstance(y, Batch) else as_batch(y, sigma, mask=kwargs.pop("mask", None),
-                                                    names=kwargs.pop("names", None))
-    run = run_nuts(batch, tau_prior=tau_prior, mu_prior=mu_prior, centered=centered,
-                   chains=chains, warmup=warmup, samples=samples, seed=seed, datasets=datasets,
-                   **kwargs)
+    batch = (
+        y
+        if isinstance(y, Batch)
+        else as_batch(y, sigma, mask=kwargs.pop("mask", None), names=kwargs.pop("names", None))
+    )
+    run = run_nuts(
+        batch,
+        tau_prior=tau_prior,
+        mu_prior=mu_prior,
+        centered=centered,
+        chains=chains,
+        warmup=warmup,
+        samples=samples,
+        seed=seed,
+        datasets=datasets,
+        **kwargs,
+    )
     sel = sorted({int(i) for i in run.datasets})
-    sub = Batch(batch.y[sel], batch.sigma[sel], batch.mask[sel],
-                tuple(batch.names[i] for i in sel), tuple(batch.groups[i] for i in sel),
-                batch.width)
-    f = exact_fit(sub, None, tau_prior=tau_prior, mu_prior=mu_prior, quantiles=levels,
-                  dtype=kwargs.get("dtype"))
+    sub = Batch(
+        batch.y[sel],
+        batch.sigma[sel],
+        batch.mask[sel],
+        tuple(batch.names[i] for i in sel),
+        tuple(batch.groups[i] for i in sel),
+        batch.width,
+    )
+    f = exact_fit(
+        sub,
+        None,
+        tau_prior=tau_prior,
+        mu_prior=mu_prior,
+        quantiles=levels,
+        dtype=kwargs.get("dtype"),
+    )
     # rows of the full batch for compare (run.datasets index the full batch)
     where = {d: k for k, d in enumerate(sel)}
     rows = np.array([where[int(d)] for d in run.datasets])
@@ -811,12 +1011,19 @@ def crosscheck(y, sigma=None, *, tau_prior="uniform", mu_prior="flat", centered:
 
 def _take_rows(f, rows):
     """A Fit restricted (or repeated) to ``rows``."""
+
     def take(m):
         return type(m)(*[np.asarray(a)[rows] for a in m])
-    return f._replace(mu=take(f.mu), tau=take(f.tau), theta=take(f.theta),
-                      theta_new=take(f.theta_new), mask=np.asarray(f.mask)[rows],
-                      n_groups=np.asarray(f.n_groups)[rows],
-                      names=tuple(f.names[i] for i in rows))
+
+    return f._replace(
+        mu=take(f.mu),
+        tau=take(f.tau),
+        theta=take(f.theta),
+        theta_new=take(f.theta_new),
+        mask=np.asarray(f.mask)[rows],
+        n_groups=np.asarray(f.n_groups)[rows],
+        names=tuple(f.names[i] for i in rows),
+    )
 
 
 def print_report(cmp: Comparison, run: NutsRun, out=None) -> None:
@@ -828,33 +1035,62 @@ def print_report(cmp: Comparison, run: NutsRun, out=None) -> None:
     qs = [t for t, s in enumerate(cmp.stats) if s.startswith("q")]
     cols = ["parameter", "mean", "nuts", "z", "sd", "nuts", "z", "max|z| q", "rhat", "ess"]
     for b, name in enumerate(cmp.names):
-        print(f"dataset {name}: {int(cmp.divergences[b])} divergent of {cmp.draws} draws; "
-              f"max |z| {cmp.max_abs_z[b]:.2f}" + ("  FLAGGED" if cmp.flagged[b] else ""), file=out)
+        print(
+            f"dataset {name}: {int(cmp.divergences[b])} divergent of {cmp.draws} draws; "
+            f"max |z| {cmp.max_abs_z[b]:.2f}" + ("  FLAGGED" if cmp.flagged[b] else ""),
+            file=out,
+        )
         rows = []
         for p, pname in enumerate(cmp.params):
             if p >= 2 and not cmp.mask[b, p - 2]:
                 continue
             zq = np.abs(cmp.z[b, p, qs])
-            rows.append([pname, _fmt(cmp.exact[b, p, 0]), _fmt(cmp.nuts[b, p, 0]),
-                         _fmt(cmp.z[b, p, 0], 2), _fmt(cmp.exact[b, p, 1]), _fmt(cmp.nuts[b, p, 1]),
-                         _fmt(cmp.z[b, p, 1], 2),
-                         _fmt(np.nanmax(zq), 2) if np.isfinite(zq).any() else "-",
-                         _fmt(cmp.rhat[b, p], 3), _fmt(cmp.ess[b, p], 0)])
+            rows.append(
+                [
+                    pname,
+                    _fmt(cmp.exact[b, p, 0]),
+                    _fmt(cmp.nuts[b, p, 0]),
+                    _fmt(cmp.z[b, p, 0], 2),
+                    _fmt(cmp.exact[b, p, 1]),
+                    _fmt(cmp.nuts[b, p, 1]),
+                    _fmt(cmp.z[b, p, 1], 2),
+                    _fmt(np.nanmax(zq), 2) if np.isfinite(zq).any() else "-",
+                    _fmt(cmp.rhat[b, p], 3),
+                    _fmt(cmp.ess[b, p], 0),
+                ]
+            )
         widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                        for i, (c, w) in enumerate(zip(cols, widths))), file=out)
+        print(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cols, widths))
+            ),
+            file=out,
+        )
         for r in rows:
-            print("  ".join(v.ljust(w) if i == 0 else v.rjust(w)
-                            for i, (v, w) in enumerate(zip(r, widths))), file=out)
+            print(
+                "  ".join(
+                    v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))
+                ),
+                file=out,
+            )
     n_div = int(run.diverging.sum())
     rate = n_div / run.diverging.size
-    print(f"{len(cmp.names)} dataset(s), {'centered' if run.centered else 'non-centered'}, "
-          f"{run.mu.shape[1]} chains x {run.mu.shape[2]} draws after {run.warmup} warmup: "
-          f"{n_div} divergent transitions ({100 * rate:.2f}%); sampling {run.seconds:.2f} s "
-          f"({len(cmp.names) / max(run.seconds, 1e-12):.3g} datasets/s), "
-          f"compile {run.compile_seconds:.1f} s", file=out)
-    print(f"z-scores vs N(0, 1): {int(np.isfinite(cmp.z).sum())} compared; Bonferroni-combined "
-          f"KS/chi^2 p-value {cmp.p_value:.3g} ({'ok' if cmp.ok else 'FAIL'} at {cmp.alpha}); "
-          f"|z| threshold {cmp.z_threshold:.2f}; flagged datasets: {int(cmp.flagged.sum())}"
-          + (f" ({int(np.sum(cmp.flagged & (cmp.divergences > 0)))} with divergences)"
-             if cmp.flagged.any() else ""), file=out)
+    print(
+        f"{len(cmp.names)} dataset(s), {'centered' if run.centered else 'non-centered'}, "
+        f"{run.mu.shape[1]} chains x {run.mu.shape[2]} draws after {run.warmup} warmup: "
+        f"{n_div} divergent transitions ({100 * rate:.2f}%); sampling {run.seconds:.2f} s "
+        f"({len(cmp.names) / max(run.seconds, 1e-12):.3g} datasets/s), "
+        f"compile {run.compile_seconds:.1f} s",
+        file=out,
+    )
+    print(
+        f"z-scores vs N(0, 1): {int(np.isfinite(cmp.z).sum())} compared; Bonferroni-combined "
+        f"KS/chi^2 p-value {cmp.p_value:.3g} ({'ok' if cmp.ok else 'FAIL'} at {cmp.alpha}); "
+        f"|z| threshold {cmp.z_threshold:.2f}; flagged datasets: {int(cmp.flagged.sum())}"
+        + (
+            f" ({int(np.sum(cmp.flagged & (cmp.divergences > 0)))} with divergences)"
+            if cmp.flagged.any()
+            else ""
+        ),
+        file=out,
+    )
