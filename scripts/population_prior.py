@@ -138,7 +138,7 @@ def fit(y, sigma, mask, start=(0.0, 1.0), max_iter: int = 30):
         for a in _value_and_grad(jnp.asarray(p, dt), y, sigma, mask)
     )
     converged = False
-    for _ in range(1, max_iter + 1):
+    for it in range(1, max_iter + 1):  # noqa: B007  (the count is returned)
         h = eps ** (1.0 / 3.0) * np.maximum(np.abs(p), 0.1)
         H = _hessian(jnp.asarray(p, dt), y, sigma, mask, h)
         try:
