@@ -50,8 +50,8 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import erfc, logsumexp, ndtri
 
-from hierjax.inference.grid import default_nodes, grid_tau_of_z, tail_alpha, tau_grid
-from hierjax.model.conditionals import mu_given_tau, theta_given_tau
+from hierjax.inference.grid import TauGrid, default_nodes, grid_tau_of_z, tail_alpha, tau_grid
+from hierjax.model.conditionals import MuGivenTau, mu_given_tau, theta_given_tau
 from hierjax.model.priors import DataTauPrior, FlatMu, MuPrior, NormalMu, TauPrior, Uniform
 from hierjax.numerics.quadrature import chebyshev_matrix, clenshaw_curtis
 from hierjax.status import STATUS
@@ -192,8 +192,8 @@ class _Nodes(NamedTuple):
 
     tau: jnp.ndarray  # nodes in standard units (no gradient)
     log_f: jnp.ndarray  # log(w_k p(tau_k) p(y | tau_k) dtau/dz), live
-    mu: object  # MuGivenTau at the nodes, live
-    grid: object  # the TauGrid (no gradient)
+    mu: MuGivenTau  # at the nodes, live
+    grid: TauGrid  # no gradient
 
 
 def _nodes(mask, st: Standard, tau_std, mu_std, n: int) -> _Nodes:
@@ -556,7 +556,8 @@ def summaries(
             _to_units(fine[1], loc, sc),
         ),
     )
-    return CoreSummary(*marg, log_ev, ev_err, err, status)
+    mu_m, tau_m, theta_m, new_m = marg
+    return CoreSummary(mu_m, tau_m, theta_m, new_m, log_ev, ev_err, err, status)
 
 
 def _unit(mg: CoreMarginal):

@@ -43,6 +43,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from hierjax.engine.batch import (
     Batch,
@@ -102,17 +103,17 @@ class TauPriorCode(NamedTuple):
         df: degrees of freedom of the half-t (1 otherwise).
     """
 
-    kind: jnp.ndarray
-    a: jnp.ndarray
-    df: jnp.ndarray
+    kind: ArrayLike
+    a: ArrayLike
+    df: ArrayLike
 
 
 class MuPriorCode(NamedTuple):
     """The mu prior as array leaves: ``normal`` (bool), ``loc``, ``scale`` (unused when flat)."""
 
-    normal: jnp.ndarray
-    loc: jnp.ndarray
-    scale: jnp.ndarray
+    normal: ArrayLike
+    loc: ArrayLike
+    scale: ArrayLike
 
 
 #: tau prior families that :class:`TauPriorCode` covers, in ``kind`` order.
@@ -127,7 +128,7 @@ def prior_codes(tau_prior: TauPrior, mu_prior: MuPrior):
     kernel. A :class:`CustomTau` stays a type (its log-density is code)."""
     one = np.float64(1.0)
     if isinstance(tau_prior, CustomTau):
-        tau_code = tau_prior
+        tau_code: TauPriorCode | CustomTau = tau_prior
     elif isinstance(tau_prior, Uniform):
         tau_code = TauPriorCode(np.int32(0), one, one)
     elif isinstance(tau_prior, HalfNormal):
