@@ -51,3 +51,13 @@ __all__ = [
     "i2", "I2Summary", "pairwise_prob", "use_compilation_cache",
 ]
 __version__ = "0.1.0"
+
+# tidy tables of a Fit (pyarrow / pandas imported on use)
+from hierjax import tables as _tables  # noqa: E402
+
+Fit.to_arrow = _tables.fit_to_arrow
+Fit.to_pandas = _tables.fit_to_pandas
+
+from hierjax.stream import fit_stream  # noqa: E402
+
+__all__ += ["fit_stream"]
