@@ -91,10 +91,10 @@ def _version_text() -> str:
 def _params(text: str):
     from hierjax.tables import PARAMETERS
     params = [t.strip() for t in text.split(",") if t.strip()]
-    bad = [t for t in params if t not in PARAMETERS]
+    bad = [t for t in params if t not in PARAMETERS + ("i2",)]
     if bad or not params:
         raise argparse.ArgumentTypeError(f"--params takes a comma-separated list of "
-                                         f"{', '.join(PARAMETERS)}; got {text!r}")
+                                         f"{', '.join(PARAMETERS)}, i2; got {text!r}")
     return params
 
 
@@ -115,7 +115,8 @@ input: a long table, one row per group: columns dataset,y,sigma[,group] (CSV or 
 output columns (one row per dataset and parameter):
   dataset      the dataset's name
   parameter    mu, tau, theta (one row per group), theta_new (a new group's effect:
-               its quantiles are the prediction interval)
+               its quantiles are the prediction interval), i2 (with --params ...,i2:
+               I^2 = tau^2 / (tau^2 + s^2); its sd is not computed)
   group        theta rows: the group's label (or its 1-based position); empty otherwise
   mean, sd     posterior mean and sd (nan where they do not exist)
   q<level>     posterior quantiles (--quantiles; none with --moments-only)
@@ -124,6 +125,11 @@ output columns (one row per dataset and parameter):
   note         why a dataset was skipped (--skip-invalid), else empty
   exp_q<level>, transform   with --transform exp (default for OR, RR): the quantiles of
                mu, theta, theta_new back-transformed (odds or risk ratios)
+  --summary OUT: one row per dataset: k, mu_mean, mu_sd, mu_lo, mu_hi (95%), p_mu_gt0,
+  tau_mean, tau_median, tau_mode, i2_mean, i2_median, pred_lo, pred_hi (95% prediction
+  interval, central), pred_hdi_lo, pred_hdi_hi (shortest), bf_tau0, bf_mu0 (Bayes factors
+  for tau = 0 and mu = 0, with proper priors on both; else nan), status, note. Without
+  --out the same is printed under each dataset's table.
   A CSV output gets a sidecar <out>.json with the priors, precision and versions;
   a Parquet output the same in its key-value metadata (key 'hierjax').
 
@@ -157,7 +163,8 @@ def _fit_parser(sub, common) -> None:
     f.add_argument("--moments-only", action="store_true",
                    help="means, sds and P(> 0) only: no quantile searches (several times faster)")
     f.add_argument("--params", type=_params, metavar="LIST",
-                   help="rows to write: a comma-separated subset of mu,tau,theta,theta_new")
+                   help="rows to write: a comma-separated subset of mu,tau,theta,theta_new "
+                   "(the default), and i2 (the posterior of I^2, computed on request)")
     prec = f.add_mutually_exclusive_group()
     prec.add_argument("--float32", action="store_true",
                       help="compute in float32 (faster; accuracy goal 1e-4 sd instead of 1e-8)")
@@ -424,10 +431,10 @@ def _fit_file(args) -> int:
     check_output_path(args.out, [args.input], force=args.force, resume=args.resume)
     bar = _progress(args)
     try:
-        res = run_job(args.input, args.out, chunk_size=chunk, params=args.params,
+        res = run_job(args.input, args.out, chunk_size=chunk, params=_table_params(args),
                       skip_invalid=args.skip_invalid, force=args.force, resume=args.resume,
                       metadata=_metadata(args), progress=bar, measure=args.measure,
-                      correction=not args.no_correction, table_hook=_hook(args),
+                      correction=not args.no_correction, table_hook=_hook(args, kw),
                       summary_out=args.summary, summary_fn=_summary_fn(args, kw),
                       on_skip=lambda note: print(f"hierjax: skipped {note}", file=sys.stderr),
                       **kw)
@@ -452,11 +459,35 @@ def _summary_fn(args, kw):
     return lambda fit, c: summary_table(fit, c.y, c.sigma, c.mask, c.names, **opts)
 
 
-def _hook(args):
-    if _transform(args) != "exp":
+def _hook(args, kw):
+    """``(table, fit, chunk) -> table``: i2 rows (--params ...,i2), back-transformed
+    quantiles (--transform exp), or None."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from hierjax.tables import with_exp, with_i2
+    want_i2 = bool(args.params and "i2" in args.params)
+    exp = _transform(args) == "exp"
+    if not (want_i2 or exp):
         return None
-    from hierjax.tables import with_exp
-    return lambda table, fit, chunk: with_exp(table)
+
+    def hook(table, fit, chunk):
+        if want_i2:
+            from hierjax.summary import i2_of
+            opts = {k: kw.get(k) for k in ("tau_prior", "mu_prior", "dtype", "nodes")}
+            mean, q = i2_of(fit, chunk.y, chunk.sigma, chunk.mask, fit.levels, **opts)
+            table = with_i2(table, mean, q, fit.levels)
+            table = table.filter(pc.is_in(table["parameter"], value_set=pa.array(args.params)))
+        return with_exp(table) if exp else table
+    return hook
+
+
+def _table_params(args):
+    """--params for the tidy table itself (i2 rows come from the hook)."""
+    if not args.params:
+        return None
+    p = [x for x in args.params if x != "i2"]
+    return p or ["tau"]
 
 
 def _fit_to_terminal(args, kw, chunk) -> int:

@@ -22,6 +22,30 @@ SUMMARY_COLUMNS = ("dataset", "k", "mu_mean", "mu_sd", "mu_lo", "mu_hi", "p_mu_g
                    "note")
 
 
+def _stand_ins(fit, y, sigma, mask):
+    """Invalid datasets replaced by three benign groups (their results are reported nan)."""
+    import hierjax
+    invalid = (np.asarray(fit.status) & hierjax.STATUS["invalid"]) != 0
+    m = np.where(invalid[:, None], np.arange(y.shape[1]) < 3, mask)
+    y = np.where(m & ~invalid[:, None], y, np.where(m, np.arange(y.shape[1]) - 1.0, 0.0))
+    s = np.where(m & ~invalid[:, None], sigma, 1.0)
+    return invalid, y, s, m
+
+
+def i2_of(fit, y, sigma, mask, levels, *, tau_prior="uniform", mu_prior="flat", nodes=None,
+          dtype=None):
+    """``(mean [B], quantiles [B, Q])`` of the posterior of I^2 for the datasets of ``fit``
+    (nan for invalid ones), from :func:`hierjax.posterior` and :func:`hierjax.i2`."""
+    import hierjax
+    invalid, y, s, m = _stand_ins(fit, y, sigma, mask)
+    post = hierjax.posterior(y, s, mask=m, tau_prior=tau_prior, mu_prior=mu_prior, nodes=nodes,
+                             dtype=dtype)
+    out = hierjax.i2(post, tuple(levels) or (0.5,))
+    mean = np.where(invalid, np.nan, out.mean)
+    q = np.where(invalid[:, None], np.nan, out.quantiles)[:, :len(tuple(levels))]
+    return mean, q
+
+
 def summary_table(fit, y, sigma, mask, names, *, tau_prior="uniform", mu_prior="flat",
                   nodes=None, dtype=None, level: float = 0.95):
     """The per-dataset summary of ``fit`` (a :class:`hierjax.Fit` of ``y, sigma, mask``,
@@ -33,12 +57,7 @@ def summary_table(fit, y, sigma, mask, names, *, tau_prior="uniform", mu_prior="
 
     import hierjax
     from hierjax.tables import status_strings
-    invalid = (np.asarray(fit.status) & hierjax.STATUS["invalid"]) != 0
-    y = np.where(invalid[:, None], 0.0, y)
-    s = np.where(invalid[:, None], 1.0, sigma)
-    m = np.where(invalid[:, None], np.arange(y.shape[1]) < 3, mask)
-    y = np.where(m, y, 0.0)
-    s = np.where(m, s, 1.0)
+    invalid, y, s, m = _stand_ins(fit, y, sigma, mask)
     kw = {"tau_prior": tau_prior, "mu_prior": mu_prior, "nodes": nodes, "dtype": dtype}
     post = hierjax.posterior(y, s, mask=m, **kw)
     i2 = hierjax.i2(post, (0.5,))

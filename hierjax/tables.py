@@ -27,6 +27,7 @@ __all__ = [
     "format_level",
     "status_strings",
     "with_exp",
+    "with_i2",
     "write_csv",
 ]
 
@@ -199,6 +200,53 @@ def with_exp(table):
         at += 1
     word = pc.if_else(loc, pa.scalar("exp"), pa.scalar(None, pa.string()))
     return table.append_column("transform", word)
+
+
+def with_i2(table, mean, quantiles, levels):
+    """``table`` with one ``parameter = i2`` row per dataset after its ``tau`` row (or
+    last): the posterior of ``I^2 = tau^2 / (tau^2 + s^2)`` (:func:`hierjax.i2`), ``mean``
+    ``[B]`` and ``quantiles`` ``[B, Q]`` at ``levels``; its sd is not computed (nan) and
+    ``P(I^2 > 0)`` is 1 as for tau. Datasets in the table's order, each once."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    n = table.num_rows
+    ds = table["dataset"].combine_chunks()
+    starts = np.ones(n, bool)
+    if n > 1:
+        starts[1:] = pc.not_equal(ds[1:], ds[:-1]).to_numpy(zero_copy_only=False)
+    first = np.flatnonzero(starts)
+    B = first.size
+    row_ds = np.cumsum(starts) - 1
+    par = table["parameter"].to_numpy(zero_copy_only=False)
+    after = np.append(first[1:], n)                        # default: after the dataset
+    tau_rows = np.flatnonzero(par == "tau")
+    after[row_ds[tau_rows]] = tau_rows + 1
+    dt = table.schema.field("mean").type
+    cols = {}
+    for name in table.column_names:
+        typ = table.schema.field(name).type
+        if name == "dataset":
+            cols[name] = ds.take(pa.array(first))
+        elif name == "parameter":
+            cols[name] = pa.array(["i2"] * B, pa.string())
+        elif name == "mean":
+            cols[name] = pa.array(np.asarray(mean), dt)
+        elif name.startswith("q") and name[1:2].isdigit():
+            q = [format_level(v) for v in levels].index(name)
+            cols[name] = pa.array(np.asarray(quantiles)[:, q], dt)
+        elif name == "p_gt0":
+            cols[name] = pa.array(np.ones(B), dt)
+        elif name in ("sd",):
+            cols[name] = pa.array(np.full(B, np.nan), dt)
+        elif name in ("status", "note"):
+            cols[name] = table[name].combine_chunks().take(pa.array(first))
+        else:
+            cols[name] = pa.nulls(B, typ)
+    extra = pa.table(cols, schema=table.schema)
+    # new order: each i2 row goes before the row at ``after``
+    key = np.concatenate([np.arange(n) * 2 + 1, after * 2])
+    order = np.argsort(key, kind="stable")
+    return pa.concat_tables([table, extra]).take(pa.array(order))
 
 
 def fit_to_arrow(self, params: Sequence[str] | None = None):

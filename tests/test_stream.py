@@ -71,7 +71,7 @@ def streamed(data_csv, tmp_path_factory):
 
 def read_frame(path):
     import pandas as pd
-    return pd.read_csv(path, keep_default_na=False, na_values=["nan"],
+    return pd.read_csv(path, keep_default_na=False, na_values=["nan", ""],
                        dtype={"group": str, "dataset": str})
 
 
@@ -586,3 +586,13 @@ def test_summary(data_csv, streamed, tmp_path, capsys):
     assert np.all((s["i2_mean"] >= 0) & (s["i2_mean"] < 1) & (s["i2_median"] >= 0))
     assert s["bf_tau0"].isna().all()          # improper priors: no Bayes factors
     assert (tmp_path / "s.csv.json").exists()
+    # i2 rows in the tidy table, after each dataset's tau row; the same I^2 as the summary
+    out2 = tmp_path / "i2.csv"
+    assert run(["fit", data_csv, "--out", out2, "--params", "tau,i2,theta_new",
+                "--chunk-size", C])[0] == 0
+    t2 = read_frame(out2)
+    assert list(t2["parameter"][:6]) == ["tau", "i2", "theta_new"] * 2
+    i2 = t2[t2["parameter"] == "i2"].reset_index(drop=True)
+    np.testing.assert_array_equal(i2["mean"], s["i2_mean"])
+    np.testing.assert_allclose(i2["q0.5"], s["i2_median"], rtol=1e-12 if X64 else 1e-5)
+    assert np.all(np.diff(i2[["q0.025", "q0.5", "q0.975"]].to_numpy(), axis=1) >= 0)
