@@ -373,6 +373,10 @@ def _write(fit, path) -> None:
     """The tidy table of ``fit`` to ``path`` (CSV or Parquet), atomically."""
     from hierjax.io import write_table_atomic
     table = fit.to_arrow()
+    if path == "-":
+        from hierjax.tables import csv_bytes
+        sys.stdout.write(csv_bytes(table).decode())
+        return
     write_table_atomic(path, table)
     print(f"wrote {table.num_rows} rows to {path}", file=sys.stderr)
 
@@ -589,7 +593,7 @@ def _main(args) -> int:
         parse_mu_prior(args.mu_prior)
         if args.command == "fit" and args.out and args.out != "-" and args.input is None:
             from hierjax.stream import check_output_path
-            check_output_path(args.out, force=True)
+            check_output_path(args.out, force=args.force)
         return commands[args.command](args)
     except InputError as e:
         print(f"hierjax: error: {e}", file=sys.stderr)
