@@ -514,13 +514,16 @@ def check_chunk(chunk: Chunk, dtype, need: int, prior_text: str, path="input") -
             ("sigma", ~np.isfinite(prec) | (prec > fi.max) | (s_std ** 2 > fi.max),
              "{v!r}: its square against the others' overflows " + fi.dtype.name),
         ]
-    for field, bad, text in checks:
+    # the group to name: the first bad one, or for the squares the most extreme one
+    extreme = {"y": np.where(m, np.abs(np.nan_to_num(z, nan=np.inf)), -1.0),
+               "sigma": np.where(m, np.abs(np.log(np.where(s > 0, s_std, 1.0))), -1.0)}
+    for i, (field, bad, text) in enumerate(checks):
         bad = bad & m
         for b in np.flatnonzero(bad.any(axis=1)):
             b = int(b)
             if b in out:
                 continue
-            j = int(np.flatnonzero(bad[b])[0])
+            j = int(np.flatnonzero(bad[b])[0]) if i < 5 else int(np.argmax(extreme[field][b]))
             v = float((y if field == "y" else s)[b, j])
             out[b] = (f"{path}, {chunk.where} {int(chunk.line[b, j])}, dataset "
                       f"{chunk.names[b].as_py()!r}: {field}[{j + 1}] is " + text.format(v=v))

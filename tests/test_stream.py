@@ -348,8 +348,8 @@ def test_moments_only_and_params(data_csv, streamed, tmp_path):
     ref = read_frame(streamed[0])
     ref = ref[ref["parameter"].isin(["mu", "theta_new"])].reset_index(drop=True)
     got = read_frame(out)
-    rtol = 1e-12 if X64 else 2e-5
-    np.testing.assert_allclose(got["mean"], ref["mean"], rtol=rtol, atol=rtol * ref["sd"].max())
+    goal = 1e-8 if X64 else 1e-4          # the accuracy goal, in posterior sds (README)
+    assert np.all(np.abs(got["mean"] - ref["mean"]) <= goal * ref["sd"])
 
 
 def test_bad_params_and_nodes(data_csv, tmp_path, capsys):
@@ -584,7 +584,7 @@ def test_summary(data_csv, streamed, tmp_path, capsys):
     np.testing.assert_array_equal(s["mu_mean"], mu["mean"])
     np.testing.assert_array_equal(s["p_mu_gt0"], mu["p_gt0"])
     # the central 95% prediction interval is theta_new's 2.5% and 97.5% quantiles
-    tol = (1e-9 if X64 else 2e-4) * new["sd"]
+    tol = (1e-8 if X64 else 2e-4) * new["sd"]     # each within the accuracy goal
     assert np.all(np.abs(s["pred_lo"] - new["q0.025"]) <= tol)
     assert np.all(np.abs(s["pred_hi"] - new["q0.975"]) <= tol)
     # the shortest interval is no longer than the central one, and I^2 lies in [0, 1)
