@@ -514,9 +514,9 @@ def check_chunk(chunk: Chunk, dtype, need: int, prior_text: str, path="input") -
             ("sigma", ~np.isfinite(prec) | (prec > fi.max) | (s_std ** 2 > fi.max),
              "{v!r}: its square against the others' overflows " + fi.dtype.name),
         ]
-    # the group to name: the first bad one, or for the squares the most extreme one
-    extreme = {"y": np.where(m, np.abs(np.nan_to_num(z, nan=np.inf)), -1.0),
-               "sigma": np.where(m, np.abs(np.log(np.where(s > 0, s_std, 1.0))), -1.0)}
+        # the group to name: the first bad one, or for the squares the most extreme one
+        extreme = {"y": np.where(m, np.abs(np.nan_to_num(z, nan=np.inf)), -1.0),
+                   "sigma": np.where(m, np.abs(np.log(np.where(s > 0, s_std, 1.0))), -1.0)}
     for i, (field, bad, text) in enumerate(checks):
         bad = bad & m
         for b in np.flatnonzero(bad.any(axis=1)):
