@@ -38,6 +38,7 @@ from hierjax.posterior import (PARAMS, I2Summary, Posterior, PredictiveCheck, We
                                interval, pairwise_prob, pdf, posterior, predictive_check,
                                predictive_prob, prob_greater, quantile, shrinkage, weights)
 from hierjax import core
+from hierjax.io.stream import fit_stream
 from hierjax.core import CoreMarginal, CoreSummary, log_evidence
 from hierjax.core import summaries as dataset_summaries
 
@@ -61,6 +62,7 @@ __all__ = [
     "i2", "I2Summary", "pairwise_prob", "use_compilation_cache",
     "rma", "RMAResult", "TAU2_METHODS",
     "core", "log_evidence", "dataset_summaries", "CoreSummary", "CoreMarginal",
+    "fit_stream",
 ]
 __version__ = "0.1.0"
 
@@ -74,3 +76,4 @@ for _old, _new in _FORMER.items():
     globals()[_old] = _sys.modules.setdefault(f"hierjax.{_old}",
                                               _importlib.import_module(f"hierjax.{_new}"))
 del _old, _new
+

@@ -2,18 +2,24 @@
 
 Every layer may import this module; it imports nothing from hierjax. :data:`STATUS_DOC`
 is the one description of each flag: the README's status table, the ``Fit`` docstring
-and the command line's help are generated from it (a test checks the README).
+and the command line's help (:func:`status_help`) are generated from it (a test checks the
+README).
 """
 
 from __future__ import annotations
 
+import textwrap
+
 __all__ = [
     "DEFAULT_LEVELS",
+    "EXIT_CODES",
     "GOAL",
     "ROUNDOFF_LIMIT",
+    "ROW_FLAGS",
     "STATUS",
     "STATUS_DOC",
     "InputError",
+    "status_help",
     "status_table",
     "status_text",
 ]
@@ -66,6 +72,20 @@ STATUS_DOC = {
 }
 
 
+#: Flags the tidy table adds to one row (not status bits).
+ROW_FLAGS = {
+    "mean_undefined": "the posterior mean does not exist (heavy tail); the cell is nan",
+    "sd_undefined": "the posterior sd does not exist (heavy tail); the cell is nan",
+}
+
+#: Exit codes of the ``hierjax`` command.
+EXIT_CODES = {
+    0: "success (datasets may still carry status flags; skipped ones are marked invalid)",
+    1: "an unexpected internal error (a bug: please report it)",
+    2: "bad input, options or output path: one line on stderr names what and where",
+}
+
+
 class InputError(ValueError):
     """Bad input data or settings, with a message naming the dataset and field."""
 
@@ -81,3 +101,15 @@ def status_table() -> str:
     rows = ["| status | meaning |", "|---|---|"]
     rows += [f"| `{name}` | {STATUS_DOC[name]} |" for name in STATUS]
     return "\n".join(rows)
+
+
+def status_help() -> str:
+    """The flags as plain text for ``--help``: ``ok`` first, then each flag and row flag."""
+    rows = [("ok", "no flag set")] + list(STATUS_DOC.items()) + list(ROW_FLAGS.items())
+    width = max(len(k) for k, _ in rows)
+    pad = " " * (width + 4)
+    return "\n".join(
+        textwrap.fill(v.replace("`", ""), 88, initial_indent=f"  {k.ljust(width)}  ",
+                      subsequent_indent=pad)
+        for k, v in rows
+    )

@@ -26,16 +26,28 @@ import hierjax
 import hierjax.io.cli
 from hierjax.datasets import SCHOOLS
 
-from conftest import BATCH_RTOL, long_rows, read_table
+from conftest import BATCH_RTOL, DEFAULT_DTYPE, X64, long_rows, read_table
 
-EXPECTED_HEADER = ["dataset", "parameter", "mean", "sd", "q0.025", "q0.25", "q0.5", "q0.75",
-                   "q0.975", "p_gt0", "status"]
+#: the tidy table's columns (hierjax.io.tidy)
+EXPECTED_HEADER = ["dataset", "parameter", "group", "mean", "sd", "q0.025", "q0.25", "q0.5",
+                   "q0.75", "q0.975", "p_gt0", "status", "note"]
+#: the table printed on stdout
+PRINTED_HEADER = ["parameter", "mean", "sd", "q0.025", "q0.25", "q0.5", "q0.75", "q0.975",
+                  "p_gt0", "status"]
+
+
+def cli_argv(argv):
+    """``argv`` as strings; ``fit`` in the suite's precision (the CLI defaults to float64)."""
+    argv = [str(a) for a in argv]
+    if argv[:1] == ["fit"] and not X64 and not {"--float32", "--x64"} & set(argv):
+        argv.append("--float32")
+    return argv
 
 
 def run_cli(argv, capsys):
     """``main(argv)`` in-process: ``(exit status, stdout, stderr)`` (argparse exits count)."""
     try:
-        code = hierjax.io.cli.main([str(a) for a in argv])
+        code = hierjax.io.cli.main(cli_argv(argv))
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     cap = capsys.readouterr()
@@ -81,12 +93,20 @@ def api_fit(two_datasets):
 
 
 def expected_parameters(n_groups, labels=None):
+    """``[(parameter, group)]`` of a dataset's rows."""
     labels = labels or [str(j + 1) for j in range(n_groups)]
-    return ["mu", "tau"] + [f"theta[{g}]" for g in labels] + ["theta_new"]
+    return [("mu", ""), ("tau", "")] + [("theta", g) for g in labels] + [("theta_new", "")]
+
+
+def key(r):
+    """``(parameter, group)`` of a tidy row."""
+    return (r[1], r[2])
 
 
 def num(cell: str) -> float:
-    return float(cell)
+    """A cell as a number of the suite's precision (the CSV holds the shortest decimal that
+    reads back to the same value of the result's dtype)."""
+    return float(np.dtype(DEFAULT_DTYPE).type(cell))
 
 
 def same_number(a: float, b: float) -> bool:
@@ -99,11 +119,11 @@ def api_rows(f: hierjax.Fit, b: int):
         return [m.mean[i], m.sd[i], *m.quantiles[i], m.p_gt0[i]]
 
     labels = f.groups[b]
-    out = {"mu": row(f.mu, b), "tau": row(f.tau, b)}
+    out = {("mu", ""): row(f.mu, b), ("tau", ""): row(f.tau, b)}
     for j in range(int(f.n_groups[b])):
         label = labels[j] if labels else str(j + 1)
-        out[f"theta[{label}]"] = row(f.theta, (b, j))
-    out["theta_new"] = row(f.theta_new, b)
+        out[("theta", label)] = row(f.theta, (b, j))
+    out[("theta_new", "")] = row(f.theta_new, b)
     return {k: [float(v) for v in vals] for k, vals in out.items()}
 
 
@@ -116,11 +136,11 @@ def check_table_equals_fit(header, rows, f: hierjax.Fit):
     for b, name in enumerate(f.names):
         want = api_rows(f, b)
         got = by_ds[str(name)]
-        assert [r[1] for r in got] == list(want), f"dataset {name}: parameters"
+        assert [key(r) for r in got] == list(want), f"dataset {name}: parameters"
         for r in got:
-            vals = [num(c) for c in r[2:-1]]
-            assert len(vals) == len(want[r[1]])
-            for col, v, w in zip(header[2:-1], vals, want[r[1]]):
+            vals = [num(c) for c in r[3:-2]]
+            assert len(vals) == len(want[key(r)])
+            for col, v, w in zip(header[3:-2], vals, want[key(r)]):
                 assert same_number(v, w), f"dataset {name}, {r[1]}, {col}: CSV {v!r} != API {w!r}"
 
 
@@ -134,7 +154,7 @@ def _check_eight_schools_table(out):
     head = [i for i, line in enumerate(lines) if line.split()[:1] == ["parameter"]]
     assert len(head) == 1, f"no table header in stdout:\n{out}"
     cols = lines[head[0]].split()
-    assert cols == EXPECTED_HEADER[1:], cols
+    assert cols == PRINTED_HEADER, cols
     body = [line.split() for line in lines[head[0] + 1:head[0] + 12]]
     params = [r[0] for r in body]
     assert params == ["mu", "tau"] + [f"theta[{s}]" for s in SCHOOLS] + ["theta_new"], out
@@ -179,12 +199,12 @@ def test_csv_out_matches_python_api(two_datasets, api_fit, write_csv, tmp_path, 
     params = {}
     for r in rows:
         assert len(r) == len(header), r
-        params.setdefault(r[0], []).append(r[1])
-        assert r[-1] == "ok", r
+        params.setdefault(r[0], []).append(key(r))
+        assert r[-2] == "ok" and r[-1] == "", r
     assert params == {"alpha": expected_parameters(8), "beta": expected_parameters(5)}
     check_table_equals_fit(header, rows, api_fit)
-    # no stray temporary files next to the output
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.csv", "out.csv"]
+    # no stray temporary files next to the output (the sidecar records the run)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.csv", "out.csv", "out.csv.json"]
 
 
 def test_group_column_labels_theta(two_datasets, api_fit, write_csv, tmp_path, capsys):
@@ -197,7 +217,7 @@ def test_group_column_labels_theta(two_datasets, api_fit, write_csv, tmp_path, c
     assert header == EXPECTED_HEADER
     got = {}
     for r in rows:
-        got.setdefault(r[0], []).append(r[1])
+        got.setdefault(r[0], []).append(key(r))
     assert got == {n: expected_parameters(len(v), v) for n, v in labels.items()}
     # same numbers as the unlabelled run
     check_table_equals_fit(header, rows, api_fit._replace(groups=(tuple(labels["alpha"]),
@@ -221,7 +241,8 @@ def test_quantiles_and_priors_are_honoured(two_datasets, api_fit, write_csv, tmp
                             "--tau-prior", "half-cauchy:5", "--mu-prior", "normal:0,5"], capsys)
     assert code == 0, err
     header, rows = read_table(out)
-    assert header == ["dataset", "parameter", "mean", "sd", "q0.1", "q0.9", "p_gt0", "status"]
+    assert header == ["dataset", "parameter", "group", "mean", "sd", "q0.1", "q0.9", "p_gt0",
+                      "status", "note"]
     names = list(two_datasets)
     want = hierjax.fit([two_datasets[n][0] for n in names], [two_datasets[n][1] for n in names],
                        names=names, tau_prior="half-cauchy:5", mu_prior="normal:0,5",
@@ -392,7 +413,7 @@ def alpha_only_rows(tmp_path_factory, two_datasets):
         fh.write("dataset,y,sigma\n")
         fh.writelines(",".join(r) + "\n" for r in long_rows({"alpha": two_datasets["alpha"]}))
     out = d / "out.csv"
-    assert hierjax.io.cli.main(["fit", str(path), "--out", str(out)]) == 0
+    assert hierjax.io.cli.main(cli_argv(["fit", path, "--out", out])) == 0
     return read_table(out)
 
 
@@ -411,27 +432,27 @@ def test_skip_invalid(beta_rows, fragment, two_datasets, alpha_only_rows, write_
     assert header == EXPECTED_HEADER
     beta = [r for r in table if r[0] == "beta"]
     alpha = [r for r in table if r[0] == "alpha"]
-    assert [r[1] for r in beta] == expected_parameters(len(beta_rows))
+    assert [key(r) for r in beta] == expected_parameters(len(beta_rows))
     for r in beta:
-        assert r[-1].startswith("invalid"), r
-        assert fragment in r[-1], r
-        assert all(math.isnan(num(c)) for c in r[2:-1]), r
+        assert r[-2] == "invalid", r
+        assert fragment in r[-1] and "'beta'" in r[-1], r
+        assert all(math.isnan(num(c)) for c in r[3:-2]), r
     # the valid dataset's rows equal those of a run without the invalid one
     a_header, a_rows = alpha_only_rows
     assert a_header == header
-    assert [r[:2] for r in alpha] == [r[:2] for r in a_rows]
-    assert [r[-1] for r in alpha] == [r[-1] for r in a_rows]
+    assert [r[:3] for r in alpha] == [r[:3] for r in a_rows]
+    assert [r[-2:] for r in alpha] == [r[-2:] for r in a_rows]
     for got, want in zip(alpha, a_rows):
         _same_row(header, got, want)
 
 
 def _same_row(header, got, want):
     """Numbers equal up to the batch tolerance (relative to the row's sd for locations)."""
-    g = [num(c) for c in got[2:-1]]
-    w = [num(c) for c in want[2:-1]]
+    g = [num(c) for c in got[3:-2]]
+    w = [num(c) for c in want[3:-2]]
     sd = w[1]
     location = got[1] != "tau"
-    for col, a, b in zip(header[2:-1], g, w):
+    for col, a, b in zip(header[3:-2], g, w):
         if col == "p_gt0":
             floor = 1.0
         elif col == "sd" or not location:
@@ -450,7 +471,7 @@ def test_skip_invalid_with_all_valid_is_a_plain_run(two_datasets, api_fit, write
     assert code == 0, err
     header, rows = read_table(out)
     check_table_equals_fit(header, rows, api_fit)
-    assert all(r[-1] == "ok" for r in rows)
+    assert all(r[-2] == "ok" for r in rows)
 
 
 # --------------------------------------------------------------------------------------

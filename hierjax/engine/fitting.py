@@ -305,6 +305,26 @@ class Fit(NamedTuple):
     groups: tuple
     notes: tuple
 
+    def to_arrow(self, params=None):
+        """The tidy table, one row per dataset and parameter, as a ``pyarrow.Table``.
+
+        ``params``: which of ``mu, tau, theta, theta_new, i2`` (default: all but i2); see
+        :func:`hierjax.io.tidy.fit_table` for the columns. Needs the ``tables`` extra.
+
+        Example:
+            >>> import hierjax
+            >>> f = hierjax.fit([28, 8, -3, 7, -1, 1, 18, 12], [15, 10, 16, 11, 9, 11, 10, 18])
+            >>> f.to_arrow().num_rows          # mu, tau, 8 theta, theta_new
+            11
+        """
+        from hierjax.io.tidy import fit_table
+
+        return fit_table(self, params)
+
+    def to_pandas(self, params=None):
+        """The tidy table (see :meth:`to_arrow`) as a ``pandas.DataFrame``."""
+        return self.to_arrow(params).to_pandas()
+
 
 def _default_block(K: int, J: int) -> int:
     """Datasets per block (one call of the compiled kernel): a power of two with at most

@@ -49,32 +49,14 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="hierjax", description=(
         "Exact posterior of the normal-normal hierarchical model (eight schools), batched in JAX."))
+    p.add_argument("--version", action="version", version=_version_text())
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--no-cache", action="store_true",
                         help="do not keep compiled kernels on disk between runs (default: kept "
                         "in $HIERJAX_CACHE_DIR or ~/.cache/hierjax, one directory per machine "
                         "kind; HIERJAX_CACHE_DIR=off also turns it off)")
-    f = sub.add_parser("fit", help="fit datasets from a CSV (or the embedded eight schools)",
-                       parents=[common],
-                       description="Fit every dataset of a long CSV (columns dataset,y,sigma[,group]); "
-                       "with no INPUT, the eight schools and a simulated batch.")
-    f.add_argument("input", nargs="?", metavar="INPUT", help="CSV with columns dataset,y,sigma[,group]")
-    f.add_argument("--tau-prior", default="uniform", metavar="SPEC",
-                   help="uniform | half-normal:S | half-cauchy:S | half-t:NU,S | exponential:RATE | "
-                   "half-logistic:S | lomax:SHAPE,SCALE | rayleigh:S | log-normal:MU,SIGMA | "
-                   "log-normal-tau2:MU,SIGMA | inv-gamma:A,B (on tau^2) | bayesmeta's sqrt, jeffreys, "
-                   "overall-jeffreys, berger-deely, conventional, dumouchel, shrinkage, i2 "
-                   "(default: uniform)")
-    f.add_argument("--mu-prior", default="flat", metavar="SPEC", help="flat | normal:M,S (default: flat)")
-    f.add_argument("--quantiles", type=_levels, default=[0.025, 0.25, 0.5, 0.75, 0.975],
-                   metavar="LEVELS", help="comma-separated levels (default: 0.025,0.25,0.5,0.75,0.975)")
-    f.add_argument("--x64", action="store_true", help="compute in float64 (default float32)")
-    f.add_argument("--skip-invalid", action="store_true",
-                   help="fit the valid datasets and mark invalid ones in the status column")
-    f.add_argument("--out", metavar="OUT.csv", help="write the tidy results table here")
-    f.add_argument("--simulate", type=int, default=20000, metavar="B",
-                   help="with no INPUT: size of the simulated batch (default 20000; 0 to skip)")
+    _fit_parser(sub, common)
     g = sub.add_parser("plot", help="draw figures of a dataset (needs matplotlib)", parents=[common],
                        description="Draw the figures of every dataset of a long CSV (columns "
                        "dataset,y,sigma[,group]); with no INPUT, the eight schools. Files are "
@@ -93,6 +75,131 @@ def _parser() -> argparse.ArgumentParser:
     from hierjax.io.cli_freq import register as register_freq
     register_freq(sub, common)
     return p
+
+
+def _version_text() -> str:
+    """``hierjax X (jax Y, jaxlib Z)`` without importing jax (its metadata only)."""
+    from importlib import metadata
+
+    def ver(name):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+    from hierjax import __version__
+    return f"hierjax {__version__} (jax {ver('jax')}, jaxlib {ver('jaxlib')})"
+
+
+def _params(text: str):
+    from hierjax.io.tidy import PARAMETERS
+    params = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in params if t not in PARAMETERS + ("i2",)]
+    if bad or not params:
+        raise argparse.ArgumentTypeError(f"--params takes a comma-separated list of "
+                                         f"{', '.join(PARAMETERS)}, i2; got {text!r}")
+    return params
+
+
+def _fit_epilog() -> str:
+    from hierjax.status import EXIT_CODES, status_help
+    codes = "\n".join(f"  {k}  {v}" for k, v in EXIT_CODES.items())
+    return f"""examples:
+  hierjax fit data.csv --out results.parquet          # every dataset, streamed in chunks
+  hierjax fit data.parquet --out res.csv --skip-invalid --quiet --tau-prior half-cauchy:25
+  hierjax fit data.csv --out - --moments-only --params mu,tau   # CSV on stdout, fast path
+  hierjax fit big.csv --out res.parquet --resume      # finish a job that was killed
+  hierjax fit bcg.csv --measure RR --out bcg.csv      # 2x2 tables (ai,n1i,ci,n2i), log RR
+
+input: a long table, one row per group: columns dataset,y,sigma[,group] (CSV or Parquet;
+  the rows of a dataset contiguous and in order), or an NPZ with y, sigma [B, J]
+  (optional mask, names).
+
+output columns (one row per dataset and parameter):
+  dataset      the dataset's name
+  parameter    mu, tau, theta (one row per group), theta_new (a new group's effect:
+               its quantiles are the prediction interval), i2 (with --params ...,i2:
+               I^2 = tau^2 / (tau^2 + s^2); its sd is not computed)
+  group        theta rows: the group's label (or its 1-based position); empty otherwise
+  mean, sd     posterior mean and sd (nan where they do not exist)
+  q<level>     posterior quantiles (--quantiles; none with --moments-only)
+  p_gt0        P(parameter > 0 | y)
+  status       ok, or the flags below joined by ';'
+  note         why a dataset was skipped (--skip-invalid), else empty
+  exp_q<level>, transform   with --transform exp (default for OR, RR): the quantiles of
+               mu, theta, theta_new back-transformed (odds or risk ratios)
+  --summary OUT: one row per dataset: k, mu_mean, mu_sd, mu_lo, mu_hi (95%), p_mu_gt0,
+  tau_mean, tau_median, tau_mode, i2_mean, i2_median, pred_lo, pred_hi (95% prediction
+  interval, central), pred_hdi_lo, pred_hdi_hi (shortest), bf_tau0, bf_mu0 (Bayes factors
+  for tau = 0 and mu = 0, with proper priors on both; else nan), status, note. Without
+  --out the same is printed under each dataset's table.
+  A CSV output gets a sidecar <out>.json with the priors, precision and versions;
+  a Parquet output the same in its key-value metadata (key 'hierjax').
+
+status flags:
+{status_help()}
+
+exit codes:
+{codes}
+"""
+
+
+def _fit_parser(sub, common) -> None:
+    f = sub.add_parser("fit", help="fit datasets from a table (or the embedded eight schools)",
+                       parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=_fit_epilog(),
+                       description="Fit every dataset of a long table (CSV or Parquet, columns "
+                       "dataset,y,sigma[,group]; or NPZ), streamed in chunks with a bounded "
+                       "memory; with no INPUT, the eight schools and a simulated batch. "
+                       "Computes in float64 unless --float32.")
+    f.add_argument("input", nargs="?", metavar="INPUT",
+                   help="CSV, Parquet (.parquet/.pq) or NPZ (.npz) input")
+    f.add_argument("--tau-prior", default="uniform", metavar="SPEC",
+                   help="uniform | half-normal:S | half-cauchy:S | half-t:NU,S | exponential:RATE | "
+                   "half-logistic:S | lomax:SHAPE,SCALE | rayleigh:S | log-normal:MU,SIGMA | "
+                   "log-normal-tau2:MU,SIGMA | inv-gamma:A,B (on tau^2) | bayesmeta's sqrt, jeffreys, "
+                   "overall-jeffreys, berger-deely, conventional, dumouchel, shrinkage, i2 "
+                   "(default: uniform)")
+    f.add_argument("--mu-prior", default="flat", metavar="SPEC", help="flat | normal:M,S (default: flat)")
+    f.add_argument("--quantiles", type=_levels, default=[0.025, 0.25, 0.5, 0.75, 0.975],
+                   metavar="LEVELS", help="comma-separated levels (default: 0.025,0.25,0.5,0.75,0.975)")
+    f.add_argument("--moments-only", action="store_true",
+                   help="means, sds and P(> 0) only: no quantile searches (several times faster)")
+    f.add_argument("--params", type=_params, metavar="LIST",
+                   help="rows to write: a comma-separated subset of mu,tau,theta,theta_new "
+                   "(the default), and i2 (the posterior of I^2, computed on request)")
+    prec = f.add_mutually_exclusive_group()
+    prec.add_argument("--float32", action="store_true",
+                      help="compute in float32 (faster; accuracy goal 1e-4 sd instead of 1e-8)")
+    prec.add_argument("--x64", action="store_true", help="compute in float64 (the default)")
+    f.add_argument("--nodes", type=_positive_int, metavar="N",
+                   help="Clenshaw-Curtis order of the tau grid for every dataset (even, >= 4; "
+                   "default: chosen per dataset, refined where the error estimate flags)")
+    f.add_argument("--skip-invalid", action="store_true",
+                   help="fit the valid datasets and mark invalid ones (status invalid, a note)")
+    f.add_argument("--measure", type=str.upper, choices=("OR", "RR", "RD", "MD", "SMD"),
+                   help="compute y, sigma from metafor's columns as escalc does: 2x2 tables "
+                   "ai,bi,ci,di or ai,n1i,ci,n2i (OR, RR on the log scale; RD); means "
+                   "m1i,sd1i,n1i,m2i,sd2i,n2i (MD; SMD = Hedges' g)")
+    f.add_argument("--no-correction", action="store_true",
+                   help="with --measure OR/RR: do not add 0.5 to the cells of a table with a "
+                   "zero cell (escalc's add=1/2, to='only0' is the default)")
+    f.add_argument("--transform", choices=("exp", "none"), default=None,
+                   help="also give quantiles back-transformed (exp_q... columns and a "
+                   "transform column); default: exp for --measure OR and RR")
+    f.add_argument("--out", metavar="OUT",
+                   help="write the tidy table here: .csv or .parquet, or - for CSV on stdout")
+    f.add_argument("--summary", metavar="OUT",
+                   help="also write one row per dataset: mu, tau (mode, median), I^2, the 95%% "
+                   "prediction interval (central and shortest), P(mu > 0), Bayes factors with "
+                   "proper priors (.csv or .parquet)")
+    f.add_argument("--force", action="store_true", help="replace an existing --out")
+    f.add_argument("--resume", action="store_true",
+                   help="finish an interrupted run of the same command from its parts")
+    f.add_argument("--chunk-size", type=_positive_int, default=None, metavar="B",
+                   help="datasets per chunk (default 16384): memory grows with it")
+    f.add_argument("--quiet", action="store_true", help="no progress bar")
+    f.add_argument("--simulate", type=int, default=20000, metavar="B",
+                   help="with no INPUT: size of the simulated batch (default 20000; 0 to skip)")
 
 
 def _plot(args) -> int:
@@ -221,8 +328,9 @@ def _default_job(args) -> int:
 
     import hierjax
     y, sigma = hierjax.eight_schools()
+    dt = np.float32 if args.float32 else None
     fit = hierjax.fit(y, sigma, tau_prior=args.tau_prior, mu_prior=args.mu_prior,
-                      quantiles=args.quantiles, names=["eight_schools"],
+                      quantiles=args.quantiles, names=["eight_schools"], dtype=dt,
                       groups=[hierjax.datasets.SCHOOLS])
     print(f"Eight schools (BDA3 Table 5.2), tau prior {args.tau_prior}, mu prior {args.mu_prior}, "
           f"{np.dtype(fit.mu.mean.dtype).name}:")
@@ -233,14 +341,15 @@ def _default_job(args) -> int:
         _write(fit, args.out)
     if args.simulate > 0:
         sim = hierjax.simulate(args.simulate, 8, seed=1)
-        kw = dict(tau_prior=args.tau_prior, mu_prior=args.mu_prior, quantiles=args.quantiles)
+        kw = dict(tau_prior=args.tau_prior, mu_prior=args.mu_prior, quantiles=args.quantiles,
+                  dtype=dt, nodes=args.nodes)
         # compile first, on one block and one more dataset (the two piece shapes: a whole
         # block, and an eighth of one for the rest and for the general grid's pass over
         # the datasets the fast grid sends back)
         from hierjax.engine.prepare import compute_dtype
         from hierjax.engine.fitting import _default_block
         from hierjax.inference.grid import default_nodes
-        block = _default_block(default_nodes(compute_dtype(sim.y, sim.sigma)) + 1, 8)
+        block = _default_block(default_nodes(compute_dtype(sim.y, sim.sigma, dtype=dt)) + 1, 8)
         hierjax.fit(sim.y[:block + 1], sim.sigma[:block + 1], **kw)
         t0 = time.perf_counter()
         res = hierjax.fit(sim.y, sim.sigma, **kw)
@@ -261,30 +370,172 @@ def _default_job(args) -> int:
 
 
 def _write(fit, path) -> None:
-    from hierjax.io.tables import fit_rows, write_csv_atomic
-    header, rows = fit_rows(fit)
-    write_csv_atomic(path, header, rows)
-    print(f"wrote {len(rows)} rows to {path}", file=sys.stderr)
+    """The tidy table of ``fit`` to ``path`` (CSV or Parquet), atomically."""
+    from hierjax.io.tables import write_table_atomic
+    table = fit.to_arrow()
+    if path == "-":
+        from hierjax.io.tidy import csv_bytes
+        sys.stdout.write(csv_bytes(table).decode())
+        return
+    write_table_atomic(path, table)
+    print(f"wrote {table.num_rows} rows to {path}", file=sys.stderr)
+
+
+def _fit_kwargs(args) -> dict:
+    import numpy as np
+    kw = dict(tau_prior=args.tau_prior, mu_prior=args.mu_prior,
+              quantiles=() if args.moments_only else tuple(args.quantiles),
+              dtype=np.float32 if args.float32 else np.float64)
+    if args.nodes is not None:
+        kw["nodes"] = args.nodes
+    return kw
+
+
+def _metadata(args) -> dict:
+    """What made an output: priors, precision, levels, versions (recorded with it)."""
+    import jax
+
+    import hierjax
+    return {"hierjax": hierjax.__version__, "jax": jax.__version__,
+            "precision": "float32" if args.float32 else "float64",
+            "tau_prior": args.tau_prior, "mu_prior": args.mu_prior,
+            "quantiles": [] if args.moments_only else list(args.quantiles),
+            "nodes": args.nodes, "params": args.params, "measure": args.measure,
+            "correction": not args.no_correction if args.measure else None,
+            "transform": _transform(args),
+            "input": os.path.basename(args.input) if args.input else None}
+
+
+def _transform(args):
+    """``'exp'`` or None: asked for, or automatic for the log ratio measures."""
+    if args.transform is not None:
+        return None if args.transform == "none" else args.transform
+    return "exp" if args.measure in ("OR", "RR") else None
+
+
+def _progress(args):
+    """A tqdm bar on stderr (datasets, datasets/s, ETA), or None when quiet or not a tty."""
+    if args.quiet or not getattr(sys.stderr, "isatty", lambda: False)():
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=None, unit=" datasets", file=sys.stderr, dynamic_ncols=True,
+                smoothing=0.1)
 
 
 def _fit_file(args) -> int:
+    from hierjax.io.stream import DEFAULT_CHUNK, check_input, check_output_path, run_job
+    kw = _fit_kwargs(args)
+    chunk = args.chunk_size or DEFAULT_CHUNK
+    if args.out is None:
+        return _fit_to_terminal(args, kw, chunk)
+    check_input(args.input)
+    check_output_path(args.out, [args.input], force=args.force, resume=args.resume)
+    bar = _progress(args)
+    try:
+        res = run_job(args.input, args.out, chunk_size=chunk, params=_table_params(args),
+                      skip_invalid=args.skip_invalid, force=args.force, resume=args.resume,
+                      metadata=_metadata(args), progress=bar, measure=args.measure,
+                      correction=not args.no_correction, table_hook=_hook(args, kw),
+                      summary_out=args.summary, summary_fn=_summary_fn(args, kw),
+                      on_skip=lambda note: print(f"hierjax: skipped {note}", file=sys.stderr),
+                      **kw)
+    finally:
+        if bar is not None:
+            bar.close()
+    if args.out != "-":
+        done = f" ({res.resumed_chunks} chunk(s) from the interrupted run)" if res.resumed_chunks else ""
+        print(f"wrote {res.rows} rows for {res.datasets} datasets to {args.out}{done}",
+              file=sys.stderr)
+    if res.flagged:
+        print(f"hierjax: {res.flagged} dataset(s) carry accuracy flags (see the status column)",
+              file=sys.stderr)
+    return 0
+
+
+def _summary_fn(args, kw):
+    """``(fit, chunk) -> summary table`` for --summary (and the terminal's summary)."""
+    from hierjax.io.summary import summary_table
+    opts = {k: kw[k] for k in ("tau_prior", "mu_prior", "dtype") if k in kw}
+    opts["nodes"] = kw.get("nodes")
+    return lambda fit, c: summary_table(fit, c.y, c.sigma, c.mask, c.names, **opts)
+
+
+def _hook(args, kw):
+    """``(table, fit, chunk) -> table``: i2 rows (--params ...,i2), back-transformed
+    quantiles (--transform exp), or None."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from hierjax.io.tidy import with_exp, with_i2
+    want_i2 = bool(args.params and "i2" in args.params)
+    exp = _transform(args) == "exp"
+    if not (want_i2 or exp):
+        return None
+
+    def hook(table, fit, chunk):
+        if want_i2:
+            from hierjax.io.summary import i2_of
+            opts = {k: kw.get(k) for k in ("tau_prior", "mu_prior", "dtype", "nodes")}
+            mean, q = i2_of(fit, chunk.y, chunk.sigma, chunk.mask, fit.levels, **opts)
+            table = with_i2(table, mean, q, fit.levels)
+            table = table.filter(pc.is_in(table["parameter"], value_set=pa.array(args.params)))
+        return with_exp(table) if exp else table
+    return hook
+
+
+def _table_params(args):
+    """--params for the tidy table itself (i2 rows come from the hook)."""
+    if not args.params:
+        return None
+    p = [x for x in args.params if x != "i2"]
+    return p or ["tau"]
+
+
+def _fit_to_terminal(args, kw, chunk) -> int:
+    """No --out: a table per dataset on stdout."""
     import numpy as np
 
     import hierjax
-    from hierjax.io.tables import read_long_csv
-    batch = read_long_csv(args.input)
-    fit = hierjax.fit_batch(batch, tau_prior=args.tau_prior, mu_prior=args.mu_prior,
-                            quantiles=args.quantiles, skip_invalid=args.skip_invalid)
-    for note in fit.notes:
-        if note:
-            print(f"hierjax: skipped {note}", file=sys.stderr)
-    if args.out:
-        _write(fit, args.out)
-    else:
+    from hierjax.io.stream import check_output_path, fit_chunk, read_chunks
+    from hierjax.io.summary import format_summary
+    if args.summary:
+        check_output_path(args.summary, [args.input], force=args.force)
+    summary = _summary_fn(args, kw)
+    tables = []
+    flagged = 0
+    size = None
+    for c in read_chunks(args.input, chunk, measure=args.measure,
+                         correction=not args.no_correction):
+        B = c.y.shape[0]
+        size = size or B
+        fit = fit_chunk(c, skip_invalid=args.skip_invalid, pad_to=size if c.index else None,
+                        path=args.input, **kw)
+        names = tuple(c.names.to_pylist())
+        groups = [None] * B
+        if c.labels is not None:
+            flat = c.labels.to_pylist()
+            ends = np.cumsum(c.mask.sum(axis=1))
+            groups = [tuple(flat[e - n:e]) for e, n in zip(ends, c.mask.sum(axis=1))]
+        fit = fit._replace(names=names, groups=tuple(groups))
+        for note in fit.notes:
+            if note:
+                print(f"hierjax: skipped {note}", file=sys.stderr)
+        st = summary(fit, c)
+        rows = st.to_pylist()
+        tables.append(st)
         for b, name in enumerate(fit.names):
             print(f"dataset {name}:")
             _print_table(fit, b)
-    flagged = int(np.sum((fit.status & ~hierjax.STATUS["invalid"]) != 0))
+            print(format_summary(rows[b]))
+        flagged += int(np.sum((fit.status & ~hierjax.STATUS["invalid"]) != 0))
+    if args.summary:
+        import pyarrow as pa
+
+        from hierjax.io.tables import write_table_atomic
+        write_table_atomic(args.summary, pa.concat_tables(tables))
     if flagged:
         print(f"hierjax: {flagged} dataset(s) carry accuracy flags (see the status column)",
               file=sys.stderr)
@@ -320,8 +571,17 @@ def main(argv=None) -> int:
     the priors checked before anything compiles; one-line errors with exit status 2."""
     args = _parser().parse_args(argv)
     import jax
-    if args.x64:
+    x64_before = bool(jax.config.jax_enable_x64)
+    # float64 by default for fit (--float32 to choose speed); plot and crosscheck: --x64
+    if args.x64 or (args.command == "fit" and not args.float32):
         jax.config.update("jax_enable_x64", True)
+    try:
+        return _main(args)
+    finally:       # in-process callers (tests, notebooks) keep their own setting
+        jax.config.update("jax_enable_x64", x64_before)
+
+
+def _main(args) -> int:
     from hierjax.engine.cache import ENV, use_compilation_cache
     if not (args.no_cache or os.environ.get(ENV, "").strip().lower() in _OFF):
         use_compilation_cache()
@@ -333,6 +593,9 @@ def main(argv=None) -> int:
     try:
         parse_tau_prior(args.tau_prior)
         parse_mu_prior(args.mu_prior)
+        if args.command == "fit" and args.out and args.out != "-" and args.input is None:
+            from hierjax.io.stream import check_output_path
+            check_output_path(args.out, force=args.force)
         return commands[args.command](args)
     except InputError as e:
         print(f"hierjax: error: {e}", file=sys.stderr)

@@ -23,7 +23,7 @@ from hierjax.engine.batch import Batch, InputError, as_batch
 from hierjax.engine.fitting import Fit
 from hierjax.status import status_text
 
-__all__ = ["read_long_csv", "fit_rows", "write_csv_atomic", "write_json_atomic", "format_level",
+__all__ = ["read_long_csv", "fit_rows", "write_csv_atomic", "write_table_atomic", "write_json_atomic", "format_level",
            "OUTPUT_COLUMNS"]
 
 REQUIRED = ("dataset", "y", "sigma")
@@ -137,6 +137,7 @@ def _write_atomic(path, write, newline=None) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".hierjax-", suffix=".tmp", dir=folder)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())      # mkstemp's 0600 -> the user's usual permissions
         with os.fdopen(fd, "w", newline=newline, encoding="utf-8") as fh:
             write(fh)
             fh.flush()
@@ -146,6 +147,29 @@ def _write_atomic(path, write, newline=None) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_table_atomic(path, table) -> None:
+    """Write a pyarrow table atomically: Parquet for ``.parquet``/``.pq``, CSV otherwise
+    (:func:`hierjax.io.tidy.write_csv`)."""
+    import pyarrow as pa
+    if os.fspath(path).lower().endswith((".parquet", ".pq")):
+        import pyarrow.parquet as pq
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+    else:
+        from hierjax.io.tidy import csv_bytes
+        data = csv_bytes(table)
+        sink = None
+    data = sink.getvalue().to_pybytes() if sink is not None else data
+    _write_atomic(path, lambda fh: fh.buffer.write(data) if hasattr(fh, "buffer") else fh.write(data),
+                  newline="")
 
 
 def write_csv_atomic(path, header: list, rows: Iterable[list]) -> None:
