@@ -8,6 +8,7 @@ to Parquet; both include compiling.
 
     python benchmarks/stream.py --datasets 100000 --chunk-size 16384
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,22 +56,37 @@ def main():
     import pyarrow.parquet as pq
 
     import hierjax
+
     d = tempfile.mkdtemp(prefix="hierjax-bench-")
     sim = hierjax.simulate(a.datasets, 8, seed=0)
     src = os.path.join(d, "in.parquet")
     names = np.repeat(np.arange(a.datasets).astype(str), 8)
-    pq.write_table(pa.table({"dataset": names, "y": sim.y.ravel(), "sigma": sim.sigma.ravel()}),
-                   src)
-    env_cli = [sys.executable, "-m", "hierjax.io.cli", "fit", src, "--quiet", "--no-cache",
-               "--chunk-size", str(a.chunk_size)]
+    pq.write_table(
+        pa.table({"dataset": names, "y": sim.y.ravel(), "sigma": sim.sigma.ravel()}), src
+    )
+    env_cli = [
+        sys.executable,
+        "-m",
+        "hierjax.io.cli",
+        "fit",
+        src,
+        "--quiet",
+        "--no-cache",
+        "--chunk-size",
+        str(a.chunk_size),
+    ]
     ws, ms, _ = child(env_cli + ["--out", os.path.join(d, "stream.parquet")])
     wm, mm, inner = child([sys.executable, "-c", IN_MEMORY, src, os.path.join(d, "mem.parquet")])
     print(f"B = {a.datasets} eight-group datasets, float64, chunk {a.chunk_size}")
-    print(f"streamed Parquet -> Parquet: {ws:.1f} s end to end ({a.datasets / ws:,.0f} datasets/s),"
-          f" peak RSS {ms:,.0f} MB")
-    print(f"in-memory hierjax.fit + to_arrow + Parquet: {wm:.1f} s end to end "
-          f"({a.datasets / wm:,.0f} datasets/s; {float(inner):.1f} s after imports), "
-          f"peak RSS {mm:,.0f} MB (max over both runs)")
+    print(
+        f"streamed Parquet -> Parquet: {ws:.1f} s end to end ({a.datasets / ws:,.0f} datasets/s),"
+        f" peak RSS {ms:,.0f} MB"
+    )
+    print(
+        f"in-memory hierjax.fit + to_arrow + Parquet: {wm:.1f} s end to end "
+        f"({a.datasets / wm:,.0f} datasets/s; {float(inner):.1f} s after imports), "
+        f"peak RSS {mm:,.0f} MB (max over both runs)"
+    )
 
 
 if __name__ == "__main__":

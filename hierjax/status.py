@@ -109,7 +109,8 @@ def status_help() -> str:
     width = max(len(k) for k, _ in rows)
     pad = " " * (width + 4)
     return "\n".join(
-        textwrap.fill(v.replace("`", ""), 88, initial_indent=f"  {k.ljust(width)}  ",
-                      subsequent_indent=pad)
+        textwrap.fill(
+            v.replace("`", ""), 88, initial_indent=f"  {k.ljust(width)}  ", subsequent_indent=pad
+        )
         for k, v in rows
     )

@@ -8,6 +8,7 @@ Compiled shapes used here: two datasets padded to ``J = 8`` (the main CSV, the
 group-labelled CSV and every ``--skip-invalid`` CSV), one dataset (the eight
 schools), and one run with other priors and levels.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,19 +22,41 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import BATCH_RTOL, DEFAULT_DTYPE, X64, long_rows, read_table
 
 import hierjax
 import hierjax.io.cli
 from hierjax.datasets import SCHOOLS
 
-from conftest import BATCH_RTOL, DEFAULT_DTYPE, X64, long_rows, read_table
-
 #: the tidy table's columns (hierjax.io.tidy)
-EXPECTED_HEADER = ["dataset", "parameter", "group", "mean", "sd", "q0.025", "q0.25", "q0.5",
-                   "q0.75", "q0.975", "p_gt0", "status", "note"]
+EXPECTED_HEADER = [
+    "dataset",
+    "parameter",
+    "group",
+    "mean",
+    "sd",
+    "q0.025",
+    "q0.25",
+    "q0.5",
+    "q0.75",
+    "q0.975",
+    "p_gt0",
+    "status",
+    "note",
+]
 #: the table printed on stdout
-PRINTED_HEADER = ["parameter", "mean", "sd", "q0.025", "q0.25", "q0.5", "q0.75", "q0.975",
-                  "p_gt0", "status"]
+PRINTED_HEADER = [
+    "parameter",
+    "mean",
+    "sd",
+    "q0.025",
+    "q0.25",
+    "q0.5",
+    "q0.75",
+    "q0.975",
+    "p_gt0",
+    "status",
+]
 
 
 def cli_argv(argv):
@@ -66,11 +89,11 @@ def table_to_capsys(capsys, monkeypatch):
     orig = hierjax.io.cli._print_table
     params = inspect.signature(orig).parameters
     if "out" not in params or not hasattr(params["out"].default, "write"):
-        return                                   # fixed: nothing to work around
+        return  # fixed: nothing to work around
 
     def print_table(*args, **kwargs):
         if len(args) < 3 and "out" not in kwargs:
-            kwargs["out"] = sys.stdout           # looked up now, not at import
+            kwargs["out"] = sys.stdout  # looked up now, not at import
         return orig(*args, **kwargs)
 
     monkeypatch.setattr(hierjax.io.cli, "_print_table", print_table)
@@ -88,8 +111,9 @@ def two_datasets():
 def api_fit(two_datasets):
     """The Python API's fit of :func:`two_datasets` (the kernel the CLI run must share)."""
     names = list(two_datasets)
-    return hierjax.fit([two_datasets[n][0] for n in names], [two_datasets[n][1] for n in names],
-                       names=names)
+    return hierjax.fit(
+        [two_datasets[n][0] for n in names], [two_datasets[n][1] for n in names], names=names
+    )
 
 
 def expected_parameters(n_groups, labels=None):
@@ -115,6 +139,7 @@ def same_number(a: float, b: float) -> bool:
 
 def api_rows(f: hierjax.Fit, b: int):
     """``{parameter: [mean, sd, q..., p_gt0]}`` from a Fit (floats)."""
+
     def row(m, i):
         return [m.mean[i], m.sd[i], *m.quantiles[i], m.p_gt0[i]]
 
@@ -148,6 +173,7 @@ def check_table_equals_fit(header, rows, f: hierjax.Fit):
 # successful runs
 # --------------------------------------------------------------------------------------
 
+
 def _check_eight_schools_table(out):
     """The ``--simulate 0`` table: header, rows mu, tau, theta[A..H], theta_new; returns rows."""
     lines = out.splitlines()
@@ -155,7 +181,7 @@ def _check_eight_schools_table(out):
     assert len(head) == 1, f"no table header in stdout:\n{out}"
     cols = lines[head[0]].split()
     assert cols == PRINTED_HEADER, cols
-    body = [line.split() for line in lines[head[0] + 1:head[0] + 12]]
+    body = [line.split() for line in lines[head[0] + 1 : head[0] + 12]]
     params = [r[0] for r in body]
     assert params == ["mu", "tau"] + [f"theta[{s}]" for s in SCHOOLS] + ["theta_new"], out
     for r in body:
@@ -171,8 +197,9 @@ def test_table_goes_to_the_current_stdout():
     with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(err):
         code = hierjax.io.cli.main(["fit", "--simulate", "0"])
     assert code == 0, err.getvalue()
-    assert "theta[A]" in buf.getvalue(), \
+    assert "theta[A]" in buf.getvalue(), (
         f"the table did not go to the redirected stdout; it got only:\n{buf.getvalue()}"
+    )
 
 
 def test_simulate_0_prints_eight_schools_table(table_to_capsys, capsys):
@@ -220,8 +247,9 @@ def test_group_column_labels_theta(two_datasets, api_fit, write_csv, tmp_path, c
         got.setdefault(r[0], []).append(key(r))
     assert got == {n: expected_parameters(len(v), v) for n, v in labels.items()}
     # same numbers as the unlabelled run
-    check_table_equals_fit(header, rows, api_fit._replace(groups=(tuple(labels["alpha"]),
-                                                                   tuple(labels["beta"]))))
+    check_table_equals_fit(
+        header, rows, api_fit._replace(groups=(tuple(labels["alpha"]), tuple(labels["beta"])))
+    )
 
 
 def test_stdout_table_without_out(two_datasets, write_csv, table_to_capsys, capsys):
@@ -237,16 +265,44 @@ def test_stdout_table_without_out(two_datasets, write_csv, table_to_capsys, caps
 def test_quantiles_and_priors_are_honoured(two_datasets, api_fit, write_csv, tmp_path, capsys):
     path = write_csv(long_rows(two_datasets))
     out = tmp_path / "out.csv"
-    code, _, err = run_cli(["fit", path, "--out", out, "--quantiles", "0.1,0.9",
-                            "--tau-prior", "half-cauchy:5", "--mu-prior", "normal:0,5"], capsys)
+    code, _, err = run_cli(
+        [
+            "fit",
+            path,
+            "--out",
+            out,
+            "--quantiles",
+            "0.1,0.9",
+            "--tau-prior",
+            "half-cauchy:5",
+            "--mu-prior",
+            "normal:0,5",
+        ],
+        capsys,
+    )
     assert code == 0, err
     header, rows = read_table(out)
-    assert header == ["dataset", "parameter", "group", "mean", "sd", "q0.1", "q0.9", "p_gt0",
-                      "status", "note"]
+    assert header == [
+        "dataset",
+        "parameter",
+        "group",
+        "mean",
+        "sd",
+        "q0.1",
+        "q0.9",
+        "p_gt0",
+        "status",
+        "note",
+    ]
     names = list(two_datasets)
-    want = hierjax.fit([two_datasets[n][0] for n in names], [two_datasets[n][1] for n in names],
-                       names=names, tau_prior="half-cauchy:5", mu_prior="normal:0,5",
-                       quantiles=[0.1, 0.9])
+    want = hierjax.fit(
+        [two_datasets[n][0] for n in names],
+        [two_datasets[n][1] for n in names],
+        names=names,
+        tau_prior="half-cauchy:5",
+        mu_prior="normal:0,5",
+        quantiles=[0.1, 0.9],
+    )
     check_table_equals_fit(header, rows, want)
     # and the priors made a difference (so the comparison above means something)
     assert abs(float(want.mu.mean[0]) - float(api_fit.mu.mean[0])) > 0.1
@@ -260,9 +316,15 @@ def test_quantiles_and_priors_are_honoured(two_datasets, api_fit, write_csv, tmp
 # bad input: one line, exit status 2, no traceback, no output file
 # --------------------------------------------------------------------------------------
 
+
 def _csv_rows(bad_cells=None, beta_rows=None):
     """The long CSV of a valid 'alpha' (4 groups) and a 'beta' with cells replaced."""
-    rows = [["alpha", "28", "15"], ["alpha", "8", "10"], ["alpha", "-3", "16"], ["alpha", "7", "11"]]
+    rows = [
+        ["alpha", "28", "15"],
+        ["alpha", "8", "10"],
+        ["alpha", "-3", "16"],
+        ["alpha", "7", "11"],
+    ]
     beta = beta_rows or [["beta", "1.5", "2"], ["beta", "2.5", "3"], ["beta", "-0.5", "1"]]
     beta = [list(r) for r in beta]
     for (i, col), val in (bad_cells or {}).items():
@@ -285,8 +347,9 @@ DATA_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize("cells,fragments", [d[1:] for d in DATA_ERRORS],
-                         ids=[d[0] for d in DATA_ERRORS])
+@pytest.mark.parametrize(
+    "cells,fragments", [d[1:] for d in DATA_ERRORS], ids=[d[0] for d in DATA_ERRORS]
+)
 def test_bad_cell_fails_cleanly(cells, fragments, write_csv, tmp_path, capsys):
     path = write_csv(_csv_rows(cells))
     _expect_failure(["fit", path], fragments, tmp_path, capsys)
@@ -371,15 +434,19 @@ BAD_OPTIONS = [
 ]
 
 
-@pytest.mark.parametrize("extra,fragments", [b[1:] for b in BAD_OPTIONS],
-                         ids=[b[0] for b in BAD_OPTIONS])
+@pytest.mark.parametrize(
+    "extra,fragments", [b[1:] for b in BAD_OPTIONS], ids=[b[0] for b in BAD_OPTIONS]
+)
 def test_bad_option_fails_cleanly(extra, fragments, write_csv, tmp_path, capsys):
     path = write_csv(_csv_rows())
     _expect_failure(["fit", path] + extra, fragments, tmp_path, capsys)
 
 
-@pytest.mark.parametrize("extra", [[], ["--quantiles", "0,1.5"], ["--tau-prior", "foo:1"]],
-                         ids=["bad-data", "bad-quantiles", "bad-prior"])
+@pytest.mark.parametrize(
+    "extra",
+    [[], ["--quantiles", "0,1.5"], ["--tau-prior", "foo:1"]],
+    ids=["bad-data", "bad-quantiles", "bad-prior"],
+)
 def test_failed_run_does_not_clobber_existing_output(extra, write_csv, tmp_path, capsys):
     path = write_csv(_csv_rows({(1, 1): "nan"} if not extra else None))
     out = tmp_path / "out.csv"
@@ -417,10 +484,12 @@ def alpha_only_rows(tmp_path_factory, two_datasets):
     return read_table(out)
 
 
-@pytest.mark.parametrize("beta_rows,fragment", [s[1:] for s in SKIPPABLE],
-                         ids=[s[0] for s in SKIPPABLE])
-def test_skip_invalid(beta_rows, fragment, two_datasets, alpha_only_rows, write_csv, tmp_path,
-                      capsys):
+@pytest.mark.parametrize(
+    "beta_rows,fragment", [s[1:] for s in SKIPPABLE], ids=[s[0] for s in SKIPPABLE]
+)
+def test_skip_invalid(
+    beta_rows, fragment, two_datasets, alpha_only_rows, write_csv, tmp_path, capsys
+):
     rows = long_rows({"alpha": two_datasets["alpha"]}) + beta_rows
     path = write_csv(rows)
     out = tmp_path / "out.csv"
@@ -463,8 +532,9 @@ def _same_row(header, got, want):
         assert ok, f"{got[0]} {got[1]} {col}: {a!r} != {b!r}"
 
 
-def test_skip_invalid_with_all_valid_is_a_plain_run(two_datasets, api_fit, write_csv, tmp_path,
-                                                    capsys):
+def test_skip_invalid_with_all_valid_is_a_plain_run(
+    two_datasets, api_fit, write_csv, tmp_path, capsys
+):
     path = write_csv(long_rows(two_datasets))
     out = tmp_path / "out.csv"
     code, _, err = run_cli(["fit", path, "--out", out, "--skip-invalid"], capsys)
@@ -478,6 +548,7 @@ def test_skip_invalid_with_all_valid_is_a_plain_run(two_datasets, api_fit, write
 # the installed console script
 # --------------------------------------------------------------------------------------
 
+
 def _console_script():
     here = os.path.join(os.path.dirname(sys.executable), "hierjax")
     if os.path.exists(here):
@@ -489,9 +560,13 @@ def _console_script():
 def test_console_script_bad_input(write_csv, tmp_path):
     path = write_csv(_csv_rows({(1, 2): "-1"}))
     out = tmp_path / "out.csv"
-    r = subprocess.run(_console_script() + ["fit", str(path), "--out", str(out)],
-                       capture_output=True, text=True, timeout=120,
-                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    r = subprocess.run(
+        _console_script() + ["fit", str(path), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr
     lines = [line for line in r.stderr.splitlines() if line.strip()]

@@ -226,6 +226,20 @@ def test_cli_plot_csv_one_kind(tmp_path, capsys, write_csv):
     assert [p.name for p in (tmp_path / "o").iterdir()] == ["schools-impact.png"]
 
 
+def test_cli_plot_one_dataset_of_several(tmp_path, capsys, write_csv):
+    """``--dataset NAME`` draws that dataset only (it once crashed slicing Batch.width)."""
+    from conftest import long_rows
+
+    y, s = hierjax.eight_schools()
+    csv = write_csv(long_rows({"schools": (y, s), "other": (y[:5] + 1.0, s[:5])}))
+    out = tmp_path / "o"
+    code, _, err = run_cli(
+        ["plot", csv, "--dataset", "other", "--kind", "impact", "--out", out], capsys
+    )
+    assert code == 0, err
+    assert [p.name for p in out.iterdir()] == ["other-impact.png"]
+
+
 def test_cli_plot_errors(tmp_path, capsys, monkeypatch):
     code, _, err = run_cli(["plot", "--out", tmp_path, "--tau-prior", "bogus"], capsys)
     assert code == 2 and "unknown tau prior" in err

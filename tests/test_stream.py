@@ -6,6 +6,7 @@ shape of ``tests/test_cli.py``'s two-dataset runs) in the suite's precision; the
 reference is the session's simulated batch (``conftest.sim_fit``). Only the kill -9 test
 starts other processes.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,8 @@ import hierjax
 import hierjax.io.cli
 from hierjax.io.stream import fit_stream, read_chunks
 
-C = 2          # datasets per chunk in every streamed test
-N = 19         # datasets streamed: nine whole chunks and a partial one
+C = 2  # datasets per chunk in every streamed test
+N = 19  # datasets streamed: nine whole chunks and a partial one
 
 
 def run(argv, capsys=None):
@@ -71,8 +72,10 @@ def streamed(data_csv, tmp_path_factory):
 
 def read_frame(path):
     import pandas as pd
-    return pd.read_csv(path, keep_default_na=False, na_values=["nan", ""],
-                       dtype={"group": str, "dataset": str})
+
+    return pd.read_csv(
+        path, keep_default_na=False, na_values=["nan", ""], dtype={"group": str, "dataset": str}
+    )
 
 
 def strings(col):
@@ -84,8 +87,10 @@ def strings(col):
 # the tidy table
 # --------------------------------------------------------------------------------------
 
+
 def test_to_pandas_round_trips_the_csv(sim_fit, tmp_path):
     from hierjax.io.tidy import write_csv
+
     df = sim_fit.to_pandas()
     path = tmp_path / "t.csv"
     write_csv(sim_fit.to_arrow(), str(path))
@@ -106,8 +111,21 @@ def test_table_is_the_fit(sim_fit):
     """Every cell of the tidy table is the Fit's own number, rows in documented order."""
     t = sim_fit.to_arrow()
     B = sim_fit.mu.mean.shape[0]
-    assert t.column_names == ["dataset", "parameter", "group", "mean", "sd", "q0.025", "q0.25",
-                              "q0.5", "q0.75", "q0.975", "p_gt0", "status", "note"]
+    assert t.column_names == [
+        "dataset",
+        "parameter",
+        "group",
+        "mean",
+        "sd",
+        "q0.025",
+        "q0.25",
+        "q0.5",
+        "q0.75",
+        "q0.975",
+        "p_gt0",
+        "status",
+        "note",
+    ]
     par = np.array(t["parameter"].to_pylist()).reshape(B, 11)
     assert (par[:, 0] == "mu").all() and (par[:, 1] == "tau").all()
     assert (par[:, 2:10] == "theta").all() and (par[:, 10] == "theta_new").all()
@@ -119,13 +137,14 @@ def test_table_is_the_fit(sim_fit):
     q = t["q0.975"].to_numpy().reshape(B, 11)
     np.testing.assert_array_equal(q[:, 1], sim_fit.tau.quantiles[:, 4])
     np.testing.assert_array_equal(q[:, 10], sim_fit.theta_new.quantiles[:, 4])
-    sub = sim_fit.to_arrow(params=["theta_new", "mu"])      # table order, whatever asked
+    sub = sim_fit.to_arrow(params=["theta_new", "mu"])  # table order, whatever asked
     assert sub["parameter"].to_pylist()[:4] == ["mu", "theta_new", "mu", "theta_new"]
 
 
 # --------------------------------------------------------------------------------------
 # chunked equals unchunked; no retrace for the last chunk
 # --------------------------------------------------------------------------------------
+
 
 def test_chunked_equals_unchunked(streamed, sim, sim_fit):
     """Chunks of C = 2 (the last one padded) against in-memory fits: bit for bit against
@@ -136,11 +155,12 @@ def test_chunked_equals_unchunked(streamed, sim, sim_fit):
     got = read_frame(out)
     blocks = []
     for i in range(0, N, C):
-        idx = np.minimum(np.arange(i, i + C), N - 1)[:min(C, N - i)]
-        idx = np.concatenate([idx, np.full(C - idx.size, idx[0])])    # the stream's padding
+        idx = np.minimum(np.arange(i, i + C), N - 1)[: min(C, N - i)]
+        idx = np.concatenate([idx, np.full(C - idx.size, idx[0])])  # the stream's padding
         f = hierjax.fit(sim.y[idx], sim.sigma[idx], dtype=DEFAULT_DTYPE).to_pandas()
         blocks.append(f[f["dataset"].astype(int) < min(C, N - i)])
     import pandas as pd
+
     same = pd.concat(blocks, ignore_index=True)
     whole = sim_fit.to_pandas()
     whole = whole[whole["dataset"].astype(int) < N].reset_index(drop=True)
@@ -156,7 +176,8 @@ def test_chunked_equals_unchunked(streamed, sim, sim_fit):
 
 def test_last_partial_chunk_does_not_retrace(sim):
     from hierjax.engine.fitting import fit_standardized
-    parts = [(sim.y[i:min(i + C, 5)], sim.sigma[i:min(i + C, 5)]) for i in range(0, 5, C)]
+
+    parts = [(sim.y[i : min(i + C, 5)], sim.sigma[i : min(i + C, 5)]) for i in range(0, 5, C)]
     sizes = []
     fits = []
     for f in fit_stream(iter(parts), dtype=DEFAULT_DTYPE):
@@ -169,12 +190,19 @@ def test_last_partial_chunk_does_not_retrace(sim):
 def test_parquet_and_npz_inputs_give_the_same_table(streamed, sim, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
+
     _, want = streamed
     names = np.repeat([f"d{b}" for b in range(N)], 8)
-    pq.write_table(pa.table({"dataset": names, "y": sim.y[:N].ravel(),
-                             "sigma": sim.sigma[:N].ravel()}), tmp_path / "in.parquet")
-    np.savez(tmp_path / "in.npz", y=sim.y[:N], sigma=sim.sigma[:N],
-             names=np.array([f"d{b}" for b in range(N)]))
+    pq.write_table(
+        pa.table({"dataset": names, "y": sim.y[:N].ravel(), "sigma": sim.sigma[:N].ravel()}),
+        tmp_path / "in.parquet",
+    )
+    np.savez(
+        tmp_path / "in.npz",
+        y=sim.y[:N],
+        sigma=sim.sigma[:N],
+        names=np.array([f"d{b}" for b in range(N)]),
+    )
     for src in ("in.parquet", "in.npz"):
         out = tmp_path / f"{src}.csv"
         assert run(["fit", tmp_path / src, "--out", out, "--chunk-size", C, "--quiet"])[0] == 0
@@ -188,13 +216,17 @@ def test_parquet_and_npz_inputs_give_the_same_table(streamed, sim, tmp_path):
     assert meta["precision"] == DEFAULT_DTYPE.name and meta["tau_prior"] == "uniform"
     assert meta["hierjax"] == hierjax.__version__ and "jax" in meta
     back = read_frame(tmp_path / "in.parquet.csv")
-    np.testing.assert_array_equal(t["mean"].to_numpy(), back["mean"].to_numpy().astype(DEFAULT_DTYPE))
+    np.testing.assert_array_equal(
+        t["mean"].to_numpy(), back["mean"].to_numpy().astype(DEFAULT_DTYPE)
+    )
 
 
 def test_stdout_output(streamed, data_csv, capsysbinary):
     _, want = streamed
-    code = hierjax.io.cli.main([str(a) for a in ["fit", data_csv, "--out", "-", "--chunk-size", C]]
-                            + ([] if X64 else ["--float32"]))
+    code = hierjax.io.cli.main(
+        [str(a) for a in ["fit", data_csv, "--out", "-", "--chunk-size", C]]
+        + ([] if X64 else ["--float32"])
+    )
     cap = capsysbinary.readouterr()
     assert code == 0, cap.err
     assert cap.out == want
@@ -204,11 +236,14 @@ def test_stdout_output(streamed, data_csv, capsysbinary):
 # safe output
 # --------------------------------------------------------------------------------------
 
+
 def test_output_checks(data_csv, tmp_path, capsys):
-    cases = [(tmp_path / "nodir" / "o.csv", "does not exist"),
-             (tmp_path, "is a directory"),
-             (tmp_path / "o.txt", "unknown extension"),
-             (data_csv, "input file")]
+    cases = [
+        (tmp_path / "nodir" / "o.csv", "does not exist"),
+        (tmp_path, "is a directory"),
+        (tmp_path / "o.txt", "unknown extension"),
+        (data_csv, "input file"),
+    ]
     for out, frag in cases:
         code, _, err = run(["fit", data_csv, "--out", out], capsys)
         assert code == 2 and frag in err and len(err.strip().splitlines()) == 1, (out, err)
@@ -253,7 +288,7 @@ def test_rows_of_a_dataset_must_be_contiguous(tmp_path, capsys):
 # --skip-invalid: every per-dataset defect
 # --------------------------------------------------------------------------------------
 
-DEFECTS = [   # (dataset, (row, column) -> cell, fragment of the note)
+DEFECTS = [  # (dataset, (row, column) -> cell, fragment of the note)
     ("x_text", {(1, "y"): "abc"}, "column 'y' is not a number: 'abc'"),
     ("x_nan", {(2, "y"): "nan"}, "y[3] is nan"),
     ("x_inf", {(0, "sigma"): "inf"}, "sigma[1] is inf"),
@@ -289,9 +324,11 @@ def mixed_csv(tmp_path_factory, sim):
 
 def test_skip_invalid_marks_every_defect(mixed_csv, streamed, tmp_path, capsys):
     import pandas as pd
+
     out = tmp_path / "o.csv"
-    code, _, err = run(["fit", mixed_csv, "--out", out, "--skip-invalid", "--chunk-size", C],
-                       capsys)
+    code, _, err = run(
+        ["fit", mixed_csv, "--out", out, "--skip-invalid", "--chunk-size", C], capsys
+    )
     assert code == 0, err
     df = read_frame(out)
     for name, _, frag in DEFECTS + [("few", None, "has 2 group(s)")]:
@@ -336,10 +373,25 @@ def test_defect_without_skip_invalid_is_one_line(name, cells, frag, sim, tmp_pat
 # options
 # --------------------------------------------------------------------------------------
 
+
 def test_moments_only_and_params(data_csv, streamed, tmp_path):
     out = tmp_path / "m.csv"
-    assert run(["fit", data_csv, "--out", out, "--chunk-size", C, "--moments-only",
-                "--params", "mu,theta_new"])[0] == 0
+    assert (
+        run(
+            [
+                "fit",
+                data_csv,
+                "--out",
+                out,
+                "--chunk-size",
+                C,
+                "--moments-only",
+                "--params",
+                "mu,theta_new",
+            ]
+        )[0]
+        == 0
+    )
     header, rows = read_table(out)
     assert header == ["dataset", "parameter", "group", "mean", "sd", "p_gt0", "status", "note"]
     assert [r[1] for r in rows[:4]] == ["mu", "theta_new", "mu", "theta_new"]
@@ -348,7 +400,7 @@ def test_moments_only_and_params(data_csv, streamed, tmp_path):
     ref = read_frame(streamed[0])
     ref = ref[ref["parameter"].isin(["mu", "theta_new"])].reset_index(drop=True)
     got = read_frame(out)
-    goal = 1e-8 if X64 else 1e-4          # the accuracy goal, in posterior sds (README)
+    goal = 1e-8 if X64 else 1e-4  # the accuracy goal, in posterior sds (README)
     assert np.all(np.abs(got["mean"] - ref["mean"]) <= goal * ref["sd"])
 
 
@@ -365,9 +417,16 @@ def test_help_and_version(capsys):
     code, out, _ = run(["fit", "--help"], capsys)
     assert code == 0
     from hierjax.status import STATUS_DOC
+
     assert set(STATUS_DOC) == set(hierjax.STATUS)
-    for flag in list(hierjax.STATUS) + ["examples:", "exit codes:", "theta_new", "--float32",
-                                        "--resume", "--skip-invalid"]:
+    for flag in list(hierjax.STATUS) + [
+        "examples:",
+        "exit codes:",
+        "theta_new",
+        "--float32",
+        "--resume",
+        "--skip-invalid",
+    ]:
         assert flag in out, flag
     assert out.count("hierjax fit ") >= 3
 
@@ -375,21 +434,39 @@ def test_help_and_version(capsys):
 def test_float64_is_the_default(data_csv, tmp_path):
     out = tmp_path / "o.parquet"
     import pyarrow.parquet as pq
-    code = hierjax.io.cli.main(["fit", str(data_csv), "--out", str(out), "--chunk-size", str(C),
-                             "--moments-only", "--params", "mu"])
+
+    code = hierjax.io.cli.main(
+        [
+            "fit",
+            str(data_csv),
+            "--out",
+            str(out),
+            "--chunk-size",
+            str(C),
+            "--moments-only",
+            "--params",
+            "mu",
+        ]
+    )
     assert code == 0
     assert pq.read_table(out).schema.field("mean").type.to_pandas_dtype() == np.float64
     import jax
-    assert bool(jax.config.jax_enable_x64) == X64        # the caller's setting is kept
+
+    assert bool(jax.config.jax_enable_x64) == X64  # the caller's setting is kept
 
 
 # --------------------------------------------------------------------------------------
 # kill -9, then --resume
 # --------------------------------------------------------------------------------------
 
+
 def _cli(tmp_path):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", HIERJAX_CACHE_DIR=str(tmp_path / "jaxcache"),
-               PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        HIERJAX_CACHE_DIR=str(tmp_path / "jaxcache"),
+        PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
+    )
     return [sys.executable, "-m", "hierjax.io.cli"], env
 
 
@@ -410,8 +487,12 @@ def test_kill_9_then_resume_is_byte_identical(sim, tmp_path):
     """Killed as soon as its first part is recorded (a part boundary), then during the
     next part; ``--resume`` finishes with the bytes of an uninterrupted run, no stray file."""
     B = 16
-    data = write_long(tmp_path / "in.csv", sim.y[np.arange(B) % 20], sim.sigma[np.arange(B) % 20],
-                      names=[f"s{b}" for b in range(B)])
+    data = write_long(
+        tmp_path / "in.csv",
+        sim.y[np.arange(B) % 20],
+        sim.sigma[np.arange(B) % 20],
+        names=[f"s{b}" for b in range(B)],
+    )
     cmd, env = _cli(tmp_path)
     prec = [] if X64 else ["--float32"]
     ref = tmp_path / "ref.csv"
@@ -426,19 +507,31 @@ def test_kill_9_then_resume_is_byte_identical(sim, tmp_path):
                 return len(json.loads((work / "manifest.json").read_text())["done"]) >= n
             except (OSError, ValueError):
                 return False
+
         return cond
 
     p = subprocess.Popen(cmd + args + ["--out", str(out)], env=env, stderr=subprocess.PIPE)
     killed = _kill_when(p, parts_done(1))
     assert killed, p.stderr.read().decode()
     assert not out.exists()
-    p = subprocess.Popen(cmd + args + ["--out", str(out), "--resume"], env=env,
-                         stderr=subprocess.PIPE)
+    p = subprocess.Popen(
+        cmd + args + ["--out", str(out), "--resume"], env=env, stderr=subprocess.PIPE
+    )
     done_before = len(json.loads((work / "manifest.json").read_text())["done"])
-    _kill_when(p, lambda: (work / f"part-{done_before:08d}.csv.tmp").exists()
-               or parts_done(done_before + 1)())
-    r = subprocess.run(cmd + args + ["--out", str(out), "--resume"], env=env, check=False,
-                       capture_output=True, text=True, timeout=600)
+    _kill_when(
+        p,
+        lambda: (
+            (work / f"part-{done_before:08d}.csv.tmp").exists() or parts_done(done_before + 1)()
+        ),
+    )
+    r = subprocess.run(
+        cmd + args + ["--out", str(out), "--resume"],
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr
     assert out.read_bytes() == ref.read_bytes()
     left = sorted(p.name for p in tmp_path.iterdir() if p.name != "jaxcache")
@@ -456,8 +549,10 @@ def test_interrupted_run_needs_resume_or_force(data_csv, tmp_path, capsys):
 
 def test_read_chunks_keeps_datasets_whole(tmp_path):
     path = tmp_path / "d.csv"
-    path.write_text("dataset,y,sigma,group\n" + "".join(
-        f"x{b},{j},1,g{j}\n" for b in range(5) for j in range(b + 3)))
+    path.write_text(
+        "dataset,y,sigma,group\n"
+        + "".join(f"x{b},{j},1,g{j}\n" for b in range(5) for j in range(b + 3))
+    )
     chunks = list(read_chunks(path, 2))
     assert [c.y.shape[0] for c in chunks] == [2, 2, 1]
     assert [c.names.to_pylist() for c in chunks] == [["x0", "x1"], ["x2", "x3"], ["x4"]]
@@ -471,10 +566,21 @@ def test_read_chunks_keeps_datasets_whole(tmp_path):
 # --------------------------------------------------------------------------------------
 
 #: dat.bcg (REFERENCES.md): tpos, tneg, cpos, cneg
-BCG = [(4, 119, 11, 128), (6, 300, 29, 274), (3, 228, 11, 209), (62, 13536, 248, 12619),
-       (33, 5036, 47, 5761), (180, 1361, 372, 1079), (8, 2537, 10, 619), (505, 87886, 499, 87892),
-       (29, 7470, 45, 7232), (17, 1699, 65, 1600), (186, 50448, 141, 27197), (5, 2493, 3, 2338),
-       (27, 16886, 29, 17825)]
+BCG = [
+    (4, 119, 11, 128),
+    (6, 300, 29, 274),
+    (3, 228, 11, 209),
+    (62, 13536, 248, 12619),
+    (33, 5036, 47, 5761),
+    (180, 1361, 372, 1079),
+    (8, 2537, 10, 619),
+    (505, 87886, 499, 87892),
+    (29, 7470, 45, 7232),
+    (17, 1699, 65, 1600),
+    (186, 50448, 141, 27197),
+    (5, 2493, 3, 2338),
+    (27, 16886, 29, 17825),
+]
 
 
 def bcg_escalc_rr():
@@ -487,7 +593,8 @@ def bcg_escalc_rr():
 
 def test_bcg_measure_rr_gives_escalc_and_the_same_posterior(tmp_path, capsys):
     rows = ["dataset,ai,n1i,ci,n2i,group"] + [
-        f"bcg,{a},{a + b},{c},{c + d},trial{i + 1}" for i, (a, b, c, d) in enumerate(BCG)]
+        f"bcg,{a},{a + b},{c},{c + d},trial{i + 1}" for i, (a, b, c, d) in enumerate(BCG)
+    ]
     counts = tmp_path / "bcg.csv"
     counts.write_text("\n".join(rows) + "\n")
     yi, vi = bcg_escalc_rr()
@@ -495,8 +602,13 @@ def test_bcg_measure_rr_gives_escalc_and_the_same_posterior(tmp_path, capsys):
     np.testing.assert_allclose(chunk.y[0], yi, rtol=1e-12, atol=0)
     np.testing.assert_allclose(chunk.sigma[0] ** 2, vi, rtol=1e-12, atol=0)
     direct = tmp_path / "direct.csv"
-    direct.write_text("dataset,y,sigma,group\n" + "".join(
-        f"bcg,{float(y)!r},{float(np.sqrt(v))!r},trial{i + 1}\n" for i, (y, v) in enumerate(zip(yi, vi))))
+    direct.write_text(
+        "dataset,y,sigma,group\n"
+        + "".join(
+            f"bcg,{float(y)!r},{float(np.sqrt(v))!r},trial{i + 1}\n"
+            for i, (y, v) in enumerate(zip(yi, vi))
+        )
+    )
     opts = ["--quantiles", "0.5", "--quiet"]
     assert run(["fit", counts, "--measure", "rr", "--out", tmp_path / "m.csv"] + opts)[0] == 0
     assert run(["fit", direct, "--out", tmp_path / "d.csv"] + opts)[0] == 0
@@ -524,11 +636,12 @@ def _effects_of(tmp_path, header, rows, measure, **kw):
 
 def test_measures_against_written_formulas(tmp_path):
     from scipy.special import gammaln
-    tables = [(3, 20, 7, 25), (0, 15, 4, 16), (5, 30, 0, 30)]     # (ai, bi, ci, di)
+
+    tables = [(3, 20, 7, 25), (0, 15, 4, 16), (5, 30, 0, 30)]  # (ai, bi, ci, di)
     rows = [("s",) + t for t in tables]
     y, v = _effects_of(tmp_path, "dataset,ai,bi,ci,di", rows, "OR")
     a, b, c, d = (np.array(col, np.float64) for col in zip(*tables))
-    zero = (a == 0) | (b == 0) | (c == 0) | (d == 0)          # escalc: add 1/2 to such tables
+    zero = (a == 0) | (b == 0) | (c == 0) | (d == 0)  # escalc: add 1/2 to such tables
     a2, b2, c2, d2 = (x + 0.5 * zero for x in (a, b, c, d))
     np.testing.assert_allclose(y, np.log(a2 * d2 / (b2 * c2)), rtol=1e-13)
     np.testing.assert_allclose(v, 1 / a2 + 1 / b2 + 1 / c2 + 1 / d2, rtol=1e-13)
@@ -554,7 +667,7 @@ def test_measures_against_written_formulas(tmp_path):
     cm = np.exp(gammaln(df / 2) - 0.5 * np.log(df / 2) - gammaln((df - 1) / 2))
     g = cm * (mm[:, 0] - mm[:, 3]) / sp
     np.testing.assert_allclose(y, g, rtol=1e-12)
-    np.testing.assert_allclose(v, 1 / n1 + 1 / n2 + g ** 2 / (2 * (n1 + n2)), rtol=1e-12)
+    np.testing.assert_allclose(v, 1 / n1 + 1 / n2 + g**2 / (2 * (n1 + n2)), rtol=1e-12)
 
 
 def test_measure_needs_its_columns(tmp_path, capsys):
@@ -568,11 +681,14 @@ def test_measure_needs_its_columns(tmp_path, capsys):
 # --summary: a row per dataset for the meta-analyst
 # --------------------------------------------------------------------------------------
 
+
 def test_summary(data_csv, streamed, tmp_path, capsys):
     from hierjax.io.summary import SUMMARY_COLUMNS
+
     out, summ = tmp_path / "o.csv", tmp_path / "s.csv"
-    code, _, err = run(["fit", data_csv, "--out", out, "--summary", summ, "--chunk-size", C],
-                       capsys)
+    code, _, err = run(
+        ["fit", data_csv, "--out", out, "--summary", summ, "--chunk-size", C], capsys
+    )
     assert code == 0, err
     assert out.read_bytes() == streamed[1]
     s = read_frame(summ)
@@ -584,18 +700,20 @@ def test_summary(data_csv, streamed, tmp_path, capsys):
     np.testing.assert_array_equal(s["mu_mean"], mu["mean"])
     np.testing.assert_array_equal(s["p_mu_gt0"], mu["p_gt0"])
     # the central 95% prediction interval is theta_new's 2.5% and 97.5% quantiles
-    tol = (1e-8 if X64 else 2e-4) * new["sd"]     # each within the accuracy goal
+    tol = (1e-8 if X64 else 2e-4) * new["sd"]  # each within the accuracy goal
     assert np.all(np.abs(s["pred_lo"] - new["q0.025"]) <= tol)
     assert np.all(np.abs(s["pred_hi"] - new["q0.975"]) <= tol)
     # the shortest interval is no longer than the central one, and I^2 lies in [0, 1)
     assert np.all(s["pred_hdi_hi"] - s["pred_hdi_lo"] <= s["pred_hi"] - s["pred_lo"] + tol)
     assert np.all((s["i2_mean"] >= 0) & (s["i2_mean"] < 1) & (s["i2_median"] >= 0))
-    assert s["bf_tau0"].isna().all()          # improper priors: no Bayes factors
+    assert s["bf_tau0"].isna().all()  # improper priors: no Bayes factors
     assert (tmp_path / "s.csv.json").exists()
     # i2 rows in the tidy table, after each dataset's tau row; the same I^2 as the summary
     out2 = tmp_path / "i2.csv"
-    assert run(["fit", data_csv, "--out", out2, "--params", "tau,i2,theta_new",
-                "--chunk-size", C])[0] == 0
+    assert (
+        run(["fit", data_csv, "--out", out2, "--params", "tau,i2,theta_new", "--chunk-size", C])[0]
+        == 0
+    )
     t2 = read_frame(out2)
     assert list(t2["parameter"][:6]) == ["tau", "i2", "theta_new"] * 2
     i2 = t2[t2["parameter"] == "i2"].reset_index(drop=True)

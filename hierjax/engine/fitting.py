@@ -672,7 +672,7 @@ def _map_pieces(call, pieces, workers: int):
     compiled once (concurrent first calls of one shape could each trace it)."""
     if workers <= 1 or len(pieces) <= 1:
         return [call(p) for p in pieces]
-    first = {}
+    first: dict[int, int] = {}
     for i, (_, step) in enumerate(pieces):
         first.setdefault(step, i)
     out = [None] * len(pieces)

@@ -16,6 +16,7 @@ from its parts, and the assembled output is byte-identical to an uninterrupted r
 Every chunk after the first is padded to the first chunk's number of datasets (with
 repeats of its first dataset, dropped from the results), so the kernels keep one shape.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,7 @@ import os
 import shutil
 import sys
 from collections.abc import Iterable, Iterator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -77,20 +78,21 @@ class Chunk(NamedTuple):
         index: the chunk's number in the input (0-based).
     """
 
-    names: object
+    names: Any  # pyarrow string array
     y: np.ndarray
     sigma: np.ndarray
     mask: np.ndarray
-    labels: object
+    labels: Any  # pyarrow string array, or None
     line: np.ndarray
     defects: dict
     where: str
-    index: int
+    index: int  # type: ignore[assignment]  # a field, shadowing tuple.index
 
 
 # --------------------------------------------------------------------------------------
 # reading
 # --------------------------------------------------------------------------------------
+
 
 def _kind(path) -> str:
     return INPUTS.get(os.path.splitext(os.fspath(path))[1].lower(), "csv")
@@ -98,8 +100,9 @@ def _kind(path) -> str:
 
 def _csv_header(path) -> list:
     import csv
+
     try:
-        fh = open(path, newline="", encoding="utf-8-sig")   # noqa: SIM115 (closed below)
+        fh = open(path, newline="", encoding="utf-8-sig")  # noqa: SIM115 (closed below)
     except OSError as e:
         raise InputError(f"cannot read {path}: {e.strerror}") from None
     with fh:
@@ -117,8 +120,10 @@ def _check_columns(path, fields, measure=None) -> tuple:
     if measure is None:
         missing = [c for c in REQUIRED if c not in fields]
         if missing:
-            raise InputError(f"{path}: missing column(s) {', '.join(missing)} (found "
-                             f"{', '.join(fields) or 'none'}; need dataset,y,sigma[,group])")
+            raise InputError(
+                f"{path}: missing column(s) {', '.join(missing)} (found "
+                f"{', '.join(fields) or 'none'}; need dataset,y,sigma[,group])"
+            )
         return ("y", "sigma")
     choices = MEASURES[measure]
     for cols in choices:
@@ -126,8 +131,10 @@ def _check_columns(path, fields, measure=None) -> tuple:
             return cols
     want = " or ".join("dataset," + ",".join(c) for c in choices)
     missing = sorted({c for c in ("dataset",) + choices[0] if c not in fields})
-    raise InputError(f"{path}: missing column(s) {', '.join(missing)} for --measure {measure} "
-                     f"(found {', '.join(fields) or 'none'}; need {want}[,group])")
+    raise InputError(
+        f"{path}: missing column(s) {', '.join(missing)} for --measure {measure} "
+        f"(found {', '.join(fields) or 'none'}; need {want}[,group])"
+    )
 
 
 class _Counter:
@@ -151,44 +158,55 @@ def _row_batches(path, progress=None, measure=None):
     ``group`` if present. ``progress(fraction)`` is told how much of the file is read."""
     import pyarrow as pa
     import pyarrow.compute as pc
+
     if _kind(path) == "parquet":
         import pyarrow.parquet as pq
+
         try:
             pf = pq.ParquetFile(path)
         except (OSError, pa.ArrowException) as e:
             raise InputError(f"cannot read {path}: {e}") from None
         fields = [f.lower() for f in pf.schema_arrow.names]
         value_cols = _check_columns(path, fields, measure)
-        wanted = [n for n in pf.schema_arrow.names
-                  if n.lower() in ("dataset", "group") + value_cols]
+        wanted = [
+            n for n in pf.schema_arrow.names if n.lower() in ("dataset", "group") + value_cols
+        ]
         total, row = max(pf.metadata.num_rows, 1), 1
         for rb in pf.iter_batches(batch_size=1 << 16, columns=wanted):
             t = pa.table({n.lower(): c for n, c in zip(rb.schema.names, rb.columns)})
-            t = t.set_column(t.schema.get_field_index("dataset"), "dataset",
-                             pc.cast(t["dataset"], pa.string()))
+            t = t.set_column(
+                t.schema.get_field_index("dataset"), "dataset", pc.cast(t["dataset"], pa.string())
+            )
             if "group" in t.column_names:
-                t = t.set_column(t.schema.get_field_index("group"), "group",
-                                 pc.cast(t["group"], pa.string()))
+                t = t.set_column(
+                    t.schema.get_field_index("group"), "group", pc.cast(t["group"], pa.string())
+                )
             yield t, row, "row"
             row += t.num_rows
             if progress:
                 progress((row - 1) / total)
         return
     import pyarrow.csv as pcsv
+
     fields = _csv_header(path)
     value_cols = _check_columns(path, fields, measure)
     if len(set(fields)) != len(fields):
         raise InputError(f"{path}: repeated column names in the header ({', '.join(fields)})")
     size = max(os.path.getsize(path), 1)
-    fh = _Counter(open(path, "rb"))   # noqa: SIM115 (closed in the finally below)
+    fh = _Counter(open(path, "rb"))  # noqa: SIM115 (closed in the finally below)
     try:
         reader = pcsv.open_csv(
-            fh, read_options=pcsv.ReadOptions(column_names=fields, skip_rows=1,
-                                              block_size=1 << 22, encoding="utf-8"),
+            fh,
+            read_options=pcsv.ReadOptions(
+                column_names=fields, skip_rows=1, block_size=1 << 22, encoding="utf-8"
+            ),
             parse_options=pcsv.ParseOptions(newlines_in_values=False),
             convert_options=pcsv.ConvertOptions(
-                column_types={f: pa.string() for f in fields}, strings_can_be_null=False,
-                include_columns=[f for f in fields if f in ("dataset", "group") + value_cols]))
+                column_types={f: pa.string() for f in fields},
+                strings_can_be_null=False,
+                include_columns=[f for f in fields if f in ("dataset", "group") + value_cols],
+            ),
+        )
         line = 2
         while True:
             try:
@@ -211,24 +229,26 @@ def _numbers(col, name, path, first_line, where):
     """``(float64 values, {row: message})``: a string column parsed, non-numbers nan."""
     import pyarrow as pa
     import pyarrow.compute as pc
+
     if pa.types.is_floating(col.type) or pa.types.is_integer(col.type):
         filled = pc.fill_null(pc.cast(col, pa.float64()), np.nan)
         return np.asarray(filled.to_numpy(zero_copy_only=False), np.float64), {}
     trimmed = pc.utf8_trim_whitespace(col)
     try:
-        return np.asarray(pc.cast(trimmed, pa.float64()).to_numpy(zero_copy_only=False),
-                          np.float64), {}
+        return np.asarray(
+            pc.cast(trimmed, pa.float64()).to_numpy(zero_copy_only=False), np.float64
+        ), {}
     except pa.ArrowInvalid:
         pass
-    ok = pc.match_substring_regex(trimmed, _FLOAT, ignore_case=True).to_numpy(
-        zero_copy_only=False)
+    ok = pc.match_substring_regex(trimmed, _FLOAT, ignore_case=True).to_numpy(zero_copy_only=False)
     good = pc.if_else(pa.array(ok), trimmed, pa.scalar("nan"))
     vals = np.asarray(pc.cast(good, pa.float64()).to_numpy(zero_copy_only=False), np.float64)
     bad = {}
     cells = col.to_pylist() if (~ok).sum() else []
     for i in np.flatnonzero(~ok):
-        bad[int(i)] = (f"{path}, {where} {first_line + int(i)}: column '{name}' is not a "
-                       f"number: {cells[i]!r}")
+        bad[int(i)] = (
+            f"{path}, {where} {first_line + int(i)}: column '{name}' is not a number: {cells[i]!r}"
+        )
     return vals, bad
 
 
@@ -237,11 +257,12 @@ class _Seen:
     (16 bytes per dataset with the line), to tell a dataset whose rows come back later."""
 
     def __init__(self):
-        self.runs = []      # [(sorted hashes, lines)]
+        self.runs = []  # [(sorted hashes, lines)]
 
     @staticmethod
     def hashes(names) -> np.ndarray:
         import pandas as pd
+
         return pd.util.hash_array(np.asarray(names.to_numpy(zero_copy_only=False), object))
 
     def find(self, h: np.ndarray) -> np.ndarray:
@@ -265,8 +286,9 @@ class _Seen:
             self.runs.append((k[o], li[o]))
 
 
-def read_chunks(path, chunk_size: int = DEFAULT_CHUNK, progress=None, measure=None,
-                correction: bool = True) -> Iterator[Chunk]:
+def read_chunks(
+    path, chunk_size: int = DEFAULT_CHUNK, progress=None, measure=None, correction: bool = True
+) -> Iterator[Chunk]:
     """The datasets of a long CSV/Parquet file or an NPZ file, ``chunk_size`` at a time.
 
     ``measure`` (``OR``, ``RR``, ``RD``, ``MD``, ``SMD``) reads metafor's columns instead of
@@ -305,6 +327,7 @@ def check_input(path) -> None:
 
 def _npz_chunks(path, C):
     import pyarrow as pa
+
     try:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
@@ -328,13 +351,23 @@ def _npz_chunks(path, C):
     for k, a in enumerate(range(0, B, C)):
         sl = slice(a, min(a + C, B))
         line = np.where(mask[sl], np.arange(a, sl.stop)[:, None] + 1, 0)
-        yield Chunk(pa.array(names[sl].astype(object), pa.string()), np.where(mask[sl], y[sl], 0.0),
-                    np.where(mask[sl], s[sl], 1.0), mask[sl], None, line, {}, "dataset", k)
+        yield Chunk(
+            pa.array(names[sl].astype(object), pa.string()),
+            np.where(mask[sl], y[sl], 0.0),
+            np.where(mask[sl], s[sl], 1.0),
+            mask[sl],
+            None,
+            line,
+            {},
+            "dataset",
+            k,
+        )
 
 
 def _long_chunks(path, C, progress, measure=None, correction=True):
     import pyarrow as pa
     import pyarrow.compute as pc
+
     pending, seen, k, any_rows = [], _Seen(), 0, False
 
     def emit(t, final):
@@ -346,7 +379,7 @@ def _long_chunks(path, C, progress, measure=None, correction=True):
         if n > 1:
             starts[1:] = pc.not_equal(ds[1:], ds[:-1]).to_numpy(zero_copy_only=False)
         run = np.flatnonzero(starts)
-        keep = run.size if final else run.size - 1       # the last may go on in the next batch
+        keep = run.size if final else run.size - 1  # the last may go on in the next batch
         out = []
         while keep >= C or (final and keep > 0):
             m = min(C, keep)
@@ -368,9 +401,11 @@ def _long_chunks(path, C, progress, measure=None, correction=True):
         if pc.any(empty).as_py():
             i = int(np.flatnonzero(empty.to_numpy(zero_copy_only=False))[0])
             raise InputError(f"{path}, {where} {first + i}: empty 'dataset' cell")
-        t = t.set_column(0 if t.column_names[0] == "dataset" else
-                         t.schema.get_field_index("dataset"), "dataset",
-                         pc.utf8_trim_whitespace(t["dataset"]))
+        t = t.set_column(
+            0 if t.column_names[0] == "dataset" else t.schema.get_field_index("dataset"),
+            "dataset",
+            pc.utf8_trim_whitespace(t["dataset"]),
+        )
         pending.append(t)
         total = pa.concat_tables(pending) if len(pending) > 1 else pending[0]
         rest = yield from emit(total, False)
@@ -385,6 +420,7 @@ def _to_chunk(t, path, seen: _Seen, k: int, measure=None, correction=True) -> Ch
     """Rows of whole datasets -> a :class:`Chunk` (checks contiguity against ``seen``)."""
     import pyarrow as pa
     import pyarrow.compute as pc
+
     where = "row" if _kind(path) == "parquet" else "line"
     ds = t["dataset"].combine_chunks()
     n = t.num_rows
@@ -410,11 +446,13 @@ def _to_chunk(t, path, seen: _Seen, k: int, measure=None, correction=True) -> Ch
             i = int(np.flatnonzero(earlier)[0])
             cand.append((first_line[i], earlier[i], i))
         now, before, i = min(cand)
-        raise InputError(f"{path}, {where} {now}: dataset {names[int(i)].as_py()!r} has rows "
-                         f"at {where} {before} and again here, with other datasets between "
-                         "(the rows of a dataset must be contiguous)")
+        raise InputError(
+            f"{path}, {where} {now}: dataset {names[int(i)].as_py()!r} has rows "
+            f"at {where} {before} and again here, with other datasets between "
+            "(the rows of a dataset must be contiguous)"
+        )
     seen.add(h, first_line)
-    defects = {}
+    first: dict[int, tuple[int, str]] = {}  # per dataset: its first bad row and message
     if measure is None:
         ycol, ybad = _numbers(t["y"], "y", path, int(lines[0]), where)
         scol, sbad = _numbers(t["sigma"], "sigma", path, int(lines[0]), where)
@@ -426,10 +464,10 @@ def _to_chunk(t, path, seen: _Seen, k: int, measure=None, correction=True) -> Ch
     for bad in bads:
         for r, msg in sorted(bad.items()):
             b = int(row_ds[r])
-            if b not in defects or r < defects[b][0]:
+            if b not in first or r < first[b][0]:
                 name = names[b].as_py()
-                defects[b] = (r, msg.replace(": column", f", dataset {name!r}: column", 1))
-    defects = {b: m for b, (_, m) in defects.items()}
+                first[b] = (r, msg.replace(": column", f", dataset {name!r}: column", 1))
+    defects = {b: m for b, (_, m) in first.items()}
     J = int(counts.max())
     pos = np.arange(n) - np.repeat(run, counts)
     y = np.zeros((B, J))
@@ -444,6 +482,7 @@ def _to_chunk(t, path, seen: _Seen, k: int, measure=None, correction=True) -> Ch
 def _effect_columns(t, measure, correction, path, lines, where):
     """``(y, sigma, defects)`` per row from metafor's columns (:mod:`hierjax.model.effects`)."""
     import hierjax.model.effects as fx
+
     names = _check_columns(path, t.column_names, measure)
     cols, bads = [], []
     for c in names:
@@ -472,12 +511,14 @@ def _effect_columns(t, measure, correction, path, lines, where):
         bad = {}
         for r in rows:
             try:
-                es = fn(*(a[r:r + 1] for a in args), **kw)
+                es = fn(*(a[r : r + 1] for a in args), **kw)
                 y[r], s[r] = es.y[0], es.sigma[0]
             except InputError as e:
                 why = str(e).split(": ", 1)[-1]
-                bad[int(r)] = (f"{path}, {where} {int(lines[r])}: column(s) "
-                               f"{','.join(names)}: {why} (--measure {measure})")
+                bad[int(r)] = (
+                    f"{path}, {where} {int(lines[r])}: column(s) "
+                    f"{','.join(names)}: {why} (--measure {measure})"
+                )
         bads.append(bad)
     return y, s, bads
 
@@ -485,6 +526,7 @@ def _effect_columns(t, measure, correction, path, lines, where):
 # --------------------------------------------------------------------------------------
 # checks and fits
 # --------------------------------------------------------------------------------------
+
 
 def check_chunk(chunk: Chunk, dtype, need: int, prior_text: str, path="input") -> dict:
     """Every per-dataset defect of a chunk: ``{dataset index: message}`` naming the dataset,
@@ -499,7 +541,7 @@ def check_chunk(chunk: Chunk, dtype, need: int, prior_text: str, path="input") -
         n = np.maximum(m.sum(axis=1), 1)
         scale = np.exp(np.sum(np.where(m, np.log(np.where(m & (s > 0), s, 1.0)), 0.0), axis=1) / n)
         s_std = s / scale[:, None]
-        prec = np.where(m, 1.0 / s_std ** 2, 0.0)
+        prec = np.where(m, 1.0 / s_std**2, 0.0)
         loc = np.sum(prec * np.where(m, y, 0.0), axis=1) / np.sum(prec, axis=1)
         z = (y - loc[:, None]) / scale[:, None]
         checks = [
@@ -507,39 +549,53 @@ def check_chunk(chunk: Chunk, dtype, need: int, prior_text: str, path="input") -
             ("sigma", ~np.isfinite(s), "{v!r} (must be finite)"),
             ("sigma", ~(s > 0), "{v!r} (must be > 0)"),
             ("y", np.abs(y) > fi.max, "{v!r}: out of the range of " + fi.dtype.name),
-            ("sigma", (s > fi.max) | (s < fi.tiny),
-             "{v!r}: out of the range of normal " + fi.dtype.name + " numbers"),
-            ("y", ~np.isfinite(z * z) | (np.abs(z * z) > fi.max),
-             "{v!r}: its square in the dataset's units overflows " + fi.dtype.name),
-            ("sigma", ~np.isfinite(prec) | (prec > fi.max) | (s_std ** 2 > fi.max),
-             "{v!r}: its square against the others' overflows " + fi.dtype.name),
+            (
+                "sigma",
+                (s > fi.max) | (s < fi.tiny),
+                "{v!r}: out of the range of normal " + fi.dtype.name + " numbers",
+            ),
+            (
+                "y",
+                ~np.isfinite(z * z) | (np.abs(z * z) > fi.max),
+                "{v!r}: its square in the dataset's units overflows " + fi.dtype.name,
+            ),
+            (
+                "sigma",
+                ~np.isfinite(prec) | (prec > fi.max) | (s_std**2 > fi.max),
+                "{v!r}: its square against the others' overflows " + fi.dtype.name,
+            ),
         ]
         # the group to name: the first bad one, or for the squares the most extreme one
-        extreme = {"y": np.where(m, np.abs(np.nan_to_num(z, nan=np.inf)), -1.0),
-                   "sigma": np.where(m, np.abs(np.log(np.where(s > 0, s_std, 1.0))), -1.0)}
+        extreme = {
+            "y": np.where(m, np.abs(np.nan_to_num(z, nan=np.inf)), -1.0),
+            "sigma": np.where(m, np.abs(np.log(np.where(s > 0, s_std, 1.0))), -1.0),
+        }
     for i, (field, bad, text) in enumerate(checks):
         bad = bad & m
-        for b in np.flatnonzero(bad.any(axis=1)):
-            b = int(b)
+        for b in map(int, np.flatnonzero(bad.any(axis=1))):
             if b in out:
                 continue
             j = int(np.flatnonzero(bad[b])[0]) if i < 5 else int(np.argmax(extreme[field][b]))
             v = float((y if field == "y" else s)[b, j])
-            out[b] = (f"{path}, {chunk.where} {int(chunk.line[b, j])}, dataset "
-                      f"{chunk.names[b].as_py()!r}: {field}[{j + 1}] is " + text.format(v=v))
+            out[b] = (
+                f"{path}, {chunk.where} {int(chunk.line[b, j])}, dataset "
+                f"{chunk.names[b].as_py()!r}: {field}[{j + 1}] is " + text.format(v=v)
+            )
     few = np.flatnonzero(m.sum(axis=1) < max(need, 1))
-    for b in few:
-        b = int(b)
+    for b in map(int, few):
         if b not in out:
-            out[b] = (f"{path}, {chunk.where} {int(chunk.line[b, 0])}, dataset "
-                      f"{chunk.names[b].as_py()!r}: has {int(m[b].sum())} group(s); "
-                      f"{prior_text} needs at least {need} for a proper posterior")
+            out[b] = (
+                f"{path}, {chunk.where} {int(chunk.line[b, 0])}, dataset "
+                f"{chunk.names[b].as_py()!r}: has {int(m[b].sum())} group(s); "
+                f"{prior_text} needs at least {need} for a proper posterior"
+            )
     return out
 
 
 def _priors(fit_kwargs):
     from hierjax.engine.batch import describe_priors, min_groups
     from hierjax.model.priors import parse_mu_prior, parse_tau_prior
+
     tp = parse_tau_prior(fit_kwargs.get("tau_prior", "uniform"))
     mp = parse_mu_prior(fit_kwargs.get("mu_prior", "flat"))
     return min_groups(tp, mp), describe_priors(tp, mp)
@@ -547,12 +603,19 @@ def _priors(fit_kwargs):
 
 def _dtype(fit_kwargs):
     import jax
+
     dt = fit_kwargs.get("dtype")
     return np.dtype(dt) if dt is not None else np.dtype(jax.dtypes.canonicalize_dtype(np.float64))
 
 
-def fit_chunk(chunk: Chunk, *, skip_invalid: bool = False, pad_to: int | None = None,
-              path="input", **fit_kwargs):
+def fit_chunk(
+    chunk: Chunk,
+    *,
+    skip_invalid: bool = False,
+    pad_to: int | None = None,
+    path="input",
+    **fit_kwargs,
+):
     """Check and fit one chunk: a :class:`hierjax.Fit` of its ``B`` datasets.
 
     Invalid datasets raise :class:`InputError` (the first in file order) or, with
@@ -562,18 +625,21 @@ def fit_chunk(chunk: Chunk, *, skip_invalid: bool = False, pad_to: int | None = 
     """
     import hierjax
     from hierjax.engine.batch import as_batch
+
     need, text = _priors(fit_kwargs)
     dt = _dtype(fit_kwargs)
     defects = check_chunk(chunk, dt, need, text, path)
     if defects and not skip_invalid:
-        b = min(defects, key=lambda b: int(chunk.line[b][chunk.mask[b]].min()
-                                           if chunk.mask[b].any() else 0))
+        b = min(
+            defects,
+            key=lambda b: int(chunk.line[b][chunk.mask[b]].min() if chunk.mask[b].any() else 0),
+        )
         more = f" (and {len(defects) - 1} more invalid datasets)" if len(defects) > 1 else ""
         raise InputError(defects[b] + more)
     y, s, m = chunk.y.copy(), chunk.sigma.copy(), chunk.mask
     bad = np.zeros(y.shape[0], bool)
     bad[list(defects)] = True
-    y[bad] = np.nan                       # the engine marks these invalid; notes replaced below
+    y[bad] = np.nan  # the engine marks these invalid; notes replaced below
     B = y.shape[0]
     pad = max(0, (pad_to or B) - B)
     if pad:
@@ -589,17 +655,18 @@ def fit_chunk(chunk: Chunk, *, skip_invalid: bool = False, pad_to: int | None = 
     status = np.asarray(f.status).copy()
     broken = _non_finite(f) & ((status & hierjax.STATUS["invalid"]) == 0)
     for b in np.flatnonzero(broken):
-        msg = (f"{path}, {chunk.where} {int(chunk.line[b, 0])}, dataset "
-               f"{chunk.names[int(b)].as_py()!r}: the results are not finite (values too "
-               f"extreme for {np.dtype(dt).name}?)")
+        msg = (
+            f"{path}, {chunk.where} {int(chunk.line[b, 0])}, dataset "
+            f"{chunk.names[int(b)].as_py()!r}: the results are not finite (values too "
+            f"extreme for {np.dtype(dt).name}?)"
+        )
         if not skip_invalid:
             raise InputError(msg)
         notes[int(b)] = msg
     if broken.any():
         f = _blank(f, broken)
         status = np.where(broken, hierjax.STATUS["invalid"], status).astype(status.dtype)
-    return f._replace(status=status, notes=tuple(notes), names=tuple(range(B)),
-                      groups=(None,) * B)
+    return f._replace(status=status, notes=tuple(notes), names=tuple(range(B)), groups=(None,) * B)
 
 
 def _non_finite(f) -> np.ndarray:
@@ -608,14 +675,16 @@ def _non_finite(f) -> np.ndarray:
     for name in ("mu", "tau", "theta_new", "theta"):
         m = getattr(f, name)
         axes = tuple(range(1, np.ndim(m.mean)))
-        real = f.mask[:, :m.mean.shape[1]] if name == "theta" else True
+        real = f.mask[:, : m.mean.shape[1]] if name == "theta" else True
         for field, ok in (("mean", m.mean_exists), ("sd", m.sd_exists)):
             v = np.asarray(getattr(m, field))
-            bad |= np.any(real & ok & ~np.isfinite(v), axis=axes) if axes else (ok & ~np.isfinite(v))
+            bad |= (
+                np.any(real & ok & ~np.isfinite(v), axis=axes) if axes else (ok & ~np.isfinite(v))
+            )
         q = np.asarray(m.quantiles)
         if q.size:
             qa = tuple(range(1, q.ndim))
-            real_q = real[..., None] if name == "theta" else True
+            real_q = np.asarray(real)[..., None] if name == "theta" else True
             bad |= np.any(real_q & ~np.isfinite(q), axis=qa)
         p = np.asarray(m.p_gt0)
         bad |= np.any(real & ~np.isfinite(p), axis=axes) if axes else ~np.isfinite(p)
@@ -628,25 +697,37 @@ def _take(f, sl):
 
     def cut(m):
         return jax.tree.map(lambda a: a[sl], m)
+
     idx = np.arange(len(f.names))[sl]
-    return f._replace(mu=cut(f.mu), tau=cut(f.tau), theta=cut(f.theta),
-                      theta_new=cut(f.theta_new), tau_mode=f.tau_mode[sl],
-                      log_marginal_likelihood=f.log_marginal_likelihood[sl],
-                      grid_error=f.grid_error[sl], status=f.status[sl], n_groups=f.n_groups[sl],
-                      mask=f.mask[sl], names=tuple(f.names[i] for i in idx),
-                      groups=tuple(f.groups[i] for i in idx), notes=tuple(f.notes[i] for i in idx))
+    return f._replace(
+        mu=cut(f.mu),
+        tau=cut(f.tau),
+        theta=cut(f.theta),
+        theta_new=cut(f.theta_new),
+        tau_mode=f.tau_mode[sl],
+        log_marginal_likelihood=f.log_marginal_likelihood[sl],
+        grid_error=f.grid_error[sl],
+        status=f.status[sl],
+        n_groups=f.n_groups[sl],
+        mask=f.mask[sl],
+        names=tuple(f.names[i] for i in idx),
+        groups=tuple(f.groups[i] for i in idx),
+        notes=tuple(f.notes[i] for i in idx),
+    )
 
 
 def _blank(f, which):
     """``f`` with the datasets ``which`` ``[B]`` set to nan (their moments not existing)."""
+
     def nan(m):
         def one(a):
             a = np.array(a)
             w = which.reshape((-1,) + (1,) * (a.ndim - 1))
             return np.where(w, False if a.dtype == bool else np.nan, a).astype(a.dtype)
+
         return type(m)(*[one(a) for a in m])
-    return f._replace(mu=nan(f.mu), tau=nan(f.tau), theta=nan(f.theta),
-                      theta_new=nan(f.theta_new))
+
+    return f._replace(mu=nan(f.mu), tau=nan(f.tau), theta=nan(f.theta), theta_new=nan(f.theta_new))
 
 
 def _as_chunk(item, k):
@@ -654,6 +735,7 @@ def _as_chunk(item, k):
     import pyarrow as pa
 
     from hierjax.engine.batch import Batch, as_batch
+
     if isinstance(item, Chunk):
         return item
     if isinstance(item, Batch):
@@ -705,6 +787,7 @@ def fit_stream(chunks: Iterable, *, skip_invalid: bool = False, **fit_kwargs) ->
 # jobs: parts, manifest, resume
 # --------------------------------------------------------------------------------------
 
+
 def check_output_path(out, inputs=(), force=False, resume=False) -> str:
     """The output's format (``'csv'``, ``'parquet'``, ``'stdout'``), checked before any work.
 
@@ -724,8 +807,9 @@ def check_output_path(out, inputs=(), force=False, resume=False) -> str:
     if not os.access(folder, os.W_OK | os.X_OK):
         raise InputError(f"--out {out}: the directory {folder} is not writable")
     if fmt is None:
-        raise InputError(f"--out {out}: unknown extension (use .csv, .parquet or .pq, or - for "
-                         "CSV on stdout)")
+        raise InputError(
+            f"--out {out}: unknown extension (use .csv, .parquet or .pq, or - for CSV on stdout)"
+        )
     for i in inputs:
         if i and os.path.exists(out) and os.path.exists(i) and os.path.samefile(out, i):
             raise InputError(f"--out {out} is the input file; refusing to overwrite it")
@@ -745,7 +829,7 @@ def _umask() -> int:
 def _write_file(path: str, data: bytes) -> None:
     """Write ``data`` to ``path + '.tmp'``, fsync, then ``os.replace`` it onto ``path``."""
     tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)    # umask applies
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)  # umask applies
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -779,10 +863,25 @@ class JobResult(NamedTuple):
     skipped: int
 
 
-def run_job(path, out, *, chunk_size: int = DEFAULT_CHUNK, params=None, skip_invalid=False,
-            force=False, resume=False, metadata: dict | None = None, progress=None,
-            on_skip=None, table_hook=None, measure=None, correction=True,
-            summary_out=None, summary_fn=None, **fit_kwargs) -> JobResult:
+def run_job(
+    path,
+    out,
+    *,
+    chunk_size: int = DEFAULT_CHUNK,
+    params=None,
+    skip_invalid=False,
+    force=False,
+    resume=False,
+    metadata: dict | None = None,
+    progress=None,
+    on_skip=None,
+    table_hook=None,
+    measure=None,
+    correction=True,
+    summary_out=None,
+    summary_fn=None,
+    **fit_kwargs,
+) -> JobResult:
     """Fit every dataset of ``path`` and write the tidy table to ``out`` (``.csv``,
     ``.parquet``, or ``'-'`` for CSV on stdout), chunk by chunk.
 
@@ -812,14 +911,24 @@ def run_job(path, out, *, chunk_size: int = DEFAULT_CHUNK, params=None, skip_inv
     if C < 1:
         raise InputError(f"--chunk-size must be a positive integer, got {chunk_size}")
     meta = dict(metadata or {})
-    settings = {"chunk_size": C, "params": list(params) if params else None,
-                "skip_invalid": bool(skip_invalid), "measure": measure,
-                "correction": bool(correction),
-                "fit": {k: (v if isinstance(v, (int, float, str, type(None))) else
-                            (list(v) if isinstance(v, (list, tuple)) else str(v)))
-                        for k, v in sorted(fit_kwargs.items())},
-                "metadata": meta}
-    work = manifest = None
+    settings = {
+        "chunk_size": C,
+        "params": list(params) if params else None,
+        "skip_invalid": bool(skip_invalid),
+        "measure": measure,
+        "correction": bool(correction),
+        "fit": {
+            k: (
+                v
+                if isinstance(v, (int, float, str, type(None)))
+                else (list(v) if isinstance(v, (list, tuple)) else str(v))
+            )
+            for k, v in sorted(fit_kwargs.items())
+        },
+        "metadata": meta,
+    }
+    work: Any = None
+    manifest: Any = None
     done = set()
     if fmt != "stdout":
         work = _work_dir(out)
@@ -832,29 +941,42 @@ def run_job(path, out, *, chunk_size: int = DEFAULT_CHUNK, params=None, skip_inv
                 except (OSError, ValueError):
                     manifest = None
                 if manifest is not None:
-                    if manifest.get("input") != _fingerprint(path) or \
-                            manifest.get("settings") != json.loads(json.dumps(settings)):
-                        raise InputError(f"--resume: the input or the settings differ from the "
-                                         f"interrupted run's (parts in {work}); --force starts over")
+                    if manifest.get("input") != _fingerprint(path) or manifest.get(
+                        "settings"
+                    ) != json.loads(json.dumps(settings)):
+                        raise InputError(
+                            f"--resume: the input or the settings differ from the "
+                            f"interrupted run's (parts in {work}); --force starts over"
+                        )
                     done = set(manifest.get("done", []))
-                for f_ in os.listdir(work):           # a killed write's leftovers
+                for f_ in os.listdir(work):  # a killed write's leftovers
                     if f_.endswith(".tmp"):
                         os.unlink(os.path.join(work, f_))
             elif force:
                 shutil.rmtree(work)
             else:
-                raise InputError(f"an interrupted run left parts of {out} in {work}: --resume "
-                                 "finishes it, --force starts over")
+                raise InputError(
+                    f"an interrupted run left parts of {out} in {work}: --resume "
+                    "finishes it, --force starts over"
+                )
         elif resume and os.path.exists(out) and not force:
-            raise InputError(f"--resume: no interrupted run of {out} to resume ({out} exists; "
-                             "--force replaces it)")
+            raise InputError(
+                f"--resume: no interrupted run of {out} to resume ({out} exists; "
+                "--force replaces it)"
+            )
         if manifest is None:
             os.makedirs(work, exist_ok=True)
-            manifest = {"version": 1, "input": _fingerprint(path),
-                        "settings": json.loads(json.dumps(settings)),
-                        "format": fmt, "done": [], "datasets": {}, "rows": {}}
+            manifest = {
+                "version": 1,
+                "input": _fingerprint(path),
+                "settings": json.loads(json.dumps(settings)),
+                "format": fmt,
+                "done": [],
+                "datasets": {},
+                "rows": {},
+            }
             _write_file(mpath, json.dumps(manifest, indent=1).encode())
-    sext = {"csv": ".csv", "parquet": ".parquet"}.get(sfmt)
+    sext = {"csv": ".csv", "parquet": ".parquet"}.get(sfmt or "")
 
     stdout = None
     if fmt == "stdout":
@@ -882,9 +1004,15 @@ def run_job(path, out, *, chunk_size: int = DEFAULT_CHUNK, params=None, skip_inv
                 if progress is not None:
                     progress.update(B)
                 continue
-            f = fit_chunk(chunk, skip_invalid=skip_invalid, pad_to=size if k else None,
-                          path=os.fspath(path), **fit_kwargs)
+            f = fit_chunk(
+                chunk,
+                skip_invalid=skip_invalid,
+                pad_to=size if k else None,
+                path=os.fspath(path),
+                **fit_kwargs,
+            )
             from hierjax.io.tidy import fit_table
+
             table = fit_table(f, params, group_labels=chunk.labels, dataset_names=chunk.names)
             if table_hook is not None:
                 table = table_hook(table, f, chunk)
@@ -896,6 +1024,7 @@ def run_job(path, out, *, chunk_size: int = DEFAULT_CHUNK, params=None, skip_inv
                     on_skip(f.notes[int(b)])
             if fmt == "stdout":
                 from hierjax.io.tidy import csv_bytes
+
                 data = csv_bytes(table, header=(k == 0))
                 if stdout is not None:
                     stdout.write(data)
@@ -908,10 +1037,12 @@ def run_job(path, out, *, chunk_size: int = DEFAULT_CHUNK, params=None, skip_inv
                     _write_file(os.path.join(work, f"summary-{k:08d}{sext}"), _part_bytes(st, sfmt))
                     if sfmt == "csv" and "summary_header" not in manifest:
                         from hierjax.io.tidy import csv_bytes
+
                         manifest["summary_header"] = csv_bytes(st.schema.empty_table()).decode()
-                _write_file(part, _part_bytes(table, fmt))
+                _write_file(str(part), _part_bytes(table, fmt))
                 if fmt == "csv" and "header" not in manifest:
                     from hierjax.io.tidy import csv_bytes
+
                     manifest["header"] = csv_bytes(table.schema.empty_table()).decode()
                 manifest["done"].append(k)
                 manifest["datasets"][str(k)] = B
@@ -924,12 +1055,20 @@ def run_job(path, out, *, chunk_size: int = DEFAULT_CHUNK, params=None, skip_inv
                 progress.update(B)
     except InputError:
         if work and not resume and os.path.isdir(work):
-            shutil.rmtree(work, ignore_errors=True)     # a failed run leaves nothing
+            shutil.rmtree(work, ignore_errors=True)  # a failed run leaves nothing
         raise
     if fmt != "stdout":
         if summary_out is not None:
-            _assemble(work, summary_out, sfmt, manifest, meta, sext, prefix="summary",
-                      header_key="summary_header")
+            _assemble(
+                work,
+                summary_out,
+                sfmt,
+                manifest,
+                meta,
+                sext,
+                prefix="summary",
+                header_key="summary_header",
+            )
         _assemble(work, out, fmt, manifest, meta, ext)
         shutil.rmtree(work, ignore_errors=True)
     return JobResult(n_ds, rows, fitted, resumed, flagged, skipped)
@@ -937,10 +1076,13 @@ def run_job(path, out, *, chunk_size: int = DEFAULT_CHUNK, params=None, skip_inv
 
 def _part_bytes(table, fmt) -> bytes:
     import pyarrow as pa
+
     if fmt == "csv":
         from hierjax.io.tidy import csv_bytes
+
         return csv_bytes(table, header=False)
     import pyarrow.parquet as pq
+
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     return sink.getvalue().to_pybytes()
@@ -967,6 +1109,7 @@ def _assemble(work, out, fmt, manifest, meta, ext, prefix="part", header_key="he
         _write_file(sidecar(out), json.dumps(meta, indent=1, sort_keys=True).encode())
     else:
         import pyarrow.parquet as pq
+
         writer = None
         for k in parts:
             t = pq.read_table(os.path.join(work, f"{prefix}-{k:08d}{ext}"))

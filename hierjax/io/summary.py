@@ -10,21 +10,41 @@ otherwise, as bayesmeta), then ``status`` and ``note``. Built from whole arrays 
 :func:`hierjax.posterior`, :func:`hierjax.i2`, :func:`hierjax.interval` and
 :func:`hierjax.evidence`.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
 __all__ = ["SUMMARY_COLUMNS", "format_summary", "summary_table"]
 
-SUMMARY_COLUMNS = ("dataset", "k", "mu_mean", "mu_sd", "mu_lo", "mu_hi", "p_mu_gt0",
-                   "tau_mean", "tau_median", "tau_mode", "i2_mean", "i2_median", "pred_lo",
-                   "pred_hi", "pred_hdi_lo", "pred_hdi_hi", "bf_tau0", "bf_mu0", "status",
-                   "note")
+SUMMARY_COLUMNS = (
+    "dataset",
+    "k",
+    "mu_mean",
+    "mu_sd",
+    "mu_lo",
+    "mu_hi",
+    "p_mu_gt0",
+    "tau_mean",
+    "tau_median",
+    "tau_mode",
+    "i2_mean",
+    "i2_median",
+    "pred_lo",
+    "pred_hi",
+    "pred_hdi_lo",
+    "pred_hdi_hi",
+    "bf_tau0",
+    "bf_mu0",
+    "status",
+    "note",
+)
 
 
 def _stand_ins(fit, y, sigma, mask):
     """Invalid datasets replaced by three benign groups (their results are reported nan)."""
     import hierjax
+
     invalid = (np.asarray(fit.status) & hierjax.STATUS["invalid"]) != 0
     m = np.where(invalid[:, None], np.arange(y.shape[1]) < 3, mask)
     y = np.where(m & ~invalid[:, None], y, np.where(m, np.arange(y.shape[1]) - 1.0, 0.0))
@@ -32,22 +52,36 @@ def _stand_ins(fit, y, sigma, mask):
     return invalid, y, s, m
 
 
-def i2_of(fit, y, sigma, mask, levels, *, tau_prior="uniform", mu_prior="flat", nodes=None,
-          dtype=None):
+def i2_of(
+    fit, y, sigma, mask, levels, *, tau_prior="uniform", mu_prior="flat", nodes=None, dtype=None
+):
     """``(mean [B], quantiles [B, Q])`` of the posterior of I^2 for the datasets of ``fit``
     (nan for invalid ones), from :func:`hierjax.posterior` and :func:`hierjax.i2`."""
     import hierjax
+
     invalid, y, s, m = _stand_ins(fit, y, sigma, mask)
-    post = hierjax.posterior(y, s, mask=m, tau_prior=tau_prior, mu_prior=mu_prior, nodes=nodes,
-                             dtype=dtype)
+    post = hierjax.posterior(
+        y, s, mask=m, tau_prior=tau_prior, mu_prior=mu_prior, nodes=nodes, dtype=dtype
+    )
     out = hierjax.i2(post, tuple(levels) or (0.5,))
     mean = np.where(invalid, np.nan, out.mean)
-    q = np.where(invalid[:, None], np.nan, out.quantiles)[:, :len(tuple(levels))]
+    q = np.where(invalid[:, None], np.nan, out.quantiles)[:, : len(tuple(levels))]
     return mean, q
 
 
-def summary_table(fit, y, sigma, mask, names, *, tau_prior="uniform", mu_prior="flat",
-                  nodes=None, dtype=None, level: float = 0.95):
+def summary_table(
+    fit,
+    y,
+    sigma,
+    mask,
+    names,
+    *,
+    tau_prior="uniform",
+    mu_prior="flat",
+    nodes=None,
+    dtype=None,
+    level: float = 0.95,
+):
     """The per-dataset summary of ``fit`` (a :class:`hierjax.Fit` of ``y, sigma, mask``,
     ``[B, J]``), as a :class:`pyarrow.Table`; ``names`` a pyarrow string array ``[B]``.
 
@@ -57,6 +91,7 @@ def summary_table(fit, y, sigma, mask, names, *, tau_prior="uniform", mu_prior="
 
     import hierjax
     from hierjax.io.tidy import status_strings
+
     invalid, y, s, m = _stand_ins(fit, y, sigma, mask)
     kw = {"tau_prior": tau_prior, "mu_prior": mu_prior, "nodes": nodes, "dtype": dtype}
     post = hierjax.posterior(y, s, mask=m, **kw)
@@ -65,8 +100,9 @@ def summary_table(fit, y, sigma, mask, names, *, tau_prior="uniform", mu_prior="
     hlo, hhi = hierjax.interval(post, "theta_new", level, kind="shortest")
     mlo, mhi = hierjax.interval(post, "mu", level, kind="central")
     if np.all(np.isfinite(fit.log_marginal_likelihood[~invalid])) and (~invalid).any():
-        ev = hierjax.evidence(y, s, mask=m, tau_prior=tau_prior, mu_prior=mu_prior,
-                              nodes=nodes, dtype=dtype)
+        ev = hierjax.evidence(
+            y, s, mask=m, tau_prior=tau_prior, mu_prior=mu_prior, nodes=nodes, dtype=dtype
+        )
         bf_tau0, bf_mu0 = np.exp(ev.log_bf_tau0), np.exp(ev.log_bf_mu0)
     else:
         bf_tau0 = bf_mu0 = np.full(len(fit.names), np.nan)
@@ -77,19 +113,34 @@ def summary_table(fit, y, sigma, mask, names, *, tau_prior="uniform", mu_prior="
         return pa.array(np.where(invalid, np.nan, a).astype(dt))
 
     med = list(np.asarray(fit.levels)).index(0.5) if 0.5 in list(np.asarray(fit.levels)) else None
-    tau_median = fit.tau.quantiles[:, med] if med is not None else \
-        hierjax.quantile(post, "tau", 0.5)
+    tau_median = (
+        fit.tau.quantiles[:, med] if med is not None else hierjax.quantile(post, "tau", 0.5)
+    )
     status = status_strings(np.asarray(fit.status, np.int64))
-    return pa.table({
-        "dataset": names, "k": pa.array(np.asarray(fit.n_groups, np.int64)),
-        "mu_mean": col(fit.mu.mean), "mu_sd": col(fit.mu.sd), "mu_lo": col(mlo),
-        "mu_hi": col(mhi), "p_mu_gt0": col(fit.mu.p_gt0), "tau_mean": col(fit.tau.mean),
-        "tau_median": col(tau_median), "tau_mode": col(fit.tau_mode),
-        "i2_mean": col(i2.mean), "i2_median": col(i2.quantiles[..., 0]),
-        "pred_lo": col(lo), "pred_hi": col(hi), "pred_hdi_lo": col(hlo), "pred_hdi_hi": col(hhi),
-        "bf_tau0": col(bf_tau0), "bf_mu0": col(bf_mu0), "status": status,
-        "note": pa.array([str(n or "") for n in fit.notes], pa.string()),
-    })
+    return pa.table(
+        {
+            "dataset": names,
+            "k": pa.array(np.asarray(fit.n_groups, np.int64)),
+            "mu_mean": col(fit.mu.mean),
+            "mu_sd": col(fit.mu.sd),
+            "mu_lo": col(mlo),
+            "mu_hi": col(mhi),
+            "p_mu_gt0": col(fit.mu.p_gt0),
+            "tau_mean": col(fit.tau.mean),
+            "tau_median": col(tau_median),
+            "tau_mode": col(fit.tau_mode),
+            "i2_mean": col(i2.mean),
+            "i2_median": col(i2.quantiles[..., 0]),
+            "pred_lo": col(lo),
+            "pred_hi": col(hi),
+            "pred_hdi_lo": col(hlo),
+            "pred_hdi_hi": col(hhi),
+            "bf_tau0": col(bf_tau0),
+            "bf_mu0": col(bf_mu0),
+            "status": status,
+            "note": pa.array([str(n or "") for n in fit.notes], pa.string()),
+        }
+    )
 
 
 def format_summary(row: dict) -> str:
@@ -98,15 +149,25 @@ def format_summary(row: dict) -> str:
 
     def g(x):
         return "nan" if x is None or math.isnan(x) else f"{x:.4g}"
-    out = [(f"  mu {g(row['mu_mean'])} (sd {g(row['mu_sd'])}, 95% {g(row['mu_lo'])} to "
-            f"{g(row['mu_hi'])}), P(mu > 0) {g(row['p_mu_gt0'])}"),
-           (f"  tau mean {g(row['tau_mean'])}, median {g(row['tau_median'])}, mode "
-            f"{g(row['tau_mode'])}; I^2 mean {g(row['i2_mean'])}, median {g(row['i2_median'])}"),
-           (f"  95% prediction interval (theta_new): {g(row['pred_lo'])} to {g(row['pred_hi'])} "
-            f"central, {g(row['pred_hdi_lo'])} to {g(row['pred_hdi_hi'])} shortest")]
+
+    out = [
+        (
+            f"  mu {g(row['mu_mean'])} (sd {g(row['mu_sd'])}, 95% {g(row['mu_lo'])} to "
+            f"{g(row['mu_hi'])}), P(mu > 0) {g(row['p_mu_gt0'])}"
+        ),
+        (
+            f"  tau mean {g(row['tau_mean'])}, median {g(row['tau_median'])}, mode "
+            f"{g(row['tau_mode'])}; I^2 mean {g(row['i2_mean'])}, median {g(row['i2_median'])}"
+        ),
+        (
+            f"  95% prediction interval (theta_new): {g(row['pred_lo'])} to {g(row['pred_hi'])} "
+            f"central, {g(row['pred_hdi_lo'])} to {g(row['pred_hdi_hi'])} shortest"
+        ),
+    ]
     if row["bf_tau0"] is not None and not math.isnan(row["bf_tau0"]):
-        out.append(f"  Bayes factors: BF(tau = 0) {g(row['bf_tau0'])}, BF(mu = 0) "
-                   f"{g(row['bf_mu0'])}")
+        out.append(
+            f"  Bayes factors: BF(tau = 0) {g(row['bf_tau0'])}, BF(mu = 0) {g(row['bf_mu0'])}"
+        )
     if row["status"] != "ok":
         out.append(f"  status: {row['status']}" + (f" ({row['note']})" if row["note"] else ""))
     return "\n".join(out)

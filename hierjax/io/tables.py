@@ -8,6 +8,7 @@ appearance. Output: one row per dataset and parameter with columns
 The standard library's ``csv`` module does the parsing and quoting; every value
 is checked on the host, and errors name the file, line, dataset and column.
 """
+
 from __future__ import annotations
 
 import csv
@@ -15,7 +16,7 @@ import json
 import math
 import os
 import tempfile
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -23,8 +24,15 @@ from hierjax.engine.batch import Batch, InputError, as_batch
 from hierjax.engine.fitting import Fit
 from hierjax.status import status_text
 
-__all__ = ["read_long_csv", "fit_rows", "write_csv_atomic", "write_table_atomic", "write_json_atomic", "format_level",
-           "OUTPUT_COLUMNS"]
+__all__ = [
+    "read_long_csv",
+    "fit_rows",
+    "write_csv_atomic",
+    "write_table_atomic",
+    "write_json_atomic",
+    "format_level",
+    "OUTPUT_COLUMNS",
+]
 
 REQUIRED = ("dataset", "y", "sigma")
 
@@ -46,10 +54,15 @@ def read_long_csv(path) -> Batch:
         fields = [f.strip().lower() for f in reader.fieldnames]
         missing = [c for c in REQUIRED if c not in fields]
         if missing:
-            raise InputError(f"{path}: missing column(s) {', '.join(missing)} "
-                             f"(found {', '.join(fields) or 'none'}; need dataset,y,sigma[,group])")
+            raise InputError(
+                f"{path}: missing column(s) {', '.join(missing)} "
+                f"(found {', '.join(fields) or 'none'}; need dataset,y,sigma[,group])"
+            )
         reader.fieldnames = fields
-        order, ys, ss, gs = [], {}, {}, {}
+        order: list = []
+        ys: dict = {}
+        ss: dict = {}
+        gs: dict = {}
         has_group = "group" in fields
         for row in reader:
             line = reader.line_num
@@ -64,8 +77,10 @@ def read_long_csv(path) -> Batch:
                 try:
                     vals.append(float(cell))
                 except ValueError:
-                    raise InputError(f"{path}, line {line}, dataset {name!r}: column '{col}' "
-                                     f"is not a number: {cell!r}") from None
+                    raise InputError(
+                        f"{path}, line {line}, dataset {name!r}: column '{col}' "
+                        f"is not a number: {cell!r}"
+                    ) from None
             if name not in ys:
                 order.append(name)
                 ys[name], ss[name], gs[name] = [], [], []
@@ -75,8 +90,12 @@ def read_long_csv(path) -> Batch:
     if not order:
         raise InputError(f"{path}: no data rows")
     groups = [tuple(gs[n]) if has_group else None for n in order]
-    return as_batch([np.array(ys[n]) for n in order], [np.array(ss[n]) for n in order],
-                    names=order, groups=groups)
+    return as_batch(
+        [np.array(ys[n]) for n in order],
+        [np.array(ss[n]) for n in order],
+        names=order,
+        groups=groups,
+    )
 
 
 def format_level(p: float) -> str:
@@ -118,8 +137,11 @@ def fit_rows(f: Fit) -> tuple:
         def row(param, m, idx):
             flags = [] if f.notes[b] else _moment_flags(m.mean_exists[idx], m.sd_exists[idx])
             status = ";".join(([] if base == "ok" else [base]) + flags) or "ok"
-            return [name, param, _num(m.mean[idx]), _num(m.sd[idx])] + \
-                [_num(q) for q in m.quantiles[idx]] + [_num(m.p_gt0[idx]), status]
+            return (
+                [name, param, _num(m.mean[idx]), _num(m.sd[idx])]
+                + [_num(q) for q in m.quantiles[idx]]
+                + [_num(m.p_gt0[idx]), status]
+            )
 
         rows.append(row("mu", f.mu, b))
         rows.append(row("tau", f.tau, b))
@@ -137,7 +159,7 @@ def _write_atomic(path, write, newline=None) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".hierjax-", suffix=".tmp", dir=folder)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())      # mkstemp's 0600 -> the user's usual permissions
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 -> the user's usual permissions
         with os.fdopen(fd, "w", newline=newline, encoding="utf-8") as fh:
             write(fh)
             fh.flush()
@@ -159,29 +181,37 @@ def write_table_atomic(path, table) -> None:
     """Write a pyarrow table atomically: Parquet for ``.parquet``/``.pq``, CSV otherwise
     (:func:`hierjax.io.tidy.write_csv`)."""
     import pyarrow as pa
+
     if os.fspath(path).lower().endswith((".parquet", ".pq")):
         import pyarrow.parquet as pq
+
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
     else:
         from hierjax.io.tidy import csv_bytes
+
         data = csv_bytes(table)
         sink = None
     data = sink.getvalue().to_pybytes() if sink is not None else data
-    _write_atomic(path, lambda fh: fh.buffer.write(data) if hasattr(fh, "buffer") else fh.write(data),
-                  newline="")
+    _write_atomic(
+        path,
+        lambda fh: fh.buffer.write(data) if hasattr(fh, "buffer") else fh.write(data),
+        newline="",
+    )
 
 
 def write_csv_atomic(path, header: list, rows: Iterable[list]) -> None:
     """Write a CSV atomically (see :func:`_write_atomic`)."""
+
     def write(fh):
         w = csv.writer(fh)
         w.writerow(header)
         w.writerows(rows)
+
     _write_atomic(path, write, newline="")
 
 
 def write_json_atomic(path, obj) -> None:
     """Write ``obj`` as JSON (strict: no NaN) atomically, like :func:`write_csv_atomic`."""
-    text = json.dumps(obj, indent=1, allow_nan=False)   # fails before any file is touched
+    text = json.dumps(obj, indent=1, allow_nan=False)  # fails before any file is touched
     _write_atomic(path, lambda fh: fh.write(text + "\n"))

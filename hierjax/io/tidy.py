@@ -12,6 +12,7 @@ The CSV form is pyarrow's writer: numbers are the shortest decimal that reads ba
 same value of the Fit's dtype (at most 9 significant digits for float32, 17 for float64),
 ``nan``, ``inf`` and ``-inf`` as such, strings quoted only where needed.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -46,6 +47,7 @@ def status_strings(codes, mean_ok=None, sd_ok=None):
     import pyarrow as pa
 
     from hierjax.engine.fitting import status_text
+
     codes = np.asarray(codes, np.int64)
     flags = np.zeros(codes.shape, np.int64)
     if mean_ok is not None:
@@ -67,6 +69,7 @@ def status_strings(codes, mean_ok=None, sd_ok=None):
 
 def _invalid_bit() -> int:
     from hierjax.engine.fitting import STATUS
+
     return STATUS["invalid"]
 
 
@@ -77,13 +80,15 @@ def _check_params(params) -> tuple:
     unknown = [p for p in params if p not in PARAMETERS]
     if unknown or not params:
         from hierjax.engine.batch import InputError
-        raise InputError(f"unknown parameter(s) {', '.join(map(repr, unknown)) or '(none)'}; "
-                         f"choose from {', '.join(PARAMETERS)}")
-    return tuple(p for p in PARAMETERS if p in params)   # the table's own order
+
+        raise InputError(
+            f"unknown parameter(s) {', '.join(map(repr, unknown)) or '(none)'}; "
+            f"choose from {', '.join(PARAMETERS)}"
+        )
+    return tuple(p for p in PARAMETERS if p in params)  # the table's own order
 
 
-def fit_table(fit, params: Sequence[str] | None = None, *, group_labels=None,
-              dataset_names=None):
+def fit_table(fit, params: Sequence[str] | None = None, *, group_labels=None, dataset_names=None):
     """The tidy table of ``fit`` as a :class:`pyarrow.Table`.
 
     Args:
@@ -104,8 +109,8 @@ def fit_table(fit, params: Sequence[str] | None = None, *, group_labels=None,
     B = len(fit.names)
     theta_w = fit.theta.mean.shape[1] if fit.theta.mean.ndim == 2 else 0
     real = np.asarray(fit.mask, bool)[:, :theta_w]
-    tb, tj = np.nonzero(real)                       # theta rows: real groups, dataset-major
-    per = np.zeros(B, np.int64)                     # rows per dataset
+    tb, tj = np.nonzero(real)  # theta rows: real groups, dataset-major
+    per = np.zeros(B, np.int64)  # rows per dataset
     for p in params:
         per += np.bincount(tb, minlength=B) if p == "theta" else 1
     start = np.concatenate([[0], np.cumsum(per)[:-1]])
@@ -113,7 +118,7 @@ def fit_table(fit, params: Sequence[str] | None = None, *, group_labels=None,
 
     # each block: (dataset index [n], position within the dataset [n], Marginal, index)
     offset = np.zeros(B, np.int64)
-    blocks = []
+    blocks: list[tuple] = []
     rank = np.arange(tb.size) - np.concatenate([[0], np.cumsum(np.bincount(tb, minlength=B))])[tb]
     for p in params:
         m = getattr(fit, p)
@@ -124,10 +129,10 @@ def fit_table(fit, params: Sequence[str] | None = None, *, group_labels=None,
             b = np.arange(B)
             blocks.append((p, b, offset.copy(), m, b))
             offset = offset + 1
-    order = np.empty(N, np.int64)                    # row of each block entry
+    order = np.empty(N, np.int64)  # row of each block entry
     pos = 0
     for _, b, within, _, _ in blocks:
-        order[pos:pos + b.size] = start[b] + within
+        order[pos : pos + b.size] = start[b] + within
         pos += b.size
 
     def gather(field, q=None):
@@ -143,29 +148,42 @@ def fit_table(fit, params: Sequence[str] | None = None, *, group_labels=None,
     row_ds = np.empty(N, np.int64)
     row_ds[order] = np.concatenate([b for _, b, _, _, _ in blocks])
     idx = pa.array(row_ds)
-    names = dataset_names if dataset_names is not None else \
-        pa.array([str(n) for n in fit.names], pa.string())
+    names = (
+        dataset_names
+        if dataset_names is not None
+        else pa.array([str(n) for n in fit.names], pa.string())
+    )
     cols = {"dataset": names.take(idx)}
     pname = np.empty(N, np.int8)
-    pname[order] = np.concatenate([np.full(b.size, PARAMETERS.index(p), np.int8)
-                                   for p, b, _, _, _ in blocks])
+    pname[order] = np.concatenate(
+        [np.full(b.size, PARAMETERS.index(p), np.int8) for p, b, _, _, _ in blocks]
+    )
     cols["parameter"] = pa.array(list(PARAMETERS), pa.string()).take(pa.array(pname))
     # group: label (or 1-based position) on theta rows, null elsewhere
     is_theta = pname == PARAMETERS.index("theta")
     if "theta" in params:
-        pos_label = pa.array(np.char.mod("%d", tj + 1).astype(object), pa.string()) \
-            if tj.size else pa.array([], pa.string())
+        pos_label = (
+            pa.array(np.char.mod("%d", tj + 1).astype(object), pa.string())
+            if tj.size
+            else pa.array([], pa.string())
+        )
         if group_labels is None and any(g is not None for g in fit.groups):
-            flat = []
-            for b in range(B):
-                g = fit.groups[b]
-                n_b = int(real[b].sum())
+            flat: list = []
+            for bi in range(B):
+                g = fit.groups[bi]
+                n_b = int(real[bi].sum())
                 flat.extend(list(g)[:n_b] if g is not None else [None] * n_b)
-            group_labels = pa.array([None if (v is None or v == "") else str(v) for v in flat],
-                                    pa.string())
-        labels = pos_label if group_labels is None else pc.coalesce(
-            pc.if_else(pc.equal(group_labels, ""), pa.scalar(None, pa.string()), group_labels),
-            pos_label)
+            group_labels = pa.array(
+                [None if (v is None or v == "") else str(v) for v in flat], pa.string()
+            )
+        labels = (
+            pos_label
+            if group_labels is None
+            else pc.coalesce(
+                pc.if_else(pc.equal(group_labels, ""), pa.scalar(None, pa.string()), group_labels),
+                pos_label,
+            )
+        )
         theta_rows = np.flatnonzero(is_theta)
         gidx = np.full(N, -1, np.int64)
         gidx[theta_rows] = np.arange(theta_rows.size)
@@ -190,6 +208,7 @@ def with_exp(table):
     on those rows (null on tau's, which is a scale). For log odds or risk ratios."""
     import pyarrow as pa
     import pyarrow.compute as pc
+
     loc = pc.is_in(table["parameter"], value_set=pa.array(["mu", "theta", "theta_new"]))
     at = table.column_names.index("p_gt0")
     for name in [c for c in table.column_names if c.startswith("q")]:
@@ -207,6 +226,7 @@ def with_i2(table, mean, quantiles, levels):
     ``P(I^2 > 0)`` is 1 as for tau. Datasets in the table's order, each once."""
     import pyarrow as pa
     import pyarrow.compute as pc
+
     n = table.num_rows
     ds = table["dataset"].combine_chunks()
     starts = np.ones(n, bool)
@@ -216,7 +236,7 @@ def with_i2(table, mean, quantiles, levels):
     B = first.size
     row_ds = np.cumsum(starts) - 1
     par = table["parameter"].to_numpy(zero_copy_only=False)
-    after = np.append(first[1:], n)                        # default: after the dataset
+    after = np.append(first[1:], n)  # default: after the dataset
     tau_rows = np.flatnonzero(par == "tau")
     after[row_ds[tau_rows]] = tau_rows + 1
     dt = table.schema.field("mean").type
@@ -249,18 +269,21 @@ def with_i2(table, mean, quantiles, levels):
 
 def _write_options(header: bool):
     import pyarrow.csv as pcsv
+
     return pcsv.WriteOptions(include_header=header, quoting_style="needed")
 
 
 def write_csv(table, sink, header: bool = True) -> None:
     """Write ``table`` as CSV to ``sink`` (a path or a binary file object)."""
     import pyarrow.csv as pcsv
+
     pcsv.write_csv(table, sink, write_options=_write_options(header))
 
 
 def csv_bytes(table, header: bool = True) -> bytes:
     """``table`` as CSV bytes (see :func:`write_csv`)."""
     import pyarrow as pa
+
     sink = pa.BufferOutputStream()
     write_csv(table, sink, header)
     return sink.getvalue().to_pybytes()
