@@ -103,5 +103,14 @@ def read_table(path):
     return r[0], r[1:]
 
 
+def cli_argv(argv):
+    """``argv`` as strings, computing in the suite's precision (the CLI defaults to float64)."""
+    argv = [str(a) for a in argv]
+    computes = argv[:1] in (["fit"], ["plot"], ["crosscheck"], ["freq"])
+    if computes and not X64 and not {"--float32", "--x64"} & set(argv):
+        argv.append("--float32")
+    return argv
+
+
 def eps_of(dtype) -> float:
     return float(np.finfo(dtype).eps)

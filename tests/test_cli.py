@@ -22,7 +22,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import BATCH_RTOL, DEFAULT_DTYPE, X64, long_rows, read_table
+from conftest import BATCH_RTOL, DEFAULT_DTYPE, cli_argv, long_rows, read_table
 
 import hierjax
 import hierjax.io.cli
@@ -57,14 +57,6 @@ PRINTED_HEADER = [
     "p_gt0",
     "status",
 ]
-
-
-def cli_argv(argv):
-    """``argv`` as strings; ``fit`` in the suite's precision (the CLI defaults to float64)."""
-    argv = [str(a) for a in argv]
-    if argv[:1] == ["fit"] and not X64 and not {"--float32", "--x64"} & set(argv):
-        argv.append("--float32")
-    return argv
 
 
 def run_cli(argv, capsys):

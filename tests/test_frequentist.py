@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import X64
+from conftest import X64, cli_argv
 from scipy import optimize, stats
 
 import hierjax
@@ -759,7 +759,7 @@ def all_csv(tmp_path_factory):
 
 def run_cli(argv, capsys):
     try:
-        code = hierjax.io.cli.main([str(a) for a in argv])
+        code = hierjax.io.cli.main(cli_argv(argv))
     except SystemExit as e:
         code = e.code
     cap = capsys.readouterr()

@@ -27,6 +27,8 @@ import pytest
 numpyro = pytest.importorskip("numpyro")
 pytest.importorskip("scipy")
 
+from conftest import cli_argv
+
 import hierjax
 import hierjax.io.cli
 from hierjax.validation.nuts import (
@@ -344,23 +346,25 @@ def test_cli_crosscheck_writes_json_and_prints_table(eight_runs, tmp_path, capsy
     its seed 2 gives other draws than the fixture's seed 1."""
     out = tmp_path / "cc.json"
     code = hierjax.io.cli.main(
-        [
-            "crosscheck",
-            "--tau-prior",
-            "uniform",
-            "--chains",
-            "4",
-            "--warmup",
-            str(SHORT["warmup"]),
-            "--samples",
-            str(SHORT["samples"]),
-            "--seed",
-            "2",
-            "--target-accept",
-            str(SHORT["target_accept"]),
-            "--json",
-            str(out),
-        ]
+        cli_argv(
+            [
+                "crosscheck",
+                "--tau-prior",
+                "uniform",
+                "--chains",
+                "4",
+                "--warmup",
+                str(SHORT["warmup"]),
+                "--samples",
+                str(SHORT["samples"]),
+                "--seed",
+                "2",
+                "--target-accept",
+                str(SHORT["target_accept"]),
+                "--json",
+                str(out),
+            ]
+        )
     )
     cap = capsys.readouterr()
     assert code == 0, cap.err
@@ -381,10 +385,10 @@ def test_cli_crosscheck_writes_json_and_prints_table(eight_runs, tmp_path, capsy
 
 
 def test_cli_crosscheck_bad_prior(capsys):
-    code = hierjax.io.cli.main(["crosscheck", "--tau-prior", "half-cauchy:-1"])
+    code = hierjax.io.cli.main(cli_argv(["crosscheck", "--tau-prior", "half-cauchy:-1"]))
     assert code == 2
     assert "half-cauchy" in capsys.readouterr().err
-    code = hierjax.io.cli.main(["crosscheck", "--target-accept", "1.5"])
+    code = hierjax.io.cli.main(cli_argv(["crosscheck", "--target-accept", "1.5"]))
     assert code == 2
     assert "target_accept" in capsys.readouterr().err
 

@@ -17,6 +17,8 @@ import pytest
 matplotlib = pytest.importorskip("matplotlib")
 matplotlib.use("Agg")
 
+from conftest import cli_argv  # noqa: E402
+
 import hierjax  # noqa: E402
 import hierjax.io.cli  # noqa: E402
 from hierjax.curves import mu_density, tau_curves  # noqa: E402
@@ -201,7 +203,7 @@ def test_plot_all_writes_every_kind(data, fit8, curves8, mu8, tmp_path):
 
 def run_cli(argv, capsys):
     try:
-        code = hierjax.io.cli.main([str(a) for a in argv])
+        code = hierjax.io.cli.main(cli_argv(argv))
     except SystemExit as e:
         code = e.code
     cap = capsys.readouterr()

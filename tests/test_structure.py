@@ -13,6 +13,7 @@ inputs where they are identical, otherwise within ``1e-12`` (float64) / ``1e-6``
 locations at least the posterior sd, for probabilities and the relative
 grid-error estimate at least 1).
 """
+
 from __future__ import annotations
 
 import os
@@ -23,13 +24,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import BATCH_RTOL, DEFAULT_DTYPE, X64, eps_of
 
 import hierjax
-from hierjax.engine.batch import as_batch
 from hierjax.engine import fitting as engine
+from hierjax.engine.batch import as_batch
 from hierjax.engine.fitting import fit_standardized
-
-from conftest import BATCH_RTOL, DEFAULT_DTYPE, X64, eps_of
 
 MARGINALS = ("mu", "tau", "theta", "theta_new")
 LOCATIONS = ("mu", "theta", "theta_new")
@@ -55,7 +55,8 @@ def _close(actual, expected, floor=None, rtol=None, err_msg=""):
         idx = tuple(int(i) for i in np.argwhere(bad)[0])
         raise AssertionError(
             f"{err_msg}: {int(bad.sum())} of {int(fin.sum())} values differ beyond rtol={rtol}; "
-            f"first at {idx}: {a[idx]!r} vs {e[idx]!r} (relative {abs(a[idx] - e[idx]) / scale[idx]:.2g})")
+            f"first at {idx}: {a[idx]!r} vs {e[idx]!r} (relative {abs(a[idx] - e[idx]) / scale[idx]:.2g})"
+        )
 
 
 def assert_fits_equal(got: hierjax.Fit, want: hierjax.Fit, rtol=None, width=None, what=""):
@@ -74,16 +75,28 @@ def assert_fits_equal(got: hierjax.Fit, want: hierjax.Fit, rtol=None, width=None
         loc_floor = np.where(np.isfinite(w.sd), w.sd, spread) if name in LOCATIONS else None
         _close(g.mean, w.mean, loc_floor, rtol, f"{what}{name}.mean")
         _close(g.sd, w.sd, None, rtol, f"{what}{name}.sd")
-        _close(g.quantiles, w.quantiles,
-               None if loc_floor is None else loc_floor[..., None], rtol, f"{what}{name}.quantiles")
+        _close(
+            g.quantiles,
+            w.quantiles,
+            None if loc_floor is None else loc_floor[..., None],
+            rtol,
+            f"{what}{name}.quantiles",
+        )
         _close(g.p_gt0, w.p_gt0, 1.0, rtol, f"{what}{name}.p_gt0")
-        np.testing.assert_array_equal(g.mean_exists, w.mean_exists, err_msg=f"{what}{name}.mean_exists")
+        np.testing.assert_array_equal(
+            g.mean_exists, w.mean_exists, err_msg=f"{what}{name}.mean_exists"
+        )
         np.testing.assert_array_equal(g.sd_exists, w.sd_exists, err_msg=f"{what}{name}.sd_exists")
         for a, b in zip(g, w):
             assert np.asarray(a).dtype == np.asarray(b).dtype, f"{what}{name}: dtype"
     _close(got.tau_mode, want.tau_mode, None, rtol, f"{what}tau_mode")
-    _close(got.log_marginal_likelihood, want.log_marginal_likelihood, 1.0, rtol,
-           f"{what}log_marginal_likelihood")
+    _close(
+        got.log_marginal_likelihood,
+        want.log_marginal_likelihood,
+        1.0,
+        rtol,
+        f"{what}log_marginal_likelihood",
+    )
     _close(got.grid_error, want.grid_error, 1.0, rtol, f"{what}grid_error")
     np.testing.assert_array_equal(got.status, want.status, err_msg=f"{what}status")
     np.testing.assert_array_equal(got.n_groups, want.n_groups, err_msg=f"{what}n_groups")
@@ -96,6 +109,7 @@ def assert_fits_equal(got: hierjax.Fit, want: hierjax.Fit, rtol=None, width=None
 
 def concat_fits(fits) -> hierjax.Fit:
     """Stack single-dataset Fits along the batch axis (names etc. concatenated)."""
+
     def cat(*xs):
         return np.concatenate(xs, axis=0)
 
@@ -114,13 +128,16 @@ def concat_fits(fits) -> hierjax.Fit:
 
 
 def ragged(sim, sizes):
-    return ([sim.y[b, :n].copy() for b, n in enumerate(sizes)],
-            [sim.sigma[b, :n].copy() for b, n in enumerate(sizes)])
+    return (
+        [sim.y[b, :n].copy() for b, n in enumerate(sizes)],
+        [sim.sigma[b, :n].copy() for b, n in enumerate(sizes)],
+    )
 
 
 # --------------------------------------------------------------------------------------
 # batching is invisible
 # --------------------------------------------------------------------------------------
+
 
 def test_vmap_equals_python_loop(sim, sim_fit):
     loop = concat_fits([hierjax.fit(sim.y[b], sim.sigma[b]) for b in range(sim.y.shape[0])])
@@ -151,21 +168,28 @@ def test_fast_grid_choice():
     and it usually suffices: few groups, a tau tail alpha >= 3.5, a prior with a known
     integer power (or faster decay) at tau = 0."""
     from hierjax.model.priors import CustomTau, FlatMu, HalfCauchy, NormalMu, UniformSqrt
+
     applies = engine._fast_grid_applies
     J = np.array([3, 5, 6, 8, 16, 17, 50])
-    np.testing.assert_array_equal(applies(J, hierjax.Uniform(), FlatMu()),
-                                  [False, False, True, True, True, False, False])
+    np.testing.assert_array_equal(
+        applies(J, hierjax.Uniform(), FlatMu()), [False, False, True, True, True, False, False]
+    )
     # half-Cauchy: alpha = J (flat mu) or J + 1 (normal mu)
-    np.testing.assert_array_equal(applies(np.array([3, 4]), HalfCauchy(np.asarray(1.0)),
-                                          FlatMu()), [False, True])
-    np.testing.assert_array_equal(applies(np.array([3]), HalfCauchy(np.asarray(1.0)),
-                                          NormalMu(np.asarray(0.0), np.asarray(1.0))), [True])
-    assert not applies(np.array([8]), UniformSqrt(), FlatMu()).any()      # tau^-1/2 at 0
-    custom = CustomTau(lambda t: -t, tail_power=np.inf)                   # tau^0 at 0
+    np.testing.assert_array_equal(
+        applies(np.array([3, 4]), HalfCauchy(np.asarray(1.0)), FlatMu()), [False, True]
+    )
+    np.testing.assert_array_equal(
+        applies(
+            np.array([3]), HalfCauchy(np.asarray(1.0)), NormalMu(np.asarray(0.0), np.asarray(1.0))
+        ),
+        [True],
+    )
+    assert not applies(np.array([8]), UniformSqrt(), FlatMu()).any()  # tau^-1/2 at 0
+    custom = CustomTau(lambda t: -t, tail_power=np.inf)  # tau^0 at 0
     assert custom.origin_power == 0 and applies(np.array([8]), custom, FlatMu()).all()
-    spike = CustomTau(lambda t: -0.7 * jnp.log(t) - t)                    # tau^-0.7 at 0
+    spike = CustomTau(lambda t: -0.7 * jnp.log(t) - t)  # tau^-0.7 at 0
     assert not applies(np.array([8]), spike, FlatMu()).any()
-    wobbly = CustomTau(lambda t: jnp.sin(jnp.log(t)) - t)                 # no power at 0
+    wobbly = CustomTau(lambda t: jnp.sin(jnp.log(t)) - t)  # no power at 0
     assert wobbly.origin_power is None
     assert not applies(np.array([8]), wobbly, FlatMu()).any()
 
@@ -186,14 +210,15 @@ def test_moments_only_equals_full_summaries(sim, sim_fit):
         for field in ("mean", "sd", "p_gt0"):
             x, y = getattr(a, field), getattr(b, field)
             unit = {"mean": sd.reshape(y.shape), "sd": y, "p_gt0": 1.0}[field]
-            np.testing.assert_array_less(np.abs(x - y), goal * unit + 1e-300,
-                                         err_msg=f"{name}.{field}")
+            np.testing.assert_array_less(
+                np.abs(x - y), goal * unit + 1e-300, err_msg=f"{name}.{field}"
+            )
     np.testing.assert_allclose(m.tau_mode, sim_fit.tau_mode, rtol=goal)
     np.testing.assert_array_equal(m.status, sim_fit.status)
 
 
 def test_mask_with_garbage_in_padded_slots_changes_nothing(sim):
-    sizes = [3 + b % 6 for b in range(sim.y.shape[0])]          # 3..8 real groups
+    sizes = [3 + b % 6 for b in range(sim.y.shape[0])]  # 3..8 real groups
     ys, ss = ragged(sim, sizes)
     want = hierjax.fit(ys, ss)
     mask = np.arange(8)[None, :] < np.array(sizes)[:, None]
@@ -213,6 +238,7 @@ def test_mask_with_garbage_in_padded_slots_changes_nothing(sim):
 # --------------------------------------------------------------------------------------
 # one compile per shape; padding to a larger J
 # --------------------------------------------------------------------------------------
+
 
 class _Runs:
     """Results and compile counts of the half-Cauchy, ``B = 6`` sequence of fits."""
@@ -240,7 +266,7 @@ def hc_runs(sim):
 
     def spy(*args, **kwargs):
         n = args[7] if len(args) > 7 else kwargs.get("n")
-        kappa = args[8] if len(args) > 8 else kwargs.get("kappa")   # None: the general grid
+        kappa = args[8] if len(args) > 8 else kwargs.get("kappa")  # None: the general grid
         r.traces.append((step[0], n, kappa, int(args[0].shape[0])))
         return real(*args, **kwargs)
 
@@ -264,8 +290,8 @@ def hc_runs(sim):
         hierjax.fit(big.y, big.sigma, tau_prior="half-cauchy:5")
         r.n_J16 = size()
         step[0] = "ragged16"
-        ys16 = [big.y[b, :9 + b] for b in range(B - 2)] + [big.y[4], big.y[5, :10]]
-        ss16 = [big.sigma[b, :9 + b] for b in range(B - 2)] + [big.sigma[4], big.sigma[5, :10]]
+        ys16 = [big.y[b, : 9 + b] for b in range(B - 2)] + [big.y[4], big.y[5, :10]]
+        ss16 = [big.sigma[b, : 9 + b] for b in range(B - 2)] + [big.sigma[4], big.sigma[5, :10]]
         hierjax.fit(ys16, ss16, tau_prior="half-cauchy:3")
         r.n_ragged16 = size()
         step[0] = "padded16"
@@ -308,20 +334,39 @@ def test_pad_to_larger_J_changes_nothing(hc_runs):
 
 
 # One spec per prior family; the data-dependent ones are bound to three sigma_j.
-TAU_SPECS = ("uniform", "half-normal:1", "half-cauchy:1", "half-t:3,1", "exponential:1",
-             "sqrt", "half-logistic:1", "lomax:2,1", "rayleigh:1", "log-normal:0,1",
-             "inv-gamma:2,1", "jeffreys", "overall-jeffreys", "berger-deely", "conventional",
-             "dumouchel", "shrinkage", "i2")
+TAU_SPECS = (
+    "uniform",
+    "half-normal:1",
+    "half-cauchy:1",
+    "half-t:3,1",
+    "exponential:1",
+    "sqrt",
+    "half-logistic:1",
+    "lomax:2,1",
+    "rayleigh:1",
+    "log-normal:0,1",
+    "inv-gamma:2,1",
+    "jeffreys",
+    "overall-jeffreys",
+    "berger-deely",
+    "conventional",
+    "dumouchel",
+    "shrinkage",
+    "i2",
+)
 
 
 def _one_of_each_family(scale=1.0):
     from hierjax.model.priors import DataTauPrior, parse_mu_prior, parse_tau_prior
+
     sigma = np.array([1.0, 2.0, 3.0]) * scale
     taus = [parse_tau_prior(s) for s in TAU_SPECS]
-    taus = [p.bind(sigma) if isinstance(p, DataTauPrior) else p.rescaled(1.0 / scale)
-            for p in taus]
-    return taus + [parse_tau_prior(lambda t: -t), parse_mu_prior("flat"),
-                   parse_mu_prior(f"normal:0,{scale}")]
+    taus = [p.bind(sigma) if isinstance(p, DataTauPrior) else p.rescaled(1.0 / scale) for p in taus]
+    return taus + [
+        parse_tau_prior(lambda t: -t),
+        parse_mu_prior("flat"),
+        parse_mu_prior(f"normal:0,{scale}"),
+    ]
 
 
 def test_prior_families_have_distinct_tree_structures():
@@ -330,11 +375,17 @@ def test_prior_families_have_distinct_tree_structures():
     half-Cauchy prior had *equal* structures, and a half-normal fit once ran the
     half-Cauchy kernel compiled before it (status ok, the wrong posterior)."""
     import dataclasses
+
     from hierjax.model import priors as P
 
     priors = _one_of_each_family()
-    families = {c for c in vars(P).values() if isinstance(c, type) and dataclasses.is_dataclass(c)
-                and issubclass(c, (P.TauPrior, P.MuPrior))}
+    families = {
+        c
+        for c in vars(P).values()
+        if isinstance(c, type)
+        and dataclasses.is_dataclass(c)
+        and issubclass(c, (P.TauPrior, P.MuPrior))
+    }
     assert {type(p) for p in priors} == families, "a prior family is missing here"
     structures = [jax.tree.structure(p) for p in priors]
     names = [type(p).__name__ for p in priors]
@@ -353,12 +404,16 @@ def test_jit_dispatch_tells_prior_classes_apart():
     each one's own executable. Under ``register_dataclass`` 680 of 4000 such calls (2000
     classes, twice) ran another class's executable, the first at the 14th class."""
     import dataclasses
+
     from hierjax.model.priors import _pytree
 
     classes = []
     for i in range(300):
-        cls = type(f"P{i}", (), {"__annotations__": {"scale": jax.Array},
-                                 "value": lambda self, i=i: self.scale * i})
+        cls = type(
+            f"P{i}",
+            (),
+            {"__annotations__": {"scale": jax.Array}, "value": lambda self, i=i: self.scale * i},
+        )
         classes.append(_pytree(dataclasses.dataclass(frozen=True)(cls)))
 
     f = jax.jit(lambda p: p.value())
@@ -374,13 +429,16 @@ def test_bucket_widths():
     last = np.array([3, 8, 9, 16, 17, 40, 64, 5, 2])
     mask = np.arange(J)[None, :] < last[:, None]
     mask[7, :] = False
-    mask[7, [0, 1, 30]] = True                     # three groups, the last in column 31
-    np.testing.assert_array_equal(engine.bucket_widths(mask, 1),
-                                  [8, 8, 16, 16, 32, 64, 64, 32, 8])
-    np.testing.assert_array_equal(engine.bucket_widths(mask, 3),     # 16 joins 32
-                                  [8, 8, 32, 32, 32, 64, 64, 32, 8])
-    np.testing.assert_array_equal(engine.bucket_widths(mask, 4),     # 8: 3, 16: 5, 32: 2
-                                  [16, 16, 16, 16, 64, 64, 64, 64, 16])
+    mask[7, [0, 1, 30]] = True  # three groups, the last in column 31
+    np.testing.assert_array_equal(engine.bucket_widths(mask, 1), [8, 8, 16, 16, 32, 64, 64, 32, 8])
+    np.testing.assert_array_equal(
+        engine.bucket_widths(mask, 3),  # 16 joins 32
+        [8, 8, 32, 32, 32, 64, 64, 32, 8],
+    )
+    np.testing.assert_array_equal(
+        engine.bucket_widths(mask, 4),  # 8: 3, 16: 5, 32: 2
+        [16, 16, 16, 16, 64, 64, 64, 64, 16],
+    )
     np.testing.assert_array_equal(engine.bucket_widths(mask, 100), [J] * 9)
     np.testing.assert_array_equal(engine.bucket_widths(mask[:, :8] & False, 1), [8] * 9)
 
@@ -391,8 +449,14 @@ def test_narrow_kernels_change_nothing(hc_runs, sim, monkeypatch):
     (The half-Cauchy B = 6 shapes of ``hc_runs``: nothing new to compile.)"""
     big = hierjax.simulate(6, 12, seed=11)
     ys = [sim.y[0, :3], big.y[0], sim.y[1], big.y[1, :10], sim.y[2, :5], sim.y[3, :7]]
-    ss = [sim.sigma[0, :3], big.sigma[0], sim.sigma[1], big.sigma[1, :10], sim.sigma[2, :5],
-          sim.sigma[3, :7]]
+    ss = [
+        sim.sigma[0, :3],
+        big.sigma[0],
+        sim.sigma[1],
+        big.sigma[1, :10],
+        sim.sigma[2, :5],
+        sim.sigma[3, :7],
+    ]
     want = hierjax.fit(ys, ss, tau_prior="half-cauchy:5")
     widths = []
     real = engine.fit_standardized
@@ -404,7 +468,7 @@ def test_narrow_kernels_change_nothing(hc_runs, sim, monkeypatch):
     monkeypatch.setattr(engine, "fit_standardized", spy)
     got = hierjax.fit(ys, ss, tau_prior="half-cauchy:5", min_bucket=1)
     assert set(widths) == {8, 16}, widths
-    assert got.theta.mean.shape == want.theta.mean.shape == (6, 12)     # the longest: 12
+    assert got.theta.mean.shape == want.theta.mean.shape == (6, 12)  # the longest: 12
     assert_fits_equal(got, want, what="widths 8 and 16 vs 16: ")
     assert np.all(np.isnan(got.theta.quantiles[0, 3:]))
 
@@ -419,10 +483,13 @@ def test_results_keep_the_inputs_width():
     key = jax.random.key(0)
     pad = ((0, 0), (0, 3))
     mask16 = np.pad(np.ones((3, 13), bool), pad)
-    fits = {"[B, 13]": hierjax.fit(y, s),
-            "ragged": hierjax.fit([y[0, :5], y[1], y[2, :9]], [s[0, :5], s[1], s[2, :9]]),
-            "masked [B, 16]": hierjax.fit(np.pad(y, pad), np.pad(s, pad, constant_values=1.0),
-                                          mask=mask16)}
+    fits = {
+        "[B, 13]": hierjax.fit(y, s),
+        "ragged": hierjax.fit([y[0, :5], y[1], y[2, :9]], [s[0, :5], s[1], s[2, :9]]),
+        "masked [B, 16]": hierjax.fit(
+            np.pad(y, pad), np.pad(s, pad, constant_values=1.0), mask=mask16
+        ),
+    }
     for what, f in fits.items():
         J = 16 if what.startswith("masked") else 13
         assert f.theta.mean.shape == f.mask.shape == (3, J), what
@@ -454,6 +521,7 @@ def test_results_keep_the_inputs_width():
 # --------------------------------------------------------------------------------------
 # dtypes and global configuration
 # --------------------------------------------------------------------------------------
+
 
 def _float_dtypes(f: hierjax.Fit):
     out = {}
@@ -512,8 +580,9 @@ def test_import_changes_no_jax_setting():
     )
     for x64 in ("0", "1"):
         env = dict(os.environ, JAX_ENABLE_X64=x64, JAX_PLATFORMS="cpu")
-        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                           timeout=120)
+        r = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+        )
         assert r.returncode == 0, f"JAX_ENABLE_X64={x64}: {r.stderr}"
 
 
@@ -521,9 +590,10 @@ def test_import_changes_no_jax_setting():
 # sanity of the summaries on ordinary data
 # --------------------------------------------------------------------------------------
 
+
 def _check_sane(f: hierjax.Fit, what):
     dtype = np.asarray(f.mu.mean).dtype
-    limit = 10.0 * eps_of(dtype) ** 0.25      # README "Accuracy": the grid_unresolved threshold
+    limit = 10.0 * eps_of(dtype) ** 0.25  # README "Accuracy": the grid_unresolved threshold
     real = f.mask
     for name in MARGINALS:
         m = getattr(f, name)
@@ -532,25 +602,34 @@ def _check_sane(f: hierjax.Fit, what):
         assert np.all(np.isfinite(q)), f"{what}{name}: non-finite quantiles"
         d = np.diff(q, axis=-1)
         bad = np.argwhere(~(d > 0))
-        assert bad.size == 0, (f"{what}{name}: quantiles not increasing in level at "
-                               f"{[tuple(i) for i in bad[:5]]}: e.g. {q[tuple(bad[0][:-1])]}")
+        assert bad.size == 0, (
+            f"{what}{name}: quantiles not increasing in level at "
+            f"{[tuple(i) for i in bad[:5]]}: e.g. {q[tuple(bad[0][:-1])]}"
+        )
         p = m.p_gt0[keep]
         assert np.all((p >= 0) & (p <= 1)), f"{what}{name}.p_gt0 outside [0, 1]"
         assert np.all(m.sd[keep] > 0), f"{what}{name}.sd not > 0"
         assert np.all(m.mean_exists[keep]) and np.all(m.sd_exists[keep])
         assert np.all(np.isfinite(m.mean[keep])) and np.all(np.isfinite(m.sd[keep]))
         # the median lies within the central interval, the mean within the outer quantiles
-        assert np.all((m.mean[keep] > q[..., 0]) & (m.mean[keep] < q[..., -1])), f"{what}{name}.mean"
+        assert np.all((m.mean[keep] > q[..., 0]) & (m.mean[keep] < q[..., -1])), (
+            f"{what}{name}.mean"
+        )
     np.testing.assert_array_equal(f.tau.p_gt0, 1.0)
     assert np.all(f.tau.quantiles > 0)
     assert np.all(np.isnan(f.theta.mean[~real]))
     assert np.all(f.grid_error >= 0)
     # the status bit and the estimate it is based on agree
-    np.testing.assert_array_equal((f.status & hierjax.STATUS["grid_unresolved"]) != 0,
-                                  f.grid_error > limit, err_msg=f"{what}grid_unresolved bit")
+    np.testing.assert_array_equal(
+        (f.status & hierjax.STATUS["grid_unresolved"]) != 0,
+        f.grid_error > limit,
+        err_msg=f"{what}grid_unresolved bit",
+    )
     flagged = {int(b): hierjax.status_text(f.status[b]) for b in np.flatnonzero(f.status)}
-    assert not flagged, f"{what}status != 0 on ordinary data: {flagged}, grid_error " \
+    assert not flagged, (
+        f"{what}status != 0 on ordinary data: {flagged}, grid_error "
         f"{dict((b, float(f.grid_error[b])) for b in flagged)}"
+    )
     assert np.all(f.grid_error <= limit), f"{what}grid_error {f.grid_error.max()} > {limit}"
 
 

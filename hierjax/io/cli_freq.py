@@ -79,7 +79,12 @@ def register(subparsers, common_parent) -> argparse.ArgumentParser:
         metavar="P",
         help="confidence level of every interval (default: 0.95)",
     )
-    p.add_argument("--x64", action="store_true", help="compute in float64 (default float32)")
+    p.add_argument(
+        "--float32",
+        action="store_true",
+        help="compute in float32 (faster; accuracy goal 1e-4 sd instead of 1e-8)",
+    )
+    p.add_argument("--x64", action="store_true", help="compute in float64 (the default)")
     p.add_argument(
         "--out",
         required=True,
