@@ -42,6 +42,17 @@ def _levels(text: str):
     return levels
 
 
+def add_precision(parser) -> None:
+    """``--float32`` (speed) and ``--x64`` (the default, accepted) on a subcommand."""
+    prec = parser.add_mutually_exclusive_group()
+    prec.add_argument(
+        "--float32",
+        action="store_true",
+        help="compute in float32 (faster; accuracy goal 1e-4 sd instead of 1e-8)",
+    )
+    prec.add_argument("--x64", action="store_true", help="compute in float64 (the default)")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors: ``hierjax: error: ...`` and exit status 2."""
 
@@ -90,12 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset", metavar="NAME", help="only this dataset of the CSV")
     g.add_argument("--units", metavar="TEXT", help="unit of y for axis labels (e.g. points)")
     g.add_argument("--format", default="png", choices=("png", "pdf", "svg"), help="file format")
-    g.add_argument(
-        "--float32",
-        action="store_true",
-        help="compute in float32 (faster; accuracy goal 1e-4 sd instead of 1e-8)",
-    )
-    g.add_argument("--x64", action="store_true", help="compute in float64 (the default)")
+    add_precision(g)
     _crosscheck_parser(sub, common)
     from hierjax.io.cli_freq import register as register_freq
 
@@ -221,13 +227,7 @@ def _fit_parser(sub, common) -> None:
         help="rows to write: a comma-separated subset of mu,tau,theta,theta_new "
         "(the default), and i2 (the posterior of I^2, computed on request)",
     )
-    prec = f.add_mutually_exclusive_group()
-    prec.add_argument(
-        "--float32",
-        action="store_true",
-        help="compute in float32 (faster; accuracy goal 1e-4 sd instead of 1e-8)",
-    )
-    prec.add_argument("--x64", action="store_true", help="compute in float64 (the default)")
+    add_precision(f)
     f.add_argument(
         "--nodes",
         type=_positive_int,
@@ -437,12 +437,7 @@ def _crosscheck_parser(sub, common) -> None:
         help="NUTS target acceptance probability (default 0.8; 0.95-0.99 for a "
         "smaller step and fewer divergences in the tails of tau)",
     )
-    c.add_argument(
-        "--float32",
-        action="store_true",
-        help="compute in float32 (faster; accuracy goal 1e-4 sd instead of 1e-8)",
-    )
-    c.add_argument("--x64", action="store_true", help="compute in float64 (the default)")
+    add_precision(c)
     c.add_argument("--json", metavar="OUT.json", help="write the full report here (atomically)")
 
 

@@ -10,7 +10,6 @@ output file.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 
 __all__ = ["COLUMNS", "freq_command", "freq_rows", "register"]
@@ -79,12 +78,9 @@ def register(subparsers, common_parent) -> argparse.ArgumentParser:
         metavar="P",
         help="confidence level of every interval (default: 0.95)",
     )
-    p.add_argument(
-        "--float32",
-        action="store_true",
-        help="compute in float32 (faster; accuracy goal 1e-4 sd instead of 1e-8)",
-    )
-    p.add_argument("--x64", action="store_true", help="compute in float64 (the default)")
+    from hierjax.io.cli import add_precision
+
+    add_precision(p)
     p.add_argument(
         "--out",
         required=True,
@@ -103,23 +99,15 @@ def _status_text(bits: int) -> str:
     return ";".join(names) or "ok"
 
 
-def _num(x) -> str:
-    """A cell: ``repr`` of the float (round-trips), ``nan``, ``inf`` or ``-inf``."""
-    x = float(x)
-    if math.isnan(x):
-        return "nan"
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    return repr(x)
-
-
 def freq_rows(res, names) -> list:
     """Rows of the output table (:data:`COLUMNS`) for an :class:`~hierjax.RMAResult`."""
+    from hierjax.io.tables import format_number
+
     rows = []
     for b, name in enumerate(names):
         rows.append(
             [str(name), res.method, res.test, str(int(res.k[b]))]
-            + [_num(getattr(res, c)[b]) for c in COLUMNS[4:-1]]
+            + [format_number(getattr(res, c)[b]) for c in COLUMNS[4:-1]]
             + [_status_text(int(res.status[b]))]
         )
     return rows

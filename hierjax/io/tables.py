@@ -27,6 +27,7 @@ from hierjax.status import status_text
 __all__ = [
     "read_long_csv",
     "fit_rows",
+    "format_number",
     "write_csv_atomic",
     "write_table_atomic",
     "write_json_atomic",
@@ -103,7 +104,8 @@ def format_level(p: float) -> str:
     return "q" + format(float(p), ".10g")
 
 
-def _num(x) -> str:
+def format_number(x) -> str:
+    """A CSV cell: ``repr`` of the float (round-trips), ``nan``, ``inf`` or ``-inf``."""
     x = float(x)
     if math.isnan(x):
         return "nan"
@@ -138,9 +140,9 @@ def fit_rows(f: Fit) -> tuple:
             flags = [] if f.notes[b] else _moment_flags(m.mean_exists[idx], m.sd_exists[idx])
             status = ";".join(([] if base == "ok" else [base]) + flags) or "ok"
             return (
-                [name, param, _num(m.mean[idx]), _num(m.sd[idx])]
-                + [_num(q) for q in m.quantiles[idx]]
-                + [_num(m.p_gt0[idx]), status]
+                [name, param, format_number(m.mean[idx]), format_number(m.sd[idx])]
+                + [format_number(q) for q in m.quantiles[idx]]
+                + [format_number(m.p_gt0[idx]), status]
             )
 
         rows.append(row("mu", f.mu, b))
