@@ -7,7 +7,8 @@ start (the ``jax_enable_x64`` config flag, or ``JAX_ENABLE_X64=1``), and keep co
 kernels on disk between runs with :func:`use_compilation_cache` (the CLI does).
 
 Optional parts, imported on use: :mod:`hierjax.plotting` (matplotlib, extra ``plots``),
-:mod:`hierjax.nuts` (NumPyro, extra ``nuts``), :func:`to_arviz` (ArviZ, extra ``arviz``).
+:mod:`hierjax.nuts` (NumPyro, extra ``nuts``), :func:`to_arviz` (ArviZ, extra ``arviz``); the plots of
+:mod:`hierjax.calibration` and :mod:`hierjax.coverage` (matplotlib, extra ``plots``).
 """
 from hierjax.batch import Batch, as_batch
 from hierjax.datasets import beta_blockers, efron_morris, eight_schools, rubin_eight_schools
@@ -30,6 +31,13 @@ from hierjax.summaries import Marginal
 from hierjax.posterior import (PARAMS, I2Summary, Posterior, PredictiveCheck, Weights, cdf, i2,
                                interval, pairwise_prob, pdf, posterior, predictive_check,
                                predictive_prob, prob_greater, quantile, shrinkage, weights)
+from hierjax.simstudy import (Choice, Grid, SigmaLogNormal, SigmaResample, SigmaUniform, SimData,
+                               simulate_design)
+from hierjax.calibration import (Calibration, EcdfBands, PIT, Ranks, Uniformity, calibrate,
+                                 ecdf_bands, ecdf_difference, pit, plot_ecdf_difference,
+                                 rank_uniformity, sbc_ranks, uniformity)
+from hierjax.coverage import coverage, plot_coverage
+from hierjax.sensitivity import Sweep, sweep
 
 __all__ = [
     "fit", "fit_batch", "Fit", "Marginal", "Batch", "as_batch", "DEFAULT_LEVELS", "STATUS",
@@ -49,5 +57,9 @@ __all__ = [
     "posterior", "Posterior", "PARAMS", "pdf", "cdf", "quantile", "prob_greater", "interval",
     "predictive_prob", "predictive_check", "PredictiveCheck", "shrinkage", "weights", "Weights",
     "i2", "I2Summary", "pairwise_prob", "use_compilation_cache",
+    "simulate_design", "SimData", "Grid", "Choice", "SigmaUniform", "SigmaLogNormal",
+    "SigmaResample", "calibrate", "Calibration", "pit", "PIT", "sbc_ranks", "Ranks",
+    "uniformity", "rank_uniformity", "Uniformity", "ecdf_bands", "EcdfBands", "ecdf_difference",
+    "plot_ecdf_difference", "coverage", "plot_coverage", "sweep", "Sweep",
 ]
 __version__ = "0.1.0"

@@ -90,6 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--format", default="png", choices=("png", "pdf", "svg"), help="file format")
     g.add_argument("--x64", action="store_true", help="compute in float64 (default float32)")
     _crosscheck_parser(sub, common)
+    from hierjax import cli_study   # calibrate, coverage
+    cli_study.register(sub, common)
     return p
 
 
@@ -325,6 +327,8 @@ def main(argv=None) -> int:
     from hierjax.cache import ENV, use_compilation_cache
     if not (args.no_cache or os.environ.get(ENV, "").strip().lower() in _OFF):
         use_compilation_cache()
+    if getattr(args, "study_command", None):      # calibrate, coverage (hierjax.cli_study)
+        return args.study_command(args)
     from hierjax.priors import InputError, parse_mu_prior, parse_tau_prior
     commands = {"fit": lambda a: _fit_file(a) if a.input else _default_job(a),
                 "plot": _plot, "crosscheck": _crosscheck}
