@@ -163,9 +163,10 @@ def pit(sim: SimData, *, tau_prior="uniform", mu_prior="flat", nodes=None) -> PI
     u_tau = hierjax.cdf(post, "tau", sim.tau[:, None])[:, 0]
     u_theta = hierjax.cdf(post, "theta", np.where(sim.mask, sim.theta, 0.0)[:, :, None])[..., 0]
     u_theta = np.where(sim.mask, u_theta, np.nan)
-    f64 = np.float64
-    return PIT(u_mu.astype(f64), u_tau.astype(f64), u_theta.astype(f64),
-               np.asarray(post.status))
+
+    def unit(u):       # a CDF rounded past 0 or 1 (float32) is still a probability
+        return np.clip(np.asarray(u, np.float64), 0.0, 1.0)
+    return PIT(unit(u_mu), unit(u_tau), unit(u_theta), np.asarray(post.status))
 
 
 def sbc_ranks(sim: SimData, *, key, num_draws: int, tau_prior="uniform", mu_prior="flat",
@@ -200,7 +201,8 @@ def _kolmogorov_sf(x: float) -> float:
     if x < 0.2:
         return 1.0
     k = np.arange(1, 101)
-    return float(min(1.0, max(0.0, 2.0 * np.sum((-1.0) ** (k - 1) * np.exp(-2.0 * k ** 2 * x ** 2)))))
+    p = 2.0 * np.sum((-1.0) ** (k - 1) * np.exp(-2.0 * k ** 2 * x ** 2))
+    return float(min(1.0, max(0.0, p)))
 
 
 def _chi2_sf(x: float, df: int) -> float:
@@ -381,7 +383,9 @@ def ecdf_bands(n: int, prob: float = 0.95, K: int | None = None, method: str = "
                 if m <= 0 or b - a < 1e-12 * b:
                     break
                 a, b = (m, b) if coverage(m) >= prob else (a, m)
-        gamma = max(a, 1e-300)
+        # a sits on a step of the coverage: step just inside it, so that no band point
+        # hangs on a quantile tie (the bands can only widen: coverage stays >= prob)
+        gamma = max(a * (1.0 - 1e-6), 1e-300)
     lo, hi = limits(gamma) if K > 1 else (np.zeros(0, int), np.zeros(0, int))
     lower = np.concatenate([[0.0], lo / n - z[1:-1], [0.0]])
     upper = np.concatenate([[0.0], hi / n - z[1:-1], [0.0]])
@@ -459,7 +463,8 @@ def calibrate(n_replicates: int, *, key=0, J=5, sigma=1.0, tau_prior="half-norma
                                    tau_prior=fit_tau, mu_prior=fit_mu))
         if progress is not None:
             progress(m)
-    cat = lambda xs: type(xs[0])(*(np.concatenate(f) for f in zip(*xs)))
+    def cat(xs):
+        return type(xs[0])(*(np.concatenate(f) for f in zip(*xs)))
     sim, p = cat(sims), cat(pits)
     r = None
     if ranks:

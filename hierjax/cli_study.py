@@ -170,7 +170,8 @@ def coverage_config(cfg: dict) -> dict:
     for k in ("replicates", "tau", "J"):
         if k not in cfg:
             raise InputError(f"the coverage config needs {k!r}")
-    listify = lambda v: v if isinstance(v, list) else [v]
+    def listify(v):
+        return v if isinstance(v, list) else [v]
     priors = {name: (p.get("tau", "uniform"), p.get("mu", "flat"))
               for name, p in cfg.get("priors", {"uniform": {}}).items()}
     kw = {"taus": listify(cfg["tau"]), "Js": listify(cfg["J"]),

@@ -11,11 +11,18 @@ import pytest
 from scipy import stats
 
 import hierjax
-from hierjax.simstudy import (BLOCK, Choice, Grid, SigmaResample, SigmaUniform, sample_tau_prior,
-                              simulate_design)
+from hierjax.simstudy import (
+    BLOCK,
+    Choice,
+    Grid,
+    SigmaResample,
+    SigmaUniform,
+    sample_tau_prior,
+    simulate_design,
+)
 
-DESIGN = dict(tau="half-normal:2", mu="normal:1,3", J=Choice([3, 5]),
-              sigma=SigmaUniform(0.5, 2.0))
+DESIGN = {"tau": "half-normal:2", "mu": "normal:1,3", "J": Choice([3, 5]),
+              "sigma": SigmaUniform(0.5, 2.0)}
 
 
 @pytest.fixture(scope="module")
@@ -78,15 +85,15 @@ def test_fixed_grid_and_resampled_designs():
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(tau="uniform"), "proper generating prior"),
-    (dict(mu="flat"), "proper generating prior"),
-    (dict(tau="jeffreys"), "proper generating prior"),
-    (dict(sigma=0.0), "positive"),
-    (dict(tau=-1.0), ">= 0"),
-    (dict(J=Choice([0, 2])), "positive integers"),
+    ({"tau": "uniform"}, "proper generating prior"),
+    ({"mu": "flat"}, "proper generating prior"),
+    ({"tau": "jeffreys"}, "proper generating prior"),
+    ({"sigma": 0.0}, "positive"),
+    ({"tau": -1.0}, ">= 0"),
+    ({"J": Choice([0, 2])}, "positive integers"),
 ])
 def test_bad_designs_say_so(bad, match):
-    kw = dict(tau=1.0, mu=0.0, J=3, sigma=1.0) | bad
+    kw = {"tau": 1.0, "mu": 0.0, "J": 3, "sigma": 1.0} | bad
     with pytest.raises(hierjax.InputError, match=match):
         simulate_design(4, key=0, **kw)
 
@@ -108,10 +115,10 @@ def test_tau_prior_samplers(spec, dist):
     keys = jax.random.split(jax.random.key(3), 20_000)
     tau = np.asarray(jax.jit(jax.vmap(lambda k, p: sample_tau_prior(p, k, dt),
                                       in_axes=(0, None)))(keys, prior), np.float64)
-    if spec.startswith("half-t"):                 # |t|: the folded cdf
-        cdf = lambda t: 2 * dist.cdf(t) - 1       # noqa: E731
-    elif dist is None:                            # tau^2 ~ IG(3, 2)
-        cdf = lambda t: stats.invgamma(3, scale=2).cdf(t ** 2)   # noqa: E731
-    else:
-        cdf = dist.cdf
+    def cdf(t):
+        if spec.startswith("half-t"):             # |t|: the folded cdf
+            return 2 * dist.cdf(t) - 1
+        if dist is None:                          # tau^2 ~ IG(3, 2)
+            return stats.invgamma(3, scale=2).cdf(t ** 2)
+        return dist.cdf(t)
     assert stats.kstest(tau, cdf).pvalue > 1e-3
