@@ -155,3 +155,44 @@ def test_pit_1e5_replicates():
 def test_sbc_ranks_wrong_prior_fails():
     cal = calibrate(2000, key=13, num_draws=99, fit_tau_prior="half-normal:3", **GEN)
     assert rank_uniformity(cal.ranks.tau, 99).chi2_p < 1e-6
+
+
+# --------------------------------------------------------------------------- the CLI
+def test_cli_calibrate(good, tmp_path, capsys):
+    import csv
+
+    from hierjax.cli import main
+    out = tmp_path / "pit.csv"
+    rc = main(["calibrate", "--J", "5", "--tau-prior", "half-normal:1", "--mu-prior", "normal:0,1",
+               "--replicates", "2000", "--draws", "0", "--seed", "11", "--out", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "PIT" in printed and "theta" in printed and "chi2 p" in printed
+    with open(out, newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["replicate", "parameter", "truth", "pit", "rank"]
+    assert len(rows) == 1 + 2000 * 7
+    assert [r[1] for r in rows[1:8]] == ["mu", "tau"] + [f"theta[{j}]" for j in range(1, 6)]
+    pit_mu = np.array([float(r[3]) for r in rows[1:] if r[1] == "mu"])
+    np.testing.assert_allclose(pit_mu, good.pit.mu, rtol=1e-9)    # seed 11 = key 11
+    assert all(r[4] == "" for r in rows[1:])                      # no draws: no ranks
+    # an improper generating prior is refused, saying why, and writes nothing
+    bad = tmp_path / "bad.csv"
+    rc = main(["calibrate", "--J", "5", "--tau-prior", "uniform", "--mu-prior", "normal:0,1",
+               "--replicates", "10", "--out", str(bad)])
+    assert rc == 2 and not bad.exists()
+    assert "proper generating priors" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_calibrate_with_ranks(tmp_path, capsys):
+    import csv
+
+    from hierjax.cli import main
+    out = tmp_path / "pit.csv"
+    assert main(["calibrate", "--J", "5", "--tau-prior", "half-normal:1", "--mu-prior",
+                 "normal:0,1", "--replicates", "300", "--draws", "49", "--out", str(out)]) == 0
+    assert "SBC rank/49" in capsys.readouterr().out
+    with open(out, newline="") as fh:
+        ranks = [int(r["rank"]) for r in csv.DictReader(fh)]
+    assert min(ranks) >= 0 and max(ranks) <= 49

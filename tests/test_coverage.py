@@ -87,3 +87,28 @@ def test_knapp_hartung_exact_with_equal_sigma():
     assert len(kh) == 2 and all(_within(r) for r in kh), kh
     wald = [r for r in rows if r["method"] == "DL-z" and r["parameter"] == "mu"]
     assert wald[1]["coverage"] < 0.95 - 3.5 * wald[1]["mcse"]      # Wald undercovers at J = 3
+
+
+def test_cli_coverage(tmp_path, capsys):
+    import csv
+
+    from hierjax.cli import main
+    cfg = tmp_path / "grid.toml"
+    cfg.write_text('replicates = 500\nseed = 3\ntau = [0.0, 2.0]\nJ = 5\noracle = true\n'
+                   '[sigma]\nequal = 1.0\nmixed = {uniform = [0.3, 3.0]}\n[priors]\n')
+    out = tmp_path / "cov.csv"
+    assert main(["coverage", str(cfg), "--out", str(out)]) == 0
+    assert "oracle-z" in capsys.readouterr().out
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == list(COLUMNS) and len(rows) == 4
+    ref = coverage(taus=[0.0, 2.0], Js=[5], replicates=500, key=3, priors={}, frequentist=(),
+                   oracle=True, sigmas={"equal": 1.0, "mixed": {"uniform": [0.3, 3.0]}})
+    for r, e in zip(rows, ref):
+        assert (float(r["tau"]), r["sigma"], int(r["n"])) == (e["tau"], e["sigma"], e["n"])
+        assert float(r["coverage"]) == pytest.approx(e["coverage"], rel=1e-9)
+    # a config with an unknown key stops with a message, status 2 and no file
+    cfg.write_text("replicates = 10\ntau = 0.0\nJ = 3\ncolour = 'red'\n")
+    bad = tmp_path / "bad.csv"
+    assert main(["coverage", str(cfg), "--out", str(bad)]) == 2 and not bad.exists()
+    assert "colour" in capsys.readouterr().err
