@@ -316,8 +316,8 @@ def _interior_prob(lower, upper, z, n, lf) -> float:
     return float(np.sum(p1))
 
 
-def ecdf_bands(n: int, prob: float = 0.95, K: int | None = None, method: str = "optimize",
-               n_sim: int = 2000, seed: int = 0) -> EcdfBands:
+def ecdf_bands(n: int, prob: float = 0.95, K: int | None = None, method: str = "auto",
+               n_sim: int = 10_000, seed: int = 0) -> EcdfBands:
     """Simultaneous ``prob`` bands for the ECDF difference of ``n`` iid Uniform(0, 1) values.
 
     .. math::
@@ -327,15 +327,17 @@ def ecdf_bands(n: int, prob: float = 0.95, K: int | None = None, method: str = "
 
     with ``gamma`` adjusted so that the whole ECDF stays inside with probability ``prob``
     (Säilynoja et al. 2022): ``method="optimize"`` solves for it with the exact
-    probability of staying inside (a forward recursion over the ``z_i``; cost grows like
-    ``K n``), ``"simulate"`` takes the ``1 - prob`` quantile over ``n_sim`` simulated
-    uniform samples of ``2 min_i min(P(X <= x_i), P(X >= x_i))`` (as bayesplot).
+    probability of staying inside (a forward recursion over the ``z_i``; its cost grows
+    like ``K n``), ``"simulate"`` takes the ``1 - prob`` quantile over ``n_sim`` simulated
+    uniform samples of ``2 min_i min(P(X <= x_i), P(X >= x_i))`` (as bayesplot; the counts
+    at the ``z_i`` drawn as one multinomial per sample), ``"auto"`` the former up to
+    ``n K = 2e5``.
 
     Args:
         n: sample size.
         prob: simultaneous coverage.
         K: evaluation points ``1/K .. 1`` (default ``min(n, 100)``).
-        method: ``"optimize"`` or ``"simulate"``.
+        method: ``"auto"``, ``"optimize"`` or ``"simulate"``.
         n_sim, seed: the simulation method's size and NumPy seed.
 
     Returns:
@@ -348,9 +350,11 @@ def ecdf_bands(n: int, prob: float = 0.95, K: int | None = None, method: str = "
     K = min(int(n), 100) if K is None else int(K)
     if K < 1:
         raise InputError(f"K must be a positive integer, got {K}")
-    if method not in ("optimize", "simulate"):
-        raise InputError(f"method must be 'optimize' or 'simulate', got {method!r}")
+    if method not in ("auto", "optimize", "simulate"):
+        raise InputError(f"method must be 'auto', 'optimize' or 'simulate', got {method!r}")
     n = int(n)
+    if method == "auto":
+        method = "optimize" if n * K <= 200_000 else "simulate"
     lf = _log_factorials(n)
     z = np.arange(K + 1) / K
     table = _binom_cdf_table(n, z[1:-1], lf)          # the inner points; ends are fixed
@@ -362,8 +366,8 @@ def ecdf_bands(n: int, prob: float = 0.95, K: int | None = None, method: str = "
 
     if method == "simulate":
         rng = np.random.default_rng(seed)
-        u = np.sort(rng.random((n_sim, n)), axis=1)
-        x = np.stack([np.searchsorted(row, z[1:-1], side="right") for row in u])   # [M, K-1]
+        counts = rng.multinomial(n, np.full(K, 1.0 / K), size=n_sim)     # [M, K] per bin
+        x = np.cumsum(counts, axis=1)[:, :-1]                             # n F_n(z_i), inner z
         rows = np.arange(K - 1)
         below = table[rows, x]                                  # P(X <= x)
         above = 1.0 - np.where(x > 0, table[rows, np.maximum(x - 1, 0)], 0.0)   # P(X >= x)
