@@ -218,9 +218,7 @@ def _coverage(args) -> int:
         print(f"hierjax: error: {e}", file=sys.stderr)
         return 2
     wall = time.perf_counter() - t0
-    write_csv_atomic(args.out, list(COLUMNS),
-                     [[_fmt(float(r[c]) if isinstance(r[c], float) or hasattr(r[c], "dtype")
-                            and r[c].dtype.kind == "f" else r[c]) for c in COLUMNS] for r in rows])
+    write_csv_atomic(args.out, list(COLUMNS), [[_fmt(r[c]) for c in COLUMNS] for r in rows])
     print(f"{'tau':>6} {'J':>3} {'sigma':<8} {'method':<16} {'interval':<10} {'param':<10}"
           f"{'coverage':>9} {'mcse':>7} {'width':>8}")
     for r in rows:

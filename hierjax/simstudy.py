@@ -317,7 +317,7 @@ def simulate_design(n_replicates: int, *, key=0, tau=1.0, mu=0.0, J=5, sigma=1.0
 
     Example:
         >>> import hierjax
-        >>> s = hierjax.simulate_design(4, key=0, tau="half-normal:1", J=Choice([3, 5]))
+        >>> s = hierjax.simulate_design(4, key=0, tau="half-normal:1", J=hierjax.Choice([3, 5]))
         >>> s.y.shape
         (4, 5)
     """
