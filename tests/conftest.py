@@ -106,7 +106,14 @@ def read_table(path):
 def cli_argv(argv):
     """``argv`` as strings, computing in the suite's precision (the CLI defaults to float64)."""
     argv = [str(a) for a in argv]
-    computes = argv[:1] in (["fit"], ["plot"], ["crosscheck"], ["freq"])
+    computes = argv[:1] in (
+        ["fit"],
+        ["plot"],
+        ["crosscheck"],
+        ["freq"],
+        ["calibrate"],
+        ["coverage"],
+    )
     if computes and not X64 and not {"--float32", "--x64"} & set(argv):
         argv.append("--float32")
     return argv

@@ -103,6 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--format", default="png", choices=("png", "pdf", "svg"), help="file format")
     add_precision(g)
     _crosscheck_parser(sub, common)
+    from hierjax.io import cli_study  # calibrate, coverage
+
+    cli_study.register(sub, common)
     from hierjax.io.cli_freq import register as register_freq
 
     register_freq(sub, common)
@@ -828,6 +831,8 @@ def _main(args) -> int:
 
     if not (args.no_cache or os.environ.get(ENV, "").strip().lower() in _OFF):
         use_compilation_cache()
+    if getattr(args, "study_command", None):  # calibrate, coverage (hierjax.io.cli_study)
+        return args.study_command(args)
     from hierjax.model.priors import InputError, parse_mu_prior, parse_tau_prior
 
     commands = {

@@ -224,7 +224,7 @@ class HalfT(TauPrior):
     """
 
     df: float = dataclasses.field(metadata=dict(static=True))
-    scale: np.ndarray | None = None
+    scale: np.ndarray = None  # type: ignore[assignment]  # required; a default for field order
     origin_power = 0.0
 
     @property
@@ -417,7 +417,7 @@ class Lomax(TauPrior):
     """
 
     shape: float = dataclasses.field(metadata={"static": True})
-    scale: np.ndarray | None = None
+    scale: np.ndarray = None  # type: ignore[assignment]  # required; a default for field order
     origin_power = 0.0
 
     @property
@@ -508,7 +508,7 @@ class InvGammaTau2(TauPrior):
     """
 
     shape: float = dataclasses.field(metadata={"static": True})
-    scale: np.ndarray | None = None
+    scale: np.ndarray = None  # type: ignore[assignment]  # required; a default for field order
     origin_power = math.inf
 
     @property
