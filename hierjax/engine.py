@@ -28,6 +28,7 @@ from hierjax.batch import Batch, InputError, padded_size
 from hierjax.cache import make_room, register
 from hierjax.conditionals import mu_given_tau, theta_given_tau
 from hierjax.grid import FAST_KAPPA, TAIL_LEVEL, fast_nodes, tail_alpha, tau_grid
+from hierjax.legendre import LEGENDRE_NODES, fit_legendre, legendre_applies
 from hierjax.priors import MuPrior, NormalMu, TauPrior
 from hierjax.summaries import (Marginal, coarse_stages, component_above, mixture_summary,
                                quantile_error, tau_mode, tau_summary)
@@ -453,7 +454,7 @@ def fit(y, sigma=None, *, tau_prior="uniform", mu_prior="flat",
     workers = _host_workers() if backend == "cpu" else 1
     lv = prep.cast(levels)
 
-    def run(index, n_, kappa, width):
+    def run(index, n_, kappa, width, legendre=False):
         """The kernel, ``width`` groups wide, on the datasets ``index`` as host arrays, in
         pieces of two shapes: whole blocks, then the rest (or a batch smaller than one
         block) in eighths of a block, padded with repeats of the first dataset. The
@@ -475,8 +476,12 @@ def fit(y, sigma=None, *, tau_prior="uniform", mu_prior="flat",
 
         def call(piece):
             start, step = piece
-            part = fit_standardized(*prep.block(padded[start:start + step], width), lv, n=n_,
-                                    chunk=min(ch, step), kappa=kappa)
+            if legendre:
+                part = DatasetFit(*fit_legendre(*prep.block(padded[start:start + step], width),
+                                                N=n_ + 1, chunk=min(ch, step)))
+            else:
+                part = fit_standardized(*prep.block(padded[start:start + step], width), lv,
+                                        n=n_, chunk=min(ch, step), kappa=kappa)
             return jax.tree.map(np.asarray, part)
 
         parts = _map_pieces(call, pieces, workers)
@@ -487,13 +492,26 @@ def fit(y, sigma=None, *, tau_prior="uniform", mu_prior="flat",
         """``[(indices, DatasetFit)]`` for the datasets ``index``, fitted ``width`` wide."""
         if nodes is not None:
             return [(index, run(index, n, None, width))]
+        results = []
+        if Q == 0:
+            # Moments only: the Legendre nodes first where they apply; what their error
+            # estimate does not certify goes on to the grids below, unchanged.
+            first = legendre_applies(batch.mask[index].sum(axis=1), prep.tau_prior,
+                                     prep.mu_prior, prep.dtype)
+            if first.any():
+                n_leg = LEGENDRE_NODES[np.finfo(prep.dtype).bits] - 1
+                out_leg = run(index[first], n_leg, None, width, legendre=True)
+                done = out_leg.status == 0
+                results.append((index[first][done], jax.tree.map(lambda a: a[done], out_leg)))
+                index = np.concatenate([index[~first], index[first][~done]])
+                if not index.size:
+                    return results
         # The fast grid first where it usually suffices (few groups, a light enough tau
         # tail); the datasets whose error estimates flag it are fitted again, with the
         # rest, on the general grid.
         fast = _fast_grid_applies(batch.mask[index].sum(axis=1), prep.tau_prior,
                                   prep.mu_prior)
         fast_idx, general = index[fast], index[~fast]
-        results = []
         if fast_idx.size:
             out_fast = run(fast_idx, fast_nodes(prep.dtype, whole_line=Q == 0), FAST_KAPPA,
                            width)
