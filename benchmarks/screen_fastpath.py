@@ -143,6 +143,9 @@ def main(argv=None):
                 e_fit, st_fit = errors(ref, get_fit), int(f.status[b])
             rows.append((J, f"{tp}/{mp} #{i}", applies, int(out.status[b]) == 0,
                          float(out.grid_error[b]), e_new, e_fit, st_fit))
+        done = [r for r in rows if r[2]]
+        print(f"    so far: {len(done)} served, {sum(r[3] for r in done)} certified, silent "
+              f"misses {sum(r[3] and r[5] > goal for r in done)}", flush=True)
     dt = time.time() - t0
     a = np.array([r[2] for r in rows])
     cert = np.array([r[3] for r in rows]) & a

@@ -87,7 +87,11 @@ def _applies(y, tp, mp):
                                  prep.dtype)[0])
 
 
-@pytest.mark.parametrize("case", list(CASES))
+_SLOW = ("J20", "J50")      # wider kernels: one compile each
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in _SLOW else c
+                                  for c in CASES])
 def test_certified_within_goal_and_estimate_conservative(case):
     """Where the Legendre path applies: certified datasets are within the goal of quad, and
     the error estimate is at least the true error whenever the true error is near the goal."""
@@ -138,7 +142,8 @@ def test_heavy_tails_are_left_to_the_grids(J):
     assert not bool(f.tau.sd_exists[0]) and not bool(f.mu.sd_exists[0])
 
 
-@pytest.mark.parametrize("case", ["eight-uniform", "J8-ratio-1e3", "J8-offset-1e3", "J20"])
+@pytest.mark.parametrize("case", ["eight-uniform", "J8-ratio-1e3", "J8-offset-1e3",
+                                  pytest.param("J20", marks=pytest.mark.slow)])
 def test_fit_moments_only_matches_reference(case):
     """``hierjax.fit(quantiles=())`` (Legendre path, fallback where flagged) against quad."""
     y, sigma, tp, mp = CASES[case]
