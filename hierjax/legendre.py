@@ -22,7 +22,8 @@ exact from the ``N`` nodes up to aliasing. The ``N``-point rule's error is at mo
 ``sum_{m >= 2N} |a_m|``; with ``A`` the largest of the last four coefficients, ``B`` the
 largest of four eight degrees lower and ``r = (A / B)^{1/8}``, it is estimated as
 ``A r^{N+1} / (1 - r)`` (``r`` capped below 1). Datasets whose estimate exceeds the goal
-are flagged, and :func:`hierjax.fit` sends them on to the Clenshaw-Curtis grids.
+are flagged; :func:`hierjax.fit` (where ``engine.LEGENDRE_IN_FIT``, off for now: a far
+feature of ``p(tau | y)`` between the nodes went unseen) sends them on to its grids.
 """
 from __future__ import annotations
 
