@@ -32,6 +32,7 @@ B above one call size is run in chunks (data simulated per chunk outside the tim
 so memory stays bounded whatever ``--max-b`` allows (up to 1e7). Nothing here is a test:
 no timing is asserted anywhere.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,7 +48,7 @@ ROOT = os.path.dirname(HERE)
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
-import history
+import history  # noqa: E402  (from this folder, put on sys.path above)
 
 __all__ = [
     "PRESETS",
@@ -61,21 +62,55 @@ __all__ = [
 ]
 
 LEVELS = (0.025, 0.25, 0.5, 0.75, 0.975)
-BLOCK = 1024            # datasets are simulated in blocks of this many (fixed seeds)
+BLOCK = 1024  # datasets are simulated in blocks of this many (fixed seeds)
 CALL_ELEMENTS = 1 << 21  # datasets x groups per hierjax.fit call (memory bound)
 
 PRESETS = {
-    "smoke": {"B": [32], "J": [8], "precisions": ["64", "32"], "modes": ["moments", "full"],
-              "ref_n": 2, "naive_n": 32, "quad_n": 1, "nuts_n": 2, "nuts": (2, 50, 50),
-              "cost": False, "ceiling_elements": 1 << 16, "min_time": 0.0, "max_passes": 1},
-    "quick": {"B": [1000, 10000], "J": [8, 50], "precisions": ["64", "32"],
-              "modes": ["moments", "full"], "ref_n": 20, "naive_n": 1000, "quad_n": 5,
-              "nuts_n": 100, "nuts": (4, 500, 1000), "cost": True,
-              "ceiling_elements": 1 << 22, "min_time": 2.0, "max_passes": 3},
-    "full": {"B": [1000, 10000, 100000, 1000000], "J": [3, 8, 50, 500],
-             "precisions": ["64", "32"], "modes": ["moments", "full"], "ref_n": 20,
-             "naive_n": 10000, "quad_n": 20, "nuts_n": 100, "nuts": (4, 500, 1000),
-             "cost": True, "ceiling_elements": 1 << 23, "min_time": 2.0, "max_passes": 3},
+    "smoke": {
+        "B": [32],
+        "J": [8],
+        "precisions": ["64", "32"],
+        "modes": ["moments", "full"],
+        "ref_n": 2,
+        "naive_n": 32,
+        "quad_n": 1,
+        "nuts_n": 2,
+        "nuts": (2, 50, 50),
+        "cost": False,
+        "ceiling_elements": 1 << 16,
+        "min_time": 0.0,
+        "max_passes": 1,
+    },
+    "quick": {
+        "B": [1000, 10000],
+        "J": [8, 50],
+        "precisions": ["64", "32"],
+        "modes": ["moments", "full"],
+        "ref_n": 20,
+        "naive_n": 1000,
+        "quad_n": 5,
+        "nuts_n": 100,
+        "nuts": (4, 500, 1000),
+        "cost": True,
+        "ceiling_elements": 1 << 22,
+        "min_time": 2.0,
+        "max_passes": 3,
+    },
+    "full": {
+        "B": [1000, 10000, 100000, 1000000],
+        "J": [3, 8, 50, 500],
+        "precisions": ["64", "32"],
+        "modes": ["moments", "full"],
+        "ref_n": 20,
+        "naive_n": 10000,
+        "quad_n": 20,
+        "nuts_n": 100,
+        "nuts": (4, 500, 1000),
+        "cost": True,
+        "ceiling_elements": 1 << 23,
+        "min_time": 2.0,
+        "max_passes": 3,
+    },
 }
 
 
@@ -98,7 +133,7 @@ def config(args) -> dict:
 
 def b_values(cfg, J):
     """B=1e6 and above only for J <= 50 unless --all (the full grid would take hours)."""
-    return [b for b in cfg["B"] if cfg["all"] or b < 10 ** 6 or J <= 50]
+    return [b for b in cfg["B"] if cfg["all"] or b < 10**6 or J <= 50]
 
 
 # --------------------------------------------------------------------------- data
@@ -109,6 +144,7 @@ def data(J: int, start: int, count: int, seed: int = 0):
     import numpy as np
 
     import hierjax
+
     ys, ss = [], []
     b0, b1 = start // BLOCK, (start + count - 1) // BLOCK
     for b in range(b0, b1 + 1):
@@ -117,28 +153,42 @@ def data(J: int, start: int, count: int, seed: int = 0):
         ss.append(sim.sigma)
     y, s = np.concatenate(ys), np.concatenate(ss)
     off = start - b0 * BLOCK
-    return y[off:off + count], s[off:off + count]
+    return y[off : off + count], s[off : off + count]
 
 
 def check_groups(y, sigma):
     """Groups the reference checks: all for J <= 8, else first, last and the extremes."""
     import numpy as np
+
     J = len(y)
     if J <= 8:
         return list(range(J))
-    return sorted({0, J - 1, int(np.argmin(sigma)), int(np.argmax(sigma)), int(np.argmax(y)),
-                   int(np.argmin(y))})
+    return sorted(
+        {
+            0,
+            J - 1,
+            int(np.argmin(sigma)),
+            int(np.argmax(sigma)),
+            int(np.argmax(y)),
+            int(np.argmin(y)),
+        }
+    )
 
 
 # --------------------------------------------------------------------------- reference
 def _ref_marginal(m) -> dict:
-    return {"mean": m.mean, "sd": m.sd, "q": [float(v) for v in m.quantiles], "p_gt0": m.p_gt0,
-            "mean_exists": bool(m.mean_exists), "sd_exists": bool(m.sd_exists),
-            "scale": m.scale}
+    return {
+        "mean": m.mean,
+        "sd": m.sd,
+        "q": [float(v) for v in m.quantiles],
+        "p_gt0": m.p_gt0,
+        "mean_exists": bool(m.mean_exists),
+        "sd_exists": bool(m.sd_exists),
+        "scale": m.scale,
+    }
 
 
-def reference_records(J: int, n: int, seed: int = 0, cache_dir: str | None = None,
-                      log=print):
+def reference_records(J: int, n: int, seed: int = 0, cache_dir: str | None = None, log=print):
     """Reference summaries of the first ``n`` datasets for ``J`` (disk-cached: they do not
     depend on hierjax). Returns ``{i: record}``; a dataset whose reference fails its own
     error check is left out (and said)."""
@@ -160,12 +210,17 @@ def reference_records(J: int, n: int, seed: int = 0, cache_dir: str | None = Non
             try:
                 r = Reference(y[i], s[i])
                 groups = check_groups(y[i], s[i])
-                recs[i] = {"groups": groups,
-                           **{name: _ref_marginal(r.marginal(name, None, LEVELS))
-                              for name in ("mu", "tau", "theta_new")},
-                           "theta": {str(j): _ref_marginal(r.marginal("theta", j, LEVELS))
-                                     for j in groups}}
-            except RuntimeError as e:       # the reference's own error check
+                recs[i] = {
+                    "groups": groups,
+                    **{
+                        name: _ref_marginal(r.marginal(name, None, LEVELS))
+                        for name in ("mu", "tau", "theta_new")
+                    },
+                    "theta": {
+                        str(j): _ref_marginal(r.marginal("theta", j, LEVELS)) for j in groups
+                    },
+                }
+            except RuntimeError as e:  # the reference's own error check
                 recs[i] = {"failed": str(e)}
         log(f"  reference J={J}: {len(missing)} datasets in {time.perf_counter() - t0:.1f} s")
         with open(path + ".tmp", "w") as fh:
@@ -183,6 +238,7 @@ def accuracy(est: dict, refs: dict, levels, tau_q: bool = True) -> dict:
     datasets ``i`` of ``refs``.
     """
     import numpy as np
+
     err = {"mean": 0.0, "sd": 0.0, "q": 0.0, "p": 0.0}
     false = 0
     n_used = 0
@@ -192,13 +248,15 @@ def accuracy(est: dict, refs: dict, levels, tau_q: bool = True) -> dict:
         mean = float(e["mean"][idx])
         sd = float(e["sd"][idx])
         if r["mean_exists"]:
-            err["mean"] = max(err["mean"], abs(mean - r["mean"]) / r["scale"]
-                              if math.isfinite(mean) else math.inf)
+            err["mean"] = max(
+                err["mean"], abs(mean - r["mean"]) / r["scale"] if math.isfinite(mean) else math.inf
+            )
         elif math.isfinite(mean):
             false += 1
         if r["sd_exists"]:
-            err["sd"] = max(err["sd"], abs(sd - r["sd"]) / r["sd"]
-                            if math.isfinite(sd) else math.inf)
+            err["sd"] = max(
+                err["sd"], abs(sd - r["sd"]) / r["sd"] if math.isfinite(sd) else math.inf
+            )
         elif math.isfinite(sd):
             false += 1
         if e.get("q") is not None and len(levels) and (tau_q or not is_tau):
@@ -220,8 +278,11 @@ def accuracy(est: dict, refs: dict, levels, tau_q: bool = True) -> dict:
         th = est["theta"]
         for j, r in rec["theta"].items():
             j = int(j)
-            e = {k: (None if v is None else np.asarray(v)[:, j]) for k, v in th.items()
-                 if k in ("mean", "sd", "p_gt0", "q")}
+            e = {
+                k: (None if v is None else np.asarray(v)[:, j])
+                for k, v in th.items()
+                if k in ("mean", "sd", "p_gt0", "q")
+            }
             one(e, i, r)
     out = {f"acc_{k}": v for k, v in err.items()}
     vals = [v for k, v in err.items()]
@@ -233,9 +294,15 @@ def accuracy(est: dict, refs: dict, levels, tau_q: bool = True) -> dict:
 
 def fit_estimates(f) -> dict:
     """A ``hierjax.Fit`` as the dict :func:`accuracy` reads."""
+
     def m(x):
-        return {"mean": x.mean, "sd": x.sd, "p_gt0": x.p_gt0,
-                "q": x.quantiles if x.quantiles.shape[-1] else None}
+        return {
+            "mean": x.mean,
+            "sd": x.sd,
+            "p_gt0": x.p_gt0,
+            "q": x.quantiles if x.quantiles.shape[-1] else None,
+        }
+
     return {"mu": m(f.mu), "tau": m(f.tau), "theta": m(f.theta), "theta_new": m(f.theta_new)}
 
 
@@ -261,6 +328,7 @@ def _rss_mb():
         return vals["VmRSS"], vals["VmHWM"]
     except (OSError, KeyError):
         import resource
+
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
         return math.nan, peak
 
@@ -268,6 +336,7 @@ def _rss_mb():
 # --------------------------------------------------------------------------- hierjax rows
 def _cache_size():
     from hierjax.engine.fitting import fit_standardized
+
     try:
         return fit_standardized._cache_size()
     except AttributeError:
@@ -284,6 +353,7 @@ def hierjax_row(J: int, B: int, mode: str, dtype, refs: dict, cfg: dict, log=pri
     import numpy as np
 
     import hierjax
+
     levels = () if mode == "moments" else LEVELS
     row = {"kind": "hierjax", "mode": mode, "dtype": np.dtype(dtype).name, "B": B, "J": J}
     S = call_size(J, B)
@@ -302,7 +372,7 @@ def hierjax_row(J: int, B: int, mode: str, dtype, refs: dict, cfg: dict, log=pri
     c1 = _cache_size()
     est = fit_estimates(f0)
     del f0
-    _, peak_first = _rss_mb()          # includes XLA's compile of a new block shape
+    _, peak_first = _rss_mb()  # includes XLA's compile of a new block shape
     _reset_peak()
     best, best_first, passes, spent = math.inf, math.inf, 0, 0.0
     while passes < max(1, cfg["max_passes"]):
@@ -326,18 +396,28 @@ def hierjax_row(J: int, B: int, mode: str, dtype, refs: dict, cfg: dict, log=pri
         if spent >= cfg["min_time"]:
             break
     _, peak = _rss_mb()
-    row.update(status="ok", seconds=best, datasets_per_s=B / best, passes=passes,
-               first_call_s=t_first, compile_s=max(0.0, t_first - best_first),
-               compiled=(c1 - c0) if c0 >= 0 else None,
-               traces=(_cache_size() - c1) if c0 >= 0 else None, call_size=S,
-               peak_rss_mb=round(max(peak, peak_first), 1), steady_peak_rss_mb=round(peak, 1),
-               base_rss_mb=round(base, 1),
-               rss_delta_mb=round(peak - base, 1),
-               peak_kind="per-row VmHWM" if resettable else "process high-water (not reset)")
+    row.update(
+        status="ok",
+        seconds=best,
+        datasets_per_s=B / best,
+        passes=passes,
+        first_call_s=t_first,
+        compile_s=max(0.0, t_first - best_first),
+        compiled=(c1 - c0) if c0 >= 0 else None,
+        traces=(_cache_size() - c1) if c0 >= 0 else None,
+        call_size=S,
+        peak_rss_mb=round(max(peak, peak_first), 1),
+        steady_peak_rss_mb=round(peak, 1),
+        base_rss_mb=round(base, 1),
+        rss_delta_mb=round(peak - base, 1),
+        peak_kind="per-row VmHWM" if resettable else "process high-water (not reset)",
+    )
     if refs:
         row.update(accuracy(est, refs, levels))
-    log(f"  hierjax {row['dtype']} {mode} J={J} B={B}: {row['datasets_per_s']:.4g}/s "
-        f"compile {row['compile_s']:.1f} s acc {row.get('acc_max')}")
+    log(
+        f"  hierjax {row['dtype']} {mode} J={J} B={B}: {row['datasets_per_s']:.4g}/s "
+        f"compile {row['compile_s']:.1f} s acc {row.get('acc_max')}"
+    )
     return row
 
 
@@ -347,10 +427,17 @@ def limit_rows(cfg, dtype, measured: list, log=print) -> dict:
     import numpy as np
 
     from hierjax.inference.grid import default_nodes
+
     J = 8 if 8 in cfg["J"] else cfg["J"][0]
     K = default_nodes(dtype) + 1
-    row = {"kind": "limit", "dtype": np.dtype(dtype).name, "J": J, "K": K, "status": "ok",
-           "hand_count_per_element": limit.HAND_COUNT["total"]}
+    row = {
+        "kind": "limit",
+        "dtype": np.dtype(dtype).name,
+        "J": J,
+        "K": K,
+        "status": "ok",
+        "hand_count_per_element": limit.HAND_COUNT["total"],
+    }
     if cfg["cost"]:
         for mode, levels in (("full", LEVELS), ("moments", ())):
             try:
@@ -371,11 +458,18 @@ def limit_rows(cfg, dtype, measured: list, log=print) -> dict:
             # erfc rate (pessimistic) or the exp rate (optimistic); flops at the FMA rate
             c["bound_erfc_datasets_per_s"] = ops["erfc"] / c["transcendentals_per_dataset"]
             c["bound_exp_datasets_per_s"] = ops["exp"] / c["transcendentals_per_dataset"]
-            c["bound_flops_datasets_per_s"] = (row["ceiling_fma_flops_per_s"]
-                                               / c["flops_per_dataset"])
+            c["bound_flops_datasets_per_s"] = (
+                row["ceiling_fma_flops_per_s"] / c["flops_per_dataset"]
+            )
     for mode in ("moments", "full"):
-        rs = [r for r in measured if r.get("kind") == "hierjax" and r.get("J") == J
-              and r.get("mode") == mode and r.get("status") == "ok"]
+        rs = [
+            r
+            for r in measured
+            if r.get("kind") == "hierjax"
+            and r.get("J") == J
+            and r.get("mode") == mode
+            and r.get("status") == "ok"
+        ]
         if rs:
             r = max(rs, key=lambda r: r["B"])
             rate = r["datasets_per_s"] * K * J
@@ -405,8 +499,12 @@ def worker(args) -> int:
     x64 = bool(jax.config.jax_enable_x64)
     dtype = np.dtype(np.float64 if x64 else np.float32)
     dev = jax.devices()[0]
-    meta = {"jax": jax.__version__, "device": str(dev), "device_kind": dev.device_kind,
-            "platform": dev.platform}
+    meta = {
+        "jax": jax.__version__,
+        "device": str(dev),
+        "device_kind": dev.device_kind,
+        "platform": dev.platform,
+    }
     meta.update(json.loads(args.meta))
     skip = set()
     if args.skip_file:
@@ -417,13 +515,20 @@ def worker(args) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     import peers
+
     measured = []
     for J in cfg["J"]:
         refs = reference_records(J, cfg["ref_n"], cfg["seed"], log=log) if cfg["ref_n"] else {}
         for mode in cfg["modes"]:
             for B in b_values(cfg, J):
-                probe = {"kind": "hierjax", "dtype": dtype.name, "mode": mode, "B": B, "J": J,
-                         "device_kind": dev.device_kind}
+                probe = {
+                    "kind": "hierjax",
+                    "dtype": dtype.name,
+                    "mode": mode,
+                    "B": B,
+                    "J": J,
+                    "device_kind": dev.device_kind,
+                }
                 if _key(probe) in skip:
                     log(f"  skip (done): {_key(probe)}")
                     continue
@@ -435,12 +540,14 @@ def worker(args) -> int:
             y, s = data(J, 0, n, cfg["seed"])
             for mode in cfg["modes"]:
                 lv = () if mode == "moments" else LEVELS
-                r = peers.naive_row(y, s, lv, mode, 
-                                    lambda e, tau_q, lv=lv, refs=refs: accuracy(e, refs, lv, tau_q))
+                r = peers.naive_row(
+                    y, s, lv, mode, lambda e, tau_q, lv=lv, refs=refs: accuracy(e, refs, lv, tau_q)
+                )
                 _emit(r, meta)
                 log(f"  naive {mode} J={J}: {r['datasets_per_s']:.4g}/s acc {r['acc_max']}")
             sys.path.insert(0, os.path.join(ROOT, "tests"))
             from reference import Reference
+
             yq, sq = data(J, 0, cfg["quad_n"], cfg["seed"])
             groups = list(range(J)) if J <= 8 else check_groups(yq[0], sq[0])
             for r in peers.quad_rows(yq, sq, LEVELS, groups, Reference):
@@ -449,12 +556,21 @@ def worker(args) -> int:
             nn = min(cfg["nuts_n"], max(2, (8 * cfg["nuts_n"]) // J))
             yn, sn = data(J, 0, nn, cfg["seed"])
             chains, warmup, samples = cfg["nuts"]
-            r = peers.nuts_row(yn.astype(dtype), sn.astype(dtype), LEVELS, "full",
-                               lambda e, tau_q, refs=refs: accuracy(e, refs, LEVELS, tau_q),
-                               chains=chains, warmup=warmup, samples=samples)
+            r = peers.nuts_row(
+                yn.astype(dtype),
+                sn.astype(dtype),
+                LEVELS,
+                "full",
+                lambda e, tau_q, refs=refs: accuracy(e, refs, LEVELS, tau_q),
+                chains=chains,
+                warmup=warmup,
+                samples=samples,
+            )
             _emit(r, meta)
-            log(f"  nuts J={J}: {r.get('datasets_per_s')} /s acc {r.get('acc_max')} "
-                f"{r.get('note', '')}")
+            log(
+                f"  nuts J={J}: {r.get('datasets_per_s')} /s acc {r.get('acc_max')} "
+                f"{r.get('note', '')}"
+            )
     if cfg["peers"] and args.peers_here:
         _emit(peers.bayesmeta_row(), meta)
     if not args.no_limit:
@@ -463,8 +579,19 @@ def worker(args) -> int:
 
 
 # --------------------------------------------------------------------------- parent
-TABLE_COLUMNS = ["kind", "dtype", "mode", "J", "B", "datasets_per_s", "compile_s",
-                 "peak_rss_mb", "acc_max", "acc_false", "status"]
+TABLE_COLUMNS = [
+    "kind",
+    "dtype",
+    "mode",
+    "J",
+    "B",
+    "datasets_per_s",
+    "compile_s",
+    "peak_rss_mb",
+    "acc_max",
+    "acc_false",
+    "status",
+]
 
 
 def run(args) -> int:
@@ -473,16 +600,23 @@ def run(args) -> int:
     out = args.file or history.results_path(args.device_kind)
     skip_file = None
     if args.resume and os.path.exists(out):
-        done = [r for r in history.load(out)
-                if r.get("commit") == meta["commit"] and r.get("preset") == args.preset
-                and r.get("status") == "ok"]
+        done = [
+            r
+            for r in history.load(out)
+            if r.get("commit") == meta["commit"]
+            and r.get("preset") == args.preset
+            and r.get("status") == "ok"
+        ]
         skip_file = out + ".skip.tmp"
         with open(skip_file, "w") as fh:
             json.dump(sorted({_key(r) for r in done}), fh)
     rows = []
     for k, prec in enumerate(cfg["precisions"]):
-        env = dict(os.environ, JAX_ENABLE_X64="1" if prec == "64" else "0",
-                   PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env = dict(
+            os.environ,
+            JAX_ENABLE_X64="1" if prec == "64" else "0",
+            PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        )
         cmd = [sys.executable, os.path.abspath(__file__), "_worker", "--meta", json.dumps(meta)]
         cmd += _forward(args)
         if k == 0:
@@ -535,11 +669,27 @@ def cmd_compare(args) -> int:
     if not table:
         print(f"nothing to compare in {path} (needs two runs with common settings)")
         return 0
-    print(history.format_table(table, ["kind", "dtype", "mode", "J", "B", "prev_commit",
-                                       "prev_per_s", "commit", "per_s", "ratio", "acc_prev",
-                                       "acc", "flag"]))
-    print(f"{flagged} regression(s) beyond 10% (or accuracy loss)" if flagged
-          else "no regression")
+    print(
+        history.format_table(
+            table,
+            [
+                "kind",
+                "dtype",
+                "mode",
+                "J",
+                "B",
+                "prev_commit",
+                "prev_per_s",
+                "commit",
+                "per_s",
+                "ratio",
+                "acc_prev",
+                "acc",
+                "flag",
+            ],
+        )
+    )
+    print(f"{flagged} regression(s) beyond 10% (or accuracy loss)" if flagged else "no regression")
     return 1 if flagged else 0
 
 
@@ -553,31 +703,44 @@ def cmd_plot(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="suite.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Commands: run (default), compare, plot. "
-                                       "See benchmarks/README.md.")
-    p.add_argument("command", nargs="?", default="run",
-                   choices=["run", "compare", "plot", "_worker"])
+    p = argparse.ArgumentParser(
+        prog="suite.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Commands: run (default), compare, plot. See benchmarks/README.md.",
+    )
+    p.add_argument(
+        "command", nargs="?", default="run", choices=["run", "compare", "plot", "_worker"]
+    )
     p.add_argument("--preset", default="quick", choices=sorted(PRESETS))
     p.add_argument("--precision", default="both", choices=["32", "64", "both"])
     p.add_argument("--B", nargs="+", help="override the preset's B values (e.g. 1e5 1e7)")
     p.add_argument("--J", nargs="+", help="override the preset's J values")
     p.add_argument("--modes", nargs="+", choices=["moments", "full"])
-    p.add_argument("--max-b", type=lambda v: int(float(v)), default=10 ** 6,
-                   help="largest B to run (default 1e6; up to 1e7 works, chunked)")
+    p.add_argument(
+        "--max-b",
+        type=lambda v: int(float(v)),
+        default=10**6,
+        help="largest B to run (default 1e6; up to 1e7 works, chunked)",
+    )
     p.add_argument("--all", action="store_true", help="B >= 1e6 for every J (default J <= 50)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-peers", action="store_true")
     p.add_argument("--no-limit", action="store_true", help="skip the limit analysis")
     p.add_argument("--no-record", action="store_true", help="do not append to results/")
-    p.add_argument("--resume", action="store_true",
-                   help="skip settings this commit and preset already have in the file")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip settings this commit and preset already have in the file",
+    )
     p.add_argument("--file", help="results file (default results/<machine>.jsonl)")
     p.add_argument("--run", help="compare: the run_id to check (default the last)")
     p.add_argument("--out", help="plot: output folder (default next to the file)")
-    p.add_argument("--device-kind", default="cpu",
-                   help="accelerator name in the default results file name (e.g. nvidia-h200)")
+    p.add_argument(
+        "--device-kind",
+        default="cpu",
+        help="accelerator name in the default results file name (e.g. nvidia-h200)",
+    )
     # worker-only
     p.add_argument("--meta", default="{}", help=argparse.SUPPRESS)
     p.add_argument("--skip-file", help=argparse.SUPPRESS)

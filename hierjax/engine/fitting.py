@@ -11,31 +11,54 @@ narrower kernels), so each kernel (the fast grid, the general grid) compiles onc
 chunk's intermediates (a chunk is sized to the CPU's cache); then the map back to the
 user's units.
 """
+
 from __future__ import annotations
 
 import functools
 import math
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple, Optional, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hierjax.engine.prepare import compute_dtype, prepare
 from hierjax.engine.batch import Batch, InputError, padded_size
 from hierjax.engine.cache import make_room, register
-from hierjax.model.conditionals import mu_given_tau, theta_given_tau
+from hierjax.engine.prepare import compute_dtype, prepare
 from hierjax.inference.grid import FAST_KAPPA, TAIL_LEVEL, fast_nodes, tail_alpha, tau_grid
+from hierjax.inference.legendre import LEGENDRE_NODES, fit_legendre, legendre_applies
+from hierjax.inference.summaries import (
+    Marginal,
+    coarse_stages,
+    component_above,
+    mixture_summary,
+    quantile_error,
+    tau_mode,
+    tau_summary,
+)
+from hierjax.model.conditionals import mu_given_tau, theta_given_tau
 from hierjax.model.priors import MuPrior, NormalMu, TauPrior
 from hierjax.status import DEFAULT_LEVELS, GOAL, ROUNDOFF_LIMIT, STATUS, status_text
-from hierjax.inference.summaries import (Marginal, coarse_stages, component_above, mixture_summary,
-                               quantile_error, tau_mode, tau_summary)
 
-__all__ = ["Fit", "DatasetFit", "fit", "fit_batch", "fit_dataset", "fit_standardized",
-           "bucket_widths", "DEFAULT_LEVELS", "STATUS", "ROUNDOFF_LIMIT", "MIN_BUCKET",
-           "status_text", "compute_dtype"]
+__all__ = [
+    "Fit",
+    "DatasetFit",
+    "fit",
+    "fit_batch",
+    "fit_dataset",
+    "fit_standardized",
+    "bucket_widths",
+    "DEFAULT_LEVELS",
+    "STATUS",
+    "ROUNDOFF_LIMIT",
+    "MIN_BUCKET",
+    "status_text",
+    "compute_dtype",
+]
+
 
 class DatasetFit(NamedTuple):
     """Posterior summaries of one dataset in standardised units (see :class:`Fit`)."""
@@ -53,8 +76,17 @@ class DatasetFit(NamedTuple):
     theta_only: jnp.ndarray
 
 
-def fit_dataset(y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPrior, levels,
-                n: int, kappa: Optional[float] = None) -> DatasetFit:
+def fit_dataset(
+    y,
+    sigma2,
+    mask,
+    threshold,
+    tau_prior: TauPrior,
+    mu_prior: MuPrior,
+    levels,
+    n: int,
+    kappa: float | None = None,
+) -> DatasetFit:
     r"""Exact posterior summaries of one standardised dataset.
 
     .. math::
@@ -87,10 +119,20 @@ def fit_dataset(y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPri
     # below send the rest to the general grid.
     # the right tail is kept down to the highest level's mass (at least to TAIL_LEVEL's)
     tail = TAIL_LEVEL if moments_only else jnp.minimum(TAIL_LEVEL, 1.0 - jnp.max(levels))
-    grid = tau_grid(y, sigma2, mask, tau_prior, mu_prior, n, kappa, relative=not fast,
-                    locate=not (fast and moments_only), tail=tail)
+    grid = tau_grid(
+        y,
+        sigma2,
+        mask,
+        tau_prior,
+        mu_prior,
+        n,
+        kappa,
+        relative=not fast,
+        locate=not (fast and moments_only),
+        tail=tail,
+    )
     w = jnp.exp(grid.log_weight)
-    tau2 = grid.tau ** 2
+    tau2 = grid.tau**2
     alpha = tail_alpha(jnp.sum(mask).astype(dtype), tau_prior, mu_prior)
     has_mean, has_sd = alpha > 1.0, alpha > 2.0
     always = jnp.array(True)
@@ -104,29 +146,52 @@ def fit_dataset(y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPri
     mu_s, new_v = jnp.sqrt(grid.mu.var), tau2 + grid.mu.var
     mu_above = component_above(grid.mu.mean, mu_s, threshold)
     new_above = component_above(grid.mu.mean, jnp.sqrt(new_v), threshold)
-    mu, ok_mu = mixture_summary(w, grid.mu.mean, mu_s, levels, threshold, mu_mean, mu_sd,
-                                coarse, mu_above)
-    theta_m, theta_v = jax.vmap(lambda t2, mm, mv: theta_given_tau(
-        t2, y, sigma2, grid.mu._replace(mean=mm, var=mv)))(tau2, grid.mu.mean, grid.mu.var)
+    mu, ok_mu = mixture_summary(
+        w, grid.mu.mean, mu_s, levels, threshold, mu_mean, mu_sd, coarse, mu_above
+    )
+    theta_m, theta_v = jax.vmap(
+        lambda t2, mm, mv: theta_given_tau(t2, y, sigma2, grid.mu._replace(mean=mm, var=mv))
+    )(tau2, grid.mu.mean, grid.mu.var)
     theta_above = component_above(theta_m, jnp.sqrt(theta_v), threshold)
     theta, ok_theta = jax.vmap(
-        lambda m, v, a: mixture_summary(w, m, jnp.sqrt(v), levels, threshold, always, always,
-                                        coarse, a),
-        in_axes=1)(theta_m, theta_v, theta_above)
-    new, ok_new = mixture_summary(w, grid.mu.mean, jnp.sqrt(new_v), levels, threshold,
-                                  has_mean, has_sd, coarse, new_above)
+        lambda m, v, a: mixture_summary(
+            w, m, jnp.sqrt(v), levels, threshold, always, always, coarse, a
+        ),
+        in_axes=1,
+    )(theta_m, theta_v, theta_above)
+    new, ok_new = mixture_summary(
+        w, grid.mu.mean, jnp.sqrt(new_v), levels, threshold, has_mean, has_sd, coarse, new_above
+    )
     tau, ok_tau, (tau_round_off, tau_cut) = tau_summary(grid, levels, has_mean, has_sd, alpha)
     # mu's and theta_new's tails inherit tau's (heavy for few groups): check their quantiles
     # against the 2n-rule directly, in units of the most probable component's sd.
     k = jnp.argmax(w)
     w_fine, fine = jnp.exp(grid.log_weight_fine), grid.mu_fine
-    tau2_fine = grid.tau_fine ** 2
+    tau2_fine = grid.tau_fine**2
     q_err = jnp.maximum(
-        quantile_error(mu.quantiles, levels, w, grid.mu.mean, jnp.sqrt(grid.mu.var), w_fine,
-                       fine.mean, jnp.sqrt(fine.var), jnp.sqrt(grid.mu.var[k])),
-        quantile_error(new.quantiles, levels, w, grid.mu.mean, jnp.sqrt(tau2 + grid.mu.var),
-                       w_fine, fine.mean, jnp.sqrt(tau2_fine + fine.var),
-                       jnp.sqrt(tau2[k] + grid.mu.var[k])))
+        quantile_error(
+            mu.quantiles,
+            levels,
+            w,
+            grid.mu.mean,
+            jnp.sqrt(grid.mu.var),
+            w_fine,
+            fine.mean,
+            jnp.sqrt(fine.var),
+            jnp.sqrt(grid.mu.var[k]),
+        ),
+        quantile_error(
+            new.quantiles,
+            levels,
+            w,
+            grid.mu.mean,
+            jnp.sqrt(tau2 + grid.mu.var),
+            w_fine,
+            fine.mean,
+            jnp.sqrt(tau2_fine + fine.var),
+            jnp.sqrt(tau2[k] + grid.mu.var[k]),
+        ),
+    )
 
     # The moments and P(> 0) of mu and theta_new (n-rule) against the 2n-rule's: heavy
     # tails (J = 5 under a uniform prior: E[tau^2] has a tau^-2 integrand) show here first.
@@ -144,8 +209,9 @@ def fit_dataset(y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPri
 
     def two_n_sum(even, odd):
         # nodes of zero weight may hold nan (mu_hat = 0/0 where float32's P underflows)
-        return (jnp.sum(jnp.where(w_even > 0, w_even * even, 0.0), axis=0)
-                + jnp.sum(jnp.where(w_odd > 0, w_odd * odd, 0.0), axis=0))
+        return jnp.sum(jnp.where(w_even > 0, w_even * even, 0.0), axis=0) + jnp.sum(
+            jnp.where(w_odd > 0, w_odd * odd, 0.0), axis=0
+        )
 
     def moment_error(mg: Marginal, even, odd, scale):
         """``even``, ``odd``: the components' ``(mean, var, P(> 0))`` at those nodes."""
@@ -161,10 +227,16 @@ def fit_dataset(y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPri
 
     mu_odd, mu_v_odd = fine.mean[1::2], fine.var[1::2]
     m_err = jnp.maximum(
-        moment_error(mu, (grid.mu.mean, grid.mu.var, mu_above), (mu_odd, mu_v_odd),
-                     jnp.sqrt(grid.mu.var[k])),
-        moment_error(new, (grid.mu.mean, new_v, new_above),
-                     (mu_odd, tau2_fine[1::2] + mu_v_odd), jnp.sqrt(tau2[k] + grid.mu.var[k])))
+        moment_error(
+            mu, (grid.mu.mean, grid.mu.var, mu_above), (mu_odd, mu_v_odd), jnp.sqrt(grid.mu.var[k])
+        ),
+        moment_error(
+            new,
+            (grid.mu.mean, new_v, new_above),
+            (mu_odd, tau2_fine[1::2] + mu_v_odd),
+            jnp.sqrt(tau2[k] + grid.mu.var[k]),
+        ),
+    )
     # Each theta_j's mean and sd against the 2n-rule too (in units of its posterior sd),
     # and (but on float64's general grid) its quantiles: on random datasets against quad,
     # with every mu / theta_new check passing, the fast grid had a theta_j sd (J = 6) and
@@ -179,16 +251,18 @@ def fit_dataset(y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPri
     # of theta_j 1.1-1.5e-4 sd off with status ok (J = 5, half-Cauchy(5) / normal(0, 10),
     # a group whose sigma_j is ~20x the smallest; 64 nodes: 1.6e-6).
     # (the 2n-rule's even nodes are the n-rule's: theta_j only at its odd nodes)
-    theta_m_odd, theta_v_odd = jax.vmap(lambda t2, mm, mv: theta_given_tau(
-        t2, y, sigma2, fine._replace(mean=mm, var=mv)))(tau2_fine[1::2], mu_odd, mu_v_odd)
+    theta_m_odd, theta_v_odd = jax.vmap(
+        lambda t2, mm, mv: theta_given_tau(t2, y, sigma2, fine._replace(mean=mm, var=mv))
+    )(tau2_fine[1::2], mu_odd, mu_v_odd)
     theta_err = jax.vmap(moment_error, in_axes=(0, 1, 1, 0))(
-        theta, (theta_m, theta_v, theta_above), (theta_m_odd, theta_v_odd), theta.sd)
+        theta, (theta_m, theta_v, theta_above), (theta_m_odd, theta_v_odd), theta.sd
+    )
     if fast or jnp.finfo(dtype).bits > 32:
         theta_floor = jnp.zeros_like(theta.sd)
     else:
         eps = float(jnp.finfo(dtype).eps)
         # (over the nodes of positive weight: far ones may hold nan, see two_n_sum)
-        size = jnp.max(jnp.where(w[:, None] > 0, jnp.abs(theta_m), 0.0), axis=0)     # [J]
+        size = jnp.max(jnp.where(w[:, None] > 0, jnp.abs(theta_m), 0.0), axis=0)  # [J]
         theta_floor = 4.0 * eps * size / theta.sd
     # Every level of theta_j's quantiles, not just the outermost: grid.error looks at mu's
     # and theta_new's CDFs, not theta_j's, and their centres can be the worse. float32's
@@ -203,11 +277,11 @@ def fit_dataset(y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPri
         theta_m_f = jnp.concatenate([theta_m, theta_m_odd])
         theta_v_f = jnp.concatenate([theta_v, theta_v_odd])
         q_err_theta = jax.vmap(
-            lambda q, m, v, m_f, v_f, sc: quantile_error(q, levels, w, m, jnp.sqrt(v),
-                                                         w_f_even_odd, m_f, jnp.sqrt(v_f), sc,
-                                                         every_level=fast),
-            in_axes=(0, 1, 1, 1, 1, 0))(theta.quantiles, theta_m, theta_v, theta_m_f, theta_v_f,
-                                        theta.sd)
+            lambda q, m, v, m_f, v_f, sc: quantile_error(
+                q, levels, w, m, jnp.sqrt(v), w_f_even_odd, m_f, jnp.sqrt(v_f), sc, every_level=fast
+            ),
+            in_axes=(0, 1, 1, 1, 1, 0),
+        )(theta.quantiles, theta_m, theta_v, theta_m_f, theta_v_f, theta.sd)
         theta_err = jnp.maximum(theta_err, q_err_theta)
     theta_err = jnp.max(jnp.where(mask, theta_err - theta_floor, 0.0))
 
@@ -218,7 +292,7 @@ def fit_dataset(y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPri
     proper = bool(tau_prior.proper and mu_prior.proper)
     log_ev = grid.log_evidence if proper else jnp.full((), jnp.nan, dtype)
 
-    limit = 0.1 * float(jnp.finfo(dtype).eps) ** 0.5   # n-rule error vs the 2n-rule
+    limit = 0.1 * float(jnp.finfo(dtype).eps) ** 0.5  # n-rule error vs the 2n-rule
     # q_err estimates the quantile error itself (1-2e-9 sd where it is above 1.5e-9 on
     # simulated batches, checked against quad): flag it at 0.25 sqrt(eps), 3.7e-9 sd in
     # float64 and 8.6e-5 sd in float32, inside the 1e-8 and 1e-4 goals.
@@ -226,20 +300,40 @@ def fit_dataset(y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPri
     # a nan estimate is no evidence of accuracy: it flags like a large one
     others_unresolved = (grid.error > limit) | ~(jnp.maximum(q_err, m_err) <= q_limit)
     theta_unresolved = ~(theta_err <= q_limit)
-    status = (jnp.where(others_unresolved | theta_unresolved, STATUS["grid_unresolved"], 0)
-              | jnp.where(grid.truncated | (tau_cut > q_limit), STATUS["tail_truncated"], 0)
-              | jnp.where((grid.roundoff > ROUNDOFF_LIMIT) | (tau_round_off > q_limit),
-                          STATUS["roundoff_limited"], 0)
-              | jnp.where(ok_mu & jnp.all(ok_theta) & ok_new & ok_tau & ok_mode & grid.converged,
-                          0, STATUS["unconverged"])).astype(jnp.int32)
-    return DatasetFit(mu, tau, theta, new, mode, log_ev, grid.error, status,
-                      theta_unresolved & ~others_unresolved)
+    status = (
+        jnp.where(others_unresolved | theta_unresolved, STATUS["grid_unresolved"], 0)
+        | jnp.where(grid.truncated | (tau_cut > q_limit), STATUS["tail_truncated"], 0)
+        | jnp.where(
+            (grid.roundoff > ROUNDOFF_LIMIT) | (tau_round_off > q_limit),
+            STATUS["roundoff_limited"],
+            0,
+        )
+        | jnp.where(
+            ok_mu & jnp.all(ok_theta) & ok_new & ok_tau & ok_mode & grid.converged,
+            0,
+            STATUS["unconverged"],
+        )
+    ).astype(jnp.int32)
+    return DatasetFit(
+        mu, tau, theta, new, mode, log_ev, grid.error, status, theta_unresolved & ~others_unresolved
+    )
 
 
 @register
 @functools.partial(jax.jit, static_argnames=("n", "chunk", "kappa"))
-def fit_standardized(y, sigma2, mask, threshold, tau_prior, mu_prior, levels, *, n: int,
-                     chunk: int, kappa: Optional[float] = None) -> DatasetFit:
+def fit_standardized(
+    y,
+    sigma2,
+    mask,
+    threshold,
+    tau_prior,
+    mu_prior,
+    levels,
+    *,
+    n: int,
+    chunk: int,
+    kappa: float | None = None,
+) -> DatasetFit:
     """:func:`fit_dataset` over a batch: ``[B, J]`` inputs, ``[B]`` prior leaves.
 
     ``lax.map`` with ``batch_size=chunk`` vmaps ``chunk`` datasets at a time inside
@@ -253,17 +347,21 @@ def fit_standardized(y, sigma2, mask, threshold, tau_prior, mu_prior, levels, *,
         # lax.map cannot stack size-0 outputs: carry one placeholder level, dropped below
         return _pad_quantiles(out, 1) if moments_only else out
 
-    out = jax.lax.map(one, (y, sigma2, mask, threshold, tau_prior, mu_prior),
-                      batch_size=min(chunk, y.shape[0]))
+    out = jax.lax.map(
+        one, (y, sigma2, mask, threshold, tau_prior, mu_prior), batch_size=min(chunk, y.shape[0])
+    )
     return _pad_quantiles(out, 0) if moments_only else out
 
 
 def _pad_quantiles(out: DatasetFit, size: int) -> DatasetFit:
     """``out`` with every Marginal's quantile axis set to ``size`` zeros (moments only)."""
+
     def fix(m: Marginal):
         return m._replace(quantiles=jnp.zeros(m.quantiles.shape[:-1] + (size,), m.mean.dtype))
-    return out._replace(mu=fix(out.mu), tau=fix(out.tau), theta=fix(out.theta),
-                        theta_new=fix(out.theta_new))
+
+    return out._replace(
+        mu=fix(out.mu), tau=fix(out.tau), theta=fix(out.theta), theta_new=fix(out.theta_new)
+    )
 
 
 class Fit(NamedTuple):
@@ -355,10 +453,22 @@ def _default_chunk(K: int, J: int, Q: int, backend: str) -> int:
     return 1 << (fit_.bit_length() - 1)
 
 
-def fit(y, sigma=None, *, tau_prior="uniform", mu_prior="flat",
-        quantiles: Sequence[float] = DEFAULT_LEVELS, mask=None, names=None, groups=None,
-        skip_invalid: bool = False, nodes: Optional[int] = None, chunk: Optional[int] = None,
-        dtype=None, min_bucket: Optional[int] = None) -> Fit:
+def fit(
+    y,
+    sigma=None,
+    *,
+    tau_prior="uniform",
+    mu_prior="flat",
+    quantiles: Sequence[float] = DEFAULT_LEVELS,
+    mask=None,
+    names=None,
+    groups=None,
+    skip_invalid: bool = False,
+    nodes: int | None = None,
+    chunk: int | None = None,
+    dtype=None,
+    min_bucket: int | None = None,
+) -> Fit:
     r"""Exact posterior of the normal-normal hierarchical model for one or many datasets.
 
     .. math::
@@ -419,9 +529,20 @@ def fit(y, sigma=None, *, tau_prior="uniform", mu_prior="flat",
     # on whole blocks (or, below one block, the next power of two of B) and eighths of
     # one, padded with repeats (see run below): it compiles once per width and piece
     # shape whatever B is.
-    prep = prepare(y, sigma, tau_prior=tau_prior, mu_prior=mu_prior, mask=mask, names=names,
-                   groups=groups, nodes=nodes, chunk=None, dtype=dtype,
-                   skip_invalid=skip_invalid, default_chunk=_block_for(chunk))
+    prep = prepare(
+        y,
+        sigma,
+        tau_prior=tau_prior,
+        mu_prior=mu_prior,
+        mask=mask,
+        names=names,
+        groups=groups,
+        nodes=nodes,
+        chunk=None,
+        dtype=dtype,
+        skip_invalid=skip_invalid,
+        default_chunk=_block_for(chunk),
+    )
     batch, bad, problems, st, n = prep.batch, prep.bad, prep.problems, prep.st, prep.n
     B, J = batch.y.shape
     Q = levels.shape[0]
@@ -429,7 +550,7 @@ def fit(y, sigma=None, *, tau_prior="uniform", mu_prior="flat",
     workers = _host_workers() if backend == "cpu" else 1
     lv = prep.cast(levels)
 
-    def run(index, n_, kappa, width):
+    def run(index, n_, kappa, width, legendre=False):
         """The kernel, ``width`` groups wide, on the datasets ``index`` as host arrays, in
         pieces of two shapes: whole blocks, then the rest (or a batch smaller than one
         block) in eighths of a block, padded with repeats of the first dataset. The
@@ -438,41 +559,68 @@ def fit(y, sigma=None, *, tau_prior="uniform", mu_prior="flat",
         of a block, not a whole one. On a CPU the pieces run in a pool of host threads,
         one per core: each call is mostly sequential small ops, so concurrent calls fill
         the cores that one call leaves idle (+20-30% on 2 cores)."""
-        make_room()      # a fit may compile several kernels (hierjax.engine.cache)
+        make_room()  # a fit may compile several kernels (hierjax.engine.cache)
         block = _block_for(chunk)(n + 1, width)
         size_w = block if B >= block else 1 << max(0, B - 1).bit_length()
         eighth = max(1, size_w // 8)
         full = (index.size // size_w) * size_w
         rest = -(-(index.size - full) // eighth) * eighth
-        pieces = ([(start, size_w) for start in range(0, full, size_w)]
-                  + [(start, eighth) for start in range(full, full + rest, eighth)])
+        pieces = [(start, size_w) for start in range(0, full, size_w)] + [
+            (start, eighth) for start in range(full, full + rest, eighth)
+        ]
         padded = np.concatenate([index, np.full(full + rest - index.size, index[0])])
         ch = int(chunk) if chunk is not None else _default_chunk(n_ + 1, width, Q, backend)
 
         def call(piece):
             start, step = piece
-            part = fit_standardized(*prep.block(padded[start:start + step], width), lv, n=n_,
-                                    chunk=min(ch, step), kappa=kappa)
+            if legendre:
+                part = DatasetFit(
+                    *fit_legendre(
+                        *prep.block(padded[start : start + step], width),
+                        N=n_ + 1,
+                        chunk=min(ch, step),
+                    )
+                )
+            else:
+                part = fit_standardized(
+                    *prep.block(padded[start : start + step], width),
+                    lv,
+                    n=n_,
+                    chunk=min(ch, step),
+                    kappa=kappa,
+                )
             return jax.tree.map(np.asarray, part)
 
         parts = _map_pieces(call, pieces, workers)
-        out_ = jax.tree.map(lambda *a: np.concatenate(a)[:index.size], *parts)
+        out_ = jax.tree.map(lambda *a: np.concatenate(a)[: index.size], *parts)
         return _widen(out_, J)
 
     def fit_bucket(index, width):
         """``[(indices, DatasetFit)]`` for the datasets ``index``, fitted ``width`` wide."""
         if nodes is not None:
             return [(index, run(index, n, None, width))]
+        results = []
+        if Q == 0 and LEGENDRE_IN_FIT:
+            # Moments only: the Legendre nodes first where they apply; what their error
+            # estimate does not certify goes on to the grids below, unchanged.
+            first = legendre_applies(
+                batch.mask[index].sum(axis=1), prep.tau_prior, prep.mu_prior, prep.dtype
+            )
+            if first.any():
+                n_leg = LEGENDRE_NODES[np.finfo(prep.dtype).bits] - 1
+                out_leg = run(index[first], n_leg, None, width, legendre=True)
+                done = out_leg.status == 0
+                results.append((index[first][done], jax.tree.map(lambda a: a[done], out_leg)))
+                index = np.concatenate([index[~first], index[first][~done]])
+                if not index.size:
+                    return results
         # The fast grid first where it usually suffices (few groups, a light enough tau
         # tail); the datasets whose error estimates flag it are fitted again, with the
         # rest, on the general grid.
-        fast = _fast_grid_applies(batch.mask[index].sum(axis=1), prep.tau_prior,
-                                  prep.mu_prior)
+        fast = _fast_grid_applies(batch.mask[index].sum(axis=1), prep.tau_prior, prep.mu_prior)
         fast_idx, general = index[fast], index[~fast]
-        results = []
         if fast_idx.size:
-            out_fast = run(fast_idx, fast_nodes(prep.dtype, whole_line=Q == 0), FAST_KAPPA,
-                           width)
+            out_fast = run(fast_idx, fast_nodes(prep.dtype, whole_line=Q == 0), FAST_KAPPA, width)
             redo = (out_fast.status & STATUS["grid_unresolved"]) != 0
             results.append((fast_idx[~redo], jax.tree.map(lambda a: a[~redo], out_fast)))
             general = np.concatenate([general, fast_idx[redo]])
@@ -484,8 +632,9 @@ def fit(y, sigma=None, *, tau_prior="uniform", mu_prior="flat",
             # its round-off (~1e-4 sd) rather than its nodes limits such datasets (2n
             # unflagged the J = 4 0.999 quantile of theta_new at 1.03e-4 IQR off), while
             # a theta_j quantile 1.1-1.5e-4 sd off at 32 nodes was 1.6e-6 off at 64.
-            redo = (((out_general.status & STATUS["grid_unresolved"]) != 0)
-                    & ((np.finfo(prep.dtype).bits > 32) | out_general.theta_only))
+            redo = ((out_general.status & STATUS["grid_unresolved"]) != 0) & (
+                (np.finfo(prep.dtype).bits > 32) | out_general.theta_only
+            )
             results.append((general[~redo], jax.tree.map(lambda a: a[~redo], out_general)))
             if redo.any():
                 results.append((general[redo], run(general[redo], 2 * n, None, width)))
@@ -508,14 +657,14 @@ def _output_rounded(marginals, dt):
     offset (it runs on data standardised in float64), but a float32 result cannot hold
     ``-0.01 +- 1e-9``. ``marginals``: float64 Marginals with a leading ``[B]`` axis (nan
     where padded); judged where the sd exists. Returns ``[B]`` bool."""
-    if np.dtype(dt) == np.float64:       # the results are float64 already: nothing moves
+    if np.dtype(dt) == np.float64:  # the results are float64 already: nothing moves
         return np.zeros(marginals[0].mean.shape[0], bool)
     goal = GOAL[np.finfo(dt).bits]
     flag = False
     for m in marginals:
         sd = np.where(np.isfinite(m.sd), m.sd, np.nan)
         for v, unit in ((m.mean, sd), (m.quantiles, sd[..., None])):
-            moved = np.abs(v.astype(dt).astype(np.float64) - v) > goal * unit   # nan: False
+            moved = np.abs(v.astype(dt).astype(np.float64) - v) > goal * unit  # nan: False
             flag = flag | moved.reshape(moved.shape[0], -1).any(axis=1)
     return flag
 
@@ -532,15 +681,23 @@ def _to_user_units(out: DatasetFit, st, batch: Batch, bad, problems, levels, dt)
     def location(m: Marginal, axes):
         lc = loc.reshape((-1,) + (1,) * axes)
         sc = scale.reshape((-1,) + (1,) * axes)
-        return m._replace(mean=lc + sc * m.mean, sd=sc * m.sd,
-                          quantiles=lc[..., None] + sc[..., None] * m.quantiles)
+        return m._replace(
+            mean=lc + sc * m.mean,
+            sd=sc * m.sd,
+            quantiles=lc[..., None] + sc[..., None] * m.quantiles,
+        )
 
     def scaled(m: Marginal):
-        return m._replace(mean=scale * m.mean, sd=scale * m.sd,
-                          quantiles=scale[:, None] * m.quantiles)
+        return m._replace(
+            mean=scale * m.mean, sd=scale * m.sd, quantiles=scale[:, None] * m.quantiles
+        )
 
-    mu, theta, new, tau = location(o.mu, 0), location(o.theta, 1), location(o.theta_new, 0), \
-        scaled(o.tau)
+    mu, theta, new, tau = (
+        location(o.mu, 0),
+        location(o.theta, 1),
+        location(o.theta_new, 0),
+        scaled(o.tau),
+    )
     n_groups = batch.mask.sum(axis=1)
     log_ml = o.log_evidence - n_groups * np.log(scale)
     status = o.status.astype(np.int32) | np.where(bad, STATUS["invalid"], 0).astype(np.int32)
@@ -549,6 +706,7 @@ def _to_user_units(out: DatasetFit, st, batch: Batch, bad, problems, levels, dt)
 
     def blank(m: Marginal, mask=None):
         """nan (False for the flags) for invalid datasets and, given a mask, padded groups."""
+
         def f(a):
             empty = False if a.dtype == bool else np.nan
             if any_bad:
@@ -557,25 +715,38 @@ def _to_user_units(out: DatasetFit, st, batch: Batch, bad, problems, levels, dt)
                 mk = mask.reshape(mask.shape + (1,) * (a.ndim - 2))
                 a = np.where(mk, a, empty)
             return a
+
         return Marginal(*map(f, m))
 
     def cast(m: Marginal):
         return Marginal(*[a if a.dtype == bool else a.astype(dt) for a in m])
 
     mu, tau, theta, new = blank(mu), blank(tau), blank(theta, group_mask), blank(new)
-    status = status | np.where(_output_rounded((mu, theta, new), dt),
-                               STATUS["output_rounded"], 0).astype(np.int32)
+    status = status | np.where(
+        _output_rounded((mu, theta, new), dt), STATUS["output_rounded"], 0
+    ).astype(np.int32)
     nanb = np.where(bad, np.nan, 1.0)
     return Fit(
-        mu=cast(mu), tau=cast(tau), theta=cast(theta), theta_new=cast(new),
+        mu=cast(mu),
+        tau=cast(tau),
+        theta=cast(theta),
+        theta_new=cast(new),
         tau_mode=(scale * o.tau_mode * nanb).astype(dt),
         log_marginal_likelihood=(log_ml * nanb).astype(dt),
         grid_error=(o.grid_error * nanb).astype(dt),
-        status=status, n_groups=n_groups, mask=group_mask, levels=levels,
-        names=batch.names, groups=batch.groups,
+        status=status,
+        n_groups=n_groups,
+        mask=group_mask,
+        levels=levels,
+        names=batch.names,
+        groups=batch.groups,
         notes=tuple("" if p is None else p for p in problems),
     )
 
+
+#: Whether fit tries the Legendre moments path first (hierjax.inference.legendre). Off: a screen
+#: against quad found a far feature of p(tau | y) its error estimate does not see.
+LEGENDRE_IN_FIT = False
 
 #: Datasets per narrower kernel width below which they join a wider one (see :func:`fit`).
 MIN_BUCKET = 8192
@@ -595,7 +766,7 @@ def bucket_widths(mask, min_bucket: int = MIN_BUCKET):
     """
     B, J = mask.shape
     last = np.where(mask.any(axis=1), J - np.argmax(mask[:, ::-1], axis=1), 1)
-    sizes, which = np.unique(last, return_inverse=True)        # at most J distinct sizes
+    sizes, which = np.unique(last, return_inverse=True)  # at most J distinct sizes
     own = np.minimum(np.array([padded_size(k) for k in sizes], np.int64)[which.reshape(-1)], J)
     out = np.full(B, J, np.int64)
     waiting = np.zeros(B, bool)
@@ -610,12 +781,15 @@ def bucket_widths(mask, min_bucket: int = MIN_BUCKET):
 def _widen(out: DatasetFit, J: int) -> DatasetFit:
     """``out`` with its theta fields padded from a narrower kernel's width to ``J`` groups
     (nan, or False for the flags, as :func:`_to_user_units` blanks every padded group)."""
+
     def pad(a):
         if a.shape[1] == J:
             return a
         fill = False if a.dtype == bool else np.nan
-        return np.pad(a, [(0, 0), (0, J - a.shape[1])] + [(0, 0)] * (a.ndim - 2),
-                      constant_values=fill)
+        return np.pad(
+            a, [(0, 0), (0, J - a.shape[1])] + [(0, 0)] * (a.ndim - 2), constant_values=fill
+        )
+
     return out._replace(theta=Marginal(*map(pad, out.theta)))
 
 
@@ -637,8 +811,11 @@ def _fast_grid_applies(n_groups, tau_prior: TauPrior, mu_prior: MuPrior):
     general one (1.5x the general alone), so beyond ~J = 16 the fast grid stops paying.
     """
     alpha = n_groups - (1.0 if isinstance(mu_prior, NormalMu) else 2.0) + tau_prior.tail_power
-    return ((alpha >= FAST_MIN_ALPHA) & (n_groups <= FAST_MAX_GROUPS)
-            & _smooth_at_origin(tau_prior.origin_power))
+    return (
+        (alpha >= FAST_MIN_ALPHA)
+        & (n_groups <= FAST_MAX_GROUPS)
+        & _smooth_at_origin(tau_prior.origin_power)
+    )
 
 
 def _smooth_at_origin(b) -> bool:
@@ -662,7 +839,7 @@ def _host_workers() -> int:
     """Host threads that run blocks concurrently on a CPU backend: the usable cores."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:          # not on Linux
+    except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
 
 
@@ -687,8 +864,10 @@ def _map_pieces(call, pieces, workers: int):
 
 def _block_for(chunk):
     """``(K, J) -> datasets per block``: the default, or whole chunks when ``chunk`` is larger."""
+
     def block(K: int, J: int) -> int:
         return max(_default_block(K, J), int(chunk or 1))
+
     return block
 
 

@@ -34,10 +34,11 @@ Everything is in log space; weights are normalised with ``logsumexp``. The fast 
 a moments-only fit skips steps 1 and 2: it centres its map on the data's spread and
 spans the dtype's whole range of tau (``locate=False``, :func:`_whole_line`).
 """
+
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -48,13 +49,24 @@ from hierjax.model.priors import MuPrior, NormalMu, TauPrior
 from hierjax.numerics.quadrature import chebyshev_matrix, clenshaw_curtis
 from hierjax.numerics.solvers import iterate, maximize
 
-__all__ = ["TauGrid", "tau_grid", "tail_alpha", "log_posterior_x", "default_nodes",
-           "grid_tau_of_z", "grid_z_of_tau", "KAPPA", "TAIL_LEVEL", "FAST_KAPPA", "fast_nodes",
-           "general_kappa"]
+__all__ = [
+    "TauGrid",
+    "tau_grid",
+    "tail_alpha",
+    "log_posterior_x",
+    "default_nodes",
+    "grid_tau_of_z",
+    "grid_z_of_tau",
+    "KAPPA",
+    "TAIL_LEVEL",
+    "FAST_KAPPA",
+    "fast_nodes",
+    "general_kappa",
+]
 
-KAPPA = 2.0          # x = x0 + KAPPA * logit(u)
-_SCOUT = 17          # scout points
-_SCOUT_HALF = 14.0   # scout covers x0_guess +- 14 (tau over ~12 orders of magnitude)
+KAPPA = 2.0  # x = x0 + KAPPA * logit(u)
+_SCOUT = 17  # scout points
+_SCOUT_HALF = 14.0  # scout covers x0_guess +- 14 (tau over ~12 orders of magnitude)
 _NEWTON_FAST = 8
 _DOUBLINGS_FAST = 6
 _BISECTIONS = 5
@@ -250,8 +262,11 @@ def _tail_drop(dtype, alpha, width, tail):
     alpha = jnp.maximum(alpha, 0.25)
     peak = 1.0 / (math.sqrt(2.0 * math.pi) * width)
     eps = float(jnp.finfo(dtype).eps)
-    return (jnp.log(200.0 * peak / (alpha * alpha * math.sqrt(eps))) - jnp.log(tail)
-            + jnp.log(0.25 / tail) / alpha)
+    return (
+        jnp.log(200.0 * peak / (alpha * alpha * math.sqrt(eps)))
+        - jnp.log(tail)
+        + jnp.log(0.25 / tail) / alpha
+    )
 
 
 def _extent(h, x0, h0, width, limit, drop, sign, slope=0.0, drop_flat=None):
@@ -277,12 +292,12 @@ def _extent(h, x0, h0, width, limit, drop, sign, slope=0.0, drop_flat=None):
     def grow(state):
         i, lo, a, done = state
         go = ~done & above(a) & (a < limit)
-        return (i + 1, jnp.where(go, a, lo), jnp.where(go, jnp.minimum(2.0 * a, limit), a),
-                ~go)
+        return (i + 1, jnp.where(go, a, lo), jnp.where(go, jnp.minimum(2.0 * a, limit), a), ~go)
 
     zero = jnp.zeros((), dtype)
-    _, lo, a, grown = iterate(grow, (0, zero, start, jnp.array(False)),
-                              fast_steps=_DOUBLINGS_FAST, max_iter=64)
+    _, lo, a, grown = iterate(
+        grow, (0, zero, start, jnp.array(False)), fast_steps=_DOUBLINGS_FAST, max_iter=64
+    )
     reached = ~above(a)
 
     def bisect(_, state):
@@ -310,8 +325,9 @@ def grid_z_of_tau(tau, x0, u_lo, one_minus_u_hi, kappa=KAPPA):
     a = (jnp.log(tau) - x0) / kappa
     u, omu = jax.nn.sigmoid(a), jax.nn.sigmoid(-a)
     width = 1.0 - u_lo - one_minus_u_hi
-    return jnp.where(u < 0.5, 2.0 * (u - u_lo) / width - 1.0,
-                     1.0 - 2.0 * (omu - one_minus_u_hi) / width)
+    return jnp.where(
+        u < 0.5, 2.0 * (u - u_lo) / width - 1.0, 1.0 - 2.0 * (omu - one_minus_u_hi) / width
+    )
 
 
 def _spread(y, mask):
@@ -354,8 +370,9 @@ def _locate(h, y, mask, tau_prior: TauPrior, mu_prior: MuPrior, kappa: float, ta
     # The density itself must fall further where a far upper quantile is asked for (a
     # heavy tail, _tail_drop), but not the moment integrands: each has its own test.
     k_mom = jnp.where(alpha > 2.0, 2.0, jnp.where(alpha > 1.0, 1.0, 0.0))
-    right, ok_right, conv_right = _extent(h, x0, h0, width, x_max - x0, drop, 1.0, k_mom,
-                                          _tail_drop(dtype, alpha, width, tail))
+    right, ok_right, conv_right = _extent(
+        h, x0, h0, width, x_max - x0, drop, 1.0, k_mom, _tail_drop(dtype, alpha, width, tail)
+    )
     left, ok_left, conv_left = _extent(h, x0, h0, width, x0 - x_min, drop, -1.0)
 
     # 3. Map: u in [u_lo, u_hi] with x = x0 + kappa * logit(u).
@@ -395,9 +412,18 @@ def _whole_line(y, sigma2, mask, kappa: float):
     return x0, u_lo, one_minus_u_hi, jnp.array(False), jnp.array(True)
 
 
-def tau_grid(y, sigma2, mask, tau_prior: TauPrior, mu_prior: MuPrior, n: int,
-             kappa: Optional[float] = None, relative: bool = True,
-             locate: bool = True, tail=TAIL_LEVEL) -> TauGrid:
+def tau_grid(
+    y,
+    sigma2,
+    mask,
+    tau_prior: TauPrior,
+    mu_prior: MuPrior,
+    n: int,
+    kappa: float | None = None,
+    relative: bool = True,
+    locate: bool = True,
+    tail=TAIL_LEVEL,
+) -> TauGrid:
     """Build the quadrature grid for ``p(tau | y)`` of one dataset (see the module doc).
 
     Args:
@@ -429,15 +455,18 @@ def tau_grid(y, sigma2, mask, tau_prior: TauPrior, mu_prior: MuPrior, n: int,
     """
     dtype = y.dtype
     if kappa is None:
-        kappa = _tail_kappa(general_kappa(tau_prior.origin_power),
-                            tail_alpha(jnp.sum(mask).astype(dtype), tau_prior, mu_prior))
+        kappa = _tail_kappa(
+            general_kappa(tau_prior.origin_power),
+            tail_alpha(jnp.sum(mask).astype(dtype), tau_prior, mu_prior),
+        )
 
     def h(x):
         return log_posterior_x(x, y, sigma2, mask, tau_prior, mu_prior)
 
     if locate:
-        x0, u_lo, one_minus_u_hi, truncated, converged = _locate(h, y, mask, tau_prior,
-                                                                 mu_prior, kappa, tail)
+        x0, u_lo, one_minus_u_hi, truncated, converged = _locate(
+            h, y, mask, tau_prior, mu_prior, kappa, tail
+        )
     else:
         x0, u_lo, one_minus_u_hi, truncated, converged = _whole_line(y, sigma2, mask, kappa)
 
@@ -475,22 +504,37 @@ def tau_grid(y, sigma2, mask, tau_prior: TauPrior, mu_prior: MuPrior, n: int,
         centre = jnp.sum(jnp.exp(log_weight_fine) * mu.mean)
         for c in (centre - 2.0 * jnp.sqrt(v[k]), centre, centre + 2.0 * jnp.sqrt(v[k])):
             F = 0.5 * erfc((mu.mean - c) * jax.lax.rsqrt(2.0 * v))
-            errs.append(jnp.abs(jnp.sum(jnp.exp(log_weight) * F[::2])
-                                - jnp.sum(jnp.exp(log_weight_fine) * F)))
+            errs.append(
+                jnp.abs(
+                    jnp.sum(jnp.exp(log_weight) * F[::2]) - jnp.sum(jnp.exp(log_weight_fine) * F)
+                )
+            )
     error = jnp.max(jnp.stack(errs))
 
     # Round-off in log p(y | tau): each of the J terms (log v_j, r_j^2 / v_j) carries a
     # relative error ~eps, so differences between nodes are known to about this much.
     roundoff = float(jnp.finfo(dtype).eps) * jnp.sum(
-        jnp.where(mask, jnp.abs(jnp.log(ref.v)) + ref.r2_over_v + 1.0, 0.0))
+        jnp.where(mask, jnp.abs(jnp.log(ref.v)) + ref.r2_over_v + 1.0, 0.0)
+    )
 
     return TauGrid(
-        tau=tau[::2], log_weight=log_weight, mu=jax.tree.map(lambda a: a[::2], mu), mu_fine=mu,
+        tau=tau[::2],
+        log_weight=log_weight,
+        mu=jax.tree.map(lambda a: a[::2], mu),
+        mu_fine=mu,
         roundoff=roundoff,
-        tau_fine=tau, log_weight_fine=log_weight_fine, log_joint_fine=log_joint,
+        tau_fine=tau,
+        log_weight_fine=log_weight_fine,
+        log_joint_fine=log_joint,
         density_z=jnp.exp(log_f - log_z_fine),
-        log_evidence=log_z_fine, error=error, truncated=truncated, converged=converged,
-        x0=x0, kappa=jnp.asarray(kappa, dtype), u_lo=u_lo, one_minus_u_hi=one_minus_u_hi,
+        log_evidence=log_z_fine,
+        error=error,
+        truncated=truncated,
+        converged=converged,
+        x0=x0,
+        kappa=jnp.asarray(kappa, dtype),
+        u_lo=u_lo,
+        one_minus_u_hi=one_minus_u_hi,
     )
 
 

@@ -18,6 +18,7 @@ is the tau CDF). Moments that do not exist (heavy tails) are ``nan`` (means of
 symmetric-ish parameters) or ``inf`` (tau's mean, every sd) with the matching
 ``*_exists`` flag False: never a grid-dependent number.
 """
+
 from __future__ import annotations
 
 import functools
@@ -32,18 +33,30 @@ from hierjax.inference.grid import TauGrid, grid_tau_of_z, grid_z_of_tau
 from hierjax.numerics.quadrature import clenshaw_curtis, integration_matrices
 from hierjax.numerics.solvers import iterate, maximize
 
-__all__ = ["Marginal", "mixture_summary", "component_above", "coarse_weights", "coarse_stages",
-           "mixture_quantile", "quantile_error", "tau_summary", "TauCdf", "tau_cdf_nodes",
-           "tau_quantile", "tau_quantile_error", "tau_mode"]
+__all__ = [
+    "Marginal",
+    "mixture_summary",
+    "component_above",
+    "coarse_weights",
+    "coarse_stages",
+    "mixture_quantile",
+    "quantile_error",
+    "tau_summary",
+    "TauCdf",
+    "tau_cdf_nodes",
+    "tau_quantile",
+    "tau_quantile_error",
+    "tau_mode",
+]
 
 _MAX_ITER = 100
-_COARSE_STEPS = 2     # Halley steps on the quarter-size nested rule
-_MEDIUM_STEPS = 1     # then on the half-size one (float64)
-_FAST_STEPS = 1       # then full Halley steps for mixture quantiles
-_TAU_FAST_STEPS = 4   # Newton steps on the tau CDF
+_COARSE_STEPS = 2  # Halley steps on the quarter-size nested rule
+_MEDIUM_STEPS = 1  # then on the half-size one (float64)
+_FAST_STEPS = 1  # then full Halley steps for mixture quantiles
+_TAU_FAST_STEPS = 4  # Newton steps on the tau CDF
 _MODE_FAST_STEPS = 4  # Newton steps for the tau mode (then a while loop)
-_TOL_RES = 2e-10     # residual tolerance per unit of min(p, 1 - p), see mixture_quantile
-_NEAR = 1e-3         # |F - p| / min(p, 1 - p) from which a Halley step's error model is trusted
+_TOL_RES = 2e-10  # residual tolerance per unit of min(p, 1 - p), see mixture_quantile
+_NEAR = 1e-3  # |F - p| / min(p, 1 - p) from which a Halley step's error model is trusted
 
 
 class Marginal(NamedTuple):
@@ -95,9 +108,9 @@ def _mixture_moments(w, m, s) -> _Moments:
     s2 = s * s
     mu2 = jnp.sum(w * (c * c + s2))
     mu3 = jnp.sum(w * c * (c * c + 3.0 * s2))
-    mu4 = jnp.sum(w * (c ** 4 + 6.0 * c * c * s2 + 3.0 * s2 * s2))
+    mu4 = jnp.sum(w * (c**4 + 6.0 * c * c * s2 + 3.0 * s2 * s2))
     sd = jnp.sqrt(mu2)
-    return _Moments(mean, sd, mu3 / sd ** 3, mu4 / mu2 ** 2 - 3.0)
+    return _Moments(mean, sd, mu3 / sd**3, mu4 / mu2**2 - 3.0)
 
 
 def _halley_terms(x, p, w, m, inv_s, special_dtype=None):
@@ -114,9 +127,13 @@ def _halley_terms(x, p, w, m, inv_s, special_dtype=None):
         t_lo = t.astype(special_dtype)
         Phi = _Phi(t_lo).astype(t.dtype)
         e = jnp.exp(-0.5 * t_lo * t_lo).astype(t.dtype)
-    wphi = w * inv_s * _INV_SQRT2PI * e   # w_k phi(t_k) / s_k
-    return (jnp.sum(w * Phi) - p, jnp.sum(wphi), -jnp.sum(wphi * t * inv_s),
-            jnp.sum(wphi * (t * t - 1.0) * inv_s * inv_s))
+    wphi = w * inv_s * _INV_SQRT2PI * e  # w_k phi(t_k) / s_k
+    return (
+        jnp.sum(w * Phi) - p,
+        jnp.sum(wphi),
+        -jnp.sum(wphi * t * inv_s),
+        jnp.sum(wphi * (t * t - 1.0) * inv_s * inv_s),
+    )
 
 
 def _halley_step(F, f, fp):
@@ -169,15 +186,19 @@ def mixture_quantile(p, w, m, s, moments=None, coarse=None):
     lo = jnp.min(jnp.where(live, qk, jnp.inf))
     hi = jnp.max(jnp.where(live, qk, -jnp.inf))
     g1, g2 = mo.skew, mo.exkurt
-    z_cf = (zp + (zp * zp - 1.0) * g1 / 6.0 + (zp ** 3 - 3.0 * zp) * g2 / 24.0
-            - (2.0 * zp ** 3 - 5.0 * zp) * g1 * g1 / 36.0)
+    z_cf = (
+        zp
+        + (zp * zp - 1.0) * g1 / 6.0
+        + (zp**3 - 3.0 * zp) * g2 / 24.0
+        - (2.0 * zp**3 - 5.0 * zp) * g1 * g1 / 36.0
+    )
     x_cf = mo.mean + mo.sd * z_cf
     # Cornish-Fisher is good for near-normal mixtures; with heavy tails (large grid
     # kurtosis) start from the weighted mean of the components' own quantiles instead.
     x_avg = jnp.sum(jnp.where(live, w * qk, 0.0)) / jnp.sum(jnp.where(live, w, 0.0))
     near_normal = (jnp.abs(g1) < 1.0) & (jnp.abs(g2) < 2.0) & jnp.isfinite(x_cf)
     x = jnp.clip(jnp.where(near_normal, x_cf, x_avg), lo, hi)
-    tol_f = 4.0 * eps        # |F - p| at round-off: q is within 4 eps / f of the root
+    tol_f = 4.0 * eps  # |F - p| at round-off: q is within 4 eps / f of the root
     # After a Halley step h the error is C h^3 with C = |F'''/(6F') - (F''/(2F'))^2|; the
     # residual it leaves in F, f C |h|^3, must be below 2e-10 min(p, 1 - p) (or at
     # round-off, 16 eps, in float32). With f ~ p z / sd in a tail (Mills' ratio) that is
@@ -192,7 +213,7 @@ def mixture_quantile(p, w, m, s, moments=None, coarse=None):
     # The coarse steps only start the search: in float64 their Phi and phi are evaluated
     # in float32 (the arguments and sums stay float64, so no offset or scale is lost).
     low = jnp.float32 if jnp.finfo(dtype).bits > 32 else None
-    for w_c, stride, steps in (coarse or ()):
+    for w_c, stride, steps in coarse or ():
         m_c, inv_c = m[::stride], inv_s[::stride]
         for _ in range(steps):
             F, f, fp, _ = _halley_terms(x, p, w_c, m_c, inv_c, low)
@@ -219,8 +240,9 @@ def mixture_quantile(p, w, m, s, moments=None, coarse=None):
         now = at_root | (ok & small) | (hi - lo <= 64.0 * eps * (jnp.abs(x) + 1.0 / f))
         return i + 1, x_new, lo, hi, done | now
 
-    state = iterate(halley, (0, x, lo, hi, jnp.array(False)),
-                    fast_steps=_FAST_STEPS, max_iter=_MAX_ITER)
+    state = iterate(
+        halley, (0, x, lo, hi, jnp.array(False)), fast_steps=_FAST_STEPS, max_iter=_MAX_ITER
+    )
     return sign * state[1], state[4]
 
 
@@ -248,6 +270,7 @@ def quantile_error(q, levels, w, m, s, w_fine, m_fine, s_fine, scale, every_leve
     Returns:
         ``max e_i`` over the levels checked, scalar (0 when ``Q = 0``).
     """
+
     def one(qq, p):
         t = (qq - m) / s
         f = jnp.sum(w * _INV_SQRT2PI * jnp.exp(-0.5 * t * t) / s)
@@ -272,8 +295,7 @@ def component_above(m, s, threshold):
     return _Phi((m - threshold) / s)
 
 
-def mixture_summary(w, m, s, levels, threshold, mean_exists, sd_exists, coarse=None,
-                    above=None):
+def mixture_summary(w, m, s, levels, threshold, mean_exists, sd_exists, coarse=None, above=None):
     r"""Summary of the normal mixture ``sum_k w_k N(m_k, s_k^2)``.
 
     .. math::
@@ -298,7 +320,7 @@ def mixture_summary(w, m, s, levels, threshold, mean_exists, sd_exists, coarse=N
     # 50-fold. Relative to c the search keeps its digits; adding c back costs half an ulp.
     if above is None:
         above = component_above(m, s, threshold)
-    p_gt = jnp.clip(jnp.sum(w * above), 0.0, 1.0)   # round-off can pass 1
+    p_gt = jnp.clip(jnp.sum(w * above), 0.0, 1.0)  # round-off can pass 1
     c = m[jnp.argmax(w)]
     m = m - c
     mean = jnp.sum(w * m)
@@ -308,7 +330,7 @@ def mixture_summary(w, m, s, levels, threshold, mean_exists, sd_exists, coarse=N
         mo = _mixture_moments(w, m, s)
         q, conv = jax.vmap(lambda p: mixture_quantile(p, w, m, s, mo, coarse))(levels)
         q = c + q
-    else:     # moments only
+    else:  # moments only
         q, conv = jnp.zeros((0,), m.dtype), jnp.array(True)
     mean = jnp.where(mean_exists, mean, jnp.nan)
     sd = jnp.where(sd_exists, jnp.sqrt(var), jnp.inf)
@@ -321,7 +343,7 @@ def coarse_weights(grid: TauGrid, stride: int = 4, steps: int = 1):
     stage ``(weights, stride, steps)`` of :func:`mixture_quantile`."""
     n = grid.tau.shape[0] - 1
     _, w = clenshaw_curtis(n // stride)
-    wc = jnp.asarray(w, grid.density_z.dtype) * grid.density_z[::2 * stride]
+    wc = jnp.asarray(w, grid.density_z.dtype) * grid.density_z[:: 2 * stride]
     return wc / jnp.sum(wc), stride, steps
 
 
@@ -363,7 +385,7 @@ class TauCdf(NamedTuple):
     lam: jnp.ndarray
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _barycentric_weights(N: int):
     """Barycentric weights of the ``N + 1`` CC nodes: ``(-1)^k``, halved at the ends."""
     lam = np.where(np.arange(N + 1) % 2 == 0, 1.0, -1.0)
@@ -388,8 +410,11 @@ def tau_cdf_nodes(grid: TauGrid) -> TauCdf:
     N = grid.density_z.shape[0] - 1
     dtype = grid.density_z.dtype
     L, U = (jnp.asarray(a, dtype) for a in integration_matrices(N))
-    return TauCdf(jnp.sum(L * grid.density_z, axis=1), jnp.sum(U * grid.density_z, axis=1),
-                  jnp.asarray(_barycentric_weights(N), dtype))
+    return TauCdf(
+        jnp.sum(L * grid.density_z, axis=1),
+        jnp.sum(U * grid.density_z, axis=1),
+        jnp.asarray(_barycentric_weights(N), dtype),
+    )
 
 
 def _between_nodes(target, G_nodes, nodes):
@@ -446,17 +471,19 @@ def tau_quantile_error(q, levels, grid: TauGrid, cdf: TauCdf, alpha, unit):
     cut_mass = grid.density_z[0] * tau_end / dtau_end / jnp.maximum(alpha, 0.25)
 
     def one(qq, p):
-        z = jnp.clip(grid_z_of_tau(qq, grid.x0, grid.u_lo, grid.one_minus_u_hi, grid.kappa),
-                     -1.0, 1.0)
+        z = jnp.clip(
+            grid_z_of_tau(qq, grid.x0, grid.u_lo, grid.one_minus_u_hi, grid.kappa), -1.0, 1.0
+        )
         upper = p > 0.5
         G_nodes = jnp.where(upper, cdf.upper, cdf.lower)
         d = z - nodes
         c = cdf.lam / jnp.where(d == 0, jnp.finfo(dtype).tiny, d)
         sum_c = jnp.sum(c)
-        density = jnp.sum(c * grid.density_z) / sum_c              # p(z_q | y)
+        density = jnp.sum(c * grid.density_z) / sum_c  # p(z_q | y)
         G = jnp.where(upper, 1.0 - p, p)
-        round_off = eps * jnp.sum(jnp.abs(c * G_nodes)) / jnp.abs(sum_c) + (
-            grid.roundoff + 8.0 * eps) * G
+        round_off = (
+            eps * jnp.sum(jnp.abs(c * G_nodes)) / jnp.abs(sum_c) + (grid.roundoff + 8.0 * eps) * G
+        )
         cut = jnp.where(upper, cut_mass, 0.0)
         _, dtau = _dtau_dz(z, grid)
         per_unit = dtau / (density * unit)
@@ -500,12 +527,13 @@ def tau_quantile(p, grid: TauGrid, cdf: TauCdf, fast_steps: int = _TAU_FAST_STEP
         ok = (f > 0) & (z - step > lo) & (z - step < hi)
         at_root = jnp.abs(G) <= tol
         z_new = jnp.where(at_root | done, z, jnp.where(ok, z - step, 0.5 * (lo + hi)))
-        now = at_root | (ok & (jnp.abs(step) <= 1e-2 * eps ** 0.5)) | (hi - lo <= 64.0 * eps)
+        now = at_root | (ok & (jnp.abs(step) <= 1e-2 * eps**0.5)) | (hi - lo <= 64.0 * eps)
         return i + 1, z_new, lo, hi, done | now
 
     one = jnp.ones((), dtype)
-    state = iterate(newton, (0, z0, -one, one, jnp.array(False)), fast_steps=fast_steps,
-                    max_iter=_MAX_ITER)
+    state = iterate(
+        newton, (0, z0, -one, one, jnp.array(False)), fast_steps=fast_steps, max_iter=_MAX_ITER
+    )
     tau, _, _, _ = grid_tau_of_z(state[1], grid.x0, grid.u_lo, grid.one_minus_u_hi, grid.kappa)
     return tau, state[4]
 
@@ -538,11 +566,13 @@ def tau_summary(grid: TauGrid, levels, mean_exists, sd_exists, alpha=None):
             nodes = jnp.asarray(clenshaw_curtis(cdf.lower.shape[0] - 1)[0], dtype)
             z_lo = _between_nodes(0.25, cdf.lower, nodes)
             z_hi = _between_nodes(-0.25, -cdf.upper, nodes)
-            iqr = (grid_tau_of_z(z_hi, grid.x0, grid.u_lo, grid.one_minus_u_hi, grid.kappa)[0]
-                   - grid_tau_of_z(z_lo, grid.x0, grid.u_lo, grid.one_minus_u_hi, grid.kappa)[0])
+            iqr = (
+                grid_tau_of_z(z_hi, grid.x0, grid.u_lo, grid.one_minus_u_hi, grid.kappa)[0]
+                - grid_tau_of_z(z_lo, grid.x0, grid.u_lo, grid.one_minus_u_hi, grid.kappa)[0]
+            )
             unit = jnp.where(sd_exists, jnp.sqrt(var), iqr)
             errors = tau_quantile_error(q, levels, grid, cdf, alpha, unit)
-    else:     # moments only
+    else:  # moments only
         q, conv = jnp.zeros((0,), dtype), jnp.array(True)
     mean = jnp.where(mean_exists, mean, jnp.inf)
     sd = jnp.where(sd_exists, jnp.sqrt(var), jnp.inf)
@@ -589,8 +619,15 @@ def tau_mode(grid: TauGrid, log_density_tau):
     # uniform prior) the mode is 0 with no search: in x = log tau the density is flat
     # towards -inf there, and bisecting down that plateau held every lane's while loop.
     # A maximiser is only determined to ~sqrt(eps) (the function is flat there).
-    xx, conv = maximize(g, x[k], lo, hi, 4.0 * eps ** 0.5 * (1.0 + jnp.abs(x[k])),
-                        fast_steps=_MODE_FAST_STEPS, done=zero_wins(g_k))
+    xx, conv = maximize(
+        g,
+        x[k],
+        lo,
+        hi,
+        4.0 * eps**0.5 * (1.0 + jnp.abs(x[k])),
+        fast_steps=_MODE_FAST_STEPS,
+        done=zero_wins(g_k),
+    )
     g_xx = g(xx)
     g_inner = jnp.maximum(g_xx, g_k)
     # Newton's root of g' is kept unless it is lower than the node beyond round-off: at a

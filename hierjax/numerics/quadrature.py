@@ -8,17 +8,17 @@ the nodes (Trefethen, *Approximation Theory and Approximation Practice*, ch. 3, 
 
 Tables are built once per ``N`` in float64 NumPy on the host.
 """
+
 from __future__ import annotations
 
 import functools
 
-import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["clenshaw_curtis", "chebyshev_matrix", "integration_matrices"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def clenshaw_curtis(n: int):
     r"""Nodes and weights of the ``(n + 1)``-point Clenshaw-Curtis rule on ``[-1, 1]``.
 
@@ -37,7 +37,7 @@ def clenshaw_curtis(n: int):
     theta = np.pi * np.arange(n + 1) / n
     j = np.arange(1, n // 2 + 1)
     b = np.where(j == n // 2, 1.0, 2.0)
-    s = (b / (4.0 * j ** 2 - 1.0))[None, :] * np.cos(2.0 * j[None, :] * theta[:, None])
+    s = (b / (4.0 * j**2 - 1.0))[None, :] * np.cos(2.0 * j[None, :] * theta[:, None])
     c = np.where((np.arange(n + 1) == 0) | (np.arange(n + 1) == n), 1.0, 2.0)
     w = c / n * (1.0 - s.sum(axis=1))
     z = np.cos(theta)
@@ -46,7 +46,7 @@ def clenshaw_curtis(n: int):
     return z, w
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def chebyshev_matrix(n: int):
     r"""Matrix ``M[m, k]`` taking values at the ``n + 1`` CC nodes to Chebyshev coefficients.
 
@@ -67,7 +67,7 @@ def chebyshev_matrix(n: int):
     return M
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def integration_matrices(n: int):
     r"""Matrices taking values at the ``n + 1`` CC nodes to the integrals of their
     interpolant from each end: ``(L, U)``, ``[n + 1, n + 1]`` each.
@@ -89,15 +89,15 @@ def integration_matrices(n: int):
     ``S`` (the upper tail), where ``1 - F`` would keep only ``F``'s absolute accuracy.
     Built in float64 on the host.
     """
-    M = chebyshev_matrix(n)                                  # a = M f,  [m, j]
-    a = np.concatenate([M, np.zeros((2, n + 1))])            # a_0 .. a_{n+2}
+    M = chebyshev_matrix(n)  # a = M f,  [m, j]
+    a = np.concatenate([M, np.zeros((2, n + 1))])  # a_0 .. a_{n+2}
     m = np.arange(1, n + 2)[:, None]
-    a_prev = a[:n + 1].copy()
+    a_prev = a[: n + 1].copy()
     a_prev[0] *= 2.0
-    b = (a_prev - a[2:n + 3]) / (2.0 * m)                    # b_1 .. b_{n+1},  [m, j]
+    b = (a_prev - a[2 : n + 3]) / (2.0 * m)  # b_1 .. b_{n+1},  [m, j]
     k = np.arange(n + 1)[:, None]
     # 1 - T_m(z_k) and T_m(z_k) - T_m(-1) = (-1)^(m+1) (1 - T_m(z_{n-k})), no cancellation
-    half_angle = m.T * np.pi / (2 * n)                       # [1, m]
+    half_angle = m.T * np.pi / (2 * n)  # [1, m]
     one_minus_T = 2.0 * np.sin(half_angle * k) ** 2
     from_minus_one = np.where(m.T % 2 == 0, -2.0, 2.0) * np.sin(half_angle * (n - k)) ** 2
     L, U = from_minus_one @ b, one_minus_T @ b

@@ -7,6 +7,7 @@ starting points), then a ``while_loop`` that continues only while some lane is n
 done: when all are, it costs one check. One compiled program serves both, and the
 result never depends on which other datasets share the batch.
 """
+
 from __future__ import annotations
 
 import jax
@@ -49,6 +50,7 @@ def maximize(h, x, lo, hi, tol, *, fast_steps: int, max_iter: int = 100, done=Fa
         now = (ok & (jnp.abs(x_new - x) <= tol)) | (hi - lo <= tol) | (g == 0)
         return i + 1, jnp.where(done, x, x_new), lo, hi, done | now
 
-    state = iterate(step, (0, x, lo, hi, jnp.asarray(done)), fast_steps=fast_steps,
-                    max_iter=max_iter)
+    state = iterate(
+        step, (0, x, lo, hi, jnp.asarray(done)), fast_steps=fast_steps, max_iter=max_iter
+    )
     return state[1], state[4]
