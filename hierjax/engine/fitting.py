@@ -109,15 +109,12 @@ def fit_dataset(
         DatasetFit (``theta`` fields are ``[J]``, quantiles ``[..., Q]``).
     """
     dtype = y.dtype
-    # The fast grid (a kappa given) only ever sees datasets with at most FAST_MAX_GROUPS
-    # groups: their log p(y | tau) is evaluated directly, its round-off (grid.roundoff,
-    # ~1e-14 in float64) far inside the goals; the general grid keeps the relative form.
+    # The fast grid sees at most FAST_MAX_GROUPS groups, so it evaluates log p(y | tau)
+    # directly; the general grid keeps the relative form (round-off of changes only).
     fast = kappa is not None
     moments_only = levels.shape[0] == 0
-    # Moments only, the fast grid skips the search for the mode and extents (~30% of its
-    # cost): a map centred on the data's spread resolves most datasets, and the checks
-    # below send the rest to the general grid.
-    # the right tail is kept down to the highest level's mass (at least to TAIL_LEVEL's)
+    # Moments only, the fast grid skips the mode search (docs/engine-checks.md); the
+    # right tail is kept down to the highest level's mass (at least TAIL_LEVEL's).
     tail = TAIL_LEVEL if moments_only else jnp.minimum(TAIL_LEVEL, 1.0 - jnp.max(levels))
     grid = tau_grid(
         y,
@@ -193,17 +190,8 @@ def fit_dataset(
         ),
     )
 
-    # The moments and P(> 0) of mu and theta_new (n-rule) against the 2n-rule's: heavy
-    # tails (J = 5 under a uniform prior: E[tau^2] has a tau^-2 integrand) show here first.
-    # (P(> 0) is a CDF away from where grid.error looks: float32's fast grid had a theta_j's
-    # 1.3e-4 off, J = 5 under an exponential prior, with grid.error 2.3e-5.)
-    # The 2n-rule's even nodes are the n-rule's: only its odd nodes are evaluated anew, and
-    # each 2n-rule sum is taken as the even nodes' plus the odd nodes'.
-    # The 2n-rule's weights are divided by their own total: in float32 the 65 weights of
-    # a J = 50 dataset summed to 1 + 6e-6, which moved a theta_j 15 sds from the data's
-    # centre by 9e-5 sd in this check alone (its value was within 2e-5 of float64):
-    # 35-193 of 4096 J = 50 datasets were flagged so. (Summing about each mean as well
-    # cost 10-15% of float64's J = 8 throughput and changed no flag.)
+    # Moments and P(> 0) of mu and theta_new against the 2n-rule, whose even nodes are the
+    # n-rule's; its weights divided by their own total (float32 sums drift: c947636).
     w_total = jnp.sum(w_fine)
     w_even, w_odd = w_fine[::2] / w_total, w_fine[1::2] / w_total
 
@@ -237,20 +225,8 @@ def fit_dataset(
             jnp.sqrt(tau2[k] + grid.mu.var[k]),
         ),
     )
-    # Each theta_j's mean and sd against the 2n-rule too (in units of its posterior sd),
-    # and (but on float64's general grid) its quantiles: on random datasets against quad,
-    # with every mu / theta_new check passing, the fast grid had a theta_j sd (J = 6) and
-    # tail quantiles (J = 15) 1.0-1.6e-8 sd off, and the general grid the sd of a group
-    # whose sigma_j is ~1600x the smallest 2.9e-8 off (J = 6, uniform prior: its variance
-    # jumps where tau reaches sigma_j, far out in p(tau | y)'s tail).
-    # On float32's general grid the check's own round-off is allowed for: a few ulps of
-    # theta_j's components, in units of its sd. That is ~1e-4 sd for a group ~1e3 of its
-    # sds from the data's centre (the precise-groups-apart case, within 1e-4 sd of quad),
-    # which a check without it flagged whatever the nodes; and ~1e-7 sd elsewhere.
-    # Without the check at all, float32's general grid (32 nodes) left a 0.025 quantile
-    # of theta_j 1.1-1.5e-4 sd off with status ok (J = 5, half-Cauchy(5) / normal(0, 10),
-    # a group whose sigma_j is ~20x the smallest; 64 nodes: 1.6e-6).
-    # (the 2n-rule's even nodes are the n-rule's: theta_j only at its odd nodes)
+    # Each theta_j against the 2n-rule too (its odd nodes only): the mu / theta_new checks
+    # can pass while a theta_j misses (93da756); float32 allows for the check's round-off.
     theta_m_odd, theta_v_odd = jax.vmap(
         lambda t2, mm, mv: theta_given_tau(t2, y, sigma2, fine._replace(mean=mm, var=mv))
     )(tau2_fine[1::2], mu_odd, mu_v_odd)
@@ -264,13 +240,8 @@ def fit_dataset(
         # (over the nodes of positive weight: far ones may hold nan, see two_n_sum)
         size = jnp.max(jnp.where(w[:, None] > 0, jnp.abs(theta_m), 0.0), axis=0)  # [J]
         theta_floor = 4.0 * eps * size / theta.sd
-    # Every level of theta_j's quantiles, not just the outermost: grid.error looks at mu's
-    # and theta_new's CDFs, not theta_j's, and their centres can be the worse. float32's
-    # fast grid had theta_j's 0.25 to 0.75 quantiles 1.3-1.5e-4 sd off with the 0.025
-    # and 0.975 ones within 8.6e-5 (J = 8, uniform prior; 17 nodes). The general grid
-    # checks the outermost levels in float32 (where its misses were: the J = 5 case
-    # above) and leaves them to the moment check in float64, which no screen has seen
-    # fall short there (a theta_j whose quantiles miss moves its mean or sd by as much).
+    # theta_j's quantiles: every level on the fast grid (grid.error does not see theta_j's
+    # centre), the outermost on float32's general grid; float64's rely on the moment check.
     if not moments_only and (fast or jnp.finfo(dtype).bits <= 32):
         # the 2n-rule with its even nodes first (sums do not care about the order)
         w_f_even_odd = jnp.concatenate([w_even, w_odd])
@@ -293,9 +264,8 @@ def fit_dataset(
     log_ev = grid.log_evidence if proper else jnp.full((), jnp.nan, dtype)
 
     limit = 0.1 * float(jnp.finfo(dtype).eps) ** 0.5  # n-rule error vs the 2n-rule
-    # q_err estimates the quantile error itself (1-2e-9 sd where it is above 1.5e-9 on
-    # simulated batches, checked against quad): flag it at 0.25 sqrt(eps), 3.7e-9 sd in
-    # float64 and 8.6e-5 sd in float32, inside the 1e-8 and 1e-4 goals.
+    # q_err estimates the quantile error itself: flagged at 0.25 sqrt(eps), inside the
+    # goals (3.7e-9 sd in float64, 8.6e-5 in float32).
     q_limit = 0.25 * float(jnp.finfo(dtype).eps) ** 0.5
     # a nan estimate is no evidence of accuracy: it flags like a large one
     others_unresolved = (grid.error > limit) | ~(jnp.maximum(q_err, m_err) <= q_limit)
@@ -525,10 +495,8 @@ def fit(
         raise InputError(f"quantile levels must lie strictly between 0 and 1, got {list(levels)}")
     if chunk is not None and int(chunk) < 1:
         raise InputError(f"chunk must be a positive integer, got {chunk}")
-    # Fixed shapes: invalid datasets are replaced by benign stand-ins, and the kernel runs
-    # on whole blocks (or, below one block, the next power of two of B) and eighths of
-    # one, padded with repeats (see run below): it compiles once per width and piece
-    # shape whatever B is.
+    # Fixed shapes (benign stand-ins for invalid datasets; whole blocks and eighths of one,
+    # padded with repeats): one compile per width and piece shape whatever B is.
     prep = prepare(
         y,
         sigma,
@@ -614,9 +582,8 @@ def fit(
                 index = np.concatenate([index[~first], index[first][~done]])
                 if not index.size:
                     return results
-        # The fast grid first where it usually suffices (few groups, a light enough tau
-        # tail); the datasets whose error estimates flag it are fitted again, with the
-        # rest, on the general grid.
+        # The fast grid first where it usually suffices (few groups, a light enough tail);
+        # what its checks flag is fitted again, with the rest, on the general grid.
         fast = _fast_grid_applies(batch.mask[index].sum(axis=1), prep.tau_prior, prep.mu_prior)
         fast_idx, general = index[fast], index[~fast]
         if fast_idx.size:
@@ -626,12 +593,8 @@ def fit(
             general = np.concatenate([general, fast_idx[redo]])
         if general.size:
             out_general = run(general, n, None, width)
-            # What the general grid flags (a feature far out in p(tau | y)'s tail: a theta_j
-            # whose sigma_j is 1e3x the others') gets twice the nodes, then whatever the
-            # status says. In float32 only what the theta_j checks alone flag: elsewhere
-            # its round-off (~1e-4 sd) rather than its nodes limits such datasets (2n
-            # unflagged the J = 4 0.999 quantile of theta_new at 1.03e-4 IQR off), while
-            # a theta_j quantile 1.1-1.5e-4 sd off at 32 nodes was 1.6e-6 off at 64.
+            # What the general grid flags gets twice the nodes once; in float32 only what
+            # the theta_j checks alone flag, as round-off limits the rest (93da756).
             redo = ((out_general.status & STATUS["grid_unresolved"]) != 0) & (
                 (np.finfo(prep.dtype).bits > 32) | out_general.theta_only
             )

@@ -173,9 +173,8 @@ def mixture_quantile(p, w, m, s, moments=None, coarse=None):
     dtype = m.dtype
     eps = float(jnp.finfo(dtype).eps)
     mo = _mixture_moments(w, m, s) if moments is None else moments
-    # Upper levels by reflection, q_p(m) = -q_{1-p}(-m): the search then always works on
-    # a lower tail, where F = sum w Phi keeps its relative precision (F near 1 would
-    # carry an absolute eps, 6e-5 of the tail mass at p = 0.999 in float32).
+    # Upper levels by reflection, q_p(m) = -q_{1-p}(-m): the search always works on a lower
+    # tail, where F = sum w Phi keeps its relative precision (F near 1 would not).
     sign = jnp.where(p > 0.5, -1.0, 1.0).astype(dtype)
     p = jnp.where(p > 0.5, 1.0 - p, p)
     m = sign * m
@@ -199,14 +198,8 @@ def mixture_quantile(p, w, m, s, moments=None, coarse=None):
     near_normal = (jnp.abs(g1) < 1.0) & (jnp.abs(g2) < 2.0) & jnp.isfinite(x_cf)
     x = jnp.clip(jnp.where(near_normal, x_cf, x_avg), lo, hi)
     tol_f = 4.0 * eps  # |F - p| at round-off: q is within 4 eps / f of the root
-    # After a Halley step h the error is C h^3 with C = |F'''/(6F') - (F''/(2F'))^2|; the
-    # residual it leaves in F, f C |h|^3, must be below 2e-10 min(p, 1 - p) (or at
-    # round-off, 16 eps, in float32). With f ~ p z / sd in a tail (Mills' ratio) that is
-    # a quantile error of ~1e-10 sd at every level, 100x below the accuracy goal. At
-    # 2e-12 (1e-12 sd) 0.6% of the quantiles of eight-schools-like batches needed a
-    # second full step, so every chunk's while loop ran again for all its lanes (-20%
-    # throughput); at 2e-10 none of 204,800 did, and the largest change from solving to
-    # round-off was 3e-10 standardised units (about 1e-9 sd).
+    # After a Halley step h the error is C h^3, C = |F'''/(6F') - (F''/(2F'))^2|: its residual
+    # f C |h|^3 below 2e-10 min(p, 1 - p) is ~1e-10 sd (docs/engine-checks.md).
     tol_res = jnp.maximum(16.0 * eps, _TOL_RES * jnp.minimum(p, 1.0 - p))
     inv_s = 1.0 / s
 
@@ -231,11 +224,8 @@ def mixture_quantile(p, w, m, s, moments=None, coarse=None):
         at_root = jnp.abs(F) <= tol_f
         x_new = jnp.where(at_root | done, x, jnp.where(ok, x - step, 0.5 * (lo + hi)))
         C = jnp.abs(fpp / (6.0 * f) - (fp / (2.0 * f)) ** 2)
-        # The cubic error model holds near the root only: from a start far out in a heavy
-        # tail, where f and C are both tiny, it "predicted" convergence after a step that
-        # left F(x) at 0.22 for p = 0.25 (float32, J = 2 under a uniform prior: theta_new's
-        # quartiles 0.11 IQR off with status ok). So the step must also start within
-        # _NEAR p of the level, as the coarse steps' iterates (~1e-6 sd off) are in practice.
+        # The cubic error model holds near the root only, so the step must also start within
+        # _NEAR p of the level (a far start stopped at a non-root: 92bc20f).
         small = (f * C * jnp.abs(step) ** 3 <= tol_res) & (jnp.abs(F) <= _NEAR * p)
         now = at_root | (ok & small) | (hi - lo <= 64.0 * eps * (jnp.abs(x) + 1.0 / f))
         return i + 1, x_new, lo, hi, done | now
@@ -283,9 +273,8 @@ def quantile_error(q, levels, w, m, s, w_fine, m_fine, s_fine, scale, every_leve
         return jnp.zeros((), m.dtype)
     if every_level:
         return jnp.max(jax.vmap(one)(q, levels))
-    # the two outermost levels: the quadrature error of F grows towards the tails (the
-    # nested-rule error already covers the centre), and checking only these keeps the
-    # cost at 4 CDFs of the 2n-rule per dataset
+    # the two outermost levels: F's quadrature error grows towards the tails, and the
+    # nested-rule error already covers the centre
     ends = jnp.stack([jnp.argmin(levels), jnp.argmax(levels)])
     return jnp.max(jax.vmap(one)(q[ends], levels[ends]))
 
@@ -314,10 +303,8 @@ def mixture_summary(w, m, s, levels, threshold, mean_exists, sd_exists, coarse=N
     Returns:
         ``(Marginal, quantiles_converged)`` with scalar fields and ``quantiles[Q]``.
     """
-    # Everything is solved relative to the heaviest component's mean c: a theta_j with a
-    # tiny sigma_j can sit 1e3 of its own sds from the standardised origin, where float32's
-    # ulp is 1e-4 of its sd and a quantile search converging to 64 ulps would miss the goal
-    # 50-fold. Relative to c the search keeps its digits; adding c back costs half an ulp.
+    # Solved relative to the heaviest component's mean c: a theta_j far from the origin
+    # in its own sds keeps its digits; adding c back costs half an ulp.
     if above is None:
         above = component_above(m, s, threshold)
     p_gt = jnp.clip(jnp.sum(w * above), 0.0, 1.0)  # round-off can pass 1
@@ -615,10 +602,8 @@ def tau_mode(grid: TauGrid, log_density_tau):
         # tau = 0 wins ties at round-off: p(tau | y) is flat to machine precision there.
         return g_zero >= g_best - 64.0 * eps * (1.0 + jnp.abs(g_best))
 
-    # When tau = 0 beats every node (a third of eight-schools-like datasets under a
-    # uniform prior) the mode is 0 with no search: in x = log tau the density is flat
-    # towards -inf there, and bisecting down that plateau held every lane's while loop.
-    # A maximiser is only determined to ~sqrt(eps) (the function is flat there).
+    # When tau = 0 beats every node the mode is 0 with no search: bisecting down the plateau
+    # towards x = -inf would hold every lane's while loop. A maximiser is only ~sqrt(eps).
     xx, conv = maximize(
         g,
         x[k],
@@ -630,9 +615,8 @@ def tau_mode(grid: TauGrid, log_density_tau):
     )
     g_xx = g(xx)
     g_inner = jnp.maximum(g_xx, g_k)
-    # Newton's root of g' is kept unless it is lower than the node beyond round-off: at a
-    # node within ~sqrt(eps) sds of the mode the two values tie to round-off, and keeping
-    # the node on a tie put float32's mode 2e-4 sd off (J = 8, uniform prior)
+    # Newton's root of g' is kept unless lower than the node beyond round-off (near the
+    # mode the two tie to round-off, and the node is the worse answer: a7c1012)
     x_best = jnp.where(g_xx >= g_k - 64.0 * eps * (1.0 + jnp.abs(g_k)), xx, x[k])
     at_zero = zero_wins(g_inner)
     return jnp.where(at_zero, 0.0, jnp.exp(x_best)), conv | at_zero
