@@ -51,7 +51,7 @@ import jax.numpy as jnp
 from jax.scipy.special import erfc, logsumexp, ndtri
 
 from hierjax.inference.grid import TauGrid, default_nodes, grid_tau_of_z, tail_alpha, tau_grid
-from hierjax.model.conditionals import MuGivenTau, mu_given_tau, theta_given_tau
+from hierjax.model.conditionals import MuGivenTau, mixture_components, mu_given_tau
 from hierjax.model.priors import DataTauPrior, FlatMu, MuPrior, NormalMu, TauPrior, Uniform
 from hierjax.numerics.quadrature import chebyshev_matrix, clenshaw_curtis
 from hierjax.status import STATUS
@@ -501,9 +501,8 @@ def summaries(
         m, v, t2 = mu.mean[sl], mu.var[sl], tau2[sl]
         out_mu = _mixture(w, m, v, threshold, levels, *mu_ok)
         out_new = _mixture(w, m, t2 + v, threshold, levels, has_mean, has_sd)
-        th_m, th_v = jax.vmap(
-            lambda a, mm, mv: theta_given_tau(a, st.y, st.sigma2, mu._replace(mean=mm, var=mv))
-        )(t2, m, v)
+        comp = mixture_components(t2, m, v, st.y, st.sigma2)
+        th_m, th_v = comp.theta_mean, comp.theta_var
         out_theta = jax.vmap(
             lambda a, b: _mixture(w, a, b, threshold, levels, always, always), in_axes=(1, 1)
         )(th_m, th_v)

@@ -39,7 +39,7 @@ from hierjax.inference.summaries import (
     tau_mode,
     tau_summary,
 )
-from hierjax.model.conditionals import mu_given_tau, theta_given_tau
+from hierjax.model.conditionals import mixture_components, mu_given_tau
 from hierjax.model.priors import MuPrior, NormalMu, TauPrior
 from hierjax.status import DEFAULT_LEVELS, GOAL, ROUNDOFF_LIMIT, STATUS, status_text
 
@@ -146,9 +146,8 @@ def fit_dataset(
     mu, ok_mu = mixture_summary(
         w, grid.mu.mean, mu_s, levels, threshold, mu_mean, mu_sd, coarse, mu_above
     )
-    theta_m, theta_v = jax.vmap(
-        lambda t2, mm, mv: theta_given_tau(t2, y, sigma2, grid.mu._replace(mean=mm, var=mv))
-    )(tau2, grid.mu.mean, grid.mu.var)
+    comp = mixture_components(tau2, grid.mu.mean, grid.mu.var, y, sigma2)
+    theta_m, theta_v = comp.theta_mean, comp.theta_var
     theta_above = component_above(theta_m, jnp.sqrt(theta_v), threshold)
     theta, ok_theta = jax.vmap(
         lambda m, v, a: mixture_summary(
@@ -227,9 +226,8 @@ def fit_dataset(
     )
     # Each theta_j against the 2n-rule too (its odd nodes only): the mu / theta_new checks
     # can pass while a theta_j misses (93da756); float32 allows for the check's round-off.
-    theta_m_odd, theta_v_odd = jax.vmap(
-        lambda t2, mm, mv: theta_given_tau(t2, y, sigma2, fine._replace(mean=mm, var=mv))
-    )(tau2_fine[1::2], mu_odd, mu_v_odd)
+    comp_odd = mixture_components(tau2_fine[1::2], mu_odd, mu_v_odd, y, sigma2)
+    theta_m_odd, theta_v_odd = comp_odd.theta_mean, comp_odd.theta_var
     theta_err = jax.vmap(moment_error, in_axes=(0, 1, 1, 0))(
         theta, (theta_m, theta_v, theta_above), (theta_m_odd, theta_v_odd), theta.sd
     )

@@ -39,7 +39,7 @@ from jax.scipy.special import erfc, logsumexp
 
 from hierjax.engine.cache import register
 from hierjax.inference.summaries import Marginal, tau_mode
-from hierjax.model.conditionals import mu_given_tau, theta_given_tau
+from hierjax.model.conditionals import mixture_components, mu_given_tau
 from hierjax.model.priors import (
     FlatMu,
     HalfCauchy,
@@ -228,9 +228,8 @@ def fit_dataset_legendre(
 
     mu_m, mu_v, mu_p, mu_cols = mix(cond.mean, cond.var)
     new_m, new_v, new_p, new_cols = mix(cond.mean, tau2 + cond.var)
-    th_m, th_v = jax.vmap(
-        lambda t2, mm, mv: theta_given_tau(t2, y, sigma2, cond._replace(mean=mm, var=mv))
-    )(tau2, cond.mean, cond.var)
+    comp = mixture_components(tau2, cond.mean, cond.var, y, sigma2)
+    th_m, th_v = comp.theta_mean, comp.theta_var
     th_mean, th_var, th_p, th_cols = jax.vmap(mix, in_axes=(1, 1), out_axes=(0, 0, 0, 1))(
         th_m, th_v
     )
