@@ -242,6 +242,38 @@ def test_cli_plot_one_dataset_of_several(tmp_path, capsys, write_csv):
     assert [p.name for p in out.iterdir()] == ["other-impact.png"]
 
 
+def test_cli_plot_forest_on_the_ratio_scale(tmp_path, capsys, write_csv):
+    """``--transform exp`` reaches the forest plot: a log x axis, the no-effect line at 1."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from conftest import long_rows
+    from matplotlib import pyplot as plt
+
+    b = hierjax.beta_blockers()
+    es = hierjax.log_odds_ratio(
+        b.treated_deaths, b.treated_total, b.control_deaths, b.control_total
+    )
+    csv = write_csv(long_rows({"bb": (es.y, es.sigma)}))
+    seen = []
+    orig = plt.Figure.savefig
+
+    def spy(fig, *a, **k):
+        seen.append([ax.get_xscale() for ax in fig.axes])
+        return orig(fig, *a, **k)
+
+    plt.Figure.savefig = spy
+    try:
+        code, _, err = run_cli(
+            ["plot", csv, "--kind", "forest", "--transform", "exp", "--out", tmp_path / "o"],
+            capsys,
+        )
+    finally:
+        plt.Figure.savefig = orig
+    assert code == 0, err
+    assert len(seen) == 1 and "log" in seen[0]
+
+
 def test_cli_plot_errors(tmp_path, capsys, monkeypatch):
     code, _, err = run_cli(["plot", "--out", tmp_path, "--tau-prior", "bogus"], capsys)
     assert code == 2 and "unknown tau prior" in err

@@ -101,6 +101,11 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset", metavar="NAME", help="only this dataset of the CSV")
     g.add_argument("--units", metavar="TEXT", help="unit of y for axis labels (e.g. points)")
     g.add_argument("--format", default="png", choices=("png", "pdf", "svg"), help="file format")
+    g.add_argument(
+        "--transform",
+        choices=("exp",),
+        help="draw the forest plot on exp's scale with a log axis (y a log odds or risk ratio)",
+    )
     add_precision(g)
     _crosscheck_parser(sub, common)
     from hierjax.io import cli_study  # calibrate, coverage
@@ -368,6 +373,7 @@ def _plot(args) -> int:
             fmt=args.format,
             fit=_one(fit, b),
             curves=_one(curves, b),
+            transform=args.transform,
             **pri,
         )
         for p in paths.values():
