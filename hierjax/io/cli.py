@@ -238,7 +238,7 @@ def _fit_parser(sub, common) -> None:
     add_precision(f)
     f.add_argument(
         "--nodes",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="Clenshaw-Curtis order of the tau grid for every dataset (even, >= 4; "
         "default: chosen per dataset, refined where the error estimate flags)",
@@ -289,7 +289,7 @@ def _fit_parser(sub, common) -> None:
     )
     f.add_argument(
         "--chunk-size",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="B",
         help="datasets per chunk (default 16384): memory grows with it",
@@ -395,7 +395,7 @@ def _one(res, b):
     return take(res)
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         v = int(text)
     except ValueError:
@@ -430,12 +430,12 @@ def _crosscheck_parser(sub, common) -> None:
     c.add_argument(
         "--centered", action="store_true", help="centered parameterisation (default: non-centered)"
     )
-    c.add_argument("--chains", type=_positive_int, default=4, help="chains per dataset (default 4)")
+    c.add_argument("--chains", type=positive_int, default=4, help="chains per dataset (default 4)")
     c.add_argument(
-        "--warmup", type=_positive_int, default=500, help="warmup iterations (default 500)"
+        "--warmup", type=positive_int, default=500, help="warmup iterations (default 500)"
     )
     c.add_argument(
-        "--samples", type=_positive_int, default=1000, help="draws per chain (default 1000)"
+        "--samples", type=positive_int, default=1000, help="draws per chain (default 1000)"
     )
     c.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     c.add_argument(

@@ -10,7 +10,6 @@ bar (tqdm, if installed) shows on stderr when it is a terminal.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 __all__ = ["register"]
@@ -19,7 +18,7 @@ __all__ = ["register"]
 def register(subparsers, common_parent) -> None:
     """Add the ``calibrate`` and ``coverage`` commands to ``hierjax``'s subparsers; each sets
     ``study_command`` (the function ``cli.main`` runs)."""
-    from hierjax.io.cli import add_precision
+    from hierjax.io.cli import add_precision, positive_int
 
     c = subparsers.add_parser(
         "calibrate",
@@ -29,7 +28,7 @@ def register(subparsers, common_parent) -> None:
         "with the same priors) and write the PIT P(param <= truth | y) and the SBC rank of the "
         "truth among exact draws, one row per replicate and parameter.",
     )
-    c.add_argument("--J", type=_positive_int, required=True, help="groups per replicate")
+    c.add_argument("--J", type=positive_int, required=True, help="groups per replicate")
     c.add_argument(
         "--tau-prior",
         required=True,
@@ -57,7 +56,7 @@ def register(subparsers, common_parent) -> None:
         metavar="SPEC",
         help="known standard errors: a number, or uniform:LO,HI (default 1)",
     )
-    c.add_argument("--replicates", type=_positive_int, required=True, metavar="N")
+    c.add_argument("--replicates", type=positive_int, required=True, metavar="N")
     c.add_argument(
         "--draws",
         type=int,
@@ -67,7 +66,7 @@ def register(subparsers, common_parent) -> None:
         "0: no ranks, the rank column left empty)",
     )
     c.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    c.add_argument("--bins", type=_positive_int, default=20, help="chi-square bins (default 20)")
+    c.add_argument("--bins", type=positive_int, default=20, help="chi-square bins (default 20)")
     add_precision(c)
     c.add_argument("--out", required=True, metavar="PIT.csv", help="write the rows here")
     c.set_defaults(study_command=_calibrate)
@@ -84,16 +83,6 @@ def register(subparsers, common_parent) -> None:
     add_precision(v)
     v.add_argument("--out", required=True, metavar="COVERAGE.csv", help="write the table here")
     v.set_defaults(study_command=_coverage)
-
-
-def _positive_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
 
 
 def _progress(total: int, what: str):
