@@ -397,9 +397,11 @@ def tau_cdf_nodes(grid: TauGrid) -> TauCdf:
     N = grid.density_z.shape[0] - 1
     dtype = grid.density_z.dtype
     L, U = (jnp.asarray(a, dtype) for a in integration_matrices(N))
+    # matrix products, not broadcast sums: XLA's CPU code for the sums, vmapped over 512
+    # datasets and fused with their users, gave the last lanes wrong values (float32)
     return TauCdf(
-        jnp.sum(L * grid.density_z, axis=1),
-        jnp.sum(U * grid.density_z, axis=1),
+        jnp.dot(L, grid.density_z, precision="highest"),
+        jnp.dot(U, grid.density_z, precision="highest"),
         jnp.asarray(_barycentric_weights(N), dtype),
     )
 
