@@ -68,6 +68,7 @@ from hierjax.inference.grid import (
     tau_grid,
 )
 from hierjax.inference.summaries import (
+    Marginal,
     _barycentric,
     _Phi,
     mixture_quantile,
@@ -90,13 +91,16 @@ from hierjax.status import DEFAULT_LEVELS, GOAL, ROUNDOFF_LIMIT, STATUS
 __all__ = [
     "PARAMS",
     "I2Summary",
+    "Moments",
     "Posterior",
+    "PosteriorSummary",
     "PredictiveCheck",
     "Weights",
     "cdf",
     "difference_given_tau",
     "i2",
     "interval",
+    "moments",
     "pairwise_prob",
     "pdf",
     "posterior",
@@ -105,6 +109,7 @@ __all__ = [
     "prob_greater",
     "quantile",
     "shrinkage",
+    "summarize",
     "weights",
 ]
 
@@ -173,6 +178,38 @@ class Posterior(NamedTuple):
     names: tuple
     groups: tuple
     kernel_groups: int
+
+    def to_arrow(self, params=None, levels=DEFAULT_LEVELS):
+        """The tidy table of :func:`summarize` at ``levels`` as a ``pyarrow.Table``: the
+        schema of :meth:`hierjax.Fit.to_arrow`, one row per dataset and parameter.
+
+        ``params``: which of ``mu, tau, theta, theta_new, i2`` (default: all but i2; i2
+        rows as ``hierjax fit --params ...,i2``, from :func:`i2`). Needs the ``tables`` extra.
+
+        Example:
+            >>> import hierjax
+            >>> post = hierjax.posterior([28, 8, -3, 7, -1, 1, 18, 12],
+            ...                          [15, 10, 16, 11, 9, 11, 10, 18])
+            >>> post.to_arrow(params=["mu", "theta_new"]).num_rows
+            2
+        """
+        from hierjax.io.tidy import fit_table, with_i2
+
+        if params is None or "i2" not in params:
+            return fit_table(summarize(self, levels), params)
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        others = [p for p in params if p != "i2"]
+        table = fit_table(summarize(self, levels), others or ["tau"])
+        lv = np.asarray(levels, np.float64).reshape(-1)
+        out = i2(self, tuple(lv) or (0.5,))
+        table = with_i2(table, out.mean, out.quantiles[:, : lv.size], lv)
+        return table.filter(pc.is_in(table["parameter"], value_set=pa.array(list(params))))
+
+    def to_pandas(self, params=None, levels=DEFAULT_LEVELS):
+        """The tidy table (see :meth:`to_arrow`) as a ``pandas.DataFrame``."""
+        return self.to_arrow(params, levels).to_pandas()
 
 
 class _Data(NamedTuple):
@@ -1114,6 +1151,173 @@ def i2(post: Posterior, levels=DEFAULT_LEVELS) -> I2Summary:
         out[5].astype(dt),
         quantile(post, "I2", np.asarray(levels, np.float64)),
         (out[6] * post.scale**2).astype(dt),
+    )
+
+
+# --------------------------------------------------------------------------- moments, tables
+#: Parameters with a mean and sd in :func:`moments` (those of :class:`hierjax.Fit`).
+_MOMENT_PARAMS = ("mu", "tau", "theta", "theta_new")
+
+
+class Moments(NamedTuple):
+    """Posterior mean and sd of one parameter, user units, as :class:`hierjax.Fit` reports them.
+
+    Attributes:
+        mean: ``E[param | y]``, ``[B]`` (``[B, J]`` for theta); where it does not exist
+            nan (tau: inf), as in :class:`hierjax.Marginal`.
+        sd: ``sd(param | y)``, same shape; inf where it does not exist.
+        mean_exists: whether the mean is finite (priors and number of groups), bool.
+        sd_exists: whether the variance is finite, bool.
+    (theta: nan, and False for the flags, where a group is padded.)
+    """
+
+    mean: np.ndarray
+    sd: np.ndarray
+    mean_exists: np.ndarray
+    sd_exists: np.ndarray
+
+
+def _mixture_moments(w, m, v):
+    """Mean and sd of ``sum_k w_k N(m_k, v_k)``, centred on the heaviest component first
+    (as :func:`hierjax.inference.summaries.mixture_summary`: no cancellation far from 0)."""
+    c = m[jnp.argmax(w)]
+    mc = m - c
+    mean = jnp.sum(w * mc)
+    var = jnp.sum(w * v) + jnp.sum(w * (mc - mean) ** 2)
+    return c + mean, jnp.sqrt(var)
+
+
+def _moments_one(d: _Data):
+    r"""Mixtures on the n-rule (mu, theta_j, theta_new), tau on the 2n-rule's nodes."""
+    g = d.grid
+    w = jnp.exp(g.log_weight)
+    c = mixture_components(g.tau**2, g.mu.mean, g.mu.var, d.y, d.sigma2)
+    w_fine = jnp.exp(g.log_weight_fine)
+    tau_mean = jnp.sum(w_fine * g.tau_fine)
+    tau_sd = jnp.sqrt(jnp.sum(w_fine * (g.tau_fine - tau_mean) ** 2))
+    return {
+        "mu": _mixture_moments(w, c.mu_mean, c.mu_var),
+        "tau": (tau_mean, tau_sd),
+        "theta": jax.vmap(lambda m, v: _mixture_moments(w, m, v), in_axes=1)(
+            c.theta_mean, c.theta_var
+        ),
+        "theta_new": _mixture_moments(w, c.mu_mean, c.new_var),
+    }
+
+
+@register
+@jax.jit
+def _moments_kernel(data: _Data):
+    return jax.vmap(_moments_one)(data)
+
+
+def moments(post: Posterior, param: str) -> Moments:
+    r"""Posterior mean and sd of ``mu``, ``tau``, ``theta`` or ``theta_new`` (user units).
+
+    .. math::
+        E[\phi \mid y] = \sum_k w_k m_k,\qquad
+        Var[\phi \mid y] = \sum_k w_k \big(s_k^2 + (m_k - E[\phi \mid y])^2\big)
+
+    over the normal components of the mixture (see the module doc); tau's on the
+    2n-rule's nodes. They exist as in :func:`hierjax.fit`: tau's mean (sd) where the
+    tail index ``alpha > 1`` (``> 2``), theta_new's too, mu's too under a flat mu prior
+    (always under a normal one), theta_j's always.
+
+    Returns:
+        Moments, fields ``[B]`` (``[B, J]`` for theta).
+    """
+    if param not in _MOMENT_PARAMS:
+        raise InputError(f"param must be one of {_MOMENT_PARAMS}, got {param!r}")
+    out = _in_blocks(_moments_kernel, (_data(post),))[param]
+    mean, sd = (np.asarray(a, np.float64) for a in out)
+    has_mean, has_sd = post.alpha > 1.0, post.alpha > 2.0
+    if param == "mu" and isinstance(post.mu_prior, NormalMu):
+        # a normal mu prior bounds V_mu; under a flat one V_mu ~ tau^2 / J has tau's tail
+        has_mean, has_sd = np.ones_like(has_mean), np.ones_like(has_sd)
+    if param == "theta":
+        mean, sd = _own_groups(post, mean), _own_groups(post, sd)
+        has_mean = has_sd = np.asarray(post.mask, bool)
+    mean = _from_std(post, param, mean)
+    sd = post.scale.reshape((-1,) + (1,) * (sd.ndim - 1)) * sd
+    missing = np.inf if param == "tau" else np.nan
+    mean = np.where(has_mean, mean, missing)
+    sd = np.where(has_sd, sd, np.inf)
+    if param == "theta":
+        mean, sd = (np.where(post.mask, a, np.nan) for a in (mean, sd))
+    dt = _dtype(post)
+    return Moments(mean.astype(dt), sd.astype(dt), has_mean, has_sd)
+
+
+class PosteriorSummary(NamedTuple):
+    """The summaries :class:`hierjax.Fit` reports, answered by a :class:`Posterior`'s own
+    queries (:func:`summarize`); the source of :meth:`Posterior.to_arrow`.
+
+    Attributes:
+        mu, tau, theta, theta_new: :class:`hierjax.Marginal` as in :class:`hierjax.Fit`
+            (fields ``[B]``, theta's ``[B, J]``, quantiles a trailing ``[Q]``).
+        status: the Posterior's status bits, int32 ``[B]``.
+        mask: real groups, ``[B, J]`` bool.
+        levels: the quantile levels (float64), ``[Q]``.
+        names: dataset labels, length ``B``.
+        groups: group labels per dataset (or None), length ``B``.
+        notes: '' for every dataset (a Posterior holds valid datasets only), length ``B``.
+    """
+
+    mu: Marginal
+    tau: Marginal
+    theta: Marginal
+    theta_new: Marginal
+    status: np.ndarray
+    mask: np.ndarray
+    levels: np.ndarray
+    names: tuple
+    groups: tuple
+    notes: tuple
+
+    def to_arrow(self, params=None):
+        """The tidy table (:func:`hierjax.io.tidy.fit_table`) as a ``pyarrow.Table``."""
+        from hierjax.io.tidy import fit_table
+
+        return fit_table(self, params)
+
+    def to_pandas(self, params=None):
+        """The tidy table as a ``pandas.DataFrame``."""
+        return self.to_arrow(params).to_pandas()
+
+
+def summarize(post: Posterior, levels=DEFAULT_LEVELS) -> PosteriorSummary:
+    """:func:`moments`, :func:`quantile` at ``levels`` (``[Q]``, may be empty) and
+    :func:`prob_greater` than 0 of mu, tau, theta and theta_new, as a
+    :class:`PosteriorSummary` (the fields of :class:`hierjax.Fit`'s marginals).
+
+    Example:
+        >>> import hierjax
+        >>> post = hierjax.posterior([28, 8, -3, 7, -1, 1, 18, 12],
+        ...                          [15, 10, 16, 11, 9, 11, 10, 18])
+        >>> hierjax.summarize(post).theta.quantiles.shape
+        (1, 8, 5)
+    """
+    lv = np.asarray(levels, np.float64).reshape(-1)
+    if lv.size:
+        _levels(lv, "levels")
+    dt = _dtype(post)
+    marg = {}
+    for param in _MOMENT_PARAMS:
+        mo = moments(post, param)
+        shape = mo.mean.shape
+        q = quantile(post, param, lv) if lv.size else np.zeros(shape + (0,), dt)
+        p = prob_greater(post, param, 0.0)
+        if param == "theta":
+            p = np.where(post.mask, p, np.nan).astype(dt)
+        marg[param] = Marginal._make((mo.mean, mo.sd, q, p, mo.mean_exists, mo.sd_exists))
+    return PosteriorSummary(
+        **marg,
+        status=np.asarray(post.status, np.int32),
+        mask=np.asarray(post.mask, bool),
+        levels=lv,
+        names=tuple(post.names),
+        groups=tuple(post.groups),
+        notes=("",) * len(post.names),
     )
 
 

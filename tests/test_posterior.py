@@ -331,6 +331,70 @@ def test_i2(post):
     report(errs)
 
 
+# --------------------------------------------------------------------------- tables
+def test_table_equals_the_fits(post):
+    """``Posterior.to_arrow`` has ``Fit.to_arrow``'s schema and rows, and each number, from
+    the Posterior's own queries, is the fit's within the accuracy goal (TOL posterior sds,
+    or of the IQR where the sd does not exist as for SMALL's tau; P(> 0) absolute)."""
+    f = hierjax.fit([np.array(y) for y, _ in DATA], [np.array(s) for _, s in DATA])
+    a, b = f.to_arrow(), post.to_arrow()
+    assert b.schema.equals(a.schema), (a.schema, b.schema)
+    for c in ("dataset", "parameter", "group", "status", "note"):
+        assert b[c].to_pylist() == a[c].to_pylist(), c
+    sd = a["sd"].to_numpy().astype(np.float64)
+    iqr = (a["q0.75"].to_numpy() - a["q0.25"].to_numpy()).astype(np.float64)
+    unit = np.where(np.isfinite(sd), sd, iqr)
+    errs = []
+    for c in ("mean", "sd", "q0.025", "q0.25", "q0.5", "q0.75", "q0.975", "p_gt0"):
+        x, z = (t[c].to_numpy().astype(np.float64) for t in (a, b))
+        same = np.array_equal(x, z, equal_nan=True)  # nan and inf where a moment does not exist
+        fin = np.isfinite(x)
+        if not same and not np.array_equal(fin, np.isfinite(z)):
+            errs.append(f"{c}: not finite in different rows")
+            continue
+        d = np.abs(x[fin] - z[fin]) / (1.0 if c == "p_gt0" else unit[fin])
+        if not np.all(d <= TOL):
+            errs.append(f"{c}: off by {d.max():.3g} (row {np.flatnonzero(fin)[np.argmax(d)]})")
+    report(errs)
+    par = a["parameter"].to_numpy(zero_copy_only=False)
+    assert not np.isfinite(sd[par == "tau"][2])  # SMALL's tau: no sd (J = 4)
+
+
+def test_table_options_and_round_trip(post, tmp_path):
+    """``params`` (i2 rows too) and ``levels``; ``to_pandas`` reads back from the CSV."""
+    import pandas as pd
+
+    from hierjax.io.tidy import write_csv
+
+    t = post.to_arrow(params=["theta_new", "i2", "mu"], levels=(0.1, 0.9))
+    assert t.column_names[3:8] == ["mean", "sd", "q0.1", "q0.9", "p_gt0"]
+    # table order; i2 after tau, or last without it (as hierjax fit --params)
+    assert t["parameter"].to_pylist() == ["mu", "theta_new", "i2"] * 3
+    i2 = hierjax.i2(post, (0.1, 0.9))
+    np.testing.assert_array_equal(t["mean"].to_numpy()[2::3], i2.mean)
+    np.testing.assert_array_equal(t["q0.9"].to_numpy()[2::3], i2.quantiles[:, 1])
+    q = hierjax.quantile(post, "theta_new", (0.1, 0.9))
+    np.testing.assert_array_equal(t["q0.1"].to_numpy()[1::3], q[:, 0])
+    df = post.to_pandas()
+    write_csv(post.to_arrow(), str(tmp_path / "t.csv"))
+    back = pd.read_csv(
+        tmp_path / "t.csv",
+        keep_default_na=False,
+        na_values=["nan", ""],
+        dtype={"group": str, "dataset": str},
+    )
+    assert list(back.columns) == list(df.columns)
+    for c in df.columns:
+        if df[c].dtype.kind == "f":
+            got = back[c].to_numpy(np.float64).astype(df[c].dtype)
+            np.testing.assert_array_equal(got, df[c].to_numpy(), err_msg=c)
+        else:
+            # missing strings read back as nan
+            assert [v if isinstance(v, str) else "" for v in back[c]] == [
+                v if isinstance(v, str) else "" for v in df[c]
+            ], c
+
+
 # --------------------------------------------------------------------------- pairwise
 def test_pairwise_vs_quad(post):
     P = hierjax.pairwise_prob(post)

@@ -374,8 +374,10 @@ class Fit(NamedTuple):
     def to_arrow(self, params=None):
         """The tidy table, one row per dataset and parameter, as a ``pyarrow.Table``.
 
-        ``params``: which of ``mu, tau, theta, theta_new, i2`` (default: all but i2); see
-        :func:`hierjax.io.tidy.fit_table` for the columns. Needs the ``tables`` extra.
+        ``params``: which of ``mu, tau, theta, theta_new`` (default all); see
+        :func:`hierjax.io.tidy.fit_table` for the columns. Needs the ``tables`` extra. The
+        same table from a :class:`hierjax.Posterior` (``Posterior.to_arrow``) can also
+        hold ``i2`` rows (a Fit does not keep the data they need).
 
         Example:
             >>> import hierjax

@@ -1,6 +1,8 @@
-"""The tidy table of a :class:`~hierjax.Fit`: one row per dataset and parameter, typed columns.
+"""The tidy table of a :class:`~hierjax.Fit` (or of a :class:`~hierjax.Posterior`'s
+:func:`~hierjax.summarize`): one row per dataset and parameter, typed columns.
 
-Columns: ``dataset`` (string), ``parameter`` (``mu``, ``tau``, ``theta``, ``theta_new``),
+Columns: ``dataset`` (string), ``parameter`` (``mu``, ``tau``, ``theta``, ``theta_new``:
+the prediction for a new group, whose central quantiles are the prediction interval),
 ``group`` (the group's label, or its 1-based position; null except for ``theta``),
 ``mean``, ``sd``, ``q<level>...``, ``p_gt0`` (the Fit's float dtype), ``status`` (``ok`` or
 the ``;``-joined flags of :mod:`hierjax.status`) and ``note`` (why a dataset was skipped,
@@ -92,7 +94,7 @@ def fit_table(fit, params: Sequence[str] | None = None, *, group_labels=None, da
     """The tidy table of ``fit`` as a :class:`pyarrow.Table`.
 
     Args:
-        fit: a :class:`hierjax.Fit` (``B`` datasets).
+        fit: a :class:`hierjax.Fit` or :class:`hierjax.PosteriorSummary` (``B`` datasets).
         params: which of :data:`PARAMETERS` to include (default all), kept in table order.
         group_labels: optional pyarrow string array of the real groups' labels, dataset by
             dataset in order (``sum(n_groups)`` entries; nulls fall back to the position);
