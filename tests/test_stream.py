@@ -720,3 +720,61 @@ def test_summary(data_csv, streamed, tmp_path, capsys):
     np.testing.assert_array_equal(i2["mean"], s["i2_mean"])
     np.testing.assert_allclose(i2["q0.5"], s["i2_median"], rtol=1e-12 if X64 else 1e-5)
     assert np.all(np.diff(i2[["q0.025", "q0.5", "q0.975"]].to_numpy(), axis=1) >= 0)
+
+
+def _bayes_factors_by_quad(y, s, tau_scale, m0, s0):
+    """``(BF(tau = 0), BF(mu = 0))`` for a half-normal tau prior and a normal mu prior, by
+    scipy alone: ``p(y | tau)`` is the dense normal ``N(m0 1, diag(s^2 + tau^2) + s0^2 1
+    1^T)``; ``p(y)`` and ``p(y | mu = 0)`` integrate tau against its prior by quad."""
+    from scipy import integrate, stats
+
+    def log_given_tau(tau):
+        cov = np.diag(s**2 + tau**2) + s0**2
+        return stats.multivariate_normal.logpdf(y, np.full(y.size, m0), cov)
+
+    def log_given_tau_mu0(tau):
+        return np.sum(stats.norm.logpdf(y, 0.0, np.sqrt(s**2 + tau**2)))
+
+    def log_integral(f):
+        c = max(f(t) for t in np.linspace(0.0, 4.0 * tau_scale, 41))
+        val = sum(
+            integrate.quad(
+                lambda t: stats.halfnorm.pdf(t, scale=tau_scale) * np.exp(f(t) - c),
+                a,
+                b,
+                epsabs=0,
+                epsrel=1e-13,
+                limit=200,
+            )[0]
+            for a, b in [(0, tau_scale), (tau_scale, 4 * tau_scale), (4 * tau_scale, np.inf)]
+        )
+        return np.log(val) + c
+
+    log_py = log_integral(log_given_tau)
+    return np.exp(log_given_tau(0.0) - log_py), np.exp(log_integral(log_given_tau_mu0) - log_py)
+
+
+def test_summary_bayes_factors(sim, tmp_path, capsys):
+    """``--summary``'s bf_tau0 and bf_mu0 with proper priors against scipy alone, to 1e-8
+    (float64) or 1e-4 (float32) relative (absolute on the log); none (nan, and no line in
+    the printed summary) with improper ones."""
+    y8, s8 = (np.asarray(a, np.float64) for a in hierjax.eight_schools())
+    y, s = np.stack([y8, sim.y[0]]), np.stack([s8, sim.sigma[0]])
+    data = write_long(tmp_path / "d.csv", y, s)
+    summ = tmp_path / "s.csv"
+    proper = ["--tau-prior", "half-normal:10", "--mu-prior", "normal:0,50"]
+    code, out, err = run(["fit", data, "--summary", summ, *proper], capsys)
+    assert code == 0, err
+    got = read_frame(summ)
+    tol = 1e-8 if X64 else 1e-4
+    for b in range(2):
+        bf_tau0, bf_mu0 = _bayes_factors_by_quad(y[b], s[b], 10.0, 0.0, 50.0)
+        assert abs(got["bf_tau0"][b] / bf_tau0 - 1) <= tol, (b, got["bf_tau0"][b], bf_tau0)
+        assert abs(got["bf_mu0"][b] / bf_mu0 - 1) <= tol, (b, got["bf_mu0"][b], bf_mu0)
+    assert out.count("Bayes factors: BF(tau = 0)") == 2
+    # improper priors (the defaults: kernels shared with test_summary)
+    code, out, err = run(["fit", data, "--summary", summ, "--force"], capsys)
+    assert code == 0, err
+    got = read_frame(summ)
+    assert got["bf_tau0"].isna().all() and got["bf_mu0"].isna().all()
+    assert "Bayes factors" not in out
