@@ -404,6 +404,27 @@ def test_moments_only_and_params(data_csv, streamed, tmp_path):
     assert np.all(np.abs(got["mean"] - ref["mean"]) <= goal * ref["sd"])
 
 
+def test_prediction_interval_is_named_in_one_place(capsys):
+    """The prediction interval's one description (hierjax.io.summary.PREDICTION) is what
+    ``hierjax fit --help`` prints and what the README says; the summary columns it names
+    are the summary's, and the printed summary calls it so."""
+    from hierjax.io.summary import PREDICTION, SUMMARY_COLUMNS, format_summary
+
+    def words(text):
+        return " ".join(text.split())
+
+    code, out, _ = run(["fit", "--help"], capsys)
+    assert code == 0 and words(PREDICTION) in words(out)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "README.md"), encoding="utf-8") as fh:
+        assert words(PREDICTION) in words(fh.read()), "README: paste summary.PREDICTION"
+    pred = [c for c in SUMMARY_COLUMNS if c.startswith("pred_")]
+    assert pred == ["pred_lo", "pred_hi", "pred_hdi_lo", "pred_hdi_hi"]
+    assert all(c in PREDICTION for c in pred + ["theta_new"])
+    row = dict.fromkeys(SUMMARY_COLUMNS, 1.0) | {"bf_tau0": float("nan"), "status": "ok"}
+    assert "prediction interval (a new group's effect, theta_new)" in format_summary(row)
+
+
 def test_bad_params_and_nodes(data_csv, tmp_path, capsys):
     code, _, err = run(["fit", data_csv, "--params", "mu,sigma"], capsys)
     assert code == 2 and "--params" in err

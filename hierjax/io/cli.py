@@ -145,9 +145,15 @@ def _params(text: str):
 
 
 def _fit_epilog() -> str:
+    import textwrap
+
+    from hierjax.io.summary import PREDICTION
     from hierjax.status import EXIT_CODES, status_help
 
     codes = "\n".join(f"  {k}  {v}" for k, v in EXIT_CODES.items())
+    prediction = textwrap.fill(
+        PREDICTION, 88, initial_indent="  ", subsequent_indent="  ", break_on_hyphens=False
+    )
     return f"""examples:
   hierjax fit data.csv --out results.parquet          # every dataset, streamed in chunks
   hierjax fit data.parquet --out res.csv --skip-invalid --quiet --tau-prior half-cauchy:25
@@ -162,7 +168,7 @@ input: a long table, one row per group: columns dataset,y,sigma[,group] (CSV or 
 output columns (one row per dataset and parameter):
   dataset      the dataset's name
   parameter    mu, tau, theta (one row per group), theta_new (a new group's effect:
-               its quantiles are the prediction interval), i2 (with --params ...,i2:
+               the prediction, see below), i2 (with --params ...,i2:
                I^2 = tau^2 / (tau^2 + s^2); its sd is not computed)
   group        theta rows: the group's label (or its 1-based position); empty otherwise
   mean, sd     posterior mean and sd (nan where they do not exist)
@@ -177,6 +183,7 @@ output columns (one row per dataset and parameter):
   interval, central), pred_hdi_lo, pred_hdi_hi (shortest), bf_tau0, bf_mu0 (Bayes factors
   for tau = 0 and mu = 0, with proper priors on both; else nan), status, note. Without
   --out the same is printed under each dataset's table.
+{prediction}
   A CSV output gets a sidecar <out>.json with the priors, precision and versions;
   a Parquet output the same in its key-value metadata (key 'hierjax').
 

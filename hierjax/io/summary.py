@@ -15,7 +15,16 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["SUMMARY_COLUMNS", "format_summary", "summary_table"]
+__all__ = ["PREDICTION", "SUMMARY_COLUMNS", "format_summary", "summary_table"]
+
+#: The one description of the prediction interval (``hierjax fit --help`` prints it, the
+#: README pastes it): the tidy rows keep Fit's name ``theta_new``; the interval is named.
+PREDICTION = (
+    "The prediction interval is the interval of theta_new, the effect of a new group: in "
+    "the tidy table, theta_new's central quantiles (q0.025 and q0.975 by default); in the "
+    "summary, pred_lo and pred_hi (95%, central) and pred_hdi_lo and pred_hdi_hi (95%, "
+    "shortest)."
+)
 
 SUMMARY_COLUMNS = (
     "dataset",
@@ -160,8 +169,9 @@ def format_summary(row: dict) -> str:
             f"{g(row['tau_mode'])}; I^2 mean {g(row['i2_mean'])}, median {g(row['i2_median'])}"
         ),
         (
-            f"  95% prediction interval (theta_new): {g(row['pred_lo'])} to {g(row['pred_hi'])} "
-            f"central, {g(row['pred_hdi_lo'])} to {g(row['pred_hdi_hi'])} shortest"
+            f"  95% prediction interval (a new group's effect, theta_new): {g(row['pred_lo'])} "
+            f"to {g(row['pred_hi'])} central, {g(row['pred_hdi_lo'])} to "
+            f"{g(row['pred_hdi_hi'])} shortest"
         ),
     ]
     if row["bf_tau0"] is not None and not math.isnan(row["bf_tau0"]):
