@@ -781,9 +781,10 @@ def _level_op(post, param, levels, sigma_new, op):
 @jax.jit
 def _far_quantile_error(grid: TauGrid, q, levels, new):
     """:func:`hierjax.inference.summaries.quantile_error` per dataset for mu (``new`` False) or
-    theta_new (True): ``q [B, P]`` standard units, ``levels [P]``; returns ``[B]``."""
+    theta_new (True): ``q [B, P]`` standard units, ``levels [B, P]``, ``new [B]``; returns
+    ``[B]``."""
 
-    def one(g, qb):
+    def one(g, qb, levels, new):
         w, w_fine = jnp.exp(g.log_weight), jnp.exp(g.log_weight_fine)
         extra = jnp.where(new, g.tau**2, 0.0)
         extra_fine = jnp.where(new, g.tau_fine**2, 0.0)
@@ -800,7 +801,7 @@ def _far_quantile_error(grid: TauGrid, q, levels, new):
             jnp.sqrt(extra[k] + g.mu.var[k]),
         )
 
-    return jax.vmap(one)(grid, q)
+    return jax.vmap(one)(grid, q, levels, new)
 
 
 def _check_far_quantiles(post: Posterior, param: str, q, levels):
@@ -810,14 +811,15 @@ def _check_far_quantiles(post: Posterior, param: str, q, levels):
     if param not in ("mu", "theta_new"):
         return
     dt = _dtype(post)
-    err = np.asarray(
-        _far_quantile_error(
-            post.grid,
-            jnp.asarray(q, dt),
-            jnp.asarray(np.reshape(levels, -1), dt),
-            param == "theta_new",
-        )
-    )
+    B = post.loc.shape[0]
+    q = np.asarray(q, dt)
+    lv = np.broadcast_to(np.asarray(levels, dt).reshape(-1), q.shape)
+    # P padded as in _run_op, B in blocks: no retrace per batch size or number of levels
+    # (repeating the last level changes no maximum)
+    size = max(8, 1 << max(0, q.shape[1] - 1).bit_length())
+    q, lv = (np.concatenate([a, np.repeat(a[:, -1:], size - a.shape[1], 1)], 1) for a in (q, lv))
+    new = np.full(B, param == "theta_new")
+    err = np.asarray(_in_blocks(_far_quantile_error, (post.grid, q, lv, new)))
     bad = np.nonzero(err > 0.25 * float(np.finfo(dt).eps) ** 0.5)[0]
     if bad.size:
         names = ", ".join(str(post.names[b]) for b in bad[:5]) + (" ..." if bad.size > 5 else "")

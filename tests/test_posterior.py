@@ -469,6 +469,24 @@ def test_batched_equals_one_at_a_time(post):
             np.testing.assert_allclose(a, c[0], rtol=BATCH_RTOL, atol=BATCH_RTOL * 1e-3)
 
 
+def test_other_batch_sizes_and_levels_compile_nothing(post):
+    """B and the number of levels run in padded blocks: a posterior of 2 datasets and other
+    levels reuse the kernels of the B = 3 one (counted over every registered kernel,
+    the far-quantile check of mu and theta_new included)."""
+    from hierjax.engine import cache
+
+    def compiled():
+        return sum(size() for size, _ in cache._KERNELS)
+
+    hierjax.interval(post, "mu", 0.95)
+    hierjax.quantile(post, "theta_new", [0.1, 0.5, 0.9])
+    before = compiled()
+    two = hierjax.posterior([np.array(y) for y, _ in DATA[:2]], [np.array(s) for _, s in DATA[:2]])
+    hierjax.interval(two, "mu", [0.5, 0.95])
+    hierjax.quantile(two, "theta_new", 0.3)
+    assert compiled() == before
+
+
 def test_bad_input(post):
     with pytest.raises(hierjax.InputError, match="param"):
         hierjax.cdf(post, "sigma", 0.0)

@@ -404,6 +404,34 @@ def test_moments_only_and_params(data_csv, streamed, tmp_path):
     assert np.all(np.abs(got["mean"] - ref["mean"]) <= goal * ref["sd"])
 
 
+def test_summary_of_a_last_smaller_chunk_compiles_nothing(sim, tmp_path, capsys, monkeypatch):
+    """--summary in chunks of C = 2, the last of 1: the summary's posterior runs at C
+    datasets every time (the last chunk padded as its fit is), and no hierjax kernel
+    compiles for the last chunk (counted over every registered kernel)."""
+    import hierjax.io.summary as summary
+    from hierjax.engine import cache
+
+    seen, counts = [], []
+    posterior, table = hierjax.posterior, summary.summary_table
+
+    def counting_posterior(y, *args, **kwargs):
+        seen.append(np.shape(y)[0])
+        return posterior(y, *args, **kwargs)
+
+    def counting_table(*args, **kwargs):
+        out = table(*args, **kwargs)
+        counts.append(sum(size() for size, _ in cache._KERNELS))
+        return out
+
+    monkeypatch.setattr(hierjax, "posterior", counting_posterior)
+    monkeypatch.setattr(summary, "summary_table", counting_table)
+    data = write_long(tmp_path / "d.csv", sim.y[:3], sim.sigma[:3])
+    argv = ["fit", data, "--out", tmp_path / "o.csv", "--summary", tmp_path / "s.csv"]
+    code, _, err = run([*argv, "--chunk-size", C], capsys)
+    assert code == 0, err
+    assert seen == [C, C] and counts[1] == counts[0], (seen, counts)
+
+
 def test_prediction_interval_is_named_in_one_place(capsys):
     """The prediction interval's one description (hierjax.io.summary.PREDICTION) is what
     ``hierjax fit --help`` prints and what the README says; the summary columns it names

@@ -692,11 +692,13 @@ def _summary_fn(args, kw):
 
     opts = {k: kw[k] for k in ("tau_prior", "mu_prior", "dtype") if k in kw}
     opts["nodes"] = kw.get("nodes")
-    return lambda fit, c: summary_table(fit, c.y, c.sigma, c.mask, c.names, **opts)
+    return lambda fit, c, pad_to=None: summary_table(
+        fit, c.y, c.sigma, c.mask, c.names, pad_to=pad_to, **opts
+    )
 
 
 def _hook(args, kw):
-    """``(table, fit, chunk) -> table``: i2 rows (--params ...,i2), back-transformed
+    """``(table, fit, chunk, pad_to) -> table``: i2 rows (--params ...,i2), back-transformed
     quantiles (--transform exp), or None."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -708,12 +710,14 @@ def _hook(args, kw):
     if not (want_i2 or exp):
         return None
 
-    def hook(table, fit, chunk):
+    def hook(table, fit, chunk, pad_to=None):
         if want_i2:
             from hierjax.io.summary import i2_of
 
             opts = {k: kw.get(k) for k in ("tau_prior", "mu_prior", "dtype", "nodes")}
-            mean, q = i2_of(fit, chunk.y, chunk.sigma, chunk.mask, fit.levels, **opts)
+            mean, q = i2_of(
+                fit, chunk.y, chunk.sigma, chunk.mask, fit.levels, pad_to=pad_to, **opts
+            )
             table = with_i2(table, mean, q, fit.levels)
             table = table.filter(pc.is_in(table["parameter"], value_set=pa.array(args.params)))
         return with_exp(table) if exp else table
@@ -765,7 +769,7 @@ def _fit_to_terminal(args, kw, chunk) -> int:
         for note in fit.notes:
             if note:
                 print(f"hierjax: skipped {note}", file=sys.stderr)
-        st = summary(fit, c)
+        st = summary(fit, c, size)
         rows = st.to_pylist()
         tables.append(st)
         for b, name in enumerate(fit.names):

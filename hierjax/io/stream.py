@@ -896,9 +896,11 @@ def run_job(
             ``<out>.json`` sidecar for CSV).
         progress: a tqdm-like object (``update(n)``, ``total``) or None.
         on_skip: called with each skipped dataset's note.
-        table_hook: ``(table, fit, chunk) -> table`` to add columns to each part.
-        summary_out, summary_fn: also write ``summary_fn(fit, chunk)`` (a table per chunk)
-            to ``summary_out`` (CSV or Parquet), in parts like the main output.
+        table_hook: ``(table, fit, chunk, pad_to) -> table`` to add columns to each part;
+            ``pad_to`` is the number of datasets the first chunk's kernels ran at (pad a
+            smaller chunk to it, and it compiles nothing new).
+        summary_out, summary_fn: also write ``summary_fn(fit, chunk, pad_to)`` (a table per
+            chunk) to ``summary_out`` (CSV or Parquet), in parts like the main output.
     """
     check_input(path)
     fmt = check_output_path(out, [path], force=force, resume=resume)
@@ -1015,7 +1017,7 @@ def run_job(
 
             table = fit_table(f, params, group_labels=chunk.labels, dataset_names=chunk.names)
             if table_hook is not None:
-                table = table_hook(table, f, chunk)
+                table = table_hook(table, f, chunk, size)
             inv = (np.asarray(f.status) & hierjax.STATUS["invalid"]) != 0
             skipped += int(inv.sum())
             flagged += int(((np.asarray(f.status) & ~hierjax.STATUS["invalid"]) != 0).sum())
@@ -1033,7 +1035,7 @@ def run_job(
                     sys.stdout.write(data.decode())
             else:
                 if summary_fn is not None:
-                    st = summary_fn(f, chunk)
+                    st = summary_fn(f, chunk, size)
                     _write_file(os.path.join(work, f"summary-{k:08d}{sext}"), _part_bytes(st, sfmt))
                     if sfmt == "csv" and "summary_header" not in manifest:
                         from hierjax.io.tidy import csv_bytes

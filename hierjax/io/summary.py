@@ -50,31 +50,48 @@ SUMMARY_COLUMNS = (
 )
 
 
-def _stand_ins(fit, y, sigma, mask):
-    """Invalid datasets replaced by three benign groups (their results are reported nan)."""
+def _stand_ins(fit, y, sigma, mask, pad_to=None):
+    """Invalid datasets replaced by three benign groups (their results are reported nan);
+    then, given ``pad_to``, the first dataset repeated up to ``pad_to`` datasets (the
+    caller keeps the first ``B`` results) so that every chunk runs the same kernels."""
     import hierjax
 
     invalid = (np.asarray(fit.status) & hierjax.STATUS["invalid"]) != 0
     m = np.where(invalid[:, None], np.arange(y.shape[1]) < 3, mask)
     y = np.where(m & ~invalid[:, None], y, np.where(m, np.arange(y.shape[1]) - 1.0, 0.0))
     s = np.where(m & ~invalid[:, None], sigma, 1.0)
+    pad = max(0, (pad_to or 0) - y.shape[0])
+    if pad:
+        y, s, m = (np.concatenate([a, np.repeat(a[:1], pad, axis=0)]) for a in (y, s, m))
     return invalid, y, s, m
 
 
 def i2_of(
-    fit, y, sigma, mask, levels, *, tau_prior="uniform", mu_prior="flat", nodes=None, dtype=None
+    fit,
+    y,
+    sigma,
+    mask,
+    levels,
+    *,
+    tau_prior="uniform",
+    mu_prior="flat",
+    nodes=None,
+    dtype=None,
+    pad_to=None,
 ):
     """``(mean [B], quantiles [B, Q])`` of the posterior of I^2 for the datasets of ``fit``
-    (nan for invalid ones), from :func:`hierjax.posterior` and :func:`hierjax.i2`."""
+    (nan for invalid ones), from :func:`hierjax.posterior` and :func:`hierjax.i2`;
+    ``pad_to`` as :func:`summary_table`'s."""
     import hierjax
 
-    invalid, y, s, m = _stand_ins(fit, y, sigma, mask)
+    B = len(fit.names)
+    invalid, y, s, m = _stand_ins(fit, y, sigma, mask, pad_to)
     post = hierjax.posterior(
         y, s, mask=m, tau_prior=tau_prior, mu_prior=mu_prior, nodes=nodes, dtype=dtype
     )
     out = hierjax.i2(post, tuple(levels) or (0.5,))
-    mean = np.where(invalid, np.nan, out.mean)
-    q = np.where(invalid[:, None], np.nan, out.quantiles)[:, : len(tuple(levels))]
+    mean = np.where(invalid, np.nan, out.mean[:B])
+    q = np.where(invalid[:, None], np.nan, out.quantiles[:B])[:, : len(tuple(levels))]
     return mean, q
 
 
@@ -90,18 +107,22 @@ def summary_table(
     nodes=None,
     dtype=None,
     level: float = 0.95,
+    pad_to: int | None = None,
 ):
     """The per-dataset summary of ``fit`` (a :class:`hierjax.Fit` of ``y, sigma, mask``,
     ``[B, J]``), as a :class:`pyarrow.Table`; ``names`` a pyarrow string array ``[B]``.
 
     Invalid datasets (status ``invalid``) are computed on stand-ins and reported nan.
+    ``pad_to``: run the kernels on this many datasets (the first repeated), as the
+    stream's full chunks do, so that a last, smaller chunk compiles nothing new.
     """
     import pyarrow as pa
 
     import hierjax
     from hierjax.io.tidy import status_strings
 
-    invalid, y, s, m = _stand_ins(fit, y, sigma, mask)
+    B = len(fit.names)
+    invalid, y, s, m = _stand_ins(fit, y, sigma, mask, pad_to)
     kw = {"tau_prior": tau_prior, "mu_prior": mu_prior, "nodes": nodes, "dtype": dtype}
     post = hierjax.posterior(y, s, mask=m, **kw)
     i2 = hierjax.i2(post, (0.5,))
@@ -114,11 +135,11 @@ def summary_table(
         )
         bf_tau0, bf_mu0 = np.exp(ev.log_bf_tau0), np.exp(ev.log_bf_mu0)
     else:
-        bf_tau0 = bf_mu0 = np.full(len(fit.names), np.nan)
+        bf_tau0 = bf_mu0 = np.full(B, np.nan)
     dt = np.asarray(fit.mu.mean).dtype
 
     def col(a):
-        a = np.asarray(a, np.float64).reshape(-1)
+        a = np.asarray(a, np.float64).reshape(-1)[:B]  # the padding's results dropped
         return pa.array(np.where(invalid, np.nan, a).astype(dt))
 
     med = list(np.asarray(fit.levels)).index(0.5) if 0.5 in list(np.asarray(fit.levels)) else None
@@ -139,7 +160,7 @@ def summary_table(
             "tau_median": col(tau_median),
             "tau_mode": col(fit.tau_mode),
             "i2_mean": col(i2.mean),
-            "i2_median": col(i2.quantiles[..., 0]),
+            "i2_median": col(i2.quantiles[:, 0]),
             "pred_lo": col(lo),
             "pred_hi": col(hi),
             "pred_hdi_lo": col(hlo),
