@@ -58,8 +58,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp, ndtr
 
+from hierjax.engine import driver
 from hierjax.engine.batch import InputError
-from hierjax.engine.cache import make_room, register
+from hierjax.engine.cache import register
 from hierjax.engine.prepare import prepare
 from hierjax.inference.grid import (
     TauGrid,
@@ -255,26 +256,11 @@ def _block_size(B: int) -> int:
 
 
 def _in_blocks(kernel, args, **static):
-    """``kernel(*args, **static)`` over fixed-size blocks of the leading ``B`` axis of
-    every leaf of ``args`` (NumPy); the last block is padded by repeating the last
-    dataset (a valid one, so nothing in the padding can fail). Returns NumPy."""
-    make_room()  # (hierjax.engine.cache)
-    leaves = jax.tree.leaves(args)
-    B = leaves[0].shape[0]
-    size = _block_size(B)
-    n_pad = -B % size
-
-    def pad(a):
-        a = np.asarray(a)
-        return np.concatenate([a, np.repeat(a[-1:], n_pad, axis=0)]) if n_pad else a
-
-    padded = jax.tree.map(pad, args)
-    outs = []
-    for start in range(0, B + n_pad, size):
-        sl = slice(start, start + size)
-        block = jax.tree.map(lambda a, sl=sl: jnp.asarray(a[sl]), padded)
-        outs.append(jax.tree.map(np.asarray, kernel(*block, **static)))
-    return jax.tree.map(lambda *a: np.concatenate(a)[:B], *outs)
+    """``kernel(*args, **static)`` over blocks of :func:`_block_size` datasets of the
+    leading ``B`` axis of ``args`` (NumPy), on every local device
+    (:func:`hierjax.engine.driver.in_blocks`). Returns NumPy."""
+    B = jax.tree.leaves(args)[0].shape[0]
+    return driver.in_blocks(kernel, args, _block_size(B), **static)
 
 
 # --------------------------------------------------------------------------- building

@@ -18,13 +18,13 @@ import functools
 import math
 import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hierjax.engine import driver
 from hierjax.engine.batch import Batch, InputError, padded_size
 from hierjax.engine.cache import make_room, register
 from hierjax.engine.prepare import compute_dtype, prepare
@@ -524,7 +524,8 @@ def fit(
         block) in eighths of a block, padded with repeats of the first dataset. The
         shapes never depend on how many datasets the fast grid sent back (at most two
         compiles per kernel, width and block size), and a few sent back cost an eighth
-        of a block, not a whole one. On a CPU the pieces run in a pool of host threads,
+        of a block, not a whole one. The pieces run over every local device, whole pieces
+        per device (:mod:`hierjax.engine.driver`). On a CPU they run in a pool of host threads,
         one per core: each call is mostly sequential small ops, so concurrent calls fill
         the cores that one call leaves idle (+20-30% on 2 cores)."""
         make_room()  # a fit may compile several kernels (hierjax.engine.cache)
@@ -539,27 +540,21 @@ def fit(
         padded = np.concatenate([index, np.full(full + rest - index.size, index[0])])
         ch = int(chunk) if chunk is not None else _default_chunk(n_ + 1, width, Q, backend)
 
-        def call(piece):
+        def block(piece):
             start, step = piece
+            args = prep.block(padded[start : start + step], width)
             if legendre:
-                part = DatasetFit(
-                    *fit_legendre(
-                        *prep.block(padded[start : start + step], width),
-                        N=n_ + 1,
-                        chunk=min(ch, step),
-                    )
-                )
-            else:
-                part = fit_standardized(
-                    *prep.block(padded[start : start + step], width),
-                    lv,
-                    n=n_,
-                    chunk=min(ch, step),
-                    kappa=kappa,
-                )
-            return jax.tree.map(np.asarray, part)
+                return driver.Block(fit_legendre, args, dict(N=n_ + 1, chunk=min(ch, step)))
+            return driver.Block(
+                fit_standardized,
+                args + (lv,),
+                dict(n=n_, chunk=min(ch, step), kappa=kappa),
+                batched=(True,) * len(args) + (False,),
+            )
 
-        parts = _map_pieces(call, pieces, workers)
+        parts = driver.map_blocks(block, pieces, workers, shape=lambda p: p[1])
+        if legendre:
+            parts = [DatasetFit(*p) for p in parts]
         out_ = jax.tree.map(lambda *a: np.concatenate(a)[: index.size], *parts)
         return _widen(out_, J)
 
@@ -804,25 +799,6 @@ def _host_workers() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
-
-
-def _map_pieces(call, pieces, workers: int):
-    """``[call(p) for p in pieces]``, on ``workers`` threads, in order. The first piece of
-    each shape runs before any other piece of that shape, so each shape is traced and
-    compiled once (concurrent first calls of one shape could each trace it)."""
-    if workers <= 1 or len(pieces) <= 1:
-        return [call(p) for p in pieces]
-    first: dict[int, int] = {}
-    for i, (_, step) in enumerate(pieces):
-        first.setdefault(step, i)
-    out = [None] * len(pieces)
-    with ThreadPoolExecutor(min(workers, len(pieces))) as pool:
-        for i, part in zip(first.values(), pool.map(call, [pieces[i] for i in first.values()])):
-            out[i] = part
-        rest = [i for i in range(len(pieces)) if out[i] is None]
-        for i, part in zip(rest, pool.map(call, [pieces[i] for i in rest])):
-            out[i] = part
-    return out
 
 
 def _block_for(chunk):
