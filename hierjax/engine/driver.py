@@ -9,9 +9,9 @@ With one local device each block is one call of the kernel. With ``D`` devices, 
 blocks of one shape run as one SPMD program: the kernel under :func:`jax.shard_map` on
 a 1-D :class:`~jax.sharding.Mesh` over :func:`jax.local_devices`, the ``D`` blocks
 stacked along the dataset axis (a ``NamedSharding`` of it), one whole block per device.
-Each device sees the block shape one device would, so the results are the same bit for
-bit: XLA's code for a kernel depends on the block's width (a block of 64 datasets and
-eight of 8 differ in the last bits), so a block is never split. A last group of fewer
+Each device sees the block shape one device would, and a block is never split (XLA's code
+depends on the block's width). The SPMD program is optimised apart from the one-device
+kernel, so results agree with one device's to round-off (``BATCH_RTOL``), not bit for bit. A last group of fewer
 than ``D`` blocks is filled with repeats of its last block, which the idle devices
 compute and the driver drops.
 
