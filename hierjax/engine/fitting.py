@@ -702,9 +702,9 @@ def _to_user_units(out: DatasetFit, st, batch: Batch, bad, problems, levels, dt)
     )
 
 
-#: Whether fit tries the Legendre moments path first (hierjax.inference.legendre). Off: a screen
-#: against quad found a far feature of p(tau | y) its error estimate does not see.
-LEGENDRE_IN_FIT = False
+#: Whether fit tries the Legendre moments path first (hierjax.inference.legendre); a switch
+#: for side-by-side benchmarks and tests of the grids alone.
+LEGENDRE_IN_FIT = True
 
 #: Datasets per narrower kernel width below which they join a wider one (see :func:`fit`).
 MIN_BUCKET = 8192

@@ -22,8 +22,9 @@ exact from the ``N`` nodes up to aliasing. The ``N``-point rule's error is at mo
 ``sum_{m >= 2N} |a_m|``; with ``A`` the largest of the last four coefficients, ``B`` the
 largest of four eight degrees lower and ``r = (A / B)^{1/8}``, it is estimated as
 ``A r^{N+1} / (1 - r)`` (``r`` capped below 1). Datasets whose estimate exceeds the goal
-are flagged; :func:`hierjax.fit` (where ``engine.LEGENDRE_IN_FIT``, off for now: a far
-feature of ``p(tau | y)`` between the nodes went unseen) sends them on to its grids.
+are flagged, as are those with a singularity of the integrand close to ``[0, 1]``
+(:func:`_singular_error`), which the decay does not see; :func:`hierjax.fit` sends them
+on to its grids.
 """
 
 from __future__ import annotations
@@ -182,6 +183,59 @@ def _decay_error(coef, N: int):
     return _SAFETY * top * r ** (N + 1) / (1.0 - r), r
 
 
+def _singular_points(sigma2, mask, tau_prior: TauPrior, mu_prior: MuPrior):
+    """Magnitudes ``t`` of the integrand's singularities ``tau = +-i t``, ``[J + 2]`` (nan
+    where none): every ``sigma_j``; a Cauchy or t prior's pole; a normal mu prior's zero of
+    ``1/s0^2 + sum_j 1/(sigma_j^2 + tau^2)``, bounded by ``sqrt(max sigma^2 + n s0^2)``.
+    The flat-mu zeros of that sum lie between the ``sigma_j``, whose ends bound them."""
+    dtype = sigma2.dtype
+    nan = jnp.full((), jnp.nan, dtype)
+    s = jnp.where(mask, jnp.sqrt(sigma2), jnp.nan)
+    if isinstance(tau_prior, HalfCauchy):
+        pole = jnp.asarray(tau_prior.scale, dtype)
+    elif isinstance(tau_prior, HalfT):
+        pole = jnp.asarray(tau_prior.scale, dtype) * math.sqrt(tau_prior.df)
+    else:
+        pole = nan
+    if isinstance(mu_prior, NormalMu):
+        n = jnp.sum(mask).astype(dtype)
+        s0 = jnp.asarray(mu_prior.scale, dtype)
+        zero = jnp.sqrt(jnp.max(jnp.where(mask, sigma2, 0.0)) + n * s0 * s0)
+    else:
+        zero = nan
+    return jnp.concatenate([s, jnp.stack([pole, zero])])
+
+
+def _singular_error(t, tau0, c, log_post, log_z, N: int):
+    r"""Gauss-Legendre error bound from the singularities ``tau = i t``, largest over ``t``.
+
+    ``u = (i t - tau0) / (c - tau0 + i t)`` lies on the Bernstein ellipse
+    ``rho = |z + sqrt(z^2 - 1)|`` (``z = 2u - 1``); the ``N``-point rule's error is about
+    ``(64/15) M rho^{-2N} / (rho^2 - 1)``, with ``M`` the integrand (second moments
+    included) at the real point nearest ``u``, relative to its integral ``e^{log_z}``.
+    """
+    dtype = t.dtype
+    cplx = jnp.complex128 if dtype == jnp.float64 else jnp.complex64
+    it = (1j * t).astype(cplx)
+    u = (it - tau0) / (c - tau0 + it)
+    z = 2.0 * u - 1.0
+    w = jnp.sqrt(z * z - 1.0)
+    rho = jnp.maximum(jnp.abs(z + w), jnp.abs(z - w)).astype(dtype)
+    ur = jnp.clip(jnp.real(u).astype(dtype), 0.0, 1.0 - 1.0 / (4 * N * N))
+    tau = tau0 + c * ur / (1.0 - ur)
+    scale = tau0 + c
+    log_m = (
+        log_post(tau) + jnp.log(c) - 2.0 * jnp.log1p(-ur) + jnp.log1p((tau / scale) ** 2) - log_z
+    )
+    log_err = (
+        math.log(64.0 / 15.0)
+        + log_m
+        - 2.0 * N * jnp.log(rho)
+        - jnp.log(jnp.maximum(rho * rho - 1.0, jnp.finfo(dtype).tiny))
+    )
+    return jnp.max(jnp.where(jnp.isnan(log_err), -jnp.inf, jnp.exp(log_err)))
+
+
 def fit_dataset_legendre(
     y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPrior, setup, N: int
 ) -> LegendreFit:
@@ -249,10 +303,20 @@ def fit_dataset_legendre(
     )
     coef = T @ (wq[:, None] * cols)
     err, _ = _decay_error(coef, N)
-    error = jnp.max(jnp.where(jnp.isnan(err), jnp.inf, err))
 
     def log_density_tau(t):
         return tau_prior.log_density(t) + mu_given_tau(t * t, y, sigma2, mask, mu_prior).log_lik
+
+    # the coefficients' decay cannot see a singularity close to the nodes: bound it apart
+    near = _singular_error(
+        _singular_points(sigma2, mask, tau_prior, mu_prior),
+        tau0,
+        c,
+        jax.vmap(log_density_tau),
+        log_z,
+        N,
+    )
+    error = jnp.maximum(jnp.max(jnp.where(jnp.isnan(err), jnp.inf, err)), near)
 
     nodes = _Nodes(tau, log_joint)  # the fields of a TauGrid that tau_mode reads
     mode, mode_ok = tau_mode(nodes, log_density_tau)  # type: ignore[arg-type]
