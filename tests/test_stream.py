@@ -950,3 +950,26 @@ def test_a_job_of_another_split_or_settings_is_refused(data_csv, tmp_path, capsy
     code, _, err = run(["fit", data_csv, "--out", "-", "--processes", 2, "--process-id", 0], capsys)
     assert code == 2 and "--out FILE" in err
     assert sorted(p.name for p in work.iterdir()) == ["p0-of-2", "p1-of-2"]
+
+
+def test_the_first_to_complete_the_job_assembles_it(tmp_path):
+    """Only when every share is complete, and only one process: the first to take
+    ``assemble.lock``, which keeps it when resumed after a kill; ``--force`` drops it."""
+    from hierjax.io.stream import _check_split, _shares_to_assemble
+
+    top = tmp_path / ".o.csv.hierjax-parts"
+    share = {"complete": True, "chunks": 3, "input": {}, "settings": {}, "done": []}
+    for i in range(2):
+        (top / f"p{i}-of-2").mkdir(parents=True)
+    (top / "p0-of-2" / "manifest.json").write_text(json.dumps(share))
+    assert _shares_to_assemble(str(top), 2, 0) == (
+        None,
+        "the last process to finish writes the output",
+    )
+    (top / "p1-of-2" / "manifest.json").write_text(json.dumps(share))
+    assert _shares_to_assemble(str(top), 2, 1)[0] is not None
+    shares, note = _shares_to_assemble(str(top), 2, 0)
+    assert shares is None and "process 1 assembles" in note and "--resume" in note
+    assert _shares_to_assemble(str(top), 2, 1)[0] is not None
+    _check_split(str(top), 2, force=True)
+    assert sorted(p.name for p in top.iterdir()) == ["p0-of-2", "p1-of-2"]

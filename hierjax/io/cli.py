@@ -715,7 +715,7 @@ def _fit_file(args) -> int:
                 + (
                     f"assembled {args.out} from every process's parts"
                     if res.assembled
-                    else f"{args.out} is written by the last process to finish"
+                    else f"{args.out}: {res.note}"
                 ),
                 file=sys.stderr,
             )

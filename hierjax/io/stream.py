@@ -22,6 +22,7 @@ repeats of its first dataset, dropped from the results), so the kernels keep one
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -867,6 +868,7 @@ class JobResult(NamedTuple):
     flagged: int
     skipped: int
     assembled: bool = True
+    note: str = ""  # when not assembled: who writes the output
 
 
 def run_job(
@@ -1091,13 +1093,13 @@ def run_job(
             if top != work and os.path.isdir(top) and not os.listdir(top):
                 os.rmdir(top)
         raise
-    assembled = True
+    assembled, note = True, ""
     if fmt != "stdout":
         shares = [manifest]
         if N > 1:
             manifest["complete"], manifest["chunks"] = True, n_chunks
             _write_file(mpath, json.dumps(manifest, indent=1).encode())
-            shares = _shares_to_assemble(top, N, me)
+            shares, note = _shares_to_assemble(top, N, me)
             assembled = shares is not None
         if shares is not None:
             folders = [top] if N == 1 else [os.path.join(top, _share(i, N)) for i in range(N)]
@@ -1115,7 +1117,7 @@ def run_job(
                 top, out, fmt, _parts(folders, shares, "part", ext), shares[0].get("header"), meta
             )
             shutil.rmtree(top, ignore_errors=True)
-    return JobResult(n_ds, rows, fitted, resumed, flagged, skipped, assembled)
+    return JobResult(n_ds, rows, fitted, resumed, flagged, skipped, assembled, note)
 
 
 def _share(i: int, n: int) -> str:
@@ -1139,12 +1141,16 @@ def _check_split(top, N, force) -> None:
         other = [
             n for n in names if n not in own and not ((m := _SHARE.match(n)) and m[2] == str(N))
         ]
-    if not other:
-        return
-    if force:
-        for n in other:
+    if force:  # a killed assembler's lock goes too: this job assembles afresh
+        for n in set(other) | ({"assemble.lock"} & set(names)):
             q = os.path.join(top, n)
-            shutil.rmtree(q, ignore_errors=True) if os.path.isdir(q) else os.unlink(q)
+            if os.path.isdir(q):
+                shutil.rmtree(q, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):  # another process's --force
+                    os.unlink(q)
+        return
+    if not other:
         return
     was = {int(m.group(2)) for n in other if (m := _SHARE.match(n))} or {1}
     raise InputError(
@@ -1179,12 +1185,12 @@ def _check_siblings(top, N, me, path, settings) -> None:
 
 
 def _shares_to_assemble(top, N, me):
-    """Every process's manifest, in process order, when all are complete and this process
-    is the one to assemble; else None. The first to create ``assemble.lock`` assembles
-    (and the process named in it, resumed after a kill while assembling)."""
+    """``(every process's manifest in process order, '')`` when all are complete and this
+    process is the one to assemble, else ``(None, who does)``. The first to create
+    ``assemble.lock`` assembles (and the process named in it, resumed after a kill)."""
     shares = [_read_share(top, i, N) for i in range(N)]
     if any(m is None or not m.get("complete") for m in shares):
-        return None
+        return None, "the last process to finish writes the output"
     if len({m["chunks"] for m in shares}) != 1 or any(
         m["input"] != shares[0]["input"] or m["settings"] != shares[0]["settings"] for m in shares
     ):
@@ -1195,12 +1201,14 @@ def _shares_to_assemble(top, N, me):
     except FileExistsError:
         with open(lock) as fh:
             holder = fh.read().strip()
-        return shares if holder == str(me) else None
+        if holder == str(me):
+            return shares, ""
+        return None, f"process {holder} assembles the output (if it was killed, --resume it)"
     with os.fdopen(fd, "w") as fh:
         fh.write(str(me))
         fh.flush()
         os.fsync(fh.fileno())
-    return shares
+    return shares, ""
 
 
 def _parts(folders, shares, prefix, ext) -> list:
