@@ -509,11 +509,18 @@ def test_float64_is_the_default(data_csv, tmp_path):
 # --------------------------------------------------------------------------------------
 
 
-def _cli(tmp_path):
+@pytest.fixture(scope="module")
+def jaxcache(tmp_path_factory):
+    """One compilation cache for every subprocess here: the chunk shapes are the same, so
+    only the first one compiles."""
+    return tmp_path_factory.mktemp("jaxcache")
+
+
+def _cli(cache):
     env = dict(
         os.environ,
         JAX_PLATFORMS="cpu",
-        HIERJAX_CACHE_DIR=str(tmp_path / "jaxcache"),
+        HIERJAX_CACHE_DIR=str(cache),
         PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
     )
     return [sys.executable, "-m", "hierjax.io.cli"], env
@@ -532,7 +539,7 @@ def _kill_when(proc, cond, timeout=600):
     return True
 
 
-def test_kill_9_then_resume_is_byte_identical(sim, tmp_path):
+def test_kill_9_then_resume_is_byte_identical(sim, tmp_path, jaxcache):
     """Killed as soon as its first part is recorded (a part boundary), then during the
     next part; ``--resume`` finishes with the bytes of an uninterrupted run, no stray file."""
     B = 16
@@ -542,7 +549,7 @@ def test_kill_9_then_resume_is_byte_identical(sim, tmp_path):
         sim.sigma[np.arange(B) % 20],
         names=[f"s{b}" for b in range(B)],
     )
-    cmd, env = _cli(tmp_path)
+    cmd, env = _cli(jaxcache)
     prec = [] if X64 else ["--float32"]
     ref = tmp_path / "ref.csv"
     args = ["fit", str(data), "--chunk-size", str(C), "--quiet"] + prec
@@ -827,3 +834,142 @@ def test_summary_bayes_factors(sim, tmp_path, capsys):
     got = read_frame(summ)
     assert got["bf_tau0"].isna().all() and got["bf_mu0"].isna().all()
     assert "Bayes factors" not in out
+
+
+# --------------------------------------------------------------------------------------
+# one job split over processes (--processes, --process-id, --coordinator)
+# --------------------------------------------------------------------------------------
+
+SPLIT_B = 40  # in chunks of C: process 0 of 2 fits chunks 0, 2, ..., process 1 the others
+
+
+@pytest.fixture(scope="module")
+def split_job(sim, tmp_path_factory, jaxcache):
+    """A 40-dataset CSV and its one-process output: ``(folder, argv, env)``."""
+    d = tmp_path_factory.mktemp("split")
+    idx = np.arange(SPLIT_B) % sim.y.shape[0]
+    write_long(d / "in.csv", sim.y[idx], sim.sigma[idx], names=[f"s{b}" for b in range(SPLIT_B)])
+    cmd, env = _cli(jaxcache)
+    prec = [] if X64 else ["--float32"]
+    args = ["fit", str(d / "in.csv"), "--chunk-size", str(C), "--quiet"] + prec
+    assert hierjax.io.cli.main(args + ["--out", str(d / "ref.csv")]) == 0
+    return d, cmd + args, env
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _split_run(argv, env, out, extra=lambda i: [], n=2):
+    """Every process of an ``n``-process job at once; their ``CompletedProcess``-like
+    ``(returncode, stderr)``, in process order."""
+    procs = [
+        subprocess.Popen(
+            argv + ["--out", str(out), "--processes", str(n), "--process-id", str(i)] + extra(i),
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(n)
+    ]
+    return [(p.communicate(timeout=600)[1], p.returncode)[::-1] for p in procs]
+
+
+def _left(d):
+    return sorted(
+        p.name for p in d.iterdir() if p.name not in ("in.csv", "two.csv", "two.csv.json")
+    )
+
+
+def test_two_processes_give_the_one_process_bytes(split_job):
+    """Two processes on localhost, split by the flags alone: the output the last of them
+    assembles is the one-process run's, byte for byte, sidecar included; no parts left."""
+    d, argv, env = split_job
+    out = d / "two.csv"
+    res = _split_run(argv, env, out)
+    assert all(code == 0 for code, _ in res), res
+    assert sum("assembled" in err for _, err in res) == 1, res
+    assert out.read_bytes() == (d / "ref.csv").read_bytes()
+    assert (d / "two.csv.json").read_bytes() == (d / "ref.csv.json").read_bytes()
+    assert not (d / ".two.csv.hierjax-parts").exists()
+
+
+def test_kill_9_then_resume_through_jax_distributed(split_job):
+    """Process 0 killed as its first part is recorded; process 1 finishes its share and
+    leaves the output to the last; both rerun with ``--resume`` joined through
+    ``jax.distributed`` (a coordinator on a free localhost port): process 0 fits the rest
+    of its share, and the output is the one-process run's bytes, with nothing left over.
+    Process 1 fits nothing in the distributed run: its device there has another id, so
+    JAX's compilation cache would miss and it would compile from scratch."""
+    d, argv, env = split_job
+    out = d / "killed.csv"
+    work = d / ".killed.csv.hierjax-parts"
+
+    def first_part():
+        try:
+            return len(json.loads((work / "p0-of-2" / "manifest.json").read_text())["done"]) >= 1
+        except (OSError, ValueError):
+            return False
+
+    flags = ["--out", str(out), "--processes", "2", "--process-id"]
+    p0 = subprocess.Popen(argv + flags + ["0"], env=env, stderr=subprocess.PIPE)
+    p1 = subprocess.Popen(argv + flags + ["1"], env=env, stderr=subprocess.PIPE, text=True)
+    assert _kill_when(p0, first_part), p0.stderr.read().decode()
+    err = p1.communicate(timeout=600)[1]
+    assert p1.returncode == 0 and "last process to finish" in err, err
+    assert not out.exists()
+    port = _free_port()
+    res = _split_run(argv, env, out, lambda i: ["--resume", "--coordinator", f"127.0.0.1:{port}"])
+    assert all(code == 0 for code, _ in res), res
+    assert "from the interrupted run" in res[1][1], res
+    assert out.read_bytes() == (d / "ref.csv").read_bytes()
+    assert _left(d) == ["killed.csv", "killed.csv.json", "ref.csv", "ref.csv.json"]
+
+
+def test_a_job_of_another_split_or_settings_is_refused(data_csv, tmp_path, capsys):
+    """Parts of this output from a job with another --processes, or a sibling process with
+    other settings, stop the process before any fit: one line, exit status 2."""
+    out = tmp_path / "o.csv"
+    work = tmp_path / ".o.csv.hierjax-parts"
+    (work / "p0-of-2").mkdir(parents=True)
+    base = ["fit", data_csv, "--out", out, "--chunk-size", C, "--quiet"]
+    for argv in (base + ["--processes", 3, "--process-id", 0, "--resume"], base + ["--resume"]):
+        code, _, err = run(argv, capsys)
+        assert code == 2 and "run with 2 process(es)" in err, err
+        assert err.count("\n") == 1
+    (work / "p1-of-2").mkdir()
+    (work / "p1-of-2" / "manifest.json").write_text('{"input": {}, "settings": {}}')
+    code, _, err = run(base + ["--processes", 2, "--process-id", 0], capsys)
+    assert code == 2 and "process 1 of 2 runs this job with another" in err, err
+    code, _, err = run(base + ["--processes", 2, "--process-id", 2], capsys)
+    assert code == 2 and "0..1" in err and err.count("\n") == 1
+    code, _, err = run(["fit", data_csv, "--out", "-", "--processes", 2, "--process-id", 0], capsys)
+    assert code == 2 and "--out FILE" in err
+    assert sorted(p.name for p in work.iterdir()) == ["p0-of-2", "p1-of-2"]
+
+
+def test_the_first_to_complete_the_job_assembles_it(tmp_path):
+    """Only when every share is complete, and only one process: the first to take
+    ``assemble.lock``, which keeps it when resumed after a kill; ``--force`` drops it."""
+    from hierjax.io.stream import _check_split, _shares_to_assemble
+
+    top = tmp_path / ".o.csv.hierjax-parts"
+    share = {"complete": True, "chunks": 3, "input": {}, "settings": {}, "done": []}
+    for i in range(2):
+        (top / f"p{i}-of-2").mkdir(parents=True)
+    (top / "p0-of-2" / "manifest.json").write_text(json.dumps(share))
+    assert _shares_to_assemble(str(top), 2, 0) == (
+        None,
+        "the last process to finish writes the output",
+    )
+    (top / "p1-of-2" / "manifest.json").write_text(json.dumps(share))
+    assert _shares_to_assemble(str(top), 2, 1)[0] is not None
+    shares, note = _shares_to_assemble(str(top), 2, 0)
+    assert shares is None and "process 1 assembles" in note and "--resume" in note
+    assert _shares_to_assemble(str(top), 2, 1)[0] is not None
+    _check_split(str(top), 2, force=True)
+    assert sorted(p.name for p in top.iterdir()) == ["p0-of-2", "p1-of-2"]

@@ -159,6 +159,10 @@ def _fit_epilog() -> str:
   hierjax fit data.parquet --out res.csv --skip-invalid --quiet --tau-prior half-cauchy:25
   hierjax fit data.csv --out - --moments-only --params mu,tau   # CSV on stdout, fast path
   hierjax fit big.csv --out res.parquet --resume      # finish a job that was killed
+  hierjax fit big.csv --out res.parquet --processes 2 --process-id 0 &   # two processes:
+  hierjax fit big.csv --out res.parquet --processes 2 --process-id 1     # one output
+  hierjax fit /shared/big.csv --out /shared/res.parquet --processes 2 --process-id 0 \\
+      --coordinator host0:5555   # on host0; host1 the same with --process-id 1
   hierjax fit bcg.csv --measure RR --out bcg.csv      # 2x2 tables (ai,n1i,ci,n2i), log RR
 
 input: a long table, one row per group: columns dataset,y,sigma[,group] (CSV or Parquet;
@@ -300,6 +304,28 @@ def _fit_parser(sub, common) -> None:
         default=None,
         metavar="B",
         help="datasets per chunk (default 16384): memory grows with it",
+    )
+    f.add_argument(
+        "--processes",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="split the job over N processes (one host, or hosts sharing --out's folder): "
+        "each fits every N-th chunk into its own parts, and the last to finish writes --out, "
+        "byte-identical to one process's",
+    )
+    f.add_argument(
+        "--process-id",
+        type=int,
+        default=None,
+        metavar="I",
+        help="this process's number, 0..N-1 (with --processes)",
+    )
+    f.add_argument(
+        "--coordinator",
+        metavar="HOST:PORT",
+        help="join jax.distributed at HOST:PORT (process 0's host) at program start and take "
+        "N and I from it (from --processes/--process-id, or the cluster's environment)",
     )
     f.add_argument("--quiet", action="store_true", help="no progress bar")
     f.add_argument(
@@ -646,10 +672,13 @@ def _fit_file(args) -> int:
     check_input(args.input)
     check_output_path(args.out, [args.input], force=args.force, resume=args.resume)
     bar = _progress(args)
+    n, i = args.processes or 1, args.process_id or 0
     try:
         res = run_job(
             args.input,
             args.out,
+            processes=n,
+            process_id=i,
             chunk_size=chunk,
             params=_table_params(args),
             skip_invalid=args.skip_invalid,
@@ -674,10 +703,22 @@ def _fit_file(args) -> int:
             if res.resumed_chunks
             else ""
         )
+        share = f"process {i} of {n}: " if n > 1 else ""
         print(
-            f"wrote {res.rows} rows for {res.datasets} datasets to {args.out}{done}",
+            f"{share}{'wrote' if n == 1 else 'fitted'} {res.rows} rows for {res.datasets} "
+            f"datasets{' to ' + args.out if n == 1 else ''}{done}",
             file=sys.stderr,
         )
+        if n > 1:
+            print(
+                f"{share}"
+                + (
+                    f"assembled {args.out} from every process's parts"
+                    if res.assembled
+                    else f"{args.out}: {res.note}"
+                ),
+                file=sys.stderr,
+            )
     if res.flagged:
         print(
             f"hierjax: {res.flagged} dataset(s) carry accuracy flags (see the status column)",
@@ -838,9 +879,43 @@ def main(argv=None) -> int:
     if args.x64 or not args.float32:
         jax.config.update("jax_enable_x64", True)
     try:
+        if args.command == "fit":
+            err = _split(args)
+            if err:
+                print(f"hierjax: error: {err}", file=sys.stderr)
+                return 2
         return _main(args)
     finally:  # in-process callers (tests, notebooks) keep their own setting
         jax.config.update("jax_enable_x64", x64_before)
+
+
+def _split(args) -> str | None:
+    """``--processes``, ``--process-id`` and ``--coordinator`` checked (an error text, or
+    None); with a coordinator, ``jax.distributed`` joined here, before any JAX computation
+    (it must be), and N and I taken from it."""
+    n, i, coord = args.processes, args.process_id, args.coordinator
+    if n is None and i is None and coord is None:
+        return None
+    if args.input is None or args.out in (None, "-"):
+        return "--processes, --process-id and --coordinator need INPUT and --out FILE"
+    if coord is None and (n is None or i is None):
+        return "--processes N and --process-id I go together (or give --coordinator)"
+    if coord is not None:
+        import jax
+
+        given = {"num_processes": n, "process_id": i}
+        try:
+            jax.distributed.initialize(
+                coordinator_address=coord, **{k: v for k, v in given.items() if v is not None}
+            )
+        except Exception as e:  # noqa: BLE001 (JAX raises several kinds; one line for each)
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            return f"--coordinator {coord}: cannot join jax.distributed ({why})"
+        n, i = jax.process_count(), jax.process_index()
+        args.processes, args.process_id = n, i
+    if not 0 <= i < n:
+        return f"--process-id must lie in 0..{n - 1} for --processes {n}, got {i}"
+    return None
 
 
 def _main(args) -> int:

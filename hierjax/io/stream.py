@@ -10,7 +10,10 @@ dataset's rows come back later in the file).
 
 :func:`run_job` writes each finished chunk as a part file, atomically (a temporary file,
 then ``os.replace``), and records it in a manifest; ``resume=True`` continues a killed job
-from its parts, and the assembled output is byte-identical to an uninterrupted run's.
+from its parts, and the assembled output is byte-identical to an uninterrupted run's. With
+``processes=N, process_id=I`` a job is split over N processes (or hosts sharing the output's
+folder): each fits every N-th chunk into parts of its own, and the last to finish assembles
+the same bytes as one process.
 :func:`fit_stream` is the same for research code: an iterator of :class:`hierjax.Fit`.
 
 Every chunk after the first is padded to the first chunk's number of datasets (with
@@ -19,8 +22,10 @@ repeats of its first dataset, dropped from the results), so the kernels keep one
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import sys
 from collections.abc import Iterable, Iterator
@@ -853,7 +858,8 @@ def _fingerprint(path) -> dict:
 
 
 class JobResult(NamedTuple):
-    """What :func:`run_job` did: datasets and rows written, chunks fitted now and resumed."""
+    """What :func:`run_job` did: datasets and rows written, chunks fitted now and resumed
+    (this process's share), and whether this process assembled the output."""
 
     datasets: int
     rows: int
@@ -861,6 +867,8 @@ class JobResult(NamedTuple):
     resumed_chunks: int
     flagged: int
     skipped: int
+    assembled: bool = True
+    note: str = ""  # when not assembled: who writes the output
 
 
 def run_job(
@@ -880,6 +888,8 @@ def run_job(
     correction=True,
     summary_out=None,
     summary_fn=None,
+    processes: int = 1,
+    process_id: int = 0,
     **fit_kwargs,
 ) -> JobResult:
     """Fit every dataset of ``path`` and write the tidy table to ``out`` (``.csv``,
@@ -901,6 +911,13 @@ def run_job(
             smaller chunk to it, and it compiles nothing new).
         summary_out, summary_fn: also write ``summary_fn(fit, chunk, pad_to)`` (a table per
             chunk) to ``summary_out`` (CSV or Parquet), in parts like the main output.
+        processes, process_id: split the job over ``processes`` processes (any hosts that
+            share the output's folder): this one fits the chunks ``k`` with
+            ``k % processes == process_id``, keeps its parts and manifest in its own
+            subfolder ``p<I>-of-<N>`` of the parts folder (so it resumes on its own), and
+            the process that completes the last share assembles the output, byte-identical
+            to a one-process run's. A parts folder of another ``processes`` or other
+            settings is refused.
     """
     check_input(path)
     fmt = check_output_path(out, [path], force=force, resume=resume)
@@ -929,13 +946,23 @@ def run_job(
         },
         "metadata": meta,
     }
+    N, me = int(processes), int(process_id)
+    if N < 1 or not 0 <= me < N:
+        raise InputError(f"--process-id must lie in 0..{N - 1} for {N} process(es), got {me}")
+    if N > 1 and fmt == "stdout":
+        raise InputError("--processes needs --out FILE (each process writes its own parts)")
     work: Any = None
+    top: Any = None
     manifest: Any = None
     done = set()
     if fmt != "stdout":
-        work = _work_dir(out)
+        top = _work_dir(out)
+        work = top if N == 1 else os.path.join(top, _share(me, N))
         mpath = os.path.join(work, "manifest.json")
-        if os.path.isdir(work):
+        _check_split(top, N, force)
+        if N > 1 and not force:
+            _check_siblings(top, N, me, path, settings)
+        if os.path.exists(mpath) or (N == 1 and os.path.isdir(work)):
             if resume:
                 try:
                     with open(mpath) as fh:
@@ -951,7 +978,7 @@ def run_job(
                             f"interrupted run's (parts in {work}); --force starts over"
                         )
                     done = set(manifest.get("done", []))
-                for f_ in os.listdir(work):  # a killed write's leftovers
+                for f_ in os.listdir(work):  # a killed write's leftovers (this share's only)
                     if f_.endswith(".tmp"):
                         os.unlink(os.path.join(work, f_))
             elif force:
@@ -961,7 +988,7 @@ def run_job(
                     f"an interrupted run left parts of {out} in {work}: --resume "
                     "finishes it, --force starts over"
                 )
-        elif resume and os.path.exists(out) and not force:
+        elif resume and os.path.exists(out) and not force and not os.path.isdir(top):
             raise InputError(
                 f"--resume: no interrupted run of {out} to resume ({out} exists; "
                 "--force replaces it)"
@@ -977,6 +1004,8 @@ def run_job(
                 "datasets": {},
                 "rows": {},
             }
+            if N > 1:
+                manifest["processes"], manifest["process_id"] = N, me
             _write_file(mpath, json.dumps(manifest, indent=1).encode())
     sext = {"csv": ".csv", "parquet": ".parquet"}.get(sfmt or "")
 
@@ -985,7 +1014,7 @@ def run_job(
         stdout = getattr(sys.stdout, "buffer", None)
     ext = ".csv" if fmt in ("csv", "stdout") else ".parquet"
     size = None
-    n_ds = rows = fitted = resumed = flagged = skipped = 0
+    n_ds = rows = fitted = resumed = flagged = skipped = n_chunks = 0
     import hierjax
 
     def frac(x):
@@ -996,8 +1025,11 @@ def run_job(
     try:
         for chunk in read_chunks(path, C, progress=frac, measure=measure, correction=correction):
             B = chunk.y.shape[0]
-            size = size or B
+            size = size or B  # every process pads to chunk 0's size: the same kernels, bits
             k = chunk.index
+            n_chunks = k + 1
+            if k % N != me:
+                continue
             part = os.path.join(work, f"part-{k:08d}{ext}") if work else None
             if k in done and part and os.path.exists(part):
                 n_ds += B
@@ -1058,22 +1090,131 @@ def run_job(
     except InputError:
         if work and not resume and os.path.isdir(work):
             shutil.rmtree(work, ignore_errors=True)  # a failed run leaves nothing
+            if top != work and os.path.isdir(top) and not os.listdir(top):
+                os.rmdir(top)
         raise
+    assembled, note = True, ""
     if fmt != "stdout":
-        if summary_out is not None:
+        shares = [manifest]
+        if N > 1:
+            manifest["complete"], manifest["chunks"] = True, n_chunks
+            _write_file(mpath, json.dumps(manifest, indent=1).encode())
+            shares, note = _shares_to_assemble(top, N, me)
+            assembled = shares is not None
+        if shares is not None:
+            folders = [top] if N == 1 else [os.path.join(top, _share(i, N)) for i in range(N)]
+            if summary_out is not None:
+                _assemble(
+                    top,
+                    summary_out,
+                    sfmt,
+                    _parts(folders, shares, "summary", sext),
+                    shares[0].get("summary_header"),
+                    meta,
+                    prefix="summary",
+                )
             _assemble(
-                work,
-                summary_out,
-                sfmt,
-                manifest,
-                meta,
-                sext,
-                prefix="summary",
-                header_key="summary_header",
+                top, out, fmt, _parts(folders, shares, "part", ext), shares[0].get("header"), meta
             )
-        _assemble(work, out, fmt, manifest, meta, ext)
-        shutil.rmtree(work, ignore_errors=True)
-    return JobResult(n_ds, rows, fitted, resumed, flagged, skipped)
+            shutil.rmtree(top, ignore_errors=True)
+    return JobResult(n_ds, rows, fitted, resumed, flagged, skipped, assembled, note)
+
+
+def _share(i: int, n: int) -> str:
+    """The subfolder of process ``i`` of ``n`` in a job's parts folder."""
+    return f"p{i}-of-{n}"
+
+
+_SHARE = re.compile(r"^p(\d+)-of-(\d+)$")
+
+
+def _check_split(top, N, force) -> None:
+    """Refuse (or with ``force`` remove) parts left by the same output's job run with
+    another number of processes: their chunks are split differently."""
+    if not os.path.isdir(top):
+        return
+    names = os.listdir(top)
+    if N == 1:
+        other = [n for n in names if _SHARE.match(n) or n == "assemble.lock"]
+    else:  # a one-process job's files, or another split's shares
+        own = ("assemble.lock", "part-final.tmp", "summary-final.tmp")
+        other = [
+            n for n in names if n not in own and not ((m := _SHARE.match(n)) and m[2] == str(N))
+        ]
+    if force:  # a killed assembler's lock goes too: this job assembles afresh
+        for n in set(other) | ({"assemble.lock"} & set(names)):
+            q = os.path.join(top, n)
+            if os.path.isdir(q):
+                shutil.rmtree(q, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):  # another process's --force
+                    os.unlink(q)
+        return
+    if not other:
+        return
+    was = {int(m.group(2)) for n in other if (m := _SHARE.match(n))} or {1}
+    raise InputError(
+        f"--processes {N}: the parts in {top} are of this job run with "
+        f"{'/'.join(map(str, sorted(was)))} process(es); give the same --processes and "
+        "--resume, or --force to start over"
+    )
+
+
+def _read_share(top, i, N):
+    try:
+        with open(os.path.join(top, _share(i, N), "manifest.json")) as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+
+def _check_siblings(top, N, me, path, settings) -> None:
+    """Every other process of the job must read the same input with the same settings."""
+    for i in range(N):
+        m = _read_share(top, i, N) if i != me else None
+        if m is None:
+            continue
+        if m.get("input") != _fingerprint(path) or m.get("settings") != json.loads(
+            json.dumps(settings)
+        ):
+            raise InputError(
+                f"process {i} of {N} runs this job with another input or settings "
+                f"(parts in {top}); give every process the same command (--force on "
+                "each starts over)"
+            )
+
+
+def _shares_to_assemble(top, N, me):
+    """``(every process's manifest in process order, '')`` when all are complete and this
+    process is the one to assemble, else ``(None, who does)``. The first to create
+    ``assemble.lock`` assembles (and the process named in it, resumed after a kill)."""
+    shares = [_read_share(top, i, N) for i in range(N)]
+    if any(m is None or not m.get("complete") for m in shares):
+        return None, "the last process to finish writes the output"
+    if len({m["chunks"] for m in shares}) != 1 or any(
+        m["input"] != shares[0]["input"] or m["settings"] != shares[0]["settings"] for m in shares
+    ):
+        raise InputError(f"the processes' parts in {top} are of different jobs; --force")
+    lock = os.path.join(top, "assemble.lock")
+    try:
+        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+        with open(lock) as fh:
+            holder = fh.read().strip()
+        if holder == str(me):
+            return shares, ""
+        return None, f"process {holder} assembles the output (if it was killed, --resume it)"
+    with os.fdopen(fd, "w") as fh:
+        fh.write(str(me))
+        fh.flush()
+        os.fsync(fh.fileno())
+    return shares, ""
+
+
+def _parts(folders, shares, prefix, ext) -> list:
+    """The part files of every share, in chunk order (the order of the input)."""
+    found = sorted((k, folder) for folder, m in zip(folders, shares) for k in m["done"])
+    return [os.path.join(folder, f"{prefix}-{k:08d}{ext}") for k, folder in found]
 
 
 def _part_bytes(table, fmt) -> bytes:
@@ -1090,21 +1231,19 @@ def _part_bytes(table, fmt) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def _assemble(work, out, fmt, manifest, meta, ext, prefix="part", header_key="header") -> None:
-    """Parts in order -> ``work/final.tmp`` -> ``os.replace`` onto ``out`` (the temporary
-    sits in the parts folder, so a kill leaves nothing beside ``out``)."""
-    parts = sorted(manifest["done"])
+def _assemble(work, out, fmt, parts, header, meta, prefix="part") -> None:
+    """``parts`` (paths, in order) -> ``work/final.tmp`` -> ``os.replace`` onto ``out`` (the
+    temporary sits in the parts folder, so a kill leaves nothing beside ``out``)."""
     tmp = os.path.join(work, f"{prefix}-final.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
     os.close(fd)
     if fmt == "csv":
-        if header_key not in manifest:
+        if header is None:
             raise InputError("no datasets to write")
-        header = manifest[header_key].encode()
         with open(tmp, "wb") as fh:
-            fh.write(header)
-            for k in parts:
-                with open(os.path.join(work, f"{prefix}-{k:08d}{ext}"), "rb") as src:
+            fh.write(header.encode())
+            for part in parts:
+                with open(part, "rb") as src:
                     shutil.copyfileobj(src, fh, 1 << 20)
             fh.flush()
             os.fsync(fh.fileno())
@@ -1113,8 +1252,8 @@ def _assemble(work, out, fmt, manifest, meta, ext, prefix="part", header_key="he
         import pyarrow.parquet as pq
 
         writer = None
-        for k in parts:
-            t = pq.read_table(os.path.join(work, f"{prefix}-{k:08d}{ext}"))
+        for part in parts:
+            t = pq.read_table(part)
             if writer is None:
                 sch = t.schema.with_metadata({"hierjax": json.dumps(meta, sort_keys=True)})
                 writer = pq.ParquetWriter(tmp, sch)
