@@ -72,9 +72,11 @@ from hierjax.inference.summaries import (
     Marginal,
     _barycentric,
     _Phi,
+    mixture_mean_var,
     mixture_quantile,
     quantile_error,
     tau_cdf_nodes,
+    tau_mean_var,
     tau_quantile,
 )
 from hierjax.model.conditionals import (
@@ -1165,38 +1167,29 @@ class Moments(NamedTuple):
     sd_exists: np.ndarray
 
 
-def _mixture_moments(w, m, v):
-    """Mean and sd of ``sum_k w_k N(m_k, v_k)``, centred on the heaviest component first
-    (as :func:`hierjax.inference.summaries.mixture_summary`: no cancellation far from 0)."""
-    c = m[jnp.argmax(w)]
-    mc = m - c
-    mean = jnp.sum(w * mc)
-    var = jnp.sum(w * v) + jnp.sum(w * (mc - mean) ** 2)
-    return c + mean, jnp.sqrt(var)
-
-
-def _moments_one(d: _Data):
-    r"""Mixtures on the n-rule (mu, theta_j, theta_new), tau on the 2n-rule's nodes."""
+def _moments_one(d: _Data, param: str):
+    r"""Mean and sd of ``param``: mixtures on the n-rule, tau on the 2n-rule's nodes."""
     g = d.grid
+    if param == "tau":
+        mean, var = tau_mean_var(g)
+        return mean, jnp.sqrt(var)
     w = jnp.exp(g.log_weight)
     c = mixture_components(g.tau**2, g.mu.mean, g.mu.var, d.y, d.sigma2)
-    w_fine = jnp.exp(g.log_weight_fine)
-    tau_mean = jnp.sum(w_fine * g.tau_fine)
-    tau_sd = jnp.sqrt(jnp.sum(w_fine * (g.tau_fine - tau_mean) ** 2))
-    return {
-        "mu": _mixture_moments(w, c.mu_mean, c.mu_var),
-        "tau": (tau_mean, tau_sd),
-        "theta": jax.vmap(lambda m, v: _mixture_moments(w, m, v), in_axes=1)(
+    if param == "theta":
+        mean, var = jax.vmap(lambda m, v: mixture_mean_var(w, m, jnp.sqrt(v)), in_axes=1)(
             c.theta_mean, c.theta_var
-        ),
-        "theta_new": _mixture_moments(w, c.mu_mean, c.new_var),
-    }
+        )
+    else:
+        mean, var = mixture_mean_var(
+            w, c.mu_mean, jnp.sqrt(c.new_var if param == "theta_new" else c.mu_var)
+        )
+    return mean, jnp.sqrt(var)
 
 
 @register
-@jax.jit
-def _moments_kernel(data: _Data):
-    return jax.vmap(_moments_one)(data)
+@functools.partial(jax.jit, static_argnames=("param",))
+def _moments_kernel(data: _Data, *, param: str):
+    return jax.vmap(lambda d: _moments_one(d, param))(data)
 
 
 def moments(post: Posterior, param: str) -> Moments:
@@ -1216,7 +1209,7 @@ def moments(post: Posterior, param: str) -> Moments:
     """
     if param not in _MOMENT_PARAMS:
         raise InputError(f"param must be one of {_MOMENT_PARAMS}, got {param!r}")
-    out = _in_blocks(_moments_kernel, (_data(post),))[param]
+    out = _in_blocks(_moments_kernel, (_data(post),), param=param)
     mean, sd = (np.asarray(a, np.float64) for a in out)
     has_mean, has_sd = post.alpha > 1.0, post.alpha > 2.0
     if param == "mu" and isinstance(post.mu_prior, NormalMu):

@@ -215,13 +215,12 @@ def _singular_error(t, tau0, c, log_post, log_z, N: int):
     included) at the real point nearest ``u``, relative to its integral ``e^{log_z}``.
     """
     dtype = t.dtype
-    cplx = jnp.complex128 if dtype == jnp.float64 else jnp.complex64
-    it = (1j * t).astype(cplx)
+    it = jax.lax.complex(jnp.zeros_like(t), t)  # complex of t's own precision
     u = (it - tau0) / (c - tau0 + it)
     z = 2.0 * u - 1.0
     w = jnp.sqrt(z * z - 1.0)
-    rho = jnp.maximum(jnp.abs(z + w), jnp.abs(z - w)).astype(dtype)
-    ur = jnp.clip(jnp.real(u).astype(dtype), 0.0, 1.0 - 1.0 / (4 * N * N))
+    rho = jnp.maximum(jnp.abs(z + w), jnp.abs(z - w))
+    ur = jnp.clip(jnp.real(u), 0.0, 1.0 - 1.0 / (4 * N * N))
     tau = tau0 + c * ur / (1.0 - ur)
     scale = tau0 + c
     log_m = (

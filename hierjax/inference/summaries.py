@@ -36,12 +36,14 @@ from hierjax.numerics.solvers import iterate, maximize
 __all__ = [
     "Marginal",
     "mixture_summary",
+    "mixture_mean_var",
     "component_above",
     "coarse_weights",
     "coarse_stages",
     "mixture_quantile",
     "quantile_error",
     "tau_summary",
+    "tau_mean_var",
     "TauCdf",
     "tau_cdf_nodes",
     "tau_quantile",
@@ -284,6 +286,22 @@ def component_above(m, s, threshold):
     return _Phi((m - threshold) / s)
 
 
+def mixture_mean_var(w, m, s):
+    """Mean and variance of ``sum_k w_k N(m_k, s_k^2)``, ``[K] -> ()``, summed about the
+    heaviest component's mean: a mixture far from the origin in its own sds keeps its digits."""
+    c = m[jnp.argmax(w)]
+    d = m - c
+    mean = jnp.sum(w * d)
+    return c + mean, jnp.sum(w * s * s) + jnp.sum(w * (d - mean) ** 2)
+
+
+def tau_mean_var(grid: TauGrid):
+    """Mean and variance of ``p(tau | y)`` on the 2n-rule's nodes (scalars)."""
+    w = jnp.exp(grid.log_weight_fine)
+    mean = jnp.sum(w * grid.tau_fine)
+    return mean, jnp.sum(w * (grid.tau_fine - mean) ** 2)
+
+
 def mixture_summary(w, m, s, levels, threshold, mean_exists, sd_exists, coarse=None, above=None):
     r"""Summary of the normal mixture ``sum_k w_k N(m_k, s_k^2)``.
 
@@ -308,11 +326,9 @@ def mixture_summary(w, m, s, levels, threshold, mean_exists, sd_exists, coarse=N
     if above is None:
         above = component_above(m, s, threshold)
     p_gt = jnp.clip(jnp.sum(w * above), 0.0, 1.0)  # round-off can pass 1
+    mean, var = mixture_mean_var(w, m, s)
     c = m[jnp.argmax(w)]
     m = m - c
-    mean = jnp.sum(w * m)
-    var = jnp.sum(w * s * s) + jnp.sum(w * (m - mean) ** 2)
-    mean = c + mean
     if levels.shape[0]:
         mo = _mixture_moments(w, m, s)
         q, conv = jax.vmap(lambda p: mixture_quantile(p, w, m, s, mo, coarse))(levels)
@@ -543,9 +559,7 @@ def tau_summary(grid: TauGrid, levels, mean_exists, sd_exists, alpha=None):
         does not exist).
     """
     dtype = grid.tau.dtype
-    w = jnp.exp(grid.log_weight_fine)
-    mean = jnp.sum(w * grid.tau_fine)
-    var = jnp.sum(w * (grid.tau_fine - mean) ** 2)
+    mean, var = tau_mean_var(grid)
     zero = jnp.zeros((), dtype)
     errors = (zero, zero)
     if levels.shape[0]:
