@@ -404,6 +404,18 @@ def test_moments_only_and_params(data_csv, streamed, tmp_path):
     assert np.all(np.abs(got["mean"] - ref["mean"]) <= goal * ref["sd"])
 
 
+def test_no_summary_is_computed_unless_asked(data_csv, streamed, tmp_path):
+    # the CLI always hands run_job its summary function; it must run only for --summary
+    from hierjax.io.stream import run_job
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("summary computed without --summary")
+
+    out = tmp_path / "o.csv"
+    run_job(data_csv, out, chunk_size=C, summary_fn=refuse)
+    assert out.read_bytes() == streamed[1]
+
+
 def test_summary_of_a_last_smaller_chunk_compiles_nothing(sim, tmp_path, capsys, monkeypatch):
     """--summary in chunks of C = 2, the last of 1: the summary's posterior runs at C
     datasets every time (the last chunk padded as its fit is), and no hierjax kernel

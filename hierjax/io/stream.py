@@ -1066,7 +1066,7 @@ def run_job(
                 else:
                     sys.stdout.write(data.decode())
             else:
-                if summary_fn is not None:
+                if summary_out is not None and summary_fn is not None:
                     st = summary_fn(f, chunk, size)
                     _write_file(os.path.join(work, f"summary-{k:08d}{sext}"), _part_bytes(st, sfmt))
                     if sfmt == "csv" and "summary_header" not in manifest:
