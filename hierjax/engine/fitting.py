@@ -406,19 +406,16 @@ def _default_block(K: int, J: int) -> int:
 def _default_chunk(K: int, J: int, Q: int, backend: str) -> int:
     """Datasets vmapped together inside a block (``lax.map``'s ``batch_size``).
 
-    On a CPU the vmapped intermediates must stay in cache: each quantile search holds
-    ``[chunk, J + 2, Q, K]`` arrays between its fused loops, and at ``chunk = 4096`` (J = 8)
-    they are ~100 MB each, so the kernel ran at memory speed. Measured (float64, 2 cores,
-    datasets/s by chunk): J = 8 full 6.9k (4096), 8.0k (1024), 11.1k (128), 10.7k (64);
-    moments 22.8k (4096), 35.1k (256), 33.3k (128); J = 50 full 0.87k (2048), 1.26k (64),
-    1.74k (16), 1.70k (8); moments 3.9k (2048), 7.3k (64 and 16). The rule: at most 2**19
-    quantile elements ``K (J + 2) Q``, or 2**17 elements ``K J`` for moments only. An
-    accelerator wants the widest vmap: the whole block.
+    On a CPU the vmapped intermediates must stay in cache (each quantile search holds
+    ``[chunk, J + 2, Q, K]`` arrays between its fused loops): at most 2**17 quantile
+    elements ``K (J + 2) Q``, or 2**17 elements ``K J`` for moments only. A chunk is also
+    a CPU block (:func:`fit`), so a single dataset costs one chunk. An accelerator wants
+    the widest vmap: the whole block (measurements: benchmarks/README.md, issue 22).
     """
     if backend != "cpu":
         return _default_block(K, J)
     per = K * (J + 2) * Q if Q else K * J
-    budget = 1 << 19 if Q else 1 << 17
+    budget = 1 << 17
     fit_ = max(1, min(_default_block(K, J), budget // per))
     return 1 << (fit_.bit_length() - 1)
 
@@ -520,25 +517,30 @@ def fit(
 
     def run(index, n_, kappa, width, legendre=False):
         """The kernel, ``width`` groups wide, on the datasets ``index`` as host arrays, in
-        pieces of two shapes: whole blocks, then the rest (or a batch smaller than one
-        block) in eighths of a block, padded with repeats of the first dataset. The
-        shapes never depend on how many datasets the fast grid sent back (at most two
-        compiles per kernel, width and block size), and a few sent back cost an eighth
-        of a block, not a whole one. The pieces run over every local device, whole pieces
-        per device (:mod:`hierjax.engine.driver`). On a CPU they run in a pool of host threads,
-        one per core: each call is mostly sequential small ops, so concurrent calls fill
-        the cores that one call leaves idle (+20-30% on 2 cores)."""
+        pieces padded with repeats of the first dataset. On a CPU every piece is one
+        vmapped chunk: one shape per kernel and width whatever ``B`` or how many datasets
+        the fast grid sent back, so every batch shares one compiled program. On an
+        accelerator: whole blocks, then the rest (or a batch smaller than one block) in
+        eighths of a block (at most two shapes per kernel). The pieces run over every
+        local device, whole pieces per device (:mod:`hierjax.engine.driver`); on a CPU in
+        a pool of host threads, one per core, as each call is mostly sequential small
+        ops."""
         make_room()  # a fit may compile several kernels (hierjax.engine.cache)
-        block = _block_for(chunk)(n + 1, width)
-        size_w = block if B >= block else 1 << max(0, B - 1).bit_length()
-        eighth = max(1, size_w // 8)
+        ch = int(chunk) if chunk is not None else _default_chunk(n_ + 1, width, Q, backend)
+        if backend == "cpu":
+            # one vmapped chunk per piece: one shape per kernel whatever B, so the eight
+            # schools and a large batch share their compiled program
+            size_w = eighth = ch
+        else:
+            block = _block_for(chunk)(n + 1, width)
+            size_w = block if B >= block else 1 << max(0, B - 1).bit_length()
+            eighth = max(1, size_w // 8)
         full = (index.size // size_w) * size_w
         rest = -(-(index.size - full) // eighth) * eighth
         pieces = [(start, size_w) for start in range(0, full, size_w)] + [
             (start, eighth) for start in range(full, full + rest, eighth)
         ]
         padded = np.concatenate([index, np.full(full + rest - index.size, index[0])])
-        ch = int(chunk) if chunk is not None else _default_chunk(n_ + 1, width, Q, backend)
 
         def block(piece):
             start, step = piece

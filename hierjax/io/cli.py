@@ -563,9 +563,8 @@ def _default_job(args) -> int:
             dtype=dt,
             nodes=args.nodes,
         )
-        # compile first, on one block and one more dataset (the two piece shapes: a whole
-        # block, and an eighth of one for the rest and for the general grid's pass over
-        # the datasets the fast grid sends back)
+        # compile first, on up to a block and one more dataset: every piece shape the timed
+        # fit runs, the general grid's pass over what the fast grid sends back included
         from hierjax.engine.fitting import _default_block
         from hierjax.engine.prepare import compute_dtype
         from hierjax.inference.grid import default_nodes
