@@ -22,7 +22,8 @@ and the marginal of mu is the normal mixture ``p(mu | y) = sum_k w_k N(mu | mu_h
 over the grid's nodes (:func:`mu_density`).
 
 Both entry points follow :func:`hierjax.fit`: host-side checks, standardisation in
-float64, fixed-shape blocks through one module-level ``jit``, results in the data's units.
+float64, fixed-shape blocks of ``chunk`` datasets through one module-level ``jit`` each,
+run by the batch driver (:mod:`hierjax.engine.driver`), results in the data's units.
 """
 
 from __future__ import annotations
@@ -34,13 +35,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hierjax.engine.batch import Batch, InputError, Standardized
+from hierjax.engine import driver
+from hierjax.engine.batch import InputError
 from hierjax.engine.cache import register
-from hierjax.engine.prepare import prepare
+from hierjax.engine.prepare import Prepared, prepare
 from hierjax.inference.grid import tau_grid
 from hierjax.inference.summaries import mixture_quantile, tau_summary
 from hierjax.model.conditionals import mixture_components, mu_given_tau_near, reference_point
-from hierjax.model.priors import MuPrior, NormalMu, TauPrior, Uniform
+from hierjax.model.priors import NormalMu, Uniform
 from hierjax.status import ROUNDOFF_LIMIT, STATUS
 
 __all__ = [
@@ -180,9 +182,11 @@ def tau_curves_dataset(y, sigma2, mask, tau_prior, mu_prior, axis, *, auto: bool
 @register
 @functools.partial(jax.jit, static_argnames=("auto", "n"))
 def _tau_curves_batch(y, sigma2, mask, tau_prior, mu_prior, axis, *, auto: bool, n: int):
-    """:func:`tau_curves_dataset` vmapped over ``[B, J]`` data and ``[B, T]`` axes."""
-    return jax.vmap(functools.partial(tau_curves_dataset, auto=auto, n=n))(
-        y, sigma2, mask, tau_prior, mu_prior, axis
+    """:func:`tau_curves_dataset` over ``[B, J]`` data and ``[B, T]`` axes, one dataset at
+    a time (``lax.map``): the same code whatever the block, so chunking changes no bit."""
+    return jax.lax.map(
+        lambda a: tau_curves_dataset(*a, auto=auto, n=n),
+        (y, sigma2, mask, tau_prior, mu_prior, axis),
     )
 
 
@@ -218,48 +222,32 @@ def mu_density_dataset(y, sigma2, mask, tau_prior, mu_prior, axis, *, auto: bool
 @register
 @functools.partial(jax.jit, static_argnames=("auto", "n"))
 def _mu_density_batch(y, sigma2, mask, tau_prior, mu_prior, axis, *, auto: bool, n: int):
-    """:func:`mu_density_dataset` vmapped over ``[B, J]`` data and ``[B, M]`` axes."""
-    return jax.vmap(functools.partial(mu_density_dataset, auto=auto, n=n))(
-        y, sigma2, mask, tau_prior, mu_prior, axis
+    """:func:`mu_density_dataset` over ``[B, J]`` data and ``[B, M]`` axes, one dataset at
+    a time (``lax.map``): the same code whatever the block, so chunking changes no bit."""
+    return jax.lax.map(
+        lambda a: mu_density_dataset(*a, auto=auto, n=n),
+        (y, sigma2, mask, tau_prior, mu_prior, axis),
     )
 
 
-class _Prepared(NamedTuple):
-    batch: Batch
-    st: Standardized  # of the padded block (B + n_pad rows)
-    tp: TauPrior
-    mp: MuPrior
-    tp_std: TauPrior
-    mp_std: MuPrior
-    dtype: np.dtype
-    n: int
-    B: int
-
-
-def _prepare(y, sigma, tau_prior, mu_prior, mask, nodes, dtype) -> _Prepared:
-    """Host checks and standardisation as :func:`hierjax.fit` (:func:`hierjax.engine.prepare.prepare`),
-    B padded to a power of two with benign stand-ins (fixed shapes)."""
-    p = prepare(
+def _prepare(y, sigma, tau_prior, mu_prior, mask, nodes, dtype, chunk) -> Prepared:
+    """Host checks and standardisation as :func:`hierjax.fit`
+    (:func:`hierjax.engine.prepare.prepare`)."""
+    return prepare(
         y,
         sigma,
         tau_prior=tau_prior,
         mu_prior=mu_prior,
         mask=mask,
         nodes=nodes,
+        chunk=chunk,
         dtype=dtype,
-        pad_blocks=True,
     )
-    return _Prepared(
-        p.batch,
-        p.st,
-        p.tau_prior,
-        p.mu_prior,
-        p.tau_std,
-        p.mu_std,
-        p.dtype,
-        p.n,
-        p.batch.y.shape[0],
-    )
+
+
+def _default_chunk(K: int, T: int, J: int) -> int:
+    """Datasets per block: a bounded working set of the ``[K + T, J]`` arrays of each."""
+    return int(max(1, min(1024, (1 << 20) // ((K + T) * J))))
 
 
 def _axis(values, name, B, lower=None):
@@ -276,38 +264,25 @@ def _axis(values, name, B, lower=None):
     return a
 
 
-def _run(kernel, prep: _Prepared, axis_std, auto: bool):
-    cast = functools.partial(jnp.asarray, dtype=prep.dtype)
-    st = prep.st
-    size = st.y.shape[0]
-    if axis_std.shape[0] < size:  # stand-ins get the first dataset's axis
-        axis_std = np.concatenate([axis_std, np.repeat(axis_std[:1], size - axis_std.shape[0], 0)])
-    work_mask = np.zeros(st.y.shape, bool)
-    work_mask[: prep.B] = prep.batch.mask
-    if size > prep.B:  # stand-ins: three groups (see _host.with_stand_ins)
-        work_mask[prep.B :, :3] = True
-    out = kernel(
-        cast(st.y),
-        cast(st.sigma2),
-        jnp.asarray(work_mask),
-        jax.tree.map(cast, prep.tp_std),
-        jax.tree.map(cast, prep.mp_std),
-        cast(axis_std),
-        auto=auto,
-        n=prep.n,
-    )
-    return [np.asarray(a)[: prep.B] for a in out]
+def _run(kernel, prep: Prepared, axis_std, auto: bool, chunk):
+    """``kernel`` over the batch in fixed-shape blocks of ``chunk`` datasets, the last one
+    padded (:func:`hierjax.engine.driver.in_blocks`); NumPy ``[B, ...]`` outputs."""
+    y, s2, m, _, tp, mp = prep.arrays()
+    B, J = y.shape
+    size = prep.size if chunk is not None else _default_chunk(prep.n + 1, axis_std.shape[1], J)
+    args = (y, s2, m, tp, mp, np.asarray(axis_std, dtype=prep.dtype))
+    return driver.in_blocks(kernel, args, driver.block_size(B, size), auto=auto, n=prep.n)
 
 
-def _log_normalizer_shift(prep: _Prepared, n_groups, scale):
+def _log_normalizer_shift(prep: Prepared, n_groups, scale):
     r"""``log Z - log Z'`` between the data's units and standard units.
 
     ``p(y | tau)`` has ``J - 1`` (flat mu) or ``J`` (normal mu) observations' worth of
     density units, each ``1/scale``; ``dtau = scale dtau'``, and a proper (or custom)
     prior's density carries ``1/scale`` while the uniform prior's ``1`` does not.
     """
-    k = n_groups - 1.0 + (1.0 if isinstance(prep.mp, NormalMu) else 0.0)
-    return (-k + (1.0 if isinstance(prep.tp, Uniform) else 0.0)) * np.log(scale)
+    k = n_groups - 1.0 + (1.0 if isinstance(prep.mu_prior, NormalMu) else 0.0)
+    return (-k + (1.0 if isinstance(prep.tau_prior, Uniform) else 0.0)) * np.log(scale)
 
 
 def tau_curves(
@@ -321,6 +296,7 @@ def tau_curves(
     nodes: int | None = None,
     dtype=None,
     points: int = DEFAULT_POINTS,
+    chunk: int | None = None,
 ) -> TauCurves:
     r"""``p(tau | y)``, ``E``/``sd`` of mu and each ``theta_j`` given tau, on a tau axis.
 
@@ -340,6 +316,9 @@ def tau_curves(
         nodes: Clenshaw-Curtis order of the tau grid (default by dtype).
         dtype: compute dtype (default as :func:`hierjax.fit`).
         points: ``T`` of the default axis.
+        chunk: datasets per block (default: a bounded working set; a smaller batch is one
+            block of the power of two at or above ``B``), the last block padded by
+            repeating the last dataset (:mod:`hierjax.engine.driver`).
 
     Returns:
         TauCurves (arrays in the compute dtype).
@@ -353,9 +332,9 @@ def tau_curves(
         >>> c.theta_mean.shape
         (1, 3, 8)
     """
-    prep = _prepare(y, sigma, tau_prior, mu_prior, mask, nodes, dtype)
+    prep = _prepare(y, sigma, tau_prior, mu_prior, mask, nodes, dtype, chunk)
     st = prep.st
-    B = prep.B
+    B = prep.batch.y.shape[0]
     scale = st.scale[:B]
     if tau is None:
         if int(points) < 2:
@@ -365,7 +344,9 @@ def tau_curves(
     else:
         axis = _axis(tau, "tau", B, lower=0.0) / scale[:, None]
         auto = False
-    t, log_d, log_p, mm, mv, thm, thv, log_ev, status = _run(_tau_curves_batch, prep, axis, auto)
+    t, log_d, log_p, mm, mv, thm, thv, log_ev, status = _run(
+        _tau_curves_batch, prep, axis, auto, chunk
+    )
     f64 = functools.partial(np.asarray, dtype=np.float64)
     sc = scale[:, None]
     dt = prep.dtype
@@ -373,7 +354,7 @@ def tau_curves(
     group_mask = prep.batch.mask[:, :W]
     mask_ = group_mask[:, None, :]
     thm, thv = thm[..., :W], thv[..., :W]
-    proper = bool(prep.tp.proper)
+    proper = bool(prep.tau_prior.proper)
     # user units: tau = scale tau', p(tau | y) = p(tau' | y) / scale, loc + scale * (mu, theta)
     loc = st.loc[:B]
     if proper:
@@ -412,6 +393,7 @@ def mu_density(
     nodes: int | None = None,
     dtype=None,
     points: int = DEFAULT_POINTS,
+    chunk: int | None = None,
 ) -> MuDensity:
     r"""The marginal posterior density ``p(mu | y)`` on a mu axis.
 
@@ -420,15 +402,15 @@ def mu_density(
             \approx \sum_k w_k\, N(\mu \mid \hat\mu_k, V_k)
 
     Args:
-        y, sigma, tau_prior, mu_prior, mask, nodes, dtype: as :func:`tau_curves`.
+        y, sigma, tau_prior, mu_prior, mask, nodes, dtype, chunk: as :func:`tau_curves`.
         mu: the axis in the data's units, ``[M]`` or ``[B, M]``; default ``points``
             values spanning the posterior's :data:`MU_AXIS_LEVELS` quantiles plus 10%.
 
     Returns:
         MuDensity.
     """
-    prep = _prepare(y, sigma, tau_prior, mu_prior, mask, nodes, dtype)
-    st, B = prep.st, prep.B
+    prep = _prepare(y, sigma, tau_prior, mu_prior, mask, nodes, dtype, chunk)
+    st, B = prep.st, prep.batch.y.shape[0]
     scale, loc = st.scale[:B], st.loc[:B]
     if mu is None:
         if int(points) < 2:
@@ -438,10 +420,10 @@ def mu_density(
     else:
         axis = (_axis(mu, "mu", B) - loc[:, None]) / scale[:, None]
         auto = False
-    m, dens, status = _run(_mu_density_batch, prep, axis, auto)
+    m, dens, status = _run(_mu_density_batch, prep, axis, auto, chunk)
     sc = scale[:, None]
     mu_user = loc[:, None] + sc * np.asarray(m, np.float64)
-    mp = prep.mp
+    mp = prep.mu_prior
     if isinstance(mp, NormalMu):
         m0, s0 = float(mp.loc), float(mp.scale)
         prior = np.exp(-0.5 * ((mu_user - m0) / s0) ** 2) / (s0 * np.sqrt(2.0 * np.pi))

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp
 
+from hierjax.engine import driver
 from hierjax.engine.cache import register
 from hierjax.engine.prepare import grids_standardized, prepare
 from hierjax.inference.grid import TauGrid, tail_alpha
@@ -303,6 +304,13 @@ def evidence_standardized(grids: TauGrid, y, sigma2, mask, threshold, tau_prior,
     return jax.vmap(evidence_dataset)(grids, y, sigma2, mask, threshold, tau_prior, mu_prior)
 
 
+def _evidence_block(y, sigma2, mask, threshold, tau_prior, mu_prior, *, n: int):
+    """A block's grids, then its evidence: the kernel :func:`evidence` gives the batch
+    driver (module-level, so that the driver's compiled programs are keyed on one function)."""
+    grids = grids_standardized(y, sigma2, mask, tau_prior, mu_prior, n=n)
+    return evidence_standardized(grids, y, sigma2, mask, threshold, tau_prior, mu_prior)
+
+
 def _default_chunk(K: int, J: int) -> int:
     return int(max(1, min(4096, (1 << 22) // (K * J))))
 
@@ -329,7 +337,9 @@ def evidence(
 
     Args:
         y, sigma, tau_prior, mu_prior, mask, names, nodes, dtype: as for :func:`hierjax.fit`.
-        chunk: datasets per block (full blocks of ``chunk``, then one at a time).
+        chunk: datasets per block (default by memory; a smaller batch is one block of the
+            power of two at or above ``B``), the last block padded by repeating the last
+            dataset (:mod:`hierjax.engine.driver`).
 
     Returns:
         Evidence with ``[B]`` fields in the data's units (log Bayes factors).
@@ -364,17 +374,10 @@ def evidence(
     )
     B = prep.batch.y.shape[0]
     st = prep.st
-    out = []
-    for sl in prep.blocks():
-        y_b, s2_b, m_b, thr_b, tp_b, mp_b = prep.block(sl)
-        grids = grids_standardized(y_b, s2_b, m_b, tp_b, mp_b, n=prep.n)
-        res = evidence_standardized(grids, y_b, s2_b, m_b, thr_b, tp_b, mp_b)
-        out.append(
-            jax.tree.map(
-                lambda a: np.asarray(a, np.float64) if a.dtype != np.int32 else np.asarray(a), res
-            )
-        )
-    r = jax.tree.map(lambda *a: np.concatenate(a), *out)
+    res = driver.in_blocks(
+        _evidence_block, prep.arrays(), driver.block_size(B, prep.size), n=prep.n
+    )
+    r = jax.tree.map(lambda a: a if a.dtype == np.int32 else a.astype(np.float64), res)
     loc, scale = st.loc[:B], st.scale[:B]
     n_groups = prep.batch.mask.sum(axis=1)
     dt = prep.dtype

@@ -259,8 +259,8 @@ def _block_size(B: int) -> int:
 
 def _in_blocks(kernel, args, **static):
     """``kernel(*args, **static)`` over blocks of :func:`_block_size` datasets of the
-    leading ``B`` axis of ``args`` (NumPy), on every local device
-    (:func:`hierjax.engine.driver.in_blocks`). Returns NumPy."""
+    leading ``B`` axis of ``args`` (NumPy), on every local device, or on host threads
+    with one CPU device (:func:`hierjax.engine.driver.in_blocks`). Returns NumPy."""
     B = jax.tree.leaves(args)[0].shape[0]
     return driver.in_blocks(kernel, args, _block_size(B), **static)
 

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hierjax.engine import driver
 from hierjax.engine.batch import InputError
 from hierjax.engine.cache import register
 from hierjax.engine.prepare import grids_standardized, prepare
@@ -163,6 +164,13 @@ def draws_standardized(
     return jax.lax.map(one, (ids, grids, y, sigma2, mask, mu_prior))
 
 
+def _draws_block(key, ids, y, sigma2, mask, tau_prior, mu_prior, *, n: int, num_draws: int):
+    """A block's grids, then its draws: the kernel :func:`draws` gives the batch driver
+    (module-level, so that the driver's compiled programs are keyed on one function)."""
+    grids = grids_standardized(y, sigma2, mask, tau_prior, mu_prior, n=n)
+    return draws_standardized(key, ids, grids, y, sigma2, mask, mu_prior, num_draws=num_draws)
+
+
 def _default_chunk(K: int, J: int) -> int:
     return 64
 
@@ -198,9 +206,10 @@ def draws(
         ids: integers in ``[0, 2**32)`` folded into ``key``, one per dataset (default: the
             dataset's position ``0 .. B-1``). A dataset gets the same draws whenever it has
             the same id, whatever else is in the batch.
-        chunk: datasets per device call (full blocks of ``chunk``, then one at a time;
-            default 64). Datasets are processed one after another inside a call, so it
-            changes neither the draws nor the memory per dataset.
+        chunk: datasets per block (default 64; a smaller batch is one block of the power
+            of two at or above ``B``), the last block padded by repeating the last dataset
+            (:mod:`hierjax.engine.driver`). Datasets are processed one after another inside
+            a block, so it changes neither the draws nor the memory per dataset.
 
     Returns:
         Draws with ``tau[B, S]``, ``mu[B, S]``, ``theta[B, S, J]`` in the compute dtype.
@@ -244,16 +253,16 @@ def draws(
             raise InputError("ids must lie in [0, 2**32)")
     ids_u32 = ids_np.astype(np.uint32)
     S_pad = -(-S // DRAW_CHUNK) * DRAW_CHUNK
-    out = []
-    for sl in prep.blocks():
-        y_b, s2_b, m_b, _, tp_b, mp_b = prep.block(sl)
-        grids = grids_standardized(y_b, s2_b, m_b, tp_b, mp_b, n=prep.n)
-        block = draws_standardized(
-            key, jnp.asarray(ids_u32[sl]), grids, y_b, s2_b, m_b, mp_b, num_draws=S_pad
-        )
-        tau_s, mu_s, theta_s = (np.asarray(a)[:, :S] for a in block[:3])
-        out.append(DatasetDraws(tau_s, mu_s, theta_s, np.asarray(block.status)))
-    res = jax.tree.map(lambda *a: np.concatenate(a), *out)
+    y_h, s2_h, m_h, _, tp_h, mp_h = prep.arrays()
+    res = driver.in_blocks(
+        _draws_block,
+        (key, ids_u32, y_h, s2_h, m_h, tp_h, mp_h),
+        driver.block_size(B, prep.size),
+        batched=(False,) + (True,) * 6,
+        n=prep.n,
+        num_draws=S_pad,
+    )
+    res = res._replace(tau=res.tau[:, :S], mu=res.mu[:, :S], theta=res.theta[:, :S])
     loc, scale = prep.st.loc, prep.st.scale
     dt = prep.dtype
     tau = (scale[:, None] * res.tau.astype(np.float64)).astype(dt)

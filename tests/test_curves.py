@@ -23,7 +23,7 @@ from reference import precision_posterior, reference
 from scipy import integrate
 
 import hierjax
-from hierjax.curves import TAU_AXIS_LEVEL, mu_density, tau_curves
+from hierjax.curves import TAU_AXIS_LEVEL, TauCurves, mu_density, tau_curves
 
 X64 = bool(jax.config.jax_enable_x64)
 #: relative tolerance of densities; sd units for means
@@ -150,6 +150,25 @@ def test_conditionals_match_dense_joint_gaussian(pair_curves):
             np.testing.assert_allclose(c.mu_sd[b, k] / sd[0], 1.0, rtol=TOL)
             np.testing.assert_allclose((c.theta_mean[b, k, :J] - mean[1:]) / sd[1:], 0.0, atol=TOL)
             np.testing.assert_allclose(c.theta_sd[b, k, :J] / sd[1:], 1.0, rtol=TOL)
+
+
+def test_chunked_equals_unchunked_bitwise(pair_curves):
+    """Three datasets in blocks of 2 (the last padded with a repeat of the last dataset)
+    equal one block of 4 bit for bit; the blocks of 2 reuse the kernel ``pair_curves``
+    compiled, the padded last one included (no trace)."""
+    from hierjax.curves import _tau_curves_batch
+
+    axis, pair = pair_curves
+    ys = [np.array(EIGHT_Y), np.array(J3[0]), 0.5 * np.array(EIGHT_Y)]
+    ss = [np.array(EIGHT_S), np.array(J3[1]), np.array(EIGHT_S)]
+    before = _tau_curves_batch._cache_size()
+    chunked = tau_curves(ys, ss, tau=axis, chunk=2)
+    assert _tau_curves_batch._cache_size() == before
+    whole = tau_curves(ys, ss, tau=axis)
+    for f, a, b, p in zip(TauCurves._fields, chunked, whole, pair):
+        np.testing.assert_array_equal(a, b, err_msg=f)
+        if f not in ("prior_proper", "names", "groups"):
+            np.testing.assert_array_equal(a[:2], p, err_msg=f)
 
 
 def test_tau_zero_is_complete_pooling(pair_curves):

@@ -1,9 +1,10 @@
 """The batch driver (hierjax.engine.driver): blocks over every local device.
 
 A process's device count is fixed when JAX starts, and this suite's conftest imports JAX
-with one CPU device: the multi-device fit runs in a subprocess started with
-``XLA_FLAGS=--xla_force_host_platform_device_count=8`` (precision and compilation cache
-inherited), and its results are compared here with the same fit on one device.
+with one CPU device: the multi-device fit (and a Posterior query, draws and evidence)
+runs in a subprocess started with ``XLA_FLAGS=--xla_force_host_platform_device_count=8``
+(precision and compilation cache inherited), and its results are compared here with the
+same calls on one device.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from test_structure import assert_fits_equal
 import hierjax
 from hierjax.engine import driver
 
-#: Fits the pickled ragged batch on 8 host devices; records each launch's real blocks
-#: and the devices its outputs sit on.
+#: Fits the pickled ragged batch on 8 host devices (and queries, draws, evidence);
+#: records each launch's real blocks and the devices its outputs sit on.
 EIGHT_DEVICES = """
 import os, pickle, sys
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
@@ -42,13 +43,20 @@ def spy(blocks, devs):
 
 driver._launch = spy
 with open(sys.argv[1], "rb") as f:
-    ys, ss, valid = pickle.load(f)
+    ys, ss, valid, SMALL = pickle.load(f)
 fit = hierjax.fit(ys, ss, skip_invalid=True)
 post = hierjax.posterior([ys[i] for i in valid], [ss[i] for i in valid])
 q = hierjax.quantile(post, "mu", [0.5])
+small = [ys[i] for i in SMALL], [ss[i] for i in SMALL]
+d = hierjax.draws(*small, key=jax.random.key(5), num_draws=8, chunk=2)
+e = hierjax.evidence(*small, chunk=2)
 with open(sys.argv[2], "wb") as f:
-    pickle.dump((len(jax.local_devices()), fit, q, launches), f)
+    pickle.dump((len(jax.local_devices()), fit, q, d, e, launches), f)
 """
+
+#: Valid datasets of the ragged batch that draws and evidence take in blocks of 2: three
+#: blocks, one program over the 8 devices.
+SMALL = [0, 1, 2, 3, 4]
 
 
 def _ragged_batch(B: int = 501):
@@ -69,15 +77,15 @@ def _ragged_batch(B: int = 501):
 @pytest.mark.skipif(not jax.config.jax_enable_x64, reason="dtype-independent; run in float64")
 def test_eight_devices_equal_one(tmp_path):
     """The ragged batch on 8 simulated devices equals the fit on this process's one device
-    (each device runs whole blocks of one device's shapes), and the Posterior query too;
-    eight different blocks ran in one program over all 8 devices.
+    (each device runs whole blocks of one device's shapes), and the Posterior query, draws
+    and evidence too; eight different blocks ran in one program over all 8 devices.
 
     Not bit for bit: XLA optimises the 8-device SPMD program apart from the one-device
     one (other fusions), which moves theta's last bits (~1e-13 relative in float64)."""
     ys, ss, valid = _ragged_batch()
     inputs, outputs = tmp_path / "in.pkl", tmp_path / "out.pkl"
     with open(inputs, "wb") as f:
-        pickle.dump((ys, ss, valid), f)
+        pickle.dump((ys, ss, valid, SMALL), f)
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     r = subprocess.run(
         [sys.executable, "-c", EIGHT_DEVICES, str(inputs), str(outputs)],
@@ -88,7 +96,7 @@ def test_eight_devices_equal_one(tmp_path):
     )
     assert r.returncode == 0, r.stderr[-3000:]
     with open(outputs, "rb") as f:
-        n_devices, got, got_q, launches = pickle.load(f)
+        n_devices, got, got_q, got_d, got_e, launches = pickle.load(f)
     assert n_devices == 8
     assert launches and all(devs == list(range(8)) for _, devs in launches), launches
     assert max(n for n, _ in launches) == 8, launches  # eight real blocks at once
@@ -100,6 +108,22 @@ def test_eight_devices_equal_one(tmp_path):
     want_q = hierjax.quantile(post, "mu", [0.5])
     assert got_q.dtype == want_q.dtype and got_q.shape == want_q.shape == (len(valid), 1)
     np.testing.assert_allclose(got_q, want_q, rtol=BATCH_RTOL, atol=0)
+
+    # draws and evidence, blocks of 2 (the last padded) in one program over the devices;
+    # draws to round-off too (the SPMD program is compiled apart), with the data's scale
+    # as the floor of mu and theta's tolerance (values near 0)
+    small = [ys[i] for i in SMALL], [ss[i] for i in SMALL]
+    want_d = hierjax.draws(*small, key=jax.random.key(5), num_draws=8, chunk=2)
+    want_e = hierjax.evidence(*small, chunk=2)
+    atol = BATCH_RTOL * max(float(np.max(np.abs(y))) for y in small[0])
+    for f in ("tau", "mu", "theta"):
+        a, b = getattr(got_d, f), getattr(want_d, f)
+        assert a.dtype == b.dtype and a.shape == b.shape, f
+        np.testing.assert_allclose(a, b, rtol=BATCH_RTOL, atol=atol, err_msg=f)
+    np.testing.assert_array_equal(got_d.status, want_d.status)
+    for a, b in zip(jax.tree.leaves(got_e[:-1]), jax.tree.leaves(want_e[:-1])):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=BATCH_RTOL, atol=atol)
 
 
 def test_one_device_runs_the_kernel_itself():

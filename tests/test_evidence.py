@@ -18,7 +18,7 @@ import pytest
 from reference import joint_log_evidence, log_prior_tau, parse_tau, reference
 from scipy import integrate, optimize, stats
 
-from hierjax.evidence import evidence
+from hierjax.evidence import evidence, evidence_standardized
 
 RUBIN_Y = (28.39, 7.94, -2.75, 6.82, -0.64, 0.63, 18.01, 12.16)
 RUBIN_S = (14.9, 10.2, 16.3, 11.0, 9.4, 11.4, 10.4, 17.6)
@@ -183,3 +183,19 @@ def test_improper_priors_give_nan_like_bayesmeta(improper):
     ):
         assert np.all(np.isnan(getattr(improper, f))), f
     assert np.all(improper.status == 0)
+
+
+def test_chunked_equals_unchunked_bitwise(improper):
+    """Three datasets in blocks of 2 (the last padded with a repeat of the last dataset)
+    equal one block of 4 bit for bit; the blocks of 2 reuse the kernel the two-dataset
+    fixture compiled, the padded last one included (no trace)."""
+    ys = [np.array(d[0]) for d in DATA] + [0.3 * np.array(RUBIN_Y) + 1.0]
+    ss = [np.array(RUBIN_S)] * 3
+    before = evidence_standardized._cache_size()
+    chunked = evidence(ys, ss, chunk=2)
+    assert evidence_standardized._cache_size() == before
+    whole = evidence(ys, ss)
+    for a, b in zip(jax.tree.leaves(chunked), jax.tree.leaves(whole)):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(chunked[:-1]), jax.tree.leaves(improper[:-1])):  # not names
+        np.testing.assert_array_equal(a[:2], b)

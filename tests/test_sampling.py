@@ -18,7 +18,8 @@ from reference import reference
 from scipy import stats
 
 import hierjax
-from hierjax.sampling import DRAW_CHUNK, draws, to_arviz
+from hierjax import sampling
+from hierjax.sampling import DRAW_CHUNK, draws, draws_standardized, to_arviz
 
 EIGHT_Y = (28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0)
 EIGHT_S = (15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0)
@@ -138,9 +139,23 @@ def test_batch_order_and_single_bitwise(ragged):
     assert not np.array_equal(other.tau[0], ragged.tau[2])
 
 
-def test_chunk_size_bitwise(ragged):
+def test_chunk_size_bitwise(ragged, monkeypatch):
+    """Blocks of 2 (the last padded with a repeat of the last dataset) give the draws of
+    one block of 8 bit for bit; every block has the chunk's shape, so the padded last
+    block reuses the first one's compiled kernels."""
+    widths = []
+    real = sampling._draws_block
+
+    def spy(key, ids, *args, **static):
+        widths.append(ids.shape[0])
+        return real(key, ids, *args, **static)
+
+    monkeypatch.setattr(sampling, "_draws_block", spy)
+    before = draws_standardized._cache_size()
     d2 = draws(RAGGED_Y, RAGGED_S, key=jax.random.key(7), num_draws=300, chunk=2)
-    for f in ("tau", "mu", "theta"):
+    assert widths == [2, 2, 2]
+    assert draws_standardized._cache_size() <= before + 1  # one shape, at most one trace
+    for f in ("tau", "mu", "theta", "status"):
         assert np.array_equal(getattr(ragged, f), getattr(d2, f), equal_nan=True), f
 
 

@@ -1,7 +1,8 @@
 """The batch driver: fixed-shape blocks of datasets over every local device.
 
-A batched kernel is a jitted function of ``[b, ...]`` arrays (one row per dataset) whose
-outputs are ``[b, ...]`` too. The driver runs it on blocks of fixed shapes, so that each
+A batched kernel is a function of ``[b, ...]`` arrays (one row per dataset) whose
+outputs are ``[b, ...]`` too: a jitted one, or Python composing jitted ones (with several
+devices the driver jits it whole). The driver runs it on blocks of fixed shapes, so that each
 kernel compiles once per block shape whatever ``B`` is, and returns NumPy arrays on the
 host, in order (:func:`map_blocks`; :func:`in_blocks` cuts a batch into such blocks).
 
@@ -17,12 +18,17 @@ compute and the driver drops.
 
 On a CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=D``, set before JAX is
 imported, splits the host into ``D`` devices. With one device a pool of host threads
-(``workers``) keeps several blocks in flight instead.
+(``workers``, by default :func:`host_workers`) keeps several blocks in flight instead.
+
+Users: :func:`hierjax.fit` (:func:`map_blocks`, two piece shapes); the Posterior queries
+(:mod:`hierjax.posterior`), :func:`hierjax.draws`, :func:`hierjax.evidence`,
+:func:`hierjax.tau_curves` and :func:`hierjax.mu_density` (:func:`in_blocks`).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
@@ -33,7 +39,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from hierjax.engine.cache import make_room, register
 
-__all__ = ["AXIS", "Block", "devices", "map_blocks", "in_blocks"]
+__all__ = ["AXIS", "Block", "block_size", "devices", "host_workers", "map_blocks", "in_blocks"]
 
 #: The mesh axis the dataset axis is sharded over.
 AXIS = "datasets"
@@ -43,7 +49,8 @@ class Block(NamedTuple):
     """One call of a batched kernel: ``kernel(*args, **static)``.
 
     Attributes:
-        kernel: a jitted function returning a pytree of ``[b, ...]`` arrays.
+        kernel: a jitted function (or one calling jitted ones) returning a pytree of
+            ``[b, ...]`` arrays; the same object for every block of a shape.
         args: its positional arguments (pytrees); the batched ones, the first among them,
             have a leading ``[b]`` axis on every leaf.
         static: its keyword arguments (hashable values: they key the compiled program).
@@ -62,6 +69,23 @@ def devices() -> tuple:
     return tuple(jax.local_devices())
 
 
+def host_workers() -> int:
+    """Host threads that run blocks concurrently: the usable cores on a CPU backend (a
+    block is mostly sequential small ops, so concurrent blocks fill idle cores), else 1."""
+    if jax.default_backend() != "cpu":
+        return 1
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def block_size(B: int, size: int) -> int:
+    """``size`` datasets per block, or for a smaller batch the power of two at or above
+    ``B``: few compiled shapes, and a small batch is not padded to a large block."""
+    return size if B >= size else 1 << max(0, B - 1).bit_length()
+
+
 @functools.cache
 def _sharded(kernel, batched: tuple, static: tuple, devs: tuple):
     """``kernel`` with ``static`` bound, as one jitted SPMD program over ``devs``: arguments
@@ -73,8 +97,17 @@ def _sharded(kernel, batched: tuple, static: tuple, devs: tuple):
         mesh=mesh,
         in_specs=specs,
         out_specs=PartitionSpec(AXIS),
+        # no collectives (each device runs whole blocks alone), so no varying-axis checks:
+        # the kernels start loops from constant carries that their data make vary by device
+        check_vma=False,
     )
     return register(jax.jit(body, in_shardings=tuple(NamedSharding(mesh, s) for s in specs)))
+
+
+def _rows(block: Block) -> int:
+    """Datasets in ``block``: the leading axis of its first batched argument."""
+    flags = block.batched or (True,) * len(block.args)
+    return jax.tree.leaves([a for a, f in zip(block.args, flags) if f])[0].shape[0]
 
 
 def _launch(blocks: list[Block], devs: tuple):
@@ -133,7 +166,7 @@ def map_blocks(make: Callable[[Any], Block], pieces, workers: int = 1, shape=Non
         if len(devs) == 1:
             out[group[0]] = res
             return
-        sizes = np.array([jax.tree.leaves(b.args)[0].shape[0] for b in blocks])
+        sizes = np.array([_rows(b) for b in blocks])
         ends = np.cumsum(sizes)
         for i, s, e in zip(group, ends - sizes, ends):
             out[i] = jax.tree.map(lambda a, s=s, e=e: a[s:e], res)
@@ -150,25 +183,39 @@ def map_blocks(make: Callable[[Any], Block], pieces, workers: int = 1, shape=Non
     return out
 
 
-def in_blocks(kernel, args: tuple, size: int, **static):
+def in_blocks(
+    kernel, args: tuple, size: int, *, workers: int | None = None, batched=None, **static
+):
     """``kernel(*args, **static)`` over blocks of ``size`` datasets of the leading ``B``
-    axis of every leaf of ``args`` (NumPy), by :func:`map_blocks`.
+    axis of every leaf of the batched ``args`` (NumPy), by :func:`map_blocks`.
 
     The last block is padded by repeating the last dataset (a valid one, so nothing in
-    the padding can fail). Returns NumPy, ``[B, ...]``.
+    the padding can fail). ``workers``: host threads (default :func:`host_workers`);
+    ``batched``: as :class:`Block` (the others, e.g. a PRNG key, go whole to every
+    block). Returns NumPy, ``[B, ...]``.
     """
     make_room()  # (hierjax.engine.cache)
-    B = jax.tree.leaves(args)[0].shape[0]
+    flags = (True,) * len(args) if batched is None else tuple(batched)
+    B = _rows(Block(kernel, args, static, flags))
     n_pad = -B % size
 
     def pad(a):
         a = np.asarray(a)
         return np.concatenate([a, np.repeat(a[-1:], n_pad, axis=0)]) if n_pad else a
 
-    padded = jax.tree.map(pad, args)
+    padded = tuple(jax.tree.map(pad, a) if f else a for a, f in zip(args, flags))
 
     def make(start):
-        return Block(kernel, jax.tree.map(lambda a: a[start : start + size], padded), static)
+        cut = tuple(
+            jax.tree.map(lambda x: x[start : start + size], a) if f else a
+            for a, f in zip(padded, flags)
+        )
+        return Block(kernel, cut, static, flags)
 
-    outs = map_blocks(make, list(range(0, B + n_pad, size)), shape=lambda _: size)
+    outs = map_blocks(
+        make,
+        list(range(0, B + n_pad, size)),
+        host_workers() if workers is None else workers,
+        shape=lambda _: size,
+    )
     return jax.tree.map(lambda *a: np.concatenate(a)[:B], *outs)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -27,6 +26,7 @@ import numpy as np
 from hierjax.engine import driver
 from hierjax.engine.batch import Batch, InputError, padded_size
 from hierjax.engine.cache import make_room, register
+from hierjax.engine.driver import host_workers as _host_workers
 from hierjax.engine.prepare import compute_dtype, prepare
 from hierjax.inference.grid import FAST_KAPPA, TAIL_LEVEL, fast_nodes, tail_alpha, tau_grid
 from hierjax.inference.legendre import LEGENDRE_NODES, fit_legendre, legendre_applies
@@ -793,14 +793,6 @@ def _smooth_at_origin(b) -> bool:
     if b is None:
         return False
     return b == math.inf or (b >= 0 and float(b).is_integer())
-
-
-def _host_workers() -> int:
-    """Host threads that run blocks concurrently on a CPU backend: the usable cores."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def _block_for(chunk):

@@ -2,9 +2,8 @@
 
 The same steps as :func:`hierjax.engine.fitting.fit`, from the same helpers (no copies): parse
 the priors, assemble and validate the batch, replace invalid datasets by stand-ins,
-standardise in float64 and rescale the priors. Blocks are full blocks of ``chunk``
-datasets and then single datasets (:func:`block_slices`), so a kernel compiles for at
-most two block shapes per (J, priors, dtype) and nothing is spent on padding datasets.
+standardise in float64 and rescale the priors. The entry points then run their kernels
+on fixed-shape blocks through the batch driver (:mod:`hierjax.engine.driver`).
 """
 
 from __future__ import annotations
@@ -33,7 +32,6 @@ from hierjax.model.priors import MuPrior, TauPrior, parse_mu_prior, parse_tau_pr
 
 __all__ = [
     "Prepared",
-    "block_slices",
     "grids_standardized",
     "prepare",
     "compute_dtype",
@@ -108,9 +106,22 @@ class Prepared(NamedTuple):
     def cast(self, a):
         return jnp.asarray(a, dtype=self.dtype)
 
-    def blocks(self):
-        """:func:`block_slices` of this batch."""
-        return block_slices(self.batch.y.shape[0], self.size)
+    def arrays(self):
+        """``(y, sigma2, mask, threshold, tau_prior, mu_prior)`` of the whole batch as NumPy
+        in the compute dtype, ``[B, ...]`` (for :func:`hierjax.engine.driver.in_blocks`)."""
+        B = self.batch.y.shape[0]
+
+        def host(a):
+            return np.asarray(a[:B], dtype=self.dtype)
+
+        return (
+            host(self.st.y),
+            host(self.st.sigma2),
+            np.asarray(self.work.mask[:B]),
+            host(self.st.threshold),
+            jax.tree.map(lambda a: np.asarray(a)[:B], self.tau_std),
+            jax.tree.map(lambda a: np.asarray(a)[:B], self.mu_std),
+        )
 
     def block(self, sl, width: int | None = None):
         """``(y, sigma2, mask, threshold, tau_prior, mu_prior)`` of a block, on the device;
@@ -129,14 +140,6 @@ class Prepared(NamedTuple):
             jax.tree.map(take, self.tau_std),
             jax.tree.map(take, self.mu_std),
         )
-
-
-def block_slices(B: int, size: int):
-    """Full blocks of ``size`` datasets, then the rest one at a time."""
-    full = (B // size) * size
-    return [slice(s, s + size) for s in range(0, full, size)] + [
-        slice(s, s + 1) for s in range(full, B)
-    ]
 
 
 def prepare(
