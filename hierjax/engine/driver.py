@@ -20,7 +20,7 @@ On a CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=D``, set before JAX
 imported, splits the host into ``D`` devices. With one device a pool of host threads
 (``workers``, by default :func:`host_workers`) keeps several blocks in flight instead.
 
-Users: :func:`hierjax.fit` (:func:`map_blocks`, two piece shapes); the Posterior queries
+Users: :func:`hierjax.fit` (:func:`map_blocks`; one piece shape per kernel on a CPU); the queries
 (:mod:`hierjax.posterior`), :func:`hierjax.draws`, :func:`hierjax.evidence`,
 :func:`hierjax.tau_curves` and :func:`hierjax.mu_density` (:func:`in_blocks`).
 """
