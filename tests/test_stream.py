@@ -284,6 +284,22 @@ def test_rows_of_a_dataset_must_be_contiguous(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.csv"]
 
 
+def test_a_hash_collision_is_not_a_repeat(tmp_path, monkeypatch):
+    # every name hashes alike: only the names themselves may decide, within and across chunks
+    from hierjax.io import stream
+
+    monkeypatch.setattr(stream._Seen, "hashes", staticmethod(lambda n: np.zeros(len(n), np.uint64)))
+    path = tmp_path / "d.csv"
+    path.write_text("dataset,y,sigma\na,1,1\na,2,1\nb,1,1\nb,2,1\nc,0,1\nc,3,1\n")
+    for size in (1, 3):
+        chunks = list(stream.read_chunks(path, size))
+        assert [n for c in chunks for n in c.names.to_pylist()] == ["a", "b", "c"]
+    path.write_text("dataset,y,sigma\na,1,1\nb,1,1\nc,2,1\na,2,1\n")
+    for size in (1, 3):
+        with pytest.raises(hierjax.InputError, match="'a' has rows at line 2 and again here"):
+            list(stream.read_chunks(path, size))
+
+
 # --------------------------------------------------------------------------------------
 # --skip-invalid: every per-dataset defect
 # --------------------------------------------------------------------------------------

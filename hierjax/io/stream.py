@@ -168,7 +168,8 @@ def _row_batches(path, progress=None, measure=None):
         import pyarrow.parquet as pq
 
         try:
-            pf = pq.ParquetFile(path)
+            # pre-buffering keeps every row group read so far: memory would grow with the file
+            pf = pq.ParquetFile(path, pre_buffer=False)
         except (OSError, pa.ArrowException) as e:
             raise InputError(f"cannot read {path}: {e}") from None
         fields = [f.lower() for f in pf.schema_arrow.names]
@@ -258,11 +259,12 @@ def _numbers(col, name, path, first_line, where):
 
 
 class _Seen:
-    """Dataset names met so far, as sorted 64-bit hashes in a few runs of doubling sizes
-    (16 bytes per dataset with the line), to tell a dataset whose rows come back later."""
+    """Hashes of the dataset names met so far, sorted in a few runs of doubling sizes (8
+    bytes per dataset), to tell a dataset whose rows come back later; a hit is confirmed
+    by name (:func:`_earlier_line`), so a hash collision cannot fail a job."""
 
-    def __init__(self):
-        self.runs = []  # [(sorted hashes, lines)]
+    def __init__(self) -> None:
+        self.runs: list[np.ndarray] = []
 
     @staticmethod
     def hashes(names) -> np.ndarray:
@@ -271,24 +273,34 @@ class _Seen:
         return pd.util.hash_array(np.asarray(names.to_numpy(zero_copy_only=False), object))
 
     def find(self, h: np.ndarray) -> np.ndarray:
-        """The earlier line of each hash, or 0."""
-        out = np.zeros(h.shape, np.int64)
-        for keys, lines in self.runs:
-            i = np.clip(np.searchsorted(keys, h), 0, max(keys.size - 1, 0))
-            hit = keys.size > 0
-            if hit:
-                found = keys[i] == h
-                out = np.where(found & (out == 0), lines[i], out)
+        """Whether each hash was met before, ``[n]`` bool."""
+        out = np.zeros(h.shape, bool)
+        for keys in self.runs:
+            i = np.clip(np.searchsorted(keys, h), 0, keys.size - 1)
+            out |= keys[i] == h
         return out
 
-    def add(self, h: np.ndarray, lines: np.ndarray) -> None:
-        o = np.argsort(h, kind="stable")
-        self.runs.append((h[o], lines[o]))
-        while len(self.runs) > 1 and self.runs[-2][0].size <= 2 * self.runs[-1][0].size:
-            (k1, l1), (k2, l2) = self.runs.pop(), self.runs.pop()
-            k, li = np.concatenate([k2, k1]), np.concatenate([l2, l1])
-            o = np.argsort(k, kind="stable")
-            self.runs.append((k[o], li[o]))
+    def add(self, h: np.ndarray) -> None:
+        self.runs.append(np.sort(h))
+        while len(self.runs) > 1 and self.runs[-2].size <= 2 * self.runs[-1].size:
+            k = np.concatenate([self.runs.pop(), self.runs.pop()])
+            k.sort()  # in place: a merge holds the new run and the old ones, no more
+            self.runs.append(k)
+
+
+def _earlier_line(path, name: str, before: int, measure=None):
+    """The first row (line) of dataset ``name`` in ``path`` before ``before``, or None: a
+    second pass over the file, on the error path only."""
+    import pyarrow.compute as pc
+
+    for t, first, _ in _row_batches(path, None, measure):
+        if first >= before:
+            return None
+        hit = pc.equal(pc.utf8_trim_whitespace(t["dataset"]), name).to_numpy(zero_copy_only=False)
+        rows = np.flatnonzero(hit)
+        if rows.size and first + rows[0] < before:
+            return int(first + rows[0])
+    return None
 
 
 def read_chunks(
@@ -440,23 +452,25 @@ def _to_chunk(t, path, seen: _Seen, k: int, measure=None, correction=True) -> Ch
     h = _Seen.hashes(names)
     first_line = lines[run]
     o = np.argsort(h, kind="stable")
-    dup = np.flatnonzero(h[o][1:] == h[o][:-1])
-    earlier = seen.find(h)
-    if dup.size or earlier.any():
-        cand = []
-        if dup.size:
-            i, j = o[dup[0]], o[dup[0] + 1]
-            cand.append((first_line[max(i, j)], first_line[min(i, j)], max(i, j)))
-        if earlier.any():
-            i = int(np.flatnonzero(earlier)[0])
-            cand.append((first_line[i], earlier[i], i))
-        now, before, i = min(cand)
+    cand = []
+    for d in np.flatnonzero(h[o][1:] == h[o][:-1]):
+        i, j = sorted((int(o[d]), int(o[d + 1])))
+        if names[i].as_py() == names[j].as_py():  # not a hash collision
+            cand.append((first_line[j], first_line[i], j))
+            break
+    for r in np.flatnonzero(seen.find(h)):
+        prev = _earlier_line(path, names[int(r)].as_py(), int(lines[0]), measure)
+        if prev is not None:
+            cand.append((first_line[r], prev, int(r)))
+            break
+    if cand:
+        now, before, at = min(cand)
         raise InputError(
-            f"{path}, {where} {now}: dataset {names[int(i)].as_py()!r} has rows "
+            f"{path}, {where} {now}: dataset {names[at].as_py()!r} has rows "
             f"at {where} {before} and again here, with other datasets between "
             "(the rows of a dataset must be contiguous)"
         )
-    seen.add(h, first_line)
+    seen.add(h)
     first: dict[int, tuple[int, str]] = {}  # per dataset: its first bad row and message
     if measure is None:
         ycol, ybad = _numbers(t["y"], "y", path, int(lines[0]), where)
