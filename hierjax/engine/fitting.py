@@ -517,23 +517,23 @@ def fit(
 
     def run(index, n_, kappa, width, legendre=False):
         """The kernel, ``width`` groups wide, on the datasets ``index`` as host arrays, in
-        pieces padded with repeats of the first dataset. On a CPU every piece is one
-        vmapped chunk: one shape per kernel and width whatever ``B`` or how many datasets
-        the fast grid sent back, so every batch shares one compiled program. On an
-        accelerator: whole blocks, then the rest (or a batch smaller than one block) in
-        eighths of a block (at most two shapes per kernel). The pieces run over every
-        local device, whole pieces per device (:mod:`hierjax.engine.driver`); on a CPU in
-        a pool of host threads, one per core, as each call is mostly sequential small
-        ops."""
+        pieces padded with repeats of the first dataset: whole blocks, then the rest in
+        smaller pieces, at most two shapes per kernel and width whatever ``B`` or how many
+        datasets the fast grid sent back. On a CPU the smaller piece is one vmapped chunk,
+        also for a batch below one block (so all such batches share one program); on an
+        accelerator, an eighth of a block (of the batch's power of two if smaller). The
+        pieces run over every local device, whole pieces per device
+        (:mod:`hierjax.engine.driver`); on a CPU in a pool of host threads, one per core,
+        as each call is mostly sequential small ops."""
         make_room()  # a fit may compile several kernels (hierjax.engine.cache)
         ch = int(chunk) if chunk is not None else _default_chunk(n_ + 1, width, Q, backend)
+        whole = _block_for(chunk)(n + 1, width)
         if backend == "cpu":
-            # one vmapped chunk per piece: one shape per kernel whatever B, so the eight
-            # schools and a large batch share their compiled program
-            size_w = eighth = ch
+            # whole blocks, the rest in vmapped chunks: two shapes per kernel whatever B,
+            # so the eight schools and a batch below one block share their program
+            size_w, eighth = (whole, ch) if index.size >= whole else (ch, ch)
         else:
-            block = _block_for(chunk)(n + 1, width)
-            size_w = block if B >= block else 1 << max(0, B - 1).bit_length()
+            size_w = whole if B >= whole else 1 << max(0, B - 1).bit_length()
             eighth = max(1, size_w // 8)
         full = (index.size // size_w) * size_w
         rest = -(-(index.size - full) // eighth) * eighth
