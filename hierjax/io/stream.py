@@ -5,7 +5,7 @@ file (columns ``dataset, y, sigma`` and optionally ``group``; the rows of a data
 contiguous and are its groups in order) or an NPZ file (arrays ``y``, ``sigma`` ``[B, J]``
 and optionally ``mask`` and ``names``). Each chunk is checked on the host, fitted with
 :func:`hierjax.fit`, turned into the tidy table of :mod:`hierjax.io.tidy` and written: memory
-is bounded by the chunk, not the input (plus 16 bytes per dataset for the check that no
+is bounded by the chunk, not the input (plus 8 bytes per dataset for the check that no
 dataset's rows come back later in the file).
 
 :func:`run_job` writes each finished chunk as a part file, atomically (a temporary file,
