@@ -1176,13 +1176,9 @@ def _moments_one(d: _Data, param: str):
     w = jnp.exp(g.log_weight)
     c = mixture_components(g.tau**2, g.mu.mean, g.mu.var, d.y, d.sigma2)
     if param == "theta":
-        mean, var = jax.vmap(lambda m, v: mixture_mean_var(w, m, jnp.sqrt(v)), in_axes=1)(
-            c.theta_mean, c.theta_var
-        )
+        mean, var = jax.vmap(mixture_mean_var, in_axes=(None, 1, 1))(w, c.theta_mean, c.theta_var)
     else:
-        mean, var = mixture_mean_var(
-            w, c.mu_mean, jnp.sqrt(c.new_var if param == "theta_new" else c.mu_var)
-        )
+        mean, var = mixture_mean_var(w, c.mu_mean, c.new_var if param == "theta_new" else c.mu_var)
     return mean, jnp.sqrt(var)
 
 

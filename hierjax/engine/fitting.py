@@ -409,8 +409,8 @@ def _default_chunk(K: int, J: int, Q: int, backend: str) -> int:
     On a CPU the vmapped intermediates must stay in cache (each quantile search holds
     ``[chunk, J + 2, Q, K]`` arrays between its fused loops): at most 2**17 quantile
     elements ``K (J + 2) Q``, or 2**17 elements ``K J`` for moments only. A chunk is also
-    a CPU block (:func:`fit`), so a single dataset costs one chunk. An accelerator wants
-    the widest vmap: the whole block (measurements: benchmarks/README.md, issue 22).
+    the CPU piece below a whole block (:func:`fit`), so one dataset costs a chunk. An
+    accelerator wants the widest vmap: the whole block (measurements: benchmarks/README.md).
     """
     if backend != "cpu":
         return _default_block(K, J)

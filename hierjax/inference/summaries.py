@@ -286,13 +286,13 @@ def component_above(m, s, threshold):
     return _Phi((m - threshold) / s)
 
 
-def mixture_mean_var(w, m, s):
-    """Mean and variance of ``sum_k w_k N(m_k, s_k^2)``, ``[K] -> ()``, summed about the
+def mixture_mean_var(w, m, v):
+    """Mean and variance of ``sum_k w_k N(m_k, v_k)``, ``[K] -> ()``, summed about the
     heaviest component's mean: a mixture far from the origin in its own sds keeps its digits."""
     c = m[jnp.argmax(w)]
     d = m - c
     mean = jnp.sum(w * d)
-    return c + mean, jnp.sum(w * s * s) + jnp.sum(w * (d - mean) ** 2)
+    return c + mean, jnp.sum(w * v) + jnp.sum(w * (d - mean) ** 2)
 
 
 def tau_mean_var(grid: TauGrid):
@@ -326,7 +326,7 @@ def mixture_summary(w, m, s, levels, threshold, mean_exists, sd_exists, coarse=N
     if above is None:
         above = component_above(m, s, threshold)
     p_gt = jnp.clip(jnp.sum(w * above), 0.0, 1.0)  # round-off can pass 1
-    mean, var = mixture_mean_var(w, m, s)
+    mean, var = mixture_mean_var(w, m, s * s)
     c = m[jnp.argmax(w)]
     m = m - c
     if levels.shape[0]:
