@@ -1,13 +1,14 @@
-"""Screen the Legendre moments path (hierjax/inference/legendre.py) against tests/reference.py.
+"""Screen the Legendre path (hierjax/inference/legendre.py) against tests/reference.py.
 
 Random awkward datasets (J from 5 to 50, sigma ratios up to 1e3, tau from 0 to 100x sigma,
 offsets up to 1e3 sigma, four prior pairs). For each dataset the Legendre kernel's own
-result (before any fallback) and ``hierjax.fit(..., quantiles=())`` end to end are compared
-with the independent scipy ``quad`` reference, in posterior sds (means), relative (sds,
-evidence) and absolute (P(> 0)). A *silent miss* is a dataset the Legendre path certifies
-(status 0) with an error above the goal (1e-8 in float64, 1e-4 in float32).
+result (before any fallback) and ``hierjax.fit`` end to end are compared with the
+independent scipy ``quad`` reference, in posterior sds (means, quantiles with
+``--quantiles``), relative (sds, evidence) and absolute (P(> 0)). A *silent miss* is a
+dataset the Legendre path certifies (status 0) with an error above the goal (1e-8 in
+float64, 1e-4 in float32).
 
-    python benchmarks/screen_fastpath.py --n 2000 [--x32] [--nodes N]
+    python benchmarks/screen_fastpath.py --n 2000 [--quantiles] [--x32] [--nodes N]
 """
 
 from __future__ import annotations
@@ -54,17 +55,23 @@ def _pick(a, b, j):
     return float(a[b] if j is None else a[b, j])
 
 
-def errors(ref, get):
-    """Largest error of one dataset's moments against the reference: ``get(name, j)`` ->
-    ``(mean, sd, p_gt0)`` in the data's units; also the tau mode and the evidence."""
+def errors(ref, get, levels=()):
+    """Largest error of one dataset's summaries against the reference: ``get(name, j)`` ->
+    ``(mean, sd, p_gt0, quantiles at levels)`` in the data's units."""
     worst = 0.0
     names = [("mu", None), ("tau", None), ("theta_new", None)] + [
         ("theta", j) for j in range(ref.J)
     ]
+    # quantiles of every theta_j up to J = 8, beyond it of three groups (the reference's
+    # root finding per level is slow): the first, the least and the most precise
+    sig = np.asarray(ref.sigma)
+    checked = set(range(ref.J)) if ref.J <= 8 else {0, int(np.argmin(sig)), int(np.argmax(sig))}
     for name, j in names:
         m_r, s_r, _, _, p_r = ref.moments(name, j)
-        m, s, p = get(name, j)
+        m, s, p, q = get(name, j)
         e = max(abs(m - m_r) / s_r, abs(s - s_r) / s_r, abs(p - p_r))
+        for lv, q_l in zip(levels if j is None or j in checked else (), q):
+            e = max(e, abs(q_l - ref.quantile(name, float(lv), j)) / s_r)
         worst = max(worst, e if np.isfinite(e) else np.inf)
     return worst
 
@@ -76,9 +83,14 @@ def main(argv=None):
     ap.add_argument("--x32", action="store_true", help="float32 (default float64)")
     ap.add_argument("--nodes", type=int, default=None, help="Legendre nodes (default per dtype)")
     ap.add_argument(
+        "--quantiles",
+        action="store_true",
+        help="also the default quantiles (0.025, 0.25, 0.5, 0.75, 0.975) of every marginal",
+    )
+    ap.add_argument(
         "--end-to-end",
         action="store_true",
-        help="also hierjax.fit(quantiles=()) on every group (compiles the grids)",
+        help="also hierjax.fit on every group (compiles the grids)",
     )
     args = ap.parse_args(argv)
     os.environ["JAX_ENABLE_X64"] = "0" if args.x32 else "1"
@@ -96,10 +108,11 @@ def main(argv=None):
         legendre_applies,
     )
 
+    levels = (0.025, 0.25, 0.5, 0.75, 0.975) if args.quantiles else ()
     data = datasets(args.n, args.seed)
     bits = 32 if args.x32 else 64
     goal = LEGENDRE_GOAL[bits]
-    N = args.nodes or LEGENDRE_NODES[bits]
+    N = args.nodes or LEGENDRE_NODES[bits][0]
     t0 = time.time()
     rows = []  # (J, prior, applies, certified, est, new_err, fit_err, fit_status)
     groups = {}
@@ -123,10 +136,15 @@ def main(argv=None):
         )
         if not applies and not args.end_to_end:
             continue
+        lv = prep.cast(np.asarray(levels, np.float64))
         out = jax.tree.map(
-            np.asarray, fit_legendre(*prep.block(slice(0, size)), N=N, chunk=min(64, size))
+            np.asarray, fit_legendre(*prep.block(slice(0, size)), lv, N=N, chunk=min(64, size))
         )
-        f = hierjax.fit(Y, S, tau_prior=tp, mu_prior=mp, quantiles=()) if args.end_to_end else None
+        f = (
+            hierjax.fit(Y, S, tau_prior=tp, mu_prior=mp, quantiles=levels)
+            if args.end_to_end
+            else None
+        )
         for b, i in enumerate(idx):
             y, sigma = data[i][0], data[i][1]
             try:
@@ -139,11 +157,13 @@ def main(argv=None):
 
             def get_new(name, j, out=out, b=b, loc=loc, sc=sc):
                 m = getattr(out, name)
-                mean = _pick(m.mean, b, j) * sc + (0.0 if name == "tau" else loc)
-                return mean, _pick(m.sd, b, j) * sc, _pick(m.p_gt0, b, j)
+                shift = 0.0 if name == "tau" else loc
+                mean = _pick(m.mean, b, j) * sc + shift
+                q = m.quantiles[b] if j is None else m.quantiles[b, j]
+                return mean, _pick(m.sd, b, j) * sc, _pick(m.p_gt0, b, j), q * sc + shift
 
             try:
-                e_new = errors(ref, get_new)
+                e_new = errors(ref, get_new, levels)
             except RuntimeError:
                 skipped += 1
                 continue
@@ -157,9 +177,14 @@ def main(argv=None):
 
                 def get_fit(name, j, f=f, b=b):
                     m = getattr(f, name)
-                    return _pick(m.mean, b, j), _pick(m.sd, b, j), _pick(m.p_gt0, b, j)
+                    q = m.quantiles[b] if j is None else m.quantiles[b, j]
+                    return _pick(m.mean, b, j), _pick(m.sd, b, j), _pick(m.p_gt0, b, j), q
 
-                e_fit, st_fit = errors(ref, get_fit), int(f.status[b])
+                try:
+                    e_fit, st_fit = errors(ref, get_fit, levels), int(f.status[b])
+                except RuntimeError:
+                    skipped += 1
+                    continue
             rows.append(
                 (
                     J,

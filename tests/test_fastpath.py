@@ -1,9 +1,9 @@
-"""The Legendre moments path (hierjax/inference/legendre.py) against the independent quad reference.
+"""The Legendre path (hierjax/inference/legendre.py) against the independent quad reference.
 
-Its own result (before any fallback) must be within the accuracy goal wherever it certifies
-a dataset (status 0), its error estimate must not be below the true error, a dataset it
-flags at too few nodes really misses the goal there, and ``hierjax.fit(quantiles=())``
-(the path plus its fallback) matches the reference with status ok.
+Its own result (before any fallback: moments, quantiles, P(> 0), tau mode, evidence) must be
+within the accuracy goal wherever it certifies a dataset (status 0), its error estimate must
+not be below the true error, a dataset it flags at too few nodes really misses the goal
+there, and ``hierjax.fit`` (the path plus its fallback) matches the reference with status ok.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from hierjax.inference.legendre import (
 X64 = bool(jax.config.jax_enable_x64)
 BITS = 64 if X64 else 32
 GOAL = LEGENDRE_GOAL[BITS]
-N = LEGENDRE_NODES[BITS]
+N = LEGENDRE_NODES[BITS][0]
 
 EIGHT_Y = (28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0)
 EIGHT_S = (15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0)
@@ -51,10 +51,14 @@ CASES = {  # name: (y, sigma, tau prior, mu prior)
 }
 
 
-def _legendre(y, sigma, tp, mp, nodes=N):
-    """The Legendre kernel's own result in the data's units and its status and estimate."""
+LEVELS = (0.025, 0.25, 0.5, 0.75, 0.975)
+
+
+def _legendre(y, sigma, tp, mp, nodes=N, levels=()):
+    """The Legendre kernel's own result (standardised) with the data's location and scale."""
     prep = prepare(np.array([y]), np.array([sigma]), tau_prior=tp, mu_prior=mp)
-    out = jax.tree.map(np.asarray, fit_legendre(*prep.block(slice(0, 1)), N=nodes, chunk=1))
+    lv = prep.cast(np.asarray(levels, np.float64))
+    out = jax.tree.map(np.asarray, fit_legendre(*prep.block(slice(0, 1)), lv, N=nodes, chunk=1))
     loc, sc = float(prep.st.loc[0]), float(prep.st.scale[0])
     return out, loc, sc
 
@@ -65,14 +69,16 @@ def _pick(a, j, b=0):
     return float(a[b] if j is None else a[b, j])
 
 
-def _errors(out, loc, sc, ref):
-    """Largest error of the kernel's moments, tau mode and log evidence against quad."""
+def _errors(out, loc, sc, ref, levels=()):
+    """Largest error of the kernel's moments, quantiles at ``levels``, tau mode and log
+    evidence against quad (posterior sds; relative for sds; absolute for P(> 0))."""
     worst = 0.0
     for name, j in [("mu", None), ("tau", None), ("theta_new", None)] + [
         ("theta", j) for j in range(ref.J)
     ]:
         m = getattr(out, name)
-        mean = _pick(m.mean, j) * sc + (0.0 if name == "tau" else loc)
+        shift = 0.0 if name == "tau" else loc
+        mean = _pick(m.mean, j) * sc + shift
         m_r, s_r, _, _, p_r = ref.moments(name, j)
         worst = max(
             worst,
@@ -80,6 +86,9 @@ def _errors(out, loc, sc, ref):
             abs(_pick(m.sd, j) * sc - s_r) / s_r,
             abs(_pick(m.p_gt0, j) - p_r),
         )
+        q = m.quantiles[0] if j is None else m.quantiles[0, j]
+        for p, q_p in zip(levels, q):
+            worst = max(worst, abs(q_p * sc + shift - ref.quantile(name, p, j)) / s_r)
     worst = max(worst, abs(float(out.tau_mode[0]) * sc - ref.mode) / ref.moments("tau")[1])
     if ref.proper:
         worst = max(worst, abs(float(out.log_evidence[0]) - ref.J * np.log(sc) - ref.log_evidence))
@@ -98,13 +107,13 @@ _SLOW = ("J20", "J50")  # wider kernels: one compile each
     "case", [pytest.param(c, marks=pytest.mark.slow) if c in _SLOW else c for c in CASES]
 )
 def test_certified_within_goal_and_estimate_conservative(case):
-    """Where the Legendre path applies: certified datasets are within the goal of quad, and
-    the error estimate is at least the true error whenever the true error is near the goal."""
+    """Where the Legendre path applies: certified datasets (moments and quantiles) are within
+    the goal of quad, and the error estimate is at least the true error near the goal."""
     y, sigma, tp, mp = CASES[case]
     if not _applies(y, tp, mp):
         pytest.skip("the Legendre path does not serve this dataset in this precision")
-    out, loc, sc = _legendre(y, sigma, tp, mp)
-    err = _errors(out, loc, sc, reference(y, sigma, tp, mp))
+    out, loc, sc = _legendre(y, sigma, tp, mp, levels=LEVELS)
+    err = _errors(out, loc, sc, reference(y, sigma, tp, mp), LEVELS)
     if int(out.status[0]) == 0:
         assert err <= GOAL, (err, float(out.grid_error[0]))
     if err > 0.1 * GOAL:
@@ -149,8 +158,8 @@ def test_flagged_at_too_few_nodes_really_misses():
     flagged_and_missing = 0
     for case in ("eight-halfcauchy", "J5", "J8-ratio-1e3"):
         y, sigma, tp, mp = CASES[case]
-        out, loc, sc = _legendre(y, sigma, tp, mp, nodes=12)
-        err = _errors(out, loc, sc, reference(y, sigma, tp, mp))
+        out, loc, sc = _legendre(y, sigma, tp, mp, nodes=12, levels=LEVELS)
+        err = _errors(out, loc, sc, reference(y, sigma, tp, mp), LEVELS)
         assert float(out.grid_error[0]) >= err, (case, err, float(out.grid_error[0]))
         flagged_and_missing += (int(out.status[0]) != 0) and err > GOAL
     assert flagged_and_missing >= 1

@@ -456,10 +456,13 @@ def fit(
         skip_invalid: fit the valid datasets and mark invalid ones (status ``invalid``,
             results nan) instead of raising.
         nodes: Clenshaw-Curtis order ``n`` (``n + 1`` tau nodes) of the general grid. By
-            default (None) datasets with few groups and a light enough tau tail
-            (:func:`_fast_grid_applies`) are first fitted on the fast grid (half the nodes,
-            :func:`hierjax.inference.grid.fast_nodes`), and those its error estimates flag, with all
-            the others, on the general grid of :func:`hierjax.inference.grid.default_nodes`; what that
+            default (None) datasets the Legendre nodes serve
+            (:func:`hierjax.inference.legendre.legendre_applies`) are fitted there first;
+            others with few groups and a light enough tau tail
+            (:func:`_fast_grid_applies`) on the fast grid (half the nodes,
+            :func:`hierjax.inference.grid.fast_nodes`); what either's error estimates flag,
+            with all the others, on the general grid of
+            :func:`hierjax.inference.grid.default_nodes`; what that
             grid's estimates flag in turn is fitted once more with twice its nodes in float64
             (a few datasets with far-out features: one more compile when it happens). A given
             ``nodes`` fits every dataset on the general grid of that order, once.
@@ -546,7 +549,12 @@ def fit(
             start, step = piece
             args = prep.block(padded[start : start + step], width)
             if legendre:
-                return driver.Block(fit_legendre, args, dict(N=n_ + 1, chunk=min(ch, step)))
+                return driver.Block(
+                    fit_legendre,
+                    args + (lv,),
+                    dict(N=n_ + 1, chunk=min(ch, step)),
+                    batched=(True,) * len(args) + (False,),
+                )
             return driver.Block(
                 fit_standardized,
                 args + (lv,),
@@ -565,23 +573,31 @@ def fit(
         if nodes is not None:
             return [(index, run(index, n, None, width))]
         results = []
-        if Q == 0 and LEGENDRE_IN_FIT:
-            # Moments only: the Legendre nodes first where they apply; what their error
-            # estimate does not certify goes on to the grids below, unchanged.
+        if LEGENDRE_IN_FIT:
+            # The Legendre nodes first where they apply; what their error estimate does not
+            # certify goes on to the grids below, unchanged.
             first = legendre_applies(
                 batch.mask[index].sum(axis=1), prep.tau_prior, prep.mu_prior, prep.dtype
             )
-            if first.any():
-                n_leg = LEGENDRE_NODES[np.finfo(prep.dtype).bits] - 1
-                out_leg = run(index[first], n_leg, None, width, legendre=True)
+            rest, todo = index[~first], index[first]
+            for n_leg in LEGENDRE_NODES[np.finfo(prep.dtype).bits]:
+                if not todo.size:
+                    break
+                out_leg = run(todo, n_leg - 1, None, width, legendre=True)
                 done = out_leg.status == 0
-                results.append((index[first][done], jax.tree.map(lambda a: a[done], out_leg)))
-                index = np.concatenate([index[~first], index[first][~done]])
-                if not index.size:
-                    return results
-        # The fast grid first where it usually suffices (few groups, a light enough tail);
-        # what its checks flag is fitted again, with the rest, on the general grid.
-        fast = _fast_grid_applies(batch.mask[index].sum(axis=1), prep.tau_prior, prep.mu_prior)
+                results.append((todo[done], jax.tree.map(lambda a: a[done], out_leg)))
+                todo = todo[~done]
+            index = np.concatenate([rest, todo])
+            tried = np.arange(index.size) >= rest.size
+            if not index.size:
+                return results
+        else:
+            tried = np.zeros(index.size, bool)
+        # The fast grid first where it usually suffices (few groups, a light enough tail) and
+        # the Legendre nodes did not apply; what its checks flag joins the general grid.
+        fast = ~tried & _fast_grid_applies(
+            batch.mask[index].sum(axis=1), prep.tau_prior, prep.mu_prior
+        )
         fast_idx, general = index[fast], index[~fast]
         if fast_idx.size:
             out_fast = run(fast_idx, fast_nodes(prep.dtype, whole_line=Q == 0), FAST_KAPPA, width)
@@ -704,7 +720,7 @@ def _to_user_units(out: DatasetFit, st, batch: Batch, bad, problems, levels, dt)
     )
 
 
-#: Whether fit tries the Legendre moments path first (hierjax.inference.legendre); a switch
+#: Whether fit tries the Legendre nodes first (hierjax.inference.legendre); a switch
 #: for side-by-side benchmarks and tests of the grids alone.
 LEGENDRE_IN_FIT = True
 

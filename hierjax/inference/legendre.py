@@ -1,4 +1,4 @@
-r"""Moments on Gauss-Legendre nodes placed where ``p(tau | y)`` lives (issue 22).
+r"""Moments and quantiles on Gauss-Legendre nodes placed where ``p(tau | y)`` lives.
 
 For one standardised dataset the posterior of ``x = log tau``, ``h(x) = log p(tau) +
 log p(y | tau) + x``, is located (its mode ``x_m``, by Newton steps with ``jax.grad``) and
@@ -25,6 +25,10 @@ largest of four eight degrees lower and ``r = (A / B)^{1/8}``, it is estimated a
 are flagged, as are those with a singularity of the integrand close to ``[0, 1]``
 (:func:`_singular_error`), which the decay does not see; :func:`hierjax.fit` sends them
 on to its grids.
+
+**Quantiles**: of mu, theta_j and theta_new by :func:`hierjax.inference.summaries.mixture_quantile`
+on the nodes' mixture, each level's CDF integrand ``(Phi(t_k) - p) / (f(q) sd)`` joining the
+error estimate (a quantile shift in sds); of tau by :func:`_tau_quantiles`.
 """
 
 from __future__ import annotations
@@ -36,10 +40,16 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import erfc, logsumexp
+from jax.scipy.special import erfc, logsumexp, ndtri
 
 from hierjax.engine.cache import register
-from hierjax.inference.summaries import Marginal, tau_mode
+from hierjax.inference.summaries import (
+    Marginal,
+    _halley_step,
+    _halley_terms,
+    _mixture_moments,
+    tau_mode,
+)
 from hierjax.model.conditionals import mixture_components, mu_given_tau
 from hierjax.model.priors import (
     FlatMu,
@@ -62,8 +72,9 @@ __all__ = [
     "legendre_nodes",
 ]
 
-#: Gauss-Legendre nodes per dtype's bits.
-LEGENDRE_NODES = {64: 32, 32: 20}
+#: Gauss-Legendre node counts per dtype's bits, tried in turn by :func:`hierjax.fit` on the
+#: datasets the previous count did not certify.
+LEGENDRE_NODES = {64: (32,), 32: (20,)}
 #: The error estimate (posterior sds; relative for sds and the evidence) a dataset must
 #: pass: the dtype's accuracy goal (README "Accuracy").
 LEGENDRE_GOAL = {64: 1e-8, 32: 1e-4}
@@ -81,11 +92,19 @@ _GAP = 8  # degrees between the two windows
 _R_MAX = 0.95  # cap on the decay ratio per degree
 _SAFETY = 1.0  # factor on the extrapolated error
 _SQRT_HALF = math.sqrt(0.5)
+_INV_SQRT2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_TAU_Q_STEPS = 6  # safeguarded Newton steps on the interpolant's CDF
+_TAU_Q_CORRECTIONS = 3  # then Newton steps on the CDF from fresh N-node rules
+_COARSE_STEPS = 2  # Halley steps on every _STRIDE-th node (float32 specials) start a quantile
+_STRIDE = 2
+_TOL_RES = 2e-10  # a quantile's residual after its last step, per unit of min(p, 1 - p)
+_NEAR = 1e-3  # |F - p| / min(p, 1 - p) from which a Halley step's error model is trusted
 
 
 class LegendreFit(NamedTuple):
-    """Moments of one dataset on the Legendre nodes (fields as :class:`hierjax.engine.fitting.DatasetFit`,
-    quantiles ``[..., 0]``); ``status`` is 1 (``grid_unresolved``) where not certified."""
+    """Summaries of one dataset on the Legendre nodes (fields as
+    :class:`hierjax.engine.fitting.DatasetFit`); ``status`` is 1 (``grid_unresolved``) where
+    not certified."""
 
     mu: Marginal
     tau: Marginal
@@ -113,6 +132,16 @@ def legendre_nodes(N: int):
     u = 0.5 * (1.0 + z)
     om = 0.5 * (1.0 - z)  # 1 - u without cancellation
     return u, om, w, T
+
+
+@functools.cache
+def legendre_matrix(N: int):
+    """``T[n, k] = (2n + 1) P_n(z_k)``, ``n < N``, on the nodes of :func:`legendre_nodes`:
+    ``T @ (w g)`` are the coefficients of the degree ``N - 1`` interpolant of ``g``."""
+    z = 2.0 * legendre_nodes(N)[0] - 1.0
+    return np.stack(
+        [(2 * n + 1) * np.polynomial.legendre.legval(z, np.eye(N)[n]) for n in range(N)]
+    )
 
 
 def _Phi(t):
@@ -235,10 +264,156 @@ def _singular_error(t, tau0, c, log_post, log_z, N: int):
     return jnp.max(jnp.where(jnp.isnan(log_err), -jnp.inf, jnp.exp(log_err)))
 
 
+def _mixture_quantiles(levels, w, m, s, mo, steps: int):
+    r"""Quantiles of ``sum_k w_k N(m_k, s_k^2)`` at ``levels``: ``([Q], converged [Q],
+    solver error [Q], integrands [Q, K])``, the last ``(Phi(t_k) - p) / f`` at the last point
+    evaluated.
+
+    From the Cornish-Fisher start (components' quantiles averaged for heavy tails), two
+    Halley steps on every other node in float32 specials, then ``steps`` float64 steps;
+    converged where the last step's cubic remainder ``f C |h|^3`` is below ``2e-10 p``
+    (:func:`hierjax.inference.summaries.mixture_quantile`), so no lane waits on a loop.
+    Upper levels are solved as the reflected mixture's lower tail.
+    """
+    dtype = m.dtype
+    eps = float(jnp.finfo(dtype).eps)
+    inv_s = 1.0 / s
+    live = w > eps * 1e-3
+    w_c = w[::_STRIDE] / jnp.sum(w[::_STRIDE])
+
+    def one(p):
+        sign = jnp.where(p > 0.5, -1.0, 1.0).astype(dtype)
+        p = jnp.where(p > 0.5, 1.0 - p, p)
+        ms = sign * m
+        zp = ndtri(p)
+        qk = ms + s * zp
+        lo = jnp.min(jnp.where(live, qk, jnp.inf))
+        hi = jnp.max(jnp.where(live, qk, -jnp.inf))
+        g1, g2 = sign * mo.skew, mo.exkurt
+        z_cf = (
+            zp
+            + (zp * zp - 1.0) * g1 / 6.0
+            + (zp**3 - 3.0 * zp) * g2 / 24.0
+            - (2.0 * zp**3 - 5.0 * zp) * g1 * g1 / 36.0
+        )
+        x_cf = sign * mo.mean + mo.sd * z_cf
+        x_avg = jnp.sum(jnp.where(live, w * qk, 0.0)) / jnp.sum(jnp.where(live, w, 0.0))
+        near_normal = (jnp.abs(g1) < 1.0) & (jnp.abs(g2) < 2.0) & jnp.isfinite(x_cf)
+        x = jnp.clip(jnp.where(near_normal, x_cf, x_avg), lo, hi)
+        for _ in range(_COARSE_STEPS):
+            F, f, fp, _ = _halley_terms(x, p, w_c, ms[::_STRIDE], inv_s[::_STRIDE], jnp.float32)
+            x_c = jnp.clip(x - jnp.clip(_halley_step(F, f, fp), -mo.sd, mo.sd), lo, hi)
+            x = jnp.where(jnp.isfinite(x_c), x_c, x)
+        for _ in range(steps):
+            t = (x - ms) * inv_s
+            Phi = _Phi(t)
+            wphi = w * inv_s * _INV_SQRT2PI * jnp.exp(-0.5 * t * t)
+            F, f = jnp.sum(w * Phi) - p, jnp.sum(wphi)
+            fp, fpp = -jnp.sum(wphi * t * inv_s), jnp.sum(wphi * (t * t - 1.0) * inv_s * inv_s)
+            h = _halley_step(F, f, fp)
+            C = jnp.abs(fpp / (6.0 * f) - (fp / (2.0 * f)) ** 2)
+            small = (f * C * jnp.abs(h) ** 3 <= jnp.maximum(16.0 * eps, _TOL_RES * p)) & (
+                jnp.abs(F) <= _NEAR * p
+            )
+            conv = (jnp.abs(F) <= 4.0 * eps) | small
+            # what the last step may have left: Halley's remainder near the root, else itself
+            left = jnp.where(jnp.abs(F) <= _NEAR * p, C * jnp.abs(h) ** 3, jnp.abs(h))
+            x_new = jnp.clip(x - h, lo, hi)
+            x = jnp.where(jnp.isfinite(x_new), x_new, x)
+        return sign * x, conv & jnp.isfinite(x), left, (Phi - p) / f
+
+    return jax.vmap(one)(levels)
+
+
+def _series_cdf(a, z):
+    r"""``(F, g)`` of the Legendre series ``g(z) = sum_n a_n P_n(z)`` at ``z``:
+    ``F = (1/2) int_{-1}^z g``, by ``int_{-1}^z P_n = (P_{n+1} - P_{n-1}) / (2n + 1)``."""
+    N = a.shape[0]
+    p_prev, p_n = jnp.ones_like(z), z
+    F = a[0] * (z + 1.0)
+    g = a[0] + a[1] * z
+    for n in range(1, N):
+        p_next = ((2 * n + 1) * z * p_n - n * p_prev) / (n + 1)
+        F = F + a[n] * (p_next - p_prev) / (2 * n + 1)
+        if n + 1 < N:
+            g = g + a[n + 1] * p_next
+        p_prev, p_n = p_n, p_next
+    return 0.5 * F, g
+
+
+def _tau_quantiles(levels, wq, tau0, c, log_z, sd, log_post, N: int):
+    r"""Quantiles of ``p(tau | y)`` and their error estimates in sds, ``([Q], [Q])``.
+
+    Safeguarded Newton on the CDF of the degree ``N - 1`` interpolant of the weights (its
+    Legendre series in ``z = 2u - 1``) starts ``tau_q``; three Newton steps on the CDF from
+    fresh ``N``-node rules on the shorter side of ``u_q`` finish, as the interpolant is only
+    half as accurate as the rule. Error: that rule's coefficient estimate plus Newton's
+    remainder ``|f'/f| h^2 / 2``, both over ``f(tau_q)`` in sds.
+    """
+    dtype = wq.dtype
+    z_nodes = jnp.asarray(2.0 * legendre_nodes(N)[0] - 1.0, dtype)[::-1]  # increasing
+    a = jnp.asarray(legendre_matrix(N), dtype) @ wq  # a_0 = sum w = 1
+    w_up = wq[::-1]
+    cum = jnp.concatenate([jnp.zeros(1, dtype), jnp.cumsum(w_up) - 0.5 * w_up, jnp.ones(1, dtype)])
+    z_ext = jnp.concatenate([-jnp.ones(1, dtype), z_nodes, jnp.ones(1, dtype)])
+
+    def solve(p):
+        def newton(_, st):
+            z, lo, hi = st
+            F, g = _series_cdf(a, z)
+            lo, hi = jnp.where(F < p, z, lo), jnp.where(F < p, hi, z)
+            zn = z - (F - p) / (0.5 * g)
+            ok = (zn > lo) & (zn < hi) & jnp.isfinite(zn)
+            return jnp.where(ok, zn, 0.5 * (lo + hi)), lo, hi
+
+        # bracketed by the nodes around the level (by their cumulative weights), widened by one
+        k = jnp.clip(jnp.searchsorted(cum, p), 1, cum.shape[0] - 1)
+        lo, hi = z_ext[jnp.maximum(k - 2, 0)], z_ext[jnp.minimum(k + 1, cum.shape[0] - 1)]
+        start = (jnp.clip(jnp.interp(p, cum, z_ext), lo, hi), lo, hi)
+        return jax.lax.fori_loop(0, _TAU_Q_STEPS, newton, start)[0]
+
+    z = jax.vmap(solve)(levels)
+    tau_q = tau0 + c * (1.0 + z) / (1.0 - z)
+    lower = levels <= 0.5
+
+    def correct(tau_q, M):
+        """One Newton step on the CDF from an ``M``-node rule on the shorter side of
+        ``tau_q``: ``[0, u_q]`` below the median, ``[u_q, 1]`` above it."""
+        u_m, om_m, W, T_m = (jnp.asarray(x, dtype) for x in legendre_nodes(M))
+        u_q = (tau_q - tau0) / (c + tau_q - tau0)
+        om_q = c / (c + tau_q - tau0)
+        span = jnp.where(lower, u_q, om_q)[:, None]
+        u = jnp.where(lower[:, None], 0.0, u_q[:, None]) + span * u_m
+        om = jnp.where(lower[:, None], 1.0 - u_q[:, None] * u_m, om_q[:, None] * om_m)
+        lp = jax.vmap(jax.vmap(log_post))(tau0 + c * u / om)
+        log_f = lp + jnp.log(c) - 2.0 * jnp.log(om) + jnp.log(W * span) - log_z
+        f = jnp.exp(jnp.where(jnp.isnan(log_f), -jnp.inf, log_f))  # [Q, M]
+        mass = jnp.sum(f, axis=1)
+        resid = jnp.where(lower, mass - levels, 1.0 - levels - mass)  # F(tau_q) - p
+        dlp = jax.vmap(jax.value_and_grad(log_post))(tau_q)
+        dens = jnp.exp(dlp[0] - log_z)
+        h = resid / dens
+        sub_err = _decay_error(T_m @ f.T, M)[0]
+        return tau_q - h, (sub_err / dens + 0.5 * jnp.abs(dlp[1]) * h * h) / sd
+
+    for _ in range(_TAU_Q_CORRECTIONS):
+        tau_q, err = correct(tau_q, N)
+    return tau_q, jnp.where(jnp.isnan(err), jnp.inf, err)
+
+
 def fit_dataset_legendre(
-    y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPrior, setup, N: int
+    y,
+    sigma2,
+    mask,
+    threshold,
+    tau_prior: TauPrior,
+    mu_prior: MuPrior,
+    setup,
+    N: int,
+    levels=None,
+    steps: int = 1,
 ) -> LegendreFit:
-    r"""Means, sds, ``P(> 0)``, tau mode and log evidence of one standardised dataset.
+    r"""Means, sds, quantiles, ``P(> 0)``, tau mode and log evidence of one standardised dataset.
 
     .. math::
         E[g] = \sum_k w_k\, g(\tau_k),\qquad
@@ -250,6 +425,9 @@ def fit_dataset_legendre(
         tau_prior, mu_prior: priors for the standardised data (scalar leaves).
         setup: ``(tau0, c, ok)`` from :func:`_setup`.
         N: Gauss-Legendre nodes (static).
+        levels: quantile levels ``[Q]`` (None or ``Q = 0``: moments only).
+        steps: float64 Halley steps per mixture quantile (static; see
+            :func:`_mixture_quantiles`).
     """
     dtype = y.dtype
     tau0, c, setup_ok = setup
@@ -267,8 +445,12 @@ def fit_dataset_legendre(
     w = jnp.exp(log_f - log_z)
     wq = jnp.where(w > 0, w, 0.0)
 
+    Q = 0 if levels is None else levels.shape[0]
+
     def mix(m, v):
-        """Mean, variance, P(> 0) and the centred integrands of ``sum_k w_k N(m_k, v_k)``."""
+        """Mean, variance, P(> 0), quantiles and the integrands of ``sum_k w_k N(m_k, v_k)``
+        whose error the coefficients estimate: centred moments, and each quantile's CDF
+        (``sum_k w_k Phi(t_k) = p``) over its density, a quantile shift in sds."""
         ref = m[jnp.argmax(wq)]  # about the heaviest component: keeps float32's digits
         d = m - ref
         mean_d = jnp.sum(wq * d)
@@ -277,15 +459,26 @@ def fit_dataset_legendre(
         above = _Phi((m - threshold) * jax.lax.rsqrt(v))
         p = jnp.clip(jnp.sum(wq * above), 0.0, 1.0)
         cols = (dc * jax.lax.rsqrt(var), 0.5 * (v + dc * dc - var) / var, above - p)
-        return ref + mean_d, var, p, cols
+        if not Q:
+            return ref + mean_d, var, p, cols, none, yes, jnp.zeros((), dtype)
+        s = jnp.sqrt(v)
+        q, conv, left, q_cols = _mixture_quantiles(
+            levels, wq, d, s, _mixture_moments(wq, d, s), steps
+        )
+        q_cols = q_cols * jax.lax.rsqrt(var)
+        left = jnp.max(left) * jax.lax.rsqrt(var)  # the solver's error, in sds
+        return ref + mean_d, var, p, cols + tuple(q_cols), ref + q, jnp.all(conv), left
 
-    mu_m, mu_v, mu_p, mu_cols = mix(cond.mean, cond.var)
-    new_m, new_v, new_p, new_cols = mix(cond.mean, tau2 + cond.var)
+    # one placeholder level (lax.map cannot stack size-0 outputs), dropped by fit_legendre
+    none = jnp.zeros((1,), dtype)
+    yes = jnp.array(True)
+    mu_m, mu_v, mu_p, mu_cols, mu_q, mu_conv, mu_left = mix(cond.mean, cond.var)
+    new_m, new_v, new_p, new_cols, new_q, new_conv, new_left = mix(cond.mean, tau2 + cond.var)
     comp = mixture_components(tau2, cond.mean, cond.var, y, sigma2)
     th_m, th_v = comp.theta_mean, comp.theta_var
-    th_mean, th_var, th_p, th_cols = jax.vmap(mix, in_axes=(1, 1), out_axes=(0, 0, 0, 1))(
-        th_m, th_v
-    )
+    th_mean, th_var, th_p, th_cols, th_q, th_conv, th_left = jax.vmap(
+        mix, in_axes=(1, 1), out_axes=(0, 0, 0, 1, 0, 0, 0)
+    )(th_m, th_v)
     t_mean = jnp.sum(wq * tau)
     tc = tau - t_mean
     t_var = jnp.sum(wq * tc * tc)
@@ -306,6 +499,15 @@ def fit_dataset_legendre(
     def log_density_tau(t):
         return tau_prior.log_density(t) + mu_given_tau(t * t, y, sigma2, mask, mu_prior).log_lik
 
+    if Q:
+        tau_q, tau_q_err = _tau_quantiles(
+            levels, wq, tau0, c, log_z, jnp.sqrt(t_var), log_density_tau, N
+        )
+        err = jnp.concatenate([err, tau_q_err])
+        q_conv = mu_conv & new_conv & jnp.all(jnp.where(mask, th_conv, True))
+    else:
+        tau_q, q_conv = none, yes
+
     # the coefficients' decay cannot see a singularity close to the nodes: bound it apart
     near = _singular_error(
         _singular_points(sigma2, mask, tau_prior, mu_prior),
@@ -315,20 +517,18 @@ def fit_dataset_legendre(
         log_z,
         N,
     )
-    error = jnp.maximum(jnp.max(jnp.where(jnp.isnan(err), jnp.inf, err)), near)
+    left = jnp.maximum(jnp.maximum(mu_left, new_left), jnp.max(jnp.where(mask, th_left, 0.0)))
+    error = jnp.maximum(jnp.max(jnp.where(jnp.isnan(err), jnp.inf, err)), jnp.maximum(near, left))
 
     nodes = _Nodes(tau, log_joint)  # the fields of a TauGrid that tau_mode reads
     mode, mode_ok = tau_mode(nodes, log_density_tau)  # type: ignore[arg-type]
     proper = bool(tau_prior.proper and mu_prior.proper)
     log_ev = log_z if proper else jnp.full((), jnp.nan, dtype)
 
-    yes = jnp.array(True)
-    # one placeholder level (lax.map cannot stack size-0 outputs), dropped by fit_legendre
-    none = jnp.zeros((1,), dtype)
-    th_none = jnp.zeros(y.shape + (1,), dtype)
     yes_j = jnp.ones(y.shape, bool)
+    th_q = th_q if Q else jnp.zeros(y.shape + (1,), dtype)
 
-    def marginal(m, v, p, q=none, exists=yes):
+    def marginal(m, v, p, q, exists=yes):
         return Marginal(m, jnp.sqrt(v), q, p, exists, exists)
 
     goal = LEGENDRE_GOAL[jnp.finfo(dtype).bits]
@@ -336,6 +536,7 @@ def fit_dataset_legendre(
         setup_ok
         & finite
         & mode_ok
+        & q_conv
         & (error <= goal)
         & jnp.isfinite(t_var)
         & (t_var > 0)
@@ -344,10 +545,10 @@ def fit_dataset_legendre(
     )
     status = jnp.where(ok, 0, 1).astype(jnp.int32)
     return LegendreFit(
-        mu=marginal(mu_m, mu_v, mu_p),
-        tau=marginal(t_mean, t_var, jnp.ones((), dtype)),
-        theta=Marginal(th_mean, jnp.sqrt(th_var), th_none, th_p, yes_j, yes_j),
-        theta_new=marginal(new_m, new_v, new_p),
+        mu=marginal(mu_m, mu_v, mu_p, mu_q),
+        tau=marginal(t_mean, t_var, jnp.ones((), dtype), tau_q),
+        theta=Marginal(th_mean, jnp.sqrt(th_var), th_q, th_p, yes_j, yes_j),
+        theta_new=marginal(new_m, new_v, new_p, new_q),
         tau_mode=mode,
         log_evidence=log_ev,
         grid_error=error,
@@ -365,11 +566,12 @@ class _Nodes(NamedTuple):
 
 
 @register
-@functools.partial(jax.jit, static_argnames=("N", "chunk"))
+@functools.partial(jax.jit, static_argnames=("N", "chunk", "steps"))
 def fit_legendre(
-    y, sigma2, mask, threshold, tau_prior, mu_prior, *, N: int, chunk: int
+    y, sigma2, mask, threshold, tau_prior, mu_prior, levels=None, *, N: int, chunk: int, steps=1
 ) -> LegendreFit:
-    """:func:`fit_dataset_legendre` over a batch: ``[B, J]`` inputs, ``[B]`` prior leaves.
+    """:func:`fit_dataset_legendre` over a batch: ``[B, J]`` inputs, ``[B]`` prior leaves,
+    quantile ``levels`` ``[Q]`` shared (None: moments only).
 
     Two ``lax.map`` passes: the map's setup, then the nodes. In one pass XLA fused the
     setup into every node's loop and recomputed it per node.
@@ -378,14 +580,18 @@ def fit_legendre(
     setup = jax.lax.map(
         lambda a: _setup(*a), (y, sigma2, mask, tau_prior, mu_prior), batch_size=batch
     )
+    moments_only = levels is None or levels.shape[0] == 0
 
     def one(args):
         yb, sb, mb, cb, tp, mp, st = args
-        return fit_dataset_legendre(yb, sb, mb, cb, tp, mp, st, N)
+        lv = None if moments_only else levels
+        return fit_dataset_legendre(yb, sb, mb, cb, tp, mp, st, N, lv, steps)
 
     out = jax.lax.map(
         one, (y, sigma2, mask, threshold, tau_prior, mu_prior, setup), batch_size=batch
     )
+    if not moments_only:
+        return out
 
     def drop(m: Marginal):
         return m._replace(quantiles=m.quantiles[..., :0])
@@ -400,7 +606,7 @@ def _integer(v) -> bool:
 
 
 def legendre_applies(n_groups, tau_prior: TauPrior, mu_prior: MuPrior, dtype):
-    """Datasets :func:`hierjax.fit` tries on the Legendre nodes first (moments only), ``[B]``
+    """Datasets :func:`hierjax.fit` tries on the Legendre nodes first, ``[B]``
     bool: a uniform, half-Cauchy or half-t (integer nu) tau prior, whose algebraic tail is a
     polynomial in ``1 - u``, and ``alpha >= 3``; float64 only. Light tails (half-normal, exponential) are left
     out: ``e^{-tau^2}`` is not analytic at ``u = 1``, its coefficients decay ever more
