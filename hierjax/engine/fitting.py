@@ -457,8 +457,8 @@ def fit(
             results nan) instead of raising.
         nodes: Clenshaw-Curtis order ``n`` (``n + 1`` tau nodes) of the general grid. By
             default (None) datasets the Legendre nodes serve
-            (:func:`hierjax.inference.legendre.legendre_applies`) are fitted there first;
-            others with few groups and a light enough tau tail
+            (:func:`hierjax.inference.legendre.legendre_applies`) are fitted there first
+            (moments only, see ``LEGENDRE_FULL_IN_FIT``); others with few groups and a light enough tau tail
             (:func:`_fast_grid_applies`) on the fast grid (half the nodes,
             :func:`hierjax.inference.grid.fast_nodes`); what either's error estimates flag,
             with all the others, on the general grid of
@@ -573,9 +573,9 @@ def fit(
         if nodes is not None:
             return [(index, run(index, n, None, width))]
         results = []
-        if LEGENDRE_IN_FIT:
+        if LEGENDRE_IN_FIT and (Q == 0 or LEGENDRE_FULL_IN_FIT):
             # The Legendre nodes first where they apply; what their error estimate does not
-            # certify goes on to the grids below, unchanged.
+            # certify goes on to the general grid below.
             first = legendre_applies(
                 batch.mask[index].sum(axis=1), prep.tau_prior, prep.mu_prior, prep.dtype
             )
@@ -723,6 +723,9 @@ def _to_user_units(out: DatasetFit, st, batch: Batch, bad, problems, levels, dt)
 #: Whether fit tries the Legendre nodes first (hierjax.inference.legendre); a switch
 #: for side-by-side benchmarks and tests of the grids alone.
 LEGENDRE_IN_FIT = True
+#: Whether it does so for quantiles too; off while the fast grid fits those faster
+#: (benchmarks/README.md, issue 22 third step).
+LEGENDRE_FULL_IN_FIT = False
 
 #: Datasets per narrower kernel width below which they join a wider one (see :func:`fit`).
 MIN_BUCKET = 8192
