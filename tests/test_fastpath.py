@@ -25,7 +25,7 @@ from hierjax.inference.legendre import (
 X64 = bool(jax.config.jax_enable_x64)
 BITS = 64 if X64 else 32
 GOAL = LEGENDRE_GOAL[BITS]
-N = LEGENDRE_NODES[BITS][0]
+N = LEGENDRE_NODES[BITS]
 
 EIGHT_Y = (28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0)
 EIGHT_S = (15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0)

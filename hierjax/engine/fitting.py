@@ -580,10 +580,9 @@ def fit(
                 batch.mask[index].sum(axis=1), prep.tau_prior, prep.mu_prior, prep.dtype
             )
             rest, todo = index[~first], index[first]
-            for n_leg in LEGENDRE_NODES[np.finfo(prep.dtype).bits]:
-                if not todo.size:
-                    break
-                out_leg = run(todo, n_leg - 1, None, width, legendre=True)
+            if todo.size:
+                n_leg = LEGENDRE_NODES[np.finfo(prep.dtype).bits] - 1
+                out_leg = run(todo, n_leg, None, width, legendre=True)
                 done = out_leg.status == 0
                 results.append((todo[done], jax.tree.map(lambda a: a[done], out_leg)))
                 todo = todo[~done]

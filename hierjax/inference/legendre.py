@@ -26,9 +26,9 @@ are flagged, as are those with a singularity of the integrand close to ``[0, 1]`
 (:func:`_singular_error`), which the decay does not see; :func:`hierjax.fit` sends them
 on to its grids.
 
-**Quantiles**: of mu, theta_j and theta_new by :func:`hierjax.inference.summaries.mixture_quantile`
-on the nodes' mixture, each level's CDF integrand ``(Phi(t_k) - p) / (f(q) sd)`` joining the
-error estimate (a quantile shift in sds); of tau by :func:`_tau_quantiles`.
+**Quantiles**: of mu, theta_j and theta_new by :func:`_mixture_quantiles` on the nodes'
+mixture, each level's CDF integrand ``(Phi(t_k) - p) / (f(q) sd)`` joining the error
+estimate (a quantile shift in sds); of tau by :func:`_tau_quantiles`.
 """
 
 from __future__ import annotations
@@ -40,14 +40,17 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import erfc, logsumexp, ndtri
+from jax.scipy.special import erfc, logsumexp
 
 from hierjax.engine.cache import register
 from hierjax.inference.summaries import (
+    _NEAR,
+    _TOL_RES,
     Marginal,
     _halley_step,
     _halley_terms,
     _mixture_moments,
+    _quantile_start,
     tau_mode,
 )
 from hierjax.model.conditionals import mixture_components, mu_given_tau
@@ -72,9 +75,8 @@ __all__ = [
     "legendre_nodes",
 ]
 
-#: Gauss-Legendre node counts per dtype's bits, tried in turn by :func:`hierjax.fit` on the
-#: datasets the previous count did not certify.
-LEGENDRE_NODES = {64: (32,), 32: (20,)}
+#: Gauss-Legendre nodes per dtype's bits.
+LEGENDRE_NODES = {64: 32, 32: 20}
 #: The error estimate (posterior sds; relative for sds and the evidence) a dataset must
 #: pass: the dtype's accuracy goal (README "Accuracy").
 LEGENDRE_GOAL = {64: 1e-8, 32: 1e-4}
@@ -97,8 +99,6 @@ _TAU_Q_STEPS = 6  # safeguarded Newton steps on the interpolant's CDF
 _TAU_Q_CORRECTIONS = 3  # then Newton steps on the CDF from fresh N-node rules
 _COARSE_STEPS = 2  # Halley steps on every _STRIDE-th node (float32 specials) start a quantile
 _STRIDE = 2
-_TOL_RES = 2e-10  # a quantile's residual after its last step, per unit of min(p, 1 - p)
-_NEAR = 1e-3  # |F - p| / min(p, 1 - p) from which a Halley step's error model is trusted
 
 
 class LegendreFit(NamedTuple):
@@ -264,62 +264,43 @@ def _singular_error(t, tau0, c, log_post, log_z, N: int):
     return jnp.max(jnp.where(jnp.isnan(log_err), -jnp.inf, jnp.exp(log_err)))
 
 
-def _mixture_quantiles(levels, w, m, s, mo, steps: int):
+def _mixture_quantiles(levels, w, m, s, mo):
     r"""Quantiles of ``sum_k w_k N(m_k, s_k^2)`` at ``levels``: ``([Q], converged [Q],
     solver error [Q], integrands [Q, K])``, the last ``(Phi(t_k) - p) / f`` at the last point
     evaluated.
 
     From the Cornish-Fisher start (components' quantiles averaged for heavy tails), two
-    Halley steps on every other node in float32 specials, then ``steps`` float64 steps;
-    converged where the last step's cubic remainder ``f C |h|^3`` is below ``2e-10 p``
+    Halley steps on every other node in float32 specials, then one float64 step;
+    converged where its cubic remainder ``f C |h|^3`` is below ``2e-10 p``
     (:func:`hierjax.inference.summaries.mixture_quantile`), so no lane waits on a loop.
     Upper levels are solved as the reflected mixture's lower tail.
     """
     dtype = m.dtype
     eps = float(jnp.finfo(dtype).eps)
     inv_s = 1.0 / s
-    live = w > eps * 1e-3
     w_c = w[::_STRIDE] / jnp.sum(w[::_STRIDE])
 
     def one(p):
-        sign = jnp.where(p > 0.5, -1.0, 1.0).astype(dtype)
-        p = jnp.where(p > 0.5, 1.0 - p, p)
-        ms = sign * m
-        zp = ndtri(p)
-        qk = ms + s * zp
-        lo = jnp.min(jnp.where(live, qk, jnp.inf))
-        hi = jnp.max(jnp.where(live, qk, -jnp.inf))
-        g1, g2 = sign * mo.skew, mo.exkurt
-        z_cf = (
-            zp
-            + (zp * zp - 1.0) * g1 / 6.0
-            + (zp**3 - 3.0 * zp) * g2 / 24.0
-            - (2.0 * zp**3 - 5.0 * zp) * g1 * g1 / 36.0
-        )
-        x_cf = sign * mo.mean + mo.sd * z_cf
-        x_avg = jnp.sum(jnp.where(live, w * qk, 0.0)) / jnp.sum(jnp.where(live, w, 0.0))
-        near_normal = (jnp.abs(g1) < 1.0) & (jnp.abs(g2) < 2.0) & jnp.isfinite(x_cf)
-        x = jnp.clip(jnp.where(near_normal, x_cf, x_avg), lo, hi)
+        sign, p, ms, x, lo, hi = _quantile_start(p, w, m, s, mo)
         for _ in range(_COARSE_STEPS):
             F, f, fp, _ = _halley_terms(x, p, w_c, ms[::_STRIDE], inv_s[::_STRIDE], jnp.float32)
             x_c = jnp.clip(x - jnp.clip(_halley_step(F, f, fp), -mo.sd, mo.sd), lo, hi)
             x = jnp.where(jnp.isfinite(x_c), x_c, x)
-        for _ in range(steps):
-            t = (x - ms) * inv_s
-            Phi = _Phi(t)
-            wphi = w * inv_s * _INV_SQRT2PI * jnp.exp(-0.5 * t * t)
-            F, f = jnp.sum(w * Phi) - p, jnp.sum(wphi)
-            fp, fpp = -jnp.sum(wphi * t * inv_s), jnp.sum(wphi * (t * t - 1.0) * inv_s * inv_s)
-            h = _halley_step(F, f, fp)
-            C = jnp.abs(fpp / (6.0 * f) - (fp / (2.0 * f)) ** 2)
-            small = (f * C * jnp.abs(h) ** 3 <= jnp.maximum(16.0 * eps, _TOL_RES * p)) & (
-                jnp.abs(F) <= _NEAR * p
-            )
-            conv = (jnp.abs(F) <= 4.0 * eps) | small
-            # what the last step may have left: Halley's remainder near the root, else itself
-            left = jnp.where(jnp.abs(F) <= _NEAR * p, C * jnp.abs(h) ** 3, jnp.abs(h))
-            x_new = jnp.clip(x - h, lo, hi)
-            x = jnp.where(jnp.isfinite(x_new), x_new, x)
+        t = (x - ms) * inv_s
+        Phi = _Phi(t)
+        wphi = w * inv_s * _INV_SQRT2PI * jnp.exp(-0.5 * t * t)
+        F, f = jnp.sum(w * Phi) - p, jnp.sum(wphi)
+        fp, fpp = -jnp.sum(wphi * t * inv_s), jnp.sum(wphi * (t * t - 1.0) * inv_s * inv_s)
+        h = _halley_step(F, f, fp)
+        C = jnp.abs(fpp / (6.0 * f) - (fp / (2.0 * f)) ** 2)
+        small = (f * C * jnp.abs(h) ** 3 <= jnp.maximum(16.0 * eps, _TOL_RES * p)) & (
+            jnp.abs(F) <= _NEAR * p
+        )
+        conv = (jnp.abs(F) <= 4.0 * eps) | small
+        # what the last step may have left: Halley's remainder near the root, else itself
+        left = jnp.where(jnp.abs(F) <= _NEAR * p, C * jnp.abs(h) ** 3, jnp.abs(h))
+        x_new = jnp.clip(x - h, lo, hi)
+        x = jnp.where(jnp.isfinite(x_new), x_new, x)
         return sign * x, conv & jnp.isfinite(x), left, (Phi - p) / f
 
     return jax.vmap(one)(levels)
@@ -376,10 +357,11 @@ def _tau_quantiles(levels, wq, tau0, c, log_z, sd, log_post, N: int):
     tau_q = tau0 + c * (1.0 + z) / (1.0 - z)
     lower = levels <= 0.5
 
-    def correct(tau_q, M):
-        """One Newton step on the CDF from an ``M``-node rule on the shorter side of
+    u_m, om_m, W, T_m = (jnp.asarray(x, dtype) for x in legendre_nodes(N))
+
+    def correct(tau_q):
+        """One Newton step on the CDF from an ``N``-node rule on the shorter side of
         ``tau_q``: ``[0, u_q]`` below the median, ``[u_q, 1]`` above it."""
-        u_m, om_m, W, T_m = (jnp.asarray(x, dtype) for x in legendre_nodes(M))
         u_q = (tau_q - tau0) / (c + tau_q - tau0)
         om_q = c / (c + tau_q - tau0)
         span = jnp.where(lower, u_q, om_q)[:, None]
@@ -387,17 +369,17 @@ def _tau_quantiles(levels, wq, tau0, c, log_z, sd, log_post, N: int):
         om = jnp.where(lower[:, None], 1.0 - u_q[:, None] * u_m, om_q[:, None] * om_m)
         lp = jax.vmap(jax.vmap(log_post))(tau0 + c * u / om)
         log_f = lp + jnp.log(c) - 2.0 * jnp.log(om) + jnp.log(W * span) - log_z
-        f = jnp.exp(jnp.where(jnp.isnan(log_f), -jnp.inf, log_f))  # [Q, M]
+        f = jnp.exp(jnp.where(jnp.isnan(log_f), -jnp.inf, log_f))  # [Q, N]
         mass = jnp.sum(f, axis=1)
         resid = jnp.where(lower, mass - levels, 1.0 - levels - mass)  # F(tau_q) - p
         dlp = jax.vmap(jax.value_and_grad(log_post))(tau_q)
         dens = jnp.exp(dlp[0] - log_z)
         h = resid / dens
-        sub_err = _decay_error(T_m @ f.T, M)[0]
+        sub_err = _decay_error(T_m @ f.T, N)[0]
         return tau_q - h, (sub_err / dens + 0.5 * jnp.abs(dlp[1]) * h * h) / sd
 
     for _ in range(_TAU_Q_CORRECTIONS):
-        tau_q, err = correct(tau_q, N)
+        tau_q, err = correct(tau_q)
     return tau_q, jnp.where(jnp.isnan(err), jnp.inf, err)
 
 
@@ -411,7 +393,6 @@ def fit_dataset_legendre(
     setup,
     N: int,
     levels=None,
-    steps: int = 1,
 ) -> LegendreFit:
     r"""Means, sds, quantiles, ``P(> 0)``, tau mode and log evidence of one standardised dataset.
 
@@ -426,8 +407,6 @@ def fit_dataset_legendre(
         setup: ``(tau0, c, ok)`` from :func:`_setup`.
         N: Gauss-Legendre nodes (static).
         levels: quantile levels ``[Q]`` (None or ``Q = 0``: moments only).
-        steps: float64 Halley steps per mixture quantile (static; see
-            :func:`_mixture_quantiles`).
     """
     dtype = y.dtype
     tau0, c, setup_ok = setup
@@ -462,9 +441,7 @@ def fit_dataset_legendre(
         if not Q:
             return ref + mean_d, var, p, cols, none, yes, jnp.zeros((), dtype)
         s = jnp.sqrt(v)
-        q, conv, left, q_cols = _mixture_quantiles(
-            levels, wq, d, s, _mixture_moments(wq, d, s), steps
-        )
+        q, conv, left, q_cols = _mixture_quantiles(levels, wq, d, s, _mixture_moments(wq, d, s))
         q_cols = q_cols * jax.lax.rsqrt(var)
         left = jnp.max(left) * jax.lax.rsqrt(var)  # the solver's error, in sds
         return ref + mean_d, var, p, cols + tuple(q_cols), ref + q, jnp.all(conv), left
@@ -566,9 +543,9 @@ class _Nodes(NamedTuple):
 
 
 @register
-@functools.partial(jax.jit, static_argnames=("N", "chunk", "steps"))
+@functools.partial(jax.jit, static_argnames=("N", "chunk"))
 def fit_legendre(
-    y, sigma2, mask, threshold, tau_prior, mu_prior, levels=None, *, N: int, chunk: int, steps=1
+    y, sigma2, mask, threshold, tau_prior, mu_prior, levels=None, *, N: int, chunk: int
 ) -> LegendreFit:
     """:func:`fit_dataset_legendre` over a batch: ``[B, J]`` inputs, ``[B]`` prior leaves,
     quantile ``levels`` ``[Q]`` shared (None: moments only).
@@ -585,7 +562,7 @@ def fit_legendre(
     def one(args):
         yb, sb, mb, cb, tp, mp, st = args
         lv = None if moments_only else levels
-        return fit_dataset_legendre(yb, sb, mb, cb, tp, mp, st, N, lv, steps)
+        return fit_dataset_legendre(yb, sb, mb, cb, tp, mp, st, N, lv)
 
     out = jax.lax.map(
         one, (y, sigma2, mask, threshold, tau_prior, mu_prior, setup), batch_size=batch

@@ -145,6 +145,36 @@ def _halley_step(F, f, fp):
     return jnp.where(denom > f * f, 2.0 * F * f / denom, F / f)
 
 
+def _quantile_start(p, w, m, s, mo: _Moments):
+    """``(sign, p', sign m, x0, lo, hi)`` of a mixture quantile search: levels above 1/2 as the
+    reflected mixture's lower tail, the start ``x0`` and the bracket ``[min_k q_k, max_k q_k]``
+    of the components' own ``p'``-quantiles (of the live components)."""
+    eps = float(jnp.finfo(m.dtype).eps)
+    # Upper levels by reflection, q_p(m) = -q_{1-p}(-m): the search always works on a lower
+    # tail, where F = sum w Phi keeps its relative precision (F near 1 would not).
+    sign = jnp.where(p > 0.5, -1.0, 1.0).astype(m.dtype)
+    p = jnp.where(p > 0.5, 1.0 - p, p)
+    m = sign * m
+    zp = ndtri(p)
+    qk = m + s * zp
+    live = w > eps * 1e-3
+    lo = jnp.min(jnp.where(live, qk, jnp.inf))
+    hi = jnp.max(jnp.where(live, qk, -jnp.inf))
+    g1, g2 = sign * mo.skew, mo.exkurt
+    z_cf = (
+        zp
+        + (zp * zp - 1.0) * g1 / 6.0
+        + (zp**3 - 3.0 * zp) * g2 / 24.0
+        - (2.0 * zp**3 - 5.0 * zp) * g1 * g1 / 36.0
+    )
+    x_cf = sign * mo.mean + mo.sd * z_cf
+    # Cornish-Fisher is good for near-normal mixtures; with heavy tails (large grid
+    # kurtosis) start from the weighted mean of the components' own quantiles instead.
+    x_avg = jnp.sum(jnp.where(live, w * qk, 0.0)) / jnp.sum(jnp.where(live, w, 0.0))
+    near_normal = (jnp.abs(g1) < 1.0) & (jnp.abs(g2) < 2.0) & jnp.isfinite(x_cf)
+    return sign, p, m, jnp.clip(jnp.where(near_normal, x_cf, x_avg), lo, hi), lo, hi
+
+
 def mixture_quantile(p, w, m, s, moments=None, coarse=None):
     r"""Solve ``F(q) = p`` for a normal mixture.
 
@@ -175,30 +205,7 @@ def mixture_quantile(p, w, m, s, moments=None, coarse=None):
     dtype = m.dtype
     eps = float(jnp.finfo(dtype).eps)
     mo = _mixture_moments(w, m, s) if moments is None else moments
-    # Upper levels by reflection, q_p(m) = -q_{1-p}(-m): the search always works on a lower
-    # tail, where F = sum w Phi keeps its relative precision (F near 1 would not).
-    sign = jnp.where(p > 0.5, -1.0, 1.0).astype(dtype)
-    p = jnp.where(p > 0.5, 1.0 - p, p)
-    m = sign * m
-    mo = mo._replace(mean=sign * mo.mean, skew=sign * mo.skew)
-    zp = ndtri(p)
-    qk = m + s * zp
-    live = w > eps * 1e-3
-    lo = jnp.min(jnp.where(live, qk, jnp.inf))
-    hi = jnp.max(jnp.where(live, qk, -jnp.inf))
-    g1, g2 = mo.skew, mo.exkurt
-    z_cf = (
-        zp
-        + (zp * zp - 1.0) * g1 / 6.0
-        + (zp**3 - 3.0 * zp) * g2 / 24.0
-        - (2.0 * zp**3 - 5.0 * zp) * g1 * g1 / 36.0
-    )
-    x_cf = mo.mean + mo.sd * z_cf
-    # Cornish-Fisher is good for near-normal mixtures; with heavy tails (large grid
-    # kurtosis) start from the weighted mean of the components' own quantiles instead.
-    x_avg = jnp.sum(jnp.where(live, w * qk, 0.0)) / jnp.sum(jnp.where(live, w, 0.0))
-    near_normal = (jnp.abs(g1) < 1.0) & (jnp.abs(g2) < 2.0) & jnp.isfinite(x_cf)
-    x = jnp.clip(jnp.where(near_normal, x_cf, x_avg), lo, hi)
+    sign, p, m, x, lo, hi = _quantile_start(p, w, m, s, mo)
     tol_f = 4.0 * eps  # |F - p| at round-off: q is within 4 eps / f of the root
     # After a Halley step h the error is C h^3, C = |F'''/(6F') - (F''/(2F'))^2|: its residual
     # f C |h|^3 below 2e-10 min(p, 1 - p) is ~1e-10 sd (docs/engine-checks.md).
