@@ -48,8 +48,8 @@ from hierjax.inference.summaries import (
     _TOL_RES,
     Marginal,
     _halley_step,
-    _halley_terms,
     _mixture_moments,
+    _Moments,
     _quantile_start,
     tau_mode,
 )
@@ -264,10 +264,38 @@ def _singular_error(t, tau0, c, log_post, log_z, N: int):
     return jnp.max(jnp.where(jnp.isnan(log_err), -jnp.inf, jnp.exp(log_err)))
 
 
-def _mixture_quantiles(levels, w, m, s, mo):
-    r"""Quantiles of ``sum_k w_k N(m_k, s_k^2)`` at ``levels``: ``([Q], converged [Q],
-    solver error [Q], integrands [Q, K])``, the last ``(Phi(t_k) - p) / f`` at the last point
-    evaluated.
+def _lane_terms(x, p, w, m, inv_s, special_dtype=None, T=None):
+    """``(F(x) - p, F', F'', F''', coef)`` of ``F = sum_k w_k Phi((x - m_k) / s_k)``, components on
+    axis 0 and lanes after, by a loop over ``k`` with lane-shaped sums (lanes last keep XLA's
+    loops vectorised); with ``T``, ``coef = sum_k T[:, k] w_k (Phi(t_k) - p)``, else None.
+    A rolled loop: unrolled, XLA fused the sums into each consumer and recomputed them."""
+    zero = jnp.zeros(x.shape, x.dtype)
+
+    def body(k, acc):
+        F, f, fp, fpp, g = acc
+        t = (x - m[k]) * inv_s[k]
+        tl = t if special_dtype is None else t.astype(special_dtype)
+        Phi = _Phi(tl).astype(x.dtype)
+        wphi = w[k] * inv_s[k] * _INV_SQRT2PI * jnp.exp(-0.5 * tl * tl).astype(x.dtype)
+        fp = fp - wphi * t * inv_s[k]
+        fpp = fpp + wphi * (t * t - 1.0) * inv_s[k] * inv_s[k]
+        if g is not None:
+            g = g.at[k].set(w[k] * (Phi - p))
+        return F + w[k] * Phi, f + wphi, fp, fpp, g
+
+    g0 = None if T is None else jnp.zeros(m.shape[:1] + x.shape, x.dtype)
+    F, f, fp, fpp, g = jax.lax.fori_loop(0, m.shape[0], body, (zero, zero, zero, zero, g0))
+    coef = None if T is None else jnp.tensordot(jnp.asarray(T, x.dtype), g, axes=1)
+    return F - p, f, fp, fpp, coef
+
+
+def _mixture_quantiles(levels, w, m, s, mo, T):
+    r"""Quantiles of the mixtures ``sum_k w_k N(m_k, s_k^2)`` at ``levels``, elementwise over
+    lanes: ``w, m, s`` ``[K, ...]`` (components first), ``mo`` (their
+    :func:`~hierjax.inference.summaries._mixture_moments`) and ``levels`` broadcast against
+    the lanes. Returns ``(q, converged, left, err)``, ``left`` and ``err`` in the mixture's
+    sds: the last step's possible error and the decay estimate (``T`` of
+    :func:`legendre_nodes`) of the CDF integrand ``(Phi(t_k) - p) / f``.
 
     From the Cornish-Fisher start (components' quantiles averaged for heavy tails), two
     Halley steps on every other node in float32 specials, then one float64 step;
@@ -278,32 +306,25 @@ def _mixture_quantiles(levels, w, m, s, mo):
     dtype = m.dtype
     eps = float(jnp.finfo(dtype).eps)
     inv_s = 1.0 / s
-    w_c = w[::_STRIDE] / jnp.sum(w[::_STRIDE])
-
-    def one(p):
-        sign, p, ms, x, lo, hi = _quantile_start(p, w, m, s, mo)
-        for _ in range(_COARSE_STEPS):
-            F, f, fp, _ = _halley_terms(x, p, w_c, ms[::_STRIDE], inv_s[::_STRIDE], jnp.float32)
-            x_c = jnp.clip(x - jnp.clip(_halley_step(F, f, fp), -mo.sd, mo.sd), lo, hi)
-            x = jnp.where(jnp.isfinite(x_c), x_c, x)
-        t = (x - ms) * inv_s
-        Phi = _Phi(t)
-        wphi = w * inv_s * _INV_SQRT2PI * jnp.exp(-0.5 * t * t)
-        F, f = jnp.sum(w * Phi) - p, jnp.sum(wphi)
-        fp, fpp = -jnp.sum(wphi * t * inv_s), jnp.sum(wphi * (t * t - 1.0) * inv_s * inv_s)
-        h = _halley_step(F, f, fp)
-        C = jnp.abs(fpp / (6.0 * f) - (fp / (2.0 * f)) ** 2)
-        small = (f * C * jnp.abs(h) ** 3 <= jnp.maximum(16.0 * eps, _TOL_RES * p)) & (
-            jnp.abs(F) <= _NEAR * p
-        )
-        conv = (jnp.abs(F) <= 4.0 * eps) | small
-        # what the last step may have left: Halley's remainder near the root, else itself
-        left = jnp.where(jnp.abs(F) <= _NEAR * p, C * jnp.abs(h) ** 3, jnp.abs(h))
-        x_new = jnp.clip(x - h, lo, hi)
-        x = jnp.where(jnp.isfinite(x_new), x_new, x)
-        return sign * x, conv & jnp.isfinite(x), left, (Phi - p) / f
-
-    return jax.vmap(one)(levels)
+    w_c = w[::_STRIDE] / jnp.sum(w[::_STRIDE], axis=0)
+    sign, p, ms, x, lo, hi = _quantile_start(levels, w, m, s, mo)
+    for _ in range(_COARSE_STEPS):
+        F, f, fp, _, _ = _lane_terms(x, p, w_c, ms[::_STRIDE], inv_s[::_STRIDE], jnp.float32)
+        x_c = jnp.clip(x - jnp.clip(_halley_step(F, f, fp), -mo.sd, mo.sd), lo, hi)
+        x = jnp.where(jnp.isfinite(x_c), x_c, x)
+    F, f, fp, fpp, coef = _lane_terms(x, p, w, ms, inv_s, None, T)
+    h = _halley_step(F, f, fp)
+    C = jnp.abs(fpp / (6.0 * f) - (fp / (2.0 * f)) ** 2)
+    small = (f * C * jnp.abs(h) ** 3 <= jnp.maximum(16.0 * eps, _TOL_RES * p)) & (
+        jnp.abs(F) <= _NEAR * p
+    )
+    conv = (jnp.abs(F) <= 4.0 * eps) | small
+    # what the last step may have left: Halley's remainder near the root, else itself
+    left = jnp.where(jnp.abs(F) <= _NEAR * p, C * jnp.abs(h) ** 3, jnp.abs(h))
+    x_new = jnp.clip(x - h, lo, hi)
+    x = jnp.where(jnp.isfinite(x_new), x_new, x)
+    err, _ = _decay_error(coef / (f * mo.sd), T.shape[1])
+    return sign * x, conv & jnp.isfinite(x), left / mo.sd, err
 
 
 def _series_cdf(a, z):
@@ -383,30 +404,29 @@ def _tau_quantiles(levels, wq, tau0, c, log_z, sd, log_post, N: int):
     return tau_q, jnp.where(jnp.isnan(err), jnp.inf, err)
 
 
-def fit_dataset_legendre(
-    y,
-    sigma2,
-    mask,
-    threshold,
-    tau_prior: TauPrior,
-    mu_prior: MuPrior,
-    setup,
-    N: int,
-    levels=None,
-) -> LegendreFit:
-    r"""Means, sds, quantiles, ``P(> 0)``, tau mode and log evidence of one standardised dataset.
+class _Mixtures(NamedTuple):
+    """The ``M = J + 2`` posterior mixtures of one dataset (mu, theta_new, theta_1..J) on
+    the nodes: weights ``w [K]``; components' offsets ``d`` from ``ref [M]`` and sds ``s``,
+    ``[K, M]``; their moments ``mo`` ``[M]``; ``live [M]`` (False for padded groups)."""
+
+    w: jnp.ndarray
+    d: jnp.ndarray
+    s: jnp.ndarray
+    ref: jnp.ndarray
+    mo: _Moments
+    live: jnp.ndarray
+
+
+def _nodes_fit(
+    y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPrior, setup, N: int, levels
+):
+    r"""Everything of :func:`fit_dataset_legendre` but the mixtures' quantiles: a
+    :class:`LegendreFit` (those quantiles 0, its status and error without them) and the
+    :class:`_Mixtures` they are solved on.
 
     .. math::
         E[g] = \sum_k w_k\, g(\tau_k),\qquad
         w_k \propto W_k\, p(\tau_k)\, p(y \mid \tau_k)\, c / (1 - u_k)^2
-
-    Args:
-        y, sigma2, mask: ``[J]`` standardised data.
-        threshold: where ``P(. > 0)`` sits in standard units, scalar.
-        tau_prior, mu_prior: priors for the standardised data (scalar leaves).
-        setup: ``(tau0, c, ok)`` from :func:`_setup`.
-        N: Gauss-Legendre nodes (static).
-        levels: quantile levels ``[Q]`` (None or ``Q = 0``: moments only).
     """
     dtype = y.dtype
     tau0, c, setup_ok = setup
@@ -424,13 +444,10 @@ def fit_dataset_legendre(
     w = jnp.exp(log_f - log_z)
     wq = jnp.where(w > 0, w, 0.0)
 
-    Q = 0 if levels is None else levels.shape[0]
-
     def mix(m, v):
-        """Mean, variance, P(> 0), quantiles and the integrands of ``sum_k w_k N(m_k, v_k)``
-        whose error the coefficients estimate: centred moments, and each quantile's CDF
-        (``sum_k w_k Phi(t_k) = p``) over its density, a quantile shift in sds."""
-        ref = m[jnp.argmax(wq)]  # about the heaviest component: keeps float32's digits
+        """Mean, variance, P(> 0), the centred moments' integrands, the offsets from the
+        heaviest component (keeps float32's digits) and sds of ``sum_k w_k N(m_k, v_k)``."""
+        ref = m[jnp.argmax(wq)]
         d = m - ref
         mean_d = jnp.sum(wq * d)
         dc = d - mean_d
@@ -438,52 +455,45 @@ def fit_dataset_legendre(
         above = _Phi((m - threshold) * jax.lax.rsqrt(v))
         p = jnp.clip(jnp.sum(wq * above), 0.0, 1.0)
         cols = (dc * jax.lax.rsqrt(var), 0.5 * (v + dc * dc - var) / var, above - p)
-        if not Q:
-            return ref + mean_d, var, p, cols, none, yes, jnp.zeros((), dtype)
-        s = jnp.sqrt(v)
-        q, conv, left, q_cols = _mixture_quantiles(levels, wq, d, s, _mixture_moments(wq, d, s))
-        q_cols = q_cols * jax.lax.rsqrt(var)
-        left = jnp.max(left) * jax.lax.rsqrt(var)  # the solver's error, in sds
-        return ref + mean_d, var, p, cols + tuple(q_cols), ref + q, jnp.all(conv), left
+        return ref + mean_d, var, p, cols, ref, d, jnp.sqrt(v)
 
-    # one placeholder level (lax.map cannot stack size-0 outputs), dropped by fit_legendre
-    none = jnp.zeros((1,), dtype)
-    yes = jnp.array(True)
-    mu_m, mu_v, mu_p, mu_cols, mu_q, mu_conv, mu_left = mix(cond.mean, cond.var)
-    new_m, new_v, new_p, new_cols, new_q, new_conv, new_left = mix(cond.mean, tau2 + cond.var)
     comp = mixture_components(tau2, cond.mean, cond.var, y, sigma2)
-    th_m, th_v = comp.theta_mean, comp.theta_var
-    th_mean, th_var, th_p, th_cols, th_q, th_conv, th_left = jax.vmap(
-        mix, in_axes=(1, 1), out_axes=(0, 0, 0, 1, 0, 0, 0)
-    )(th_m, th_v)
+    mu_ = mix(comp.mu_mean, comp.mu_var)
+    new_ = mix(comp.mu_mean, comp.new_var)
+    th_ = jax.vmap(mix, in_axes=(1, 1), out_axes=(0, 0, 0, 1, 0, 1, 1))(
+        comp.theta_mean, comp.theta_var
+    )
+    # the M = J + 2 mixtures in a row: mu, theta_new, then each theta_j
+    m_mean, m_var, m_p = (jnp.concatenate([mu_[i][None], new_[i][None], th_[i]]) for i in range(3))
+    live = jnp.concatenate([jnp.ones(2, bool), mask])
     t_mean = jnp.sum(wq * tau)
     tc = tau - t_mean
     t_var = jnp.sum(wq * tc * tc)
     tau_cols = (tc * jax.lax.rsqrt(t_var), 0.5 * (tc * tc - t_var) / t_var)
 
-    # integrands (times the weights) whose Legendre coefficients give the error estimate
+    # integrands (times the weights) whose Legendre coefficients give the error estimate;
+    # theta_new's mean integrand is mu's
     cols = jnp.concatenate(
         [
             jnp.ones((N, 1), dtype),
-            jnp.stack(tau_cols + mu_cols + new_cols[1:2] + new_cols[2:], axis=1),
+            jnp.stack(tau_cols + mu_[3] + new_[3][1:], axis=1),
         ]
-        + [jnp.where(mask[None, :], col, 0.0) for col in th_cols],
+        + [jnp.where(mask[None, :], col, 0.0) for col in th_[3]],
         axis=1,
     )
-    coef = T @ (wq[:, None] * cols)
-    err, _ = _decay_error(coef, N)
+    err, _ = _decay_error(T @ (wq[:, None] * cols), N)
 
     def log_density_tau(t):
         return tau_prior.log_density(t) + mu_given_tau(t * t, y, sigma2, mask, mu_prior).log_lik
 
+    Q = 0 if levels is None else levels.shape[0]
     if Q:
         tau_q, tau_q_err = _tau_quantiles(
             levels, wq, tau0, c, log_z, jnp.sqrt(t_var), log_density_tau, N
         )
         err = jnp.concatenate([err, tau_q_err])
-        q_conv = mu_conv & new_conv & jnp.all(jnp.where(mask, th_conv, True))
     else:
-        tau_q, q_conv = none, yes
+        tau_q = jnp.zeros((1,), dtype)  # lax.map cannot stack size-0 outputs
 
     # the coefficients' decay cannot see a singularity close to the nodes: bound it apart
     near = _singular_error(
@@ -494,44 +504,104 @@ def fit_dataset_legendre(
         log_z,
         N,
     )
-    left = jnp.maximum(jnp.maximum(mu_left, new_left), jnp.max(jnp.where(mask, th_left, 0.0)))
-    error = jnp.maximum(jnp.max(jnp.where(jnp.isnan(err), jnp.inf, err)), jnp.maximum(near, left))
+    error = jnp.maximum(jnp.max(jnp.where(jnp.isnan(err), jnp.inf, err)), near)
 
     nodes = _Nodes(tau, log_joint)  # the fields of a TauGrid that tau_mode reads
     mode, mode_ok = tau_mode(nodes, log_density_tau)  # type: ignore[arg-type]
     proper = bool(tau_prior.proper and mu_prior.proper)
     log_ev = log_z if proper else jnp.full((), jnp.nan, dtype)
 
+    yes = jnp.array(True)
     yes_j = jnp.ones(y.shape, bool)
-    th_q = th_q if Q else jnp.zeros(y.shape + (1,), dtype)
+    q0 = jnp.zeros((m_mean.shape[0], max(Q, 1)), dtype)
 
-    def marginal(m, v, p, q, exists=yes):
-        return Marginal(m, jnp.sqrt(v), q, p, exists, exists)
+    def marginal(i, q):
+        return Marginal(m_mean[i], jnp.sqrt(m_var[i]), q, m_p[i], yes, yes)
 
     goal = LEGENDRE_GOAL[jnp.finfo(dtype).bits]
     ok = (
         setup_ok
         & finite
         & mode_ok
-        & q_conv
         & (error <= goal)
         & jnp.isfinite(t_var)
         & (t_var > 0)
-        & jnp.isfinite(mu_v)
-        & jnp.all(jnp.where(mask, jnp.isfinite(th_var), True))
+        & jnp.all(jnp.where(live, jnp.isfinite(m_var), True))
     )
-    status = jnp.where(ok, 0, 1).astype(jnp.int32)
-    return LegendreFit(
-        mu=marginal(mu_m, mu_v, mu_p, mu_q),
-        tau=marginal(t_mean, t_var, jnp.ones((), dtype), tau_q),
-        theta=Marginal(th_mean, jnp.sqrt(th_var), th_q, th_p, yes_j, yes_j),
-        theta_new=marginal(new_m, new_v, new_p, new_q),
+    fit = LegendreFit(
+        mu=marginal(0, q0[0]),
+        tau=Marginal(t_mean, jnp.sqrt(t_var), tau_q, jnp.ones((), dtype), yes, yes),
+        theta=Marginal(m_mean[2:], jnp.sqrt(m_var[2:]), q0[2:], m_p[2:], yes_j, yes_j),
+        theta_new=marginal(1, q0[1]),
         tau_mode=mode,
         log_evidence=log_ev,
         grid_error=error,
-        status=status,
+        status=jnp.where(ok, 0, 1).astype(jnp.int32),
         theta_only=jnp.array(False),
     )
+    if not Q:
+        return fit, None
+    ref = jnp.concatenate([mu_[4][None], new_[4][None], th_[4]])
+    d, s = (jnp.concatenate([mu_[i][:, None], new_[i][:, None], th_[i]], 1) for i in (5, 6))
+    mo = jax.vmap(_mixture_moments, in_axes=(None, 1, 1))(wq, d, s)
+    return fit, _Mixtures(wq, d, s, ref, mo, live)
+
+
+def _with_quantiles(fit: LegendreFit, mx: _Mixtures, q, conv, left, err) -> LegendreFit:
+    """``fit`` with the mixtures' quantiles ``q [Q, M]`` (offsets from ``mx.ref``), their
+    convergence and error estimates joining its status and error."""
+    q = (mx.ref + q).T  # [M, Q]
+    live = mx.live[None, :]
+    error = jnp.maximum(
+        fit.grid_error,
+        jnp.max(jnp.where(live, jnp.where(jnp.isnan(err), jnp.inf, jnp.maximum(err, left)), 0.0)),
+    )
+    goal = LEGENDRE_GOAL[jnp.finfo(q.dtype).bits]
+    ok = (fit.status == 0) & jnp.all(jnp.where(live, conv, True)) & (error <= goal)
+    return fit._replace(
+        mu=fit.mu._replace(quantiles=q[0]),
+        theta=fit.theta._replace(quantiles=q[2:]),
+        theta_new=fit.theta_new._replace(quantiles=q[1]),
+        grid_error=error,
+        status=jnp.where(ok, 0, 1).astype(jnp.int32),
+    )
+
+
+def fit_dataset_legendre(
+    y,
+    sigma2,
+    mask,
+    threshold,
+    tau_prior: TauPrior,
+    mu_prior: MuPrior,
+    setup,
+    N: int,
+    levels=None,
+) -> LegendreFit:
+    r"""Means, sds, quantiles, ``P(> 0)``, tau mode and log evidence of one standardised dataset.
+
+    Args:
+        y, sigma2, mask: ``[J]`` standardised data.
+        threshold: where ``P(. > 0)`` sits in standard units, scalar.
+        tau_prior, mu_prior: priors for the standardised data (scalar leaves).
+        setup: ``(tau0, c, ok)`` from :func:`_setup`.
+        N: Gauss-Legendre nodes (static).
+        levels: quantile levels ``[Q]`` (None or ``Q = 0``: moments only; the quantiles
+            are then one placeholder level).
+    """
+    fit, mx = _nodes_fit(y, sigma2, mask, threshold, tau_prior, mu_prior, setup, N, levels)
+    if levels is None or levels.shape[0] == 0:
+        return fit
+    # components on axis 0, then the levels, then the mixtures: [K, 1, M]
+    qs = _mixture_quantiles(
+        levels[:, None],
+        mx.w[:, None, None],
+        mx.d[:, None],
+        mx.s[:, None],
+        mx.mo,
+        legendre_nodes(N)[3],
+    )
+    return _with_quantiles(fit, mx, *qs)
 
 
 class _Nodes(NamedTuple):
@@ -540,6 +610,19 @@ class _Nodes(NamedTuple):
 
     tau_fine: jnp.ndarray
     log_joint_fine: jnp.ndarray
+
+
+def _map_chunks(f, xs, batch: int):
+    """``f`` over ``xs``'s leading axis in chunks of ``batch`` (``f`` takes a chunk): a
+    ``lax.map`` over the whole chunks, then the rest in one call."""
+    B = jax.tree.leaves(xs)[0].shape[0]
+    n = B // batch
+    whole = jax.tree.map(lambda a: a[: n * batch].reshape((n, batch) + a.shape[1:]), xs)
+    out = jax.tree.map(lambda a: a.reshape((n * batch,) + a.shape[2:]), jax.lax.map(f, whole))
+    if n * batch == B:
+        return out
+    rest = f(jax.tree.map(lambda a: a[n * batch :], xs))
+    return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), out, rest)
 
 
 @register
@@ -551,22 +634,35 @@ def fit_legendre(
     quantile ``levels`` ``[Q]`` shared (None: moments only).
 
     Two ``lax.map`` passes: the map's setup, then the nodes. In one pass XLA fused the
-    setup into every node's loop and recomputed it per node.
+    setup into every node's loop and recomputed it per node. The mixtures' quantiles are
+    solved per chunk with the datasets on the last axis, where XLA vectorises the loops.
     """
     batch = min(chunk, y.shape[0])
     setup = jax.lax.map(
         lambda a: _setup(*a), (y, sigma2, mask, tau_prior, mu_prior), batch_size=batch
     )
     moments_only = levels is None or levels.shape[0] == 0
+    lv = None if moments_only else levels
 
-    def one(args):
-        yb, sb, mb, cb, tp, mp, st = args
-        lv = None if moments_only else levels
-        return fit_dataset_legendre(yb, sb, mb, cb, tp, mp, st, N, lv)
+    def nodes_fit(args):
+        return _nodes_fit(*args, N, lv)
 
-    out = jax.lax.map(
-        one, (y, sigma2, mask, threshold, tau_prior, mu_prior, setup), batch_size=batch
-    )
+    def chunk_fit(args):
+        fit, mx = jax.vmap(nodes_fit)(args)
+        if moments_only:
+            return fit
+        # components first, then levels, mixtures and datasets: [K, 1, M, B]
+        qs = _mixture_quantiles(
+            lv[:, None, None],
+            mx.w.T[:, None, None, :],
+            jnp.moveaxis(mx.d, 0, -1)[:, None],
+            jnp.moveaxis(mx.s, 0, -1)[:, None],
+            jax.tree.map(lambda a: a.T, mx.mo),
+            legendre_nodes(N)[3],
+        )
+        return jax.vmap(_with_quantiles)(fit, mx, *(jnp.moveaxis(a, -1, 0) for a in qs))
+
+    out = _map_chunks(chunk_fit, (y, sigma2, mask, threshold, tau_prior, mu_prior, setup), batch)
     if not moments_only:
         return out
 

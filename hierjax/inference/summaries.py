@@ -148,7 +148,8 @@ def _halley_step(F, f, fp):
 def _quantile_start(p, w, m, s, mo: _Moments):
     """``(sign, p', sign m, x0, lo, hi)`` of a mixture quantile search: levels above 1/2 as the
     reflected mixture's lower tail, the start ``x0`` and the bracket ``[min_k q_k, max_k q_k]``
-    of the components' own ``p'``-quantiles (of the live components)."""
+    of the components' own ``p'``-quantiles (of the live components). Components on axis 0
+    of ``w, m, s``; any further axes are lanes, broadcast against ``p`` and ``mo``."""
     eps = float(jnp.finfo(m.dtype).eps)
     # Upper levels by reflection, q_p(m) = -q_{1-p}(-m): the search always works on a lower
     # tail, where F = sum w Phi keeps its relative precision (F near 1 would not).
@@ -158,8 +159,8 @@ def _quantile_start(p, w, m, s, mo: _Moments):
     zp = ndtri(p)
     qk = m + s * zp
     live = w > eps * 1e-3
-    lo = jnp.min(jnp.where(live, qk, jnp.inf))
-    hi = jnp.max(jnp.where(live, qk, -jnp.inf))
+    lo = jnp.min(jnp.where(live, qk, jnp.inf), axis=0)
+    hi = jnp.max(jnp.where(live, qk, -jnp.inf), axis=0)
     g1, g2 = sign * mo.skew, mo.exkurt
     z_cf = (
         zp
@@ -170,7 +171,7 @@ def _quantile_start(p, w, m, s, mo: _Moments):
     x_cf = sign * mo.mean + mo.sd * z_cf
     # Cornish-Fisher is good for near-normal mixtures; with heavy tails (large grid
     # kurtosis) start from the weighted mean of the components' own quantiles instead.
-    x_avg = jnp.sum(jnp.where(live, w * qk, 0.0)) / jnp.sum(jnp.where(live, w, 0.0))
+    x_avg = jnp.sum(jnp.where(live, w * qk, 0.0), axis=0) / jnp.sum(jnp.where(live, w, 0.0), axis=0)
     near_normal = (jnp.abs(g1) < 1.0) & (jnp.abs(g2) < 2.0) & jnp.isfinite(x_cf)
     return sign, p, m, jnp.clip(jnp.where(near_normal, x_cf, x_avg), lo, hi), lo, hi
 
