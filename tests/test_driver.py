@@ -23,8 +23,8 @@ from test_structure import assert_fits_equal
 import hierjax
 from hierjax.engine import driver
 
-#: Fits the pickled ragged batch on 8 host devices (and queries, draws, evidence);
-#: records each launch's real blocks and the devices its outputs sit on.
+#: Fits the pickled ragged batch on 8 host devices (with "all", also queries, draws and
+#: evidence); records each launch's real blocks and the devices its outputs sit on.
 EIGHT_DEVICES = """
 import os, pickle, sys
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
@@ -45,11 +45,13 @@ driver._launch = spy
 with open(sys.argv[1], "rb") as f:
     ys, ss, valid, SMALL = pickle.load(f)
 fit = hierjax.fit(ys, ss, skip_invalid=True)
-post = hierjax.posterior([ys[i] for i in valid], [ss[i] for i in valid])
-q = hierjax.quantile(post, "mu", [0.5])
-small = [ys[i] for i in SMALL], [ss[i] for i in SMALL]
-d = hierjax.draws(*small, key=jax.random.key(5), num_draws=8, chunk=2)
-e = hierjax.evidence(*small, chunk=2)
+q = d = e = None
+if sys.argv[3] == "all":
+    post = hierjax.posterior([ys[i] for i in valid], [ss[i] for i in valid])
+    q = hierjax.quantile(post, "mu", [0.5])
+    small = [ys[i] for i in SMALL], [ss[i] for i in SMALL]
+    d = hierjax.draws(*small, key=jax.random.key(5), num_draws=8, chunk=2)
+    e = hierjax.evidence(*small, chunk=2)
 with open(sys.argv[2], "wb") as f:
     pickle.dump((len(jax.local_devices()), fit, q, d, e, launches), f)
 """
@@ -72,23 +74,16 @@ def _ragged_batch(B: int = 501):
     return ys, ss, [i for i in range(B) if i != 7]
 
 
-# float64 only: the driver's placement is the same code in either dtype, and this cold
-# 8-device subprocess is the suite's costliest test (float32 is covered on one device)
-@pytest.mark.skipif(not jax.config.jax_enable_x64, reason="dtype-independent; run in float64")
-def test_eight_devices_equal_one(tmp_path):
-    """The ragged batch on 8 simulated devices equals the fit on this process's one device
-    (each device runs whole blocks of one device's shapes), and the Posterior query, draws
-    and evidence too; eight different blocks ran in one program over all 8 devices.
-
-    Not bit for bit: XLA optimises the 8-device SPMD program apart from the one-device
-    one (other fusions), which moves theta's last bits (~1e-13 relative in float64)."""
+def _on_eight_devices(tmp_path, what: str):
+    """The ragged batch through :data:`EIGHT_DEVICES` (``what``: "fit" or "all"), with the
+    launches checked and the fit compared with this process's one device."""
     ys, ss, valid = _ragged_batch()
     inputs, outputs = tmp_path / "in.pkl", tmp_path / "out.pkl"
     with open(inputs, "wb") as f:
         pickle.dump((ys, ss, valid, SMALL), f)
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     r = subprocess.run(
-        [sys.executable, "-c", EIGHT_DEVICES, str(inputs), str(outputs)],
+        [sys.executable, "-c", EIGHT_DEVICES, str(inputs), str(outputs), what],
         env=env,
         capture_output=True,
         text=True,
@@ -104,6 +99,28 @@ def test_eight_devices_equal_one(tmp_path):
     want = hierjax.fit(ys, ss, skip_invalid=True)
     assert got.status[7] & hierjax.STATUS["invalid"]
     assert_fits_equal(got, want, what="8 devices vs 1: ")
+    return ys, ss, valid, got_q, got_d, got_e
+
+
+# float64 only: the driver's placement is the same code in either dtype, and these cold
+# 8-device subprocesses are the suite's costliest tests (float32 is covered on one device)
+@pytest.mark.skipif(not jax.config.jax_enable_x64, reason="dtype-independent; run in float64")
+def test_eight_devices_equal_one(tmp_path):
+    """The ragged batch on 8 simulated devices equals the fit on this process's one device
+    (each device runs whole blocks of one device's shapes); eight different blocks ran in
+    one program over all 8 devices.
+
+    Not bit for bit: XLA optimises the 8-device SPMD program apart from the one-device
+    one (other fusions), which moves theta's last bits (~1e-13 relative in float64)."""
+    _on_eight_devices(tmp_path, "fit")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not jax.config.jax_enable_x64, reason="dtype-independent; run in float64")
+def test_eight_devices_equal_one_for_every_kernel(tmp_path):
+    """As :func:`test_eight_devices_equal_one`, and the Posterior query, draws and evidence
+    on 8 devices equal those on one too."""
+    ys, ss, valid, got_q, got_d, got_e = _on_eight_devices(tmp_path, "all")
     post = hierjax.posterior([ys[i] for i in valid], [ss[i] for i in valid])
     want_q = hierjax.quantile(post, "mu", [0.5])
     assert got_q.dtype == want_q.dtype and got_q.shape == want_q.shape == (len(valid), 1)

@@ -1006,7 +1006,8 @@ def _tau_quantile_errors(label, f, r, levels, t):
     return errs
 
 
-@pytest.mark.parametrize("J", [3, 4, 8])
+# J = 4 lies between the two ends and compiles its own kernels: in the slow suite
+@pytest.mark.parametrize("J", [3, pytest.param(4, marks=pytest.mark.slow), 8])
 def test_far_quantiles_are_exact_or_flagged(J):
     """The 0.001 and 0.999 quantiles of mu and theta_new sit thousands of sds out for J = 3
     (uniform tau, flat mu: Cauchy-like tails), where only the last few tau nodes contribute.
@@ -1215,7 +1216,14 @@ FAST_GRID_THETA = {
 
 
 @pytest.mark.skipif(not jax.config.jax_enable_x64, reason="a 1e-8 sd question (float64)")
-@pytest.mark.parametrize("case", list(FAST_GRID_THETA))
+# one case by default (each compiles its own kernels), the other two in the slow suite
+@pytest.mark.parametrize(
+    "case",
+    [
+        c if i == 0 else pytest.param(c, marks=pytest.mark.slow)
+        for i, c in enumerate(FAST_GRID_THETA)
+    ],
+)
 def test_fast_grid_theta_exact_or_sent_back(case):
     y, sigma, tp, mp = (tuple(a) if isinstance(a, list) else a for a in FAST_GRID_THETA[case])
     f = _fit(y, sigma, tp, mp)
