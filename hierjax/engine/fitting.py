@@ -458,7 +458,8 @@ def fit(
         nodes: Clenshaw-Curtis order ``n`` (``n + 1`` tau nodes) of the general grid. By
             default (None) datasets the Legendre nodes serve
             (:func:`hierjax.inference.legendre.legendre_applies`) are fitted there first
-            (moments only, see ``LEGENDRE_FULL_IN_FIT``); others with few groups and a light enough tau tail
+            (quantiles too unless ``LEGENDRE_FULL_IN_FIT`` is off); others with few groups
+            and a light enough tau tail
             (:func:`_fast_grid_applies`) on the fast grid (half the nodes,
             :func:`hierjax.inference.grid.fast_nodes`); what either's error estimates flag,
             with all the others, on the general grid of
@@ -722,9 +723,9 @@ def _to_user_units(out: DatasetFit, st, batch: Batch, bad, problems, levels, dt)
 #: Whether fit tries the Legendre nodes first (hierjax.inference.legendre); a switch
 #: for side-by-side benchmarks and tests of the grids alone.
 LEGENDRE_IN_FIT = True
-#: Whether it does so for quantiles too; off while the fast grid fits those faster
-#: (benchmarks/README.md, issue 22 third step).
-LEGENDRE_FULL_IN_FIT = False
+#: Whether it does so for quantiles too (as fast as the fast grid end to end, and fewer
+#: kernels to compile: benchmarks/README.md, issue 22 fourth step).
+LEGENDRE_FULL_IN_FIT = True
 
 #: Datasets per narrower kernel width below which they join a wider one (see :func:`fit`).
 MIN_BUCKET = 8192
