@@ -457,8 +457,9 @@ def fit(
             results nan) instead of raising.
         nodes: Clenshaw-Curtis order ``n`` (``n + 1`` tau nodes) of the general grid. By
             default (None) datasets the Legendre nodes serve
-            (:func:`hierjax.inference.legendre.legendre_applies`) are fitted there first
-            (quantiles too unless ``LEGENDRE_FULL_IN_FIT`` is off); others with few groups
+            (:func:`hierjax.inference.legendre.legendre_applies`, at most
+            ``LEGENDRE_MAX_GROUPS`` groups) are fitted there first (quantiles too unless
+            ``LEGENDRE_FULL_IN_FIT`` is off); others with few groups
             and a light enough tau tail
             (:func:`_fast_grid_applies`) on the fast grid (half the nodes,
             :func:`hierjax.inference.grid.fast_nodes`); what either's error estimates flag,
@@ -577,8 +578,9 @@ def fit(
         if LEGENDRE_IN_FIT and (Q == 0 or LEGENDRE_FULL_IN_FIT):
             # The Legendre nodes first where they apply; what their error estimate does not
             # certify goes on to the general grid below.
-            first = legendre_applies(
-                batch.mask[index].sum(axis=1), prep.tau_prior, prep.mu_prior, prep.dtype
+            n_groups = batch.mask[index].sum(axis=1)
+            first = legendre_applies(n_groups, prep.tau_prior, prep.mu_prior, prep.dtype) & (
+                n_groups <= LEGENDRE_MAX_GROUPS
             )
             rest, todo = index[~first], index[first]
             if todo.size:
@@ -723,6 +725,9 @@ def _to_user_units(out: DatasetFit, st, batch: Batch, bad, problems, levels, dt)
 #: Whether fit tries the Legendre nodes first (hierjax.inference.legendre); a switch
 #: for side-by-side benchmarks and tests of the grids alone.
 LEGENDRE_IN_FIT = True
+#: The most groups a dataset may have to be tried there first: 32 nodes certify few wider
+#: ones, which would pay for both passes (benchmarks/README.md, issue 22 fourth step).
+LEGENDRE_MAX_GROUPS = 12
 #: Whether it does so for quantiles too (as fast as the fast grid end to end, and fewer
 #: kernels to compile: benchmarks/README.md, issue 22 fourth step).
 LEGENDRE_FULL_IN_FIT = True
