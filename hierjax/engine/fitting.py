@@ -31,6 +31,7 @@ from hierjax.engine.prepare import compute_dtype, prepare
 from hierjax.inference.grid import FAST_KAPPA, TAIL_LEVEL, fast_nodes, tail_alpha, tau_grid
 from hierjax.inference.legendre import LEGENDRE_NODES, fit_legendre, legendre_applies
 from hierjax.inference.summaries import (
+    DatasetFit,
     Marginal,
     coarse_stages,
     component_above,
@@ -58,22 +59,6 @@ __all__ = [
     "status_text",
     "compute_dtype",
 ]
-
-
-class DatasetFit(NamedTuple):
-    """Posterior summaries of one dataset in standardised units (see :class:`Fit`)."""
-
-    mu: Marginal
-    tau: Marginal
-    theta: Marginal
-    theta_new: Marginal
-    tau_mode: jnp.ndarray
-    log_evidence: jnp.ndarray
-    grid_error: jnp.ndarray
-    status: jnp.ndarray
-    #: grid_unresolved set by the theta_j checks alone (which twice the nodes resolve in
-    #: either dtype, see :func:`fit`), scalar bool
-    theta_only: jnp.ndarray
 
 
 def fit_dataset(
@@ -565,8 +550,6 @@ def fit(
             )
 
         parts = driver.map_blocks(block, pieces, workers, shape=lambda p: p[1])
-        if legendre:
-            parts = [DatasetFit(*p) for p in parts]
         out_ = jax.tree.map(lambda *a: np.concatenate(a)[: index.size], *parts)
         return _widen(out_, J)
 

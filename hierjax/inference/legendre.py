@@ -46,6 +46,7 @@ from hierjax.engine.cache import register
 from hierjax.inference.summaries import (
     _NEAR,
     _TOL_RES,
+    DatasetFit,
     Marginal,
     _halley_step,
     _mixture_moments,
@@ -68,7 +69,6 @@ __all__ = [
     "LEGENDRE_GOAL",
     "LEGENDRE_MIN_ALPHA",
     "LEGENDRE_NODES",
-    "LegendreFit",
     "fit_dataset_legendre",
     "fit_legendre",
     "legendre_applies",
@@ -99,22 +99,6 @@ _TAU_Q_STEPS = 6  # safeguarded Newton steps on the interpolant's CDF
 _TAU_Q_CORRECTIONS = 3  # then Newton steps on the CDF from fresh N-node rules
 _COARSE_STEPS = 2  # Halley steps on every _STRIDE-th node (float32 specials) start a quantile
 _STRIDE = 2
-
-
-class LegendreFit(NamedTuple):
-    """Summaries of one dataset on the Legendre nodes (fields as
-    :class:`hierjax.engine.fitting.DatasetFit`); ``status`` is 1 (``grid_unresolved``) where
-    not certified."""
-
-    mu: Marginal
-    tau: Marginal
-    theta: Marginal
-    theta_new: Marginal
-    tau_mode: jnp.ndarray
-    log_evidence: jnp.ndarray
-    grid_error: jnp.ndarray
-    status: jnp.ndarray
-    theta_only: jnp.ndarray
 
 
 @functools.cache
@@ -421,7 +405,7 @@ def _nodes_fit(
     y, sigma2, mask, threshold, tau_prior: TauPrior, mu_prior: MuPrior, setup, N: int, levels
 ):
     r"""Everything of :func:`fit_dataset_legendre` but the mixtures' quantiles: a
-    :class:`LegendreFit` (those quantiles 0, its status and error without them) and the
+    :class:`DatasetFit` (those quantiles 0, its status and error without them) and the
     :class:`_Mixtures` they are solved on.
 
     .. math::
@@ -528,7 +512,7 @@ def _nodes_fit(
         & (t_var > 0)
         & jnp.all(jnp.where(live, jnp.isfinite(m_var), True))
     )
-    fit = LegendreFit(
+    fit = DatasetFit(
         mu=marginal(0, q0[0]),
         tau=Marginal(t_mean, jnp.sqrt(t_var), tau_q, jnp.ones((), dtype), yes, yes),
         theta=Marginal(m_mean[2:], jnp.sqrt(m_var[2:]), q0[2:], m_p[2:], yes_j, yes_j),
@@ -547,7 +531,7 @@ def _nodes_fit(
     return fit, _Mixtures(wq, d, s, ref, mo, live)
 
 
-def _with_quantiles(fit: LegendreFit, mx: _Mixtures, q, conv, left, err) -> LegendreFit:
+def _with_quantiles(fit: DatasetFit, mx: _Mixtures, q, conv, left, err) -> DatasetFit:
     """``fit`` with the mixtures' quantiles ``q [Q, M]`` (offsets from ``mx.ref``), their
     convergence and error estimates joining its status and error."""
     q = (mx.ref + q).T  # [M, Q]
@@ -577,8 +561,9 @@ def fit_dataset_legendre(
     setup,
     N: int,
     levels=None,
-) -> LegendreFit:
-    r"""Means, sds, quantiles, ``P(> 0)``, tau mode and log evidence of one standardised dataset.
+) -> DatasetFit:
+    r"""Means, sds, quantiles, ``P(> 0)``, tau mode and log evidence of one standardised
+    dataset; ``status`` 1 (``grid_unresolved``) where the error estimate does not certify it.
 
     Args:
         y, sigma2, mask: ``[J]`` standardised data.
@@ -629,7 +614,7 @@ def _map_chunks(f, xs, batch: int):
 @functools.partial(jax.jit, static_argnames=("N", "chunk"))
 def fit_legendre(
     y, sigma2, mask, threshold, tau_prior, mu_prior, levels=None, *, N: int, chunk: int
-) -> LegendreFit:
+) -> DatasetFit:
     """:func:`fit_dataset_legendre` over a batch: ``[B, J]`` inputs, ``[B]`` prior leaves,
     quantile ``levels`` ``[Q]`` shared (None: moments only).
 

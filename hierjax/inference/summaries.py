@@ -34,6 +34,7 @@ from hierjax.numerics.quadrature import clenshaw_curtis, integration_matrices
 from hierjax.numerics.solvers import iterate, maximize
 
 __all__ = [
+    "DatasetFit",
     "Marginal",
     "mixture_summary",
     "mixture_mean_var",
@@ -80,6 +81,23 @@ class Marginal(NamedTuple):
     p_gt0: jnp.ndarray
     mean_exists: jnp.ndarray
     sd_exists: jnp.ndarray
+
+
+class DatasetFit(NamedTuple):
+    """Posterior summaries of one dataset in standardised units (see
+    :class:`hierjax.engine.fitting.Fit`), from any of the grids or the Legendre nodes."""
+
+    mu: Marginal
+    tau: Marginal
+    theta: Marginal
+    theta_new: Marginal
+    tau_mode: jnp.ndarray
+    log_evidence: jnp.ndarray
+    grid_error: jnp.ndarray
+    status: jnp.ndarray
+    #: grid_unresolved set by the theta_j checks alone (which twice the nodes resolve in
+    #: either dtype, see :func:`hierjax.fit`), scalar bool
+    theta_only: jnp.ndarray
 
 
 _INV_SQRT2 = 0.7071067811865476
