@@ -18,6 +18,8 @@ from hierjax.engine.prepare import prepare
 from hierjax.inference.legendre import (
     LEGENDRE_GOAL,
     LEGENDRE_NODES,
+    _setup,
+    fit_dataset_legendre,
     fit_legendre,
     legendre_applies,
 )
@@ -148,6 +150,28 @@ def test_eight_schools_certified():
     for case in ("eight-uniform", "eight-halfcauchy"):
         out, _, _ = _legendre(*CASES[case])
         assert int(out.status[0]) == 0, (case, float(out.grid_error[0]))
+
+
+@pytest.mark.skipif(not X64, reason="float32 is not served by the Legendre path")
+def test_one_dataset_kernel_is_the_batch_row():
+    """``fit_dataset_legendre`` on one dataset is the batch kernel's row for it, quantiles
+    included (the same chunk code, a chunk of one)."""
+    y, sigma, tp, mp = CASES["eight-halfcauchy"]
+    prep = prepare(np.array([y]), np.array([sigma]), tau_prior=tp, mu_prior=mp)
+    args = prep.block(slice(0, 1))
+    lv = prep.cast(np.asarray(LEVELS, np.float64))
+    want = jax.tree.map(np.asarray, fit_legendre(*args, lv, N=N, chunk=1))
+
+    @jax.jit
+    def one(args, lv):
+        y, s2, m, th, tp, mp = jax.tree.map(lambda a: a[0], args)
+        return fit_dataset_legendre(y, s2, m, th, tp, mp, _setup(y, s2, m, tp, mp), N, lv)
+
+    got = jax.tree.map(np.asarray, one(args, lv))
+    assert int(got.status) == 0
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        assert a.shape == b.shape[1:]
+        np.testing.assert_allclose(a, b[0], rtol=1e-12, atol=1e-14)
 
 
 def test_flagged_at_too_few_nodes_really_misses():

@@ -574,19 +574,30 @@ def fit_dataset_legendre(
         levels: quantile levels ``[Q]`` (None or ``Q = 0``: moments only; the quantiles
             are then one placeholder level).
     """
-    fit, mx = _nodes_fit(y, sigma2, mask, threshold, tau_prior, mu_prior, setup, N, levels)
+    one = jax.tree.map(lambda a: a[None], (y, sigma2, mask, threshold, tau_prior, mu_prior, setup))
+    return jax.tree.map(lambda a: a[0], _fit_chunk(one, N, levels))
+
+
+def _fit_chunk(args, N: int, levels) -> DatasetFit:
+    """:func:`fit_dataset_legendre` over a chunk (leading axis of ``args``): the nodes per
+    dataset, then every mixture's quantiles at once with the datasets on the last axis,
+    where XLA vectorises the loops."""
+    y, sigma2, mask, threshold, tau_prior, mu_prior, setup = args
+    fit, mx = jax.vmap(functools.partial(_nodes_fit, N=N, levels=levels))(
+        y, sigma2, mask, threshold, tau_prior, mu_prior, setup
+    )
     if levels is None or levels.shape[0] == 0:
         return fit
-    # components on axis 0, then the levels, then the mixtures: [K, 1, M]
+    # components first, then levels, mixtures and datasets: [K, 1, M, B]
     qs = _mixture_quantiles(
-        levels[:, None],
-        mx.w[:, None, None],
-        mx.d[:, None],
-        mx.s[:, None],
-        mx.mo,
+        levels[:, None, None],
+        mx.w.T[:, None, None, :],
+        jnp.moveaxis(mx.d, 0, -1)[:, None],
+        jnp.moveaxis(mx.s, 0, -1)[:, None],
+        jax.tree.map(lambda a: a.T, mx.mo),
         legendre_nodes(N)[3],
     )
-    return _with_quantiles(fit, mx, *qs)
+    return jax.vmap(_with_quantiles)(fit, mx, *(jnp.moveaxis(a, -1, 0) for a in qs))
 
 
 class _Nodes(NamedTuple):
@@ -619,8 +630,8 @@ def fit_legendre(
     quantile ``levels`` ``[Q]`` shared (None: moments only).
 
     Two ``lax.map`` passes: the map's setup, then the nodes. In one pass XLA fused the
-    setup into every node's loop and recomputed it per node. The mixtures' quantiles are
-    solved per chunk with the datasets on the last axis, where XLA vectorises the loops.
+    setup into every node's loop and recomputed it per node. Each chunk of the second is
+    :func:`_fit_chunk`.
     """
     batch = min(chunk, y.shape[0])
     setup = jax.lax.map(
@@ -628,26 +639,8 @@ def fit_legendre(
     )
     moments_only = levels is None or levels.shape[0] == 0
     lv = None if moments_only else levels
-
-    def nodes_fit(args):
-        return _nodes_fit(*args, N, lv)
-
-    def chunk_fit(args):
-        fit, mx = jax.vmap(nodes_fit)(args)
-        if moments_only:
-            return fit
-        # components first, then levels, mixtures and datasets: [K, 1, M, B]
-        qs = _mixture_quantiles(
-            lv[:, None, None],
-            mx.w.T[:, None, None, :],
-            jnp.moveaxis(mx.d, 0, -1)[:, None],
-            jnp.moveaxis(mx.s, 0, -1)[:, None],
-            jax.tree.map(lambda a: a.T, mx.mo),
-            legendre_nodes(N)[3],
-        )
-        return jax.vmap(_with_quantiles)(fit, mx, *(jnp.moveaxis(a, -1, 0) for a in qs))
-
-    out = _map_chunks(chunk_fit, (y, sigma2, mask, threshold, tau_prior, mu_prior, setup), batch)
+    args = (y, sigma2, mask, threshold, tau_prior, mu_prior, setup)
+    out = _map_chunks(lambda a: _fit_chunk(a, N, lv), args, batch)
     if not moments_only:
         return out
 
