@@ -217,3 +217,30 @@ def test_fit_moments_only_matches_reference(case):
         assert abs(_pick(m.mean, j) - m_r) <= GOAL * s_r, (name, j)
         assert abs(_pick(m.sd, j) - s_r) <= GOAL * s_r, (name, j)
         assert abs(_pick(m.p_gt0, j) - p_r) <= GOAL, (name, j)
+
+
+def test_setup_derivatives_match_autodiff():
+    # the map's analytic l'(s), l''(s) against autodiff of the log marginal likelihood
+    from hierjax.inference.legendre import _loglik_derivs
+    from hierjax.model.conditionals import mu_given_tau
+    from hierjax.model.priors import FlatMu, NormalMu
+
+    rng = np.random.default_rng(5)
+    dt = np.float64 if X64 else np.float32
+    for mu_prior in (FlatMu(), NormalMu(0.3, 2.0)):
+        for _ in range(20):
+            J = int(rng.integers(2, 12))
+            y = (rng.standard_normal(J) * rng.uniform(0.1, 5.0)).astype(dt)
+            s2 = rng.uniform(0.01, 4.0, J).astype(dt)
+            mask = np.ones(J, bool)
+            mask[2:] = rng.uniform(size=J - 2) < 0.8
+            s = dt(np.exp(rng.uniform(-6.0, 6.0)))
+
+            def lik(s2_tau, y=y, s2=s2, mask=mask, mp=mu_prior):
+                return mu_given_tau(s2_tau, y, s2, mask, mp).log_lik
+
+            want = (jax.grad(lik)(s), jax.grad(jax.grad(lik))(s))
+            got = _loglik_derivs(s, y, s2, mask, mu_prior)
+            scale = (np.sum(mask / (s2 + s)), np.sum(mask / (s2 + s) ** 2))
+            for g, w, sc in zip(got, want, scale):
+                assert abs(float(g) - float(w)) <= (1e-10 if X64 else 1e-3) * float(sc)

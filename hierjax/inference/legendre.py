@@ -1,7 +1,7 @@
 r"""Moments and quantiles on Gauss-Legendre nodes placed where ``p(tau | y)`` lives.
 
 For one standardised dataset the posterior of ``x = log tau``, ``h(x) = log p(tau) +
-log p(y | tau) + x``, is located (its mode ``x_m``, by Newton steps with ``jax.grad``) and
+log p(y | tau) + x``, is located (its mode ``x_m``, by Newton steps on analytic derivatives) and
 cut on the left where it has fallen ``D = 36`` nats (``x_c``; the mass below is
 ``< e^{-D}``). Then
 
@@ -40,7 +40,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import erfc, logsumexp
+from jax.scipy.special import logsumexp, ndtri
 
 from hierjax.engine.cache import register
 from hierjax.inference.summaries import (
@@ -51,10 +51,12 @@ from hierjax.inference.summaries import (
     _halley_step,
     _mixture_moments,
     _Moments,
-    _quantile_start,
+    _Phi,
+    _Phi_phi,
+    _start_in,
     tau_mode,
 )
-from hierjax.model.conditionals import mixture_components, mu_given_tau
+from hierjax.model.conditionals import _prior_terms, mixture_components, mu_given_tau
 from hierjax.model.priors import (
     FlatMu,
     HalfCauchy,
@@ -93,10 +95,8 @@ _WINDOW = 4  # coefficients per window of the decay estimate
 _GAP = 8  # degrees between the two windows
 _R_MAX = 0.95  # cap on the decay ratio per degree
 _SAFETY = 1.0  # factor on the extrapolated error
-_SQRT_HALF = math.sqrt(0.5)
-_INV_SQRT2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _TAU_Q_STEPS = 6  # safeguarded Newton steps on the interpolant's CDF
-_TAU_Q_CORRECTIONS = 3  # then Newton steps on the CDF from fresh N-node rules
+_TAU_Q_FIRST = 16  # nodes of the first Newton step's rule on the CDF; the second has N
 _COARSE_STEPS = 2  # Halley steps on every _STRIDE-th node (float32 specials) start a quantile
 _STRIDE = 2
 
@@ -128,8 +128,27 @@ def legendre_matrix(N: int):
     )
 
 
-def _Phi(t):
-    return 0.5 * erfc(-t * _SQRT_HALF)
+def _loglik_derivs(s, y, sigma2, mask, mu_prior: MuPrior):
+    r"""``(l', l'')`` of ``l(s) = log p(y | tau^2 = s)`` with mu profiled out: with
+    ``a_j = 1/(sigma_j^2 + s)``, ``r_j = y_j - mu_hat``, ``S_k = sum a^k``,
+    ``R_k = sum a^k r^2``, ``R = sum a^2 r`` (envelope theorem for ``mu_hat``),
+
+    .. math::
+        l' = -\tfrac12\,(S_1 - S_2/P - R_2),\quad
+        l'' = -\tfrac12\,(2 S_3/P - S_2 - S_2^2/P^2 + 2 R_3 - 2 R^2/P).
+    """
+    p0, p0m0 = _prior_terms(mu_prior, y.dtype)
+    a = jnp.where(mask, 1.0 / jnp.where(mask, sigma2 + s, 1.0), 0.0)
+    a2 = a * a
+    P = jnp.sum(a) + p0
+    r = jnp.where(mask, y - (jnp.sum(a * y) + p0m0) / P, 0.0)
+    ar2 = a * r * r
+    S1, S2, S3 = jnp.sum(a), jnp.sum(a2), jnp.sum(a2 * a)
+    R1, R2, R3 = jnp.sum(a2 * r), jnp.sum(a * ar2), jnp.sum(a2 * ar2)
+    g = S2 / P
+    l1 = -0.5 * (S1 - g - R2)
+    l2 = -0.5 * (2.0 * S3 / P - S2 - g * g + 2.0 * R3 - 2.0 * R1 * R1 / P)
+    return l1, l2
 
 
 def _setup(y, sigma2, mask, tau_prior: TauPrior, mu_prior: MuPrior):
@@ -147,10 +166,23 @@ def _setup(y, sigma2, mask, tau_prior: TauPrior, mu_prior: MuPrior):
             + x
         )
 
-    dh = jax.grad(h)
+    def prior(x):
+        return tau_prior.log_density(jnp.exp(x)) + x
 
     def d12(x):
-        return jax.jvp(dh, (x,), (jnp.ones_like(x),))
+        """``(h', h'')``: the log-likelihood's analytically, the prior's by autodiff."""
+        dp, d2p = jax.jvp(jax.grad(prior), (x,), (jnp.ones_like(x),))
+        s = jnp.exp(2.0 * x)
+        l1, l2 = _loglik_derivs(s, y, sigma2, mask, mu_prior)
+        # s = e^{2x}: ds/dx = 2s, d2s/dx2 = 4s
+        return 2.0 * s * l1 + dp, 4.0 * s * (s * l2 + l1) + d2p
+
+    def value_and_d1(x):
+        s = jnp.exp(2.0 * x)
+        vp, dp = jax.value_and_grad(prior)(x)
+        l0 = mu_given_tau(s, y, sigma2, mask, mu_prior).log_lik
+        l1, _ = _loglik_derivs(s, y, sigma2, mask, mu_prior)
+        return vp + l0, 2.0 * s * l1 + dp
 
     n_obs = jnp.maximum(jnp.sum(mask), 1).astype(dtype)
     ybar = jnp.sum(jnp.where(mask, y, 0.0)) / n_obs
@@ -176,7 +208,7 @@ def _setup(y, sigma2, mask, tau_prior: TauPrior, mu_prior: MuPrior):
     # the cut: Newton on h(x) = target from the normal approximation's point
     xc = x_m - jnp.sqrt(2.0 * _DROP) * width
     for _ in range(_CUT_STEPS):
-        hv, g = jax.value_and_grad(h)(xc)
+        hv, g = value_and_d1(xc)
         step = -(hv - target) / jnp.maximum(g, 1e-3)
         xc = jnp.clip(xc + jnp.clip(step, -40.0, 0.5 * (x_m - xc)), x_min, x_m)
     probes = jnp.clip(xc - jnp.asarray(_PROBES, dtype), x_min, x_max)
@@ -248,8 +280,31 @@ def _singular_error(t, tau0, c, log_post, log_z, N: int):
     return jnp.max(jnp.where(jnp.isnan(log_err), -jnp.inf, jnp.exp(log_err)))
 
 
-def _lane_terms(x, p, w, m, inv_s, special_dtype=None, T=None):
-    """``(F(x) - p, F', F'', F''', coef)`` of ``F = sum_k w_k Phi((x - m_k) / s_k)``, components on
+def _lane_start(zp, sign, w, m, s, mo: _Moments):
+    """``(x0, lo, hi)`` of :func:`~hierjax.inference.summaries._quantile_start` for the
+    reflected components ``sign m``, by a loop over them with lane-shaped accumulators."""
+    tiny = float(jnp.finfo(m.dtype).eps) * 1e-3
+    shape = jnp.broadcast_shapes(zp.shape, m.shape[1:])
+    inf = jnp.full(shape, jnp.inf, m.dtype)
+    zero = jnp.zeros(shape, m.dtype)
+
+    def body(k, acc):
+        lo, hi, sw, swq = acc
+        qk = sign * m[k] + s[k] * zp
+        live = w[k] > tiny
+        return (
+            jnp.where(live, jnp.minimum(lo, qk), lo),
+            jnp.where(live, jnp.maximum(hi, qk), hi),
+            sw + jnp.where(live, w[k], 0.0),
+            swq + jnp.where(live, w[k] * qk, 0.0),
+        )
+
+    lo, hi, sw, swq = jax.lax.fori_loop(0, m.shape[0], body, (inf, -inf, zero, zero))
+    return _start_in(zp, sign, mo, swq / sw, lo, hi), lo, hi
+
+
+def _lane_terms(x, p, w, m, inv_s, sign, special_dtype=None, T=None):
+    """``(F(x) - p, F', F'', F''', coef)`` of ``F = sum_k w_k Phi((x - sign m_k) / s_k)``, components on
     axis 0 and lanes after, by a loop over ``k`` with lane-shaped sums (lanes last keep XLA's
     loops vectorised); with ``T``, ``coef = sum_k T[:, k] w_k (Phi(t_k) - p)``, else None.
     A rolled loop: unrolled, XLA fused the sums into each consumer and recomputed them."""
@@ -257,10 +312,10 @@ def _lane_terms(x, p, w, m, inv_s, special_dtype=None, T=None):
 
     def body(k, acc):
         F, f, fp, fpp, g = acc
-        t = (x - m[k]) * inv_s[k]
+        t = (x - sign * m[k]) * inv_s[k]
         tl = t if special_dtype is None else t.astype(special_dtype)
-        Phi = _Phi(tl).astype(x.dtype)
-        wphi = w[k] * inv_s[k] * _INV_SQRT2PI * jnp.exp(-0.5 * tl * tl).astype(x.dtype)
+        Phi, phi = (a.astype(x.dtype) for a in _Phi_phi(tl))
+        wphi = w[k] * inv_s[k] * phi
         fp = fp - wphi * t * inv_s[k]
         fpp = fpp + wphi * (t * t - 1.0) * inv_s[k] * inv_s[k]
         if g is not None:
@@ -291,12 +346,15 @@ def _mixture_quantiles(levels, w, m, s, mo, T):
     eps = float(jnp.finfo(dtype).eps)
     inv_s = 1.0 / s
     w_c = w[::_STRIDE] / jnp.sum(w[::_STRIDE], axis=0)
-    sign, p, ms, x, lo, hi = _quantile_start(levels, w, m, s, mo)
+    # levels above 1/2 as the reflected mixture's lower tail (sign -1: components at -m)
+    sign = jnp.where(levels > 0.5, -1.0, 1.0).astype(dtype)
+    p = jnp.minimum(levels, 1.0 - levels)
+    x, lo, hi = _lane_start(ndtri(p), sign, w, m, s, mo)
     for _ in range(_COARSE_STEPS):
-        F, f, fp, _, _ = _lane_terms(x, p, w_c, ms[::_STRIDE], inv_s[::_STRIDE], jnp.float32)
+        F, f, fp, _, _ = _lane_terms(x, p, w_c, m[::_STRIDE], inv_s[::_STRIDE], sign, jnp.float32)
         x_c = jnp.clip(x - jnp.clip(_halley_step(F, f, fp), -mo.sd, mo.sd), lo, hi)
         x = jnp.where(jnp.isfinite(x_c), x_c, x)
-    F, f, fp, fpp, coef = _lane_terms(x, p, w, ms, inv_s, None, T)
+    F, f, fp, fpp, coef = _lane_terms(x, p, w, m, inv_s, sign, None, T)
     h = _halley_step(F, f, fp)
     C = jnp.abs(fpp / (6.0 * f) - (fp / (2.0 * f)) ** 2)
     small = (f * C * jnp.abs(h) ** 3 <= jnp.maximum(16.0 * eps, _TOL_RES * p)) & (
@@ -331,9 +389,9 @@ def _tau_quantiles(levels, wq, tau0, c, log_z, sd, log_post, N: int):
     r"""Quantiles of ``p(tau | y)`` and their error estimates in sds, ``([Q], [Q])``.
 
     Safeguarded Newton on the CDF of the degree ``N - 1`` interpolant of the weights (its
-    Legendre series in ``z = 2u - 1``) starts ``tau_q``; three Newton steps on the CDF from
-    fresh ``N``-node rules on the shorter side of ``u_q`` finish, as the interpolant is only
-    half as accurate as the rule. Error: that rule's coefficient estimate plus Newton's
+    Legendre series in ``z = 2u - 1``) starts ``tau_q``; two Newton steps on the CDF from
+    fresh rules (16 nodes, then ``N``) on the shorter side of ``u_q`` finish, as the
+    interpolant is only half as accurate as the rule. Error: that rule's coefficient estimate plus Newton's
     remainder ``|f'/f| h^2 / 2``, both over ``f(tau_q)`` in sds.
     """
     dtype = wq.dtype
@@ -362,13 +420,12 @@ def _tau_quantiles(levels, wq, tau0, c, log_z, sd, log_post, N: int):
     tau_q = tau0 + c * (1.0 + z) / (1.0 - z)
     lower = levels <= 0.5
 
-    u_m, om_m, W, T_m = (jnp.asarray(x, dtype) for x in legendre_nodes(N))
-
-    def correct(tau_q):
-        """One Newton step on the CDF from an ``N``-node rule on the shorter side of
+    def correct(tau_q, n: int):
+        """One Newton step on the CDF from an ``n``-node rule on the shorter side of
         ``tau_q``: ``[0, u_q]`` below the median, ``[u_q, 1]`` above it."""
         u_q = (tau_q - tau0) / (c + tau_q - tau0)
         om_q = c / (c + tau_q - tau0)
+        u_m, om_m, W, T_m = (jnp.asarray(x, dtype) for x in legendre_nodes(n))
         span = jnp.where(lower, u_q, om_q)[:, None]
         u = jnp.where(lower[:, None], 0.0, u_q[:, None]) + span * u_m
         om = jnp.where(lower[:, None], 1.0 - u_q[:, None] * u_m, om_q[:, None] * om_m)
@@ -380,11 +437,11 @@ def _tau_quantiles(levels, wq, tau0, c, log_z, sd, log_post, N: int):
         dlp = jax.vmap(jax.value_and_grad(log_post))(tau_q)
         dens = jnp.exp(dlp[0] - log_z)
         h = resid / dens
-        sub_err = _decay_error(T_m @ f.T, N)[0]
+        sub_err = _decay_error(T_m @ f.T, n)[0]
         return tau_q - h, (sub_err / dens + 0.5 * jnp.abs(dlp[1]) * h * h) / sd
 
-    for _ in range(_TAU_Q_CORRECTIONS):
-        tau_q, err = correct(tau_q)
+    for n in (min(_TAU_Q_FIRST, N), N):
+        tau_q, err = correct(tau_q, n)
     return tau_q, jnp.where(jnp.isnan(err), jnp.inf, err)
 
 

@@ -27,7 +27,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import erfc, ndtri
+from jax.scipy.special import ndtri
 
 from hierjax.inference.grid import TauGrid, grid_tau_of_z, grid_z_of_tau
 from hierjax.numerics.quadrature import clenshaw_curtis, integration_matrices
@@ -105,8 +105,81 @@ _INV_SQRT2PI = 0.3989422804014327
 
 
 def _Phi(t):
-    """Standard normal CDF as ``erfc(-t/sqrt 2)/2``: one special function, accurate in both tails."""
-    return 0.5 * erfc(-t * _INV_SQRT2)
+    """Standard normal CDF ``erfc(-t/sqrt 2)/2``, accurate in both tails."""
+    return _Phi_phi(t)[0]
+
+
+# Cephes' rational approximations of erf on |x| < 1 (x T(x^2)/U(x^2)) and of erfc on
+# |x| >= 1 (e^{-x^2} P(|x|)/Q(|x|)), highest power first
+_ERF_T = (
+    9.60497373987051638749e0,
+    9.00260197203842689217e1,
+    2.23200534594684319226e3,
+    7.00332514112805075473e3,
+    5.55923013010394962768e4,
+)
+_ERF_U = (
+    1.0,
+    3.35617141647503099647e1,
+    5.21357949780152679795e2,
+    4.59432382970980127987e3,
+    2.26290000613890934246e4,
+    4.92673942608635921086e4,
+)
+_ERFC_P = (
+    2.46196981473530512524e-10,
+    5.64189564831068821977e-1,
+    7.46321056442269912687e0,
+    4.86371970985681366614e1,
+    1.96520832956077098242e2,
+    5.26445194995477358631e2,
+    9.34528527171957607540e2,
+    1.02755188689515710272e3,
+    5.57535335369399327526e2,
+)
+_ERFC_Q = (
+    1.0,
+    1.32281951154744992508e1,
+    8.67072140885989742329e1,
+    3.54937778887819891062e2,
+    9.75708501743205489753e2,
+    1.82390916687909736289e3,
+    2.24633760818710981792e3,
+    1.65666309194161350182e3,
+    5.57535340817727675546e2,
+)
+
+
+def _horner(coefs, x):
+    acc = jnp.full_like(x, coefs[0])
+    for c in coefs[1:]:
+        acc = acc * x + c
+    return acc
+
+
+@jax.custom_jvp
+def _Phi_phi(t):
+    """``(Phi(t), phi(t))`` sharing one ``exp``: ``Phi(t) = erfc(x)/2``, ``x = -t/sqrt(2)``,
+    and ``erfc``'s ``e^{-x^2}`` is ``phi``'s ``e^{-t^2/2}``; one division for either branch."""
+    x = -t * _INV_SQRT2
+    ax = jnp.abs(x)
+    e = jnp.exp(-x * x)
+    small = ax < 1.0
+    xs = jnp.where(small, x, 0.0)  # each branch's argument kept finite for the other
+    al = jnp.where(small, 1.0, jnp.minimum(ax, 64.0))
+    r = jnp.where(small, xs * _horner(_ERF_T, xs * xs), e * _horner(_ERFC_P, al)) / jnp.where(
+        small, _horner(_ERF_U, xs * xs), _horner(_ERFC_Q, al)
+    )
+    erfc_x = jnp.where(small, 1.0 - r, jnp.where(x < 0, 2.0 - r, r))
+    return 0.5 * erfc_x, _INV_SQRT2PI * e
+
+
+@_Phi_phi.defjvp
+def _Phi_phi_jvp(primals, tangents):
+    # the exact derivatives, not the rational approximation's
+    (t,), (dt,) = primals, tangents
+    Phi, phi = _Phi_phi(t)
+    return (Phi, phi), (phi * dt, -t * phi * dt)
 
 
 class _Moments(NamedTuple):
@@ -141,13 +214,9 @@ def _halley_terms(x, p, w, m, inv_s, special_dtype=None):
     faster on a CPU), for the coarse starting steps only, which need ~1e-6 sd.
     """
     t = (x - m) * inv_s
-    if special_dtype is None:
-        Phi, e = _Phi(t), jnp.exp(-0.5 * t * t)
-    else:
-        t_lo = t.astype(special_dtype)
-        Phi = _Phi(t_lo).astype(t.dtype)
-        e = jnp.exp(-0.5 * t_lo * t_lo).astype(t.dtype)
-    wphi = w * inv_s * _INV_SQRT2PI * e  # w_k phi(t_k) / s_k
+    t_lo = t if special_dtype is None else t.astype(special_dtype)
+    Phi, phi = (a.astype(t.dtype) for a in _Phi_phi(t_lo))
+    wphi = w * inv_s * phi  # w_k phi(t_k) / s_k
     return (
         jnp.sum(w * Phi) - p,
         jnp.sum(wphi),
@@ -179,6 +248,13 @@ def _quantile_start(p, w, m, s, mo: _Moments):
     live = w > eps * 1e-3
     lo = jnp.min(jnp.where(live, qk, jnp.inf), axis=0)
     hi = jnp.max(jnp.where(live, qk, -jnp.inf), axis=0)
+    x_avg = jnp.sum(jnp.where(live, w * qk, 0.0), axis=0) / jnp.sum(jnp.where(live, w, 0.0), axis=0)
+    return sign, p, m, _start_in(zp, sign, mo, x_avg, lo, hi), lo, hi
+
+
+def _start_in(zp, sign, mo: _Moments, x_avg, lo, hi):
+    """A quantile search's start in ``[lo, hi]``: Cornish-Fisher from the mixture's moments,
+    or ``x_avg`` (the components' quantiles averaged) where the tails are heavy."""
     g1, g2 = sign * mo.skew, mo.exkurt
     z_cf = (
         zp
@@ -189,9 +265,8 @@ def _quantile_start(p, w, m, s, mo: _Moments):
     x_cf = sign * mo.mean + mo.sd * z_cf
     # Cornish-Fisher is good for near-normal mixtures; with heavy tails (large grid
     # kurtosis) start from the weighted mean of the components' own quantiles instead.
-    x_avg = jnp.sum(jnp.where(live, w * qk, 0.0), axis=0) / jnp.sum(jnp.where(live, w, 0.0), axis=0)
     near_normal = (jnp.abs(g1) < 1.0) & (jnp.abs(g2) < 2.0) & jnp.isfinite(x_cf)
-    return sign, p, m, jnp.clip(jnp.where(near_normal, x_cf, x_avg), lo, hi), lo, hi
+    return jnp.clip(jnp.where(near_normal, x_cf, x_avg), lo, hi)
 
 
 def mixture_quantile(p, w, m, s, moments=None, coarse=None):
