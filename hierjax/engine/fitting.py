@@ -569,9 +569,9 @@ def fit(
             if todo.size:
                 n_leg = LEGENDRE_NODES[np.finfo(prep.dtype).bits] - 1
                 out_leg = run(todo, n_leg, None, width, legendre=True)
-                done = out_leg.status == 0
-                results.append((todo[done], jax.tree.map(lambda a: a[done], out_leg)))
-                todo = todo[~done]
+                # whole: the results of what it flags are overwritten by the grids' below
+                results.append((todo, out_leg))
+                todo = todo[out_leg.status != 0]
             index = np.concatenate([rest, todo])
             tried = np.arange(index.size) >= rest.size
             if not index.size:
@@ -587,7 +587,7 @@ def fit(
         if fast_idx.size:
             out_fast = run(fast_idx, fast_nodes(prep.dtype, whole_line=Q == 0), FAST_KAPPA, width)
             redo = (out_fast.status & STATUS["grid_unresolved"]) != 0
-            results.append((fast_idx[~redo], jax.tree.map(lambda a: a[~redo], out_fast)))
+            results.append((fast_idx, out_fast))
             general = np.concatenate([general, fast_idx[redo]])
         if general.size:
             out_general = run(general, n, None, width)
@@ -596,7 +596,7 @@ def fit(
             redo = ((out_general.status & STATUS["grid_unresolved"]) != 0) & (
                 (np.finfo(prep.dtype).bits > 32) | out_general.theta_only
             )
-            results.append((general[~redo], jax.tree.map(lambda a: a[~redo], out_general)))
+            results.append((general, out_general))
             if redo.any():
                 results.append((general[redo], run(general[redo], 2 * n, None, width)))
         return results
@@ -606,6 +606,7 @@ def fit(
     for width in np.unique(widths):
         results += fit_bucket(np.flatnonzero(widths == width), int(width))
     out = jax.tree.map(lambda a: np.empty((B,) + a.shape[1:], a.dtype), results[0][1])
+    # in order: a later part (a grid's) overwrites what an earlier one (that flagged it) held
     for index, part in results:
         for o, a in zip(jax.tree.leaves(out), jax.tree.leaves(part)):
             o[index] = a
@@ -642,11 +643,9 @@ def _to_user_units(out: DatasetFit, st, batch: Batch, bad, problems, levels, dt)
     def location(m: Marginal, axes):
         lc = loc.reshape((-1,) + (1,) * axes)
         sc = scale.reshape((-1,) + (1,) * axes)
-        return m._replace(
-            mean=lc + sc * m.mean,
-            sd=sc * m.sd,
-            quantiles=lc[..., None] + sc[..., None] * m.quantiles,
-        )
+        q = m.quantiles * sc[..., None]
+        q += lc[..., None]  # in place: the quantiles are the largest arrays
+        return m._replace(mean=lc + sc * m.mean, sd=sc * m.sd, quantiles=q)
 
     def scaled(m: Marginal):
         return m._replace(
@@ -680,7 +679,7 @@ def _to_user_units(out: DatasetFit, st, batch: Batch, bad, problems, levels, dt)
         return Marginal(*map(f, m))
 
     def cast(m: Marginal):
-        return Marginal(*[a if a.dtype == bool else a.astype(dt) for a in m])
+        return Marginal(*[a if a.dtype == bool else a.astype(dt, copy=False) for a in m])
 
     mu, tau, theta, new = blank(mu), blank(tau), blank(theta, group_mask), blank(new)
     status = status | np.where(
