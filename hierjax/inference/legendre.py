@@ -96,7 +96,7 @@ _GAP = 8  # degrees between the two windows
 _R_MAX = 0.95  # cap on the decay ratio per degree
 _SAFETY = 1.0  # factor on the extrapolated error
 _TAU_Q_STEPS = 6  # safeguarded Newton steps on the interpolant's CDF
-_TAU_Q_FIRST = 16  # nodes of the first Newton step's rule on the CDF; the second has N
+_TAU_Q_FIRST = 16  # nodes of the first two Newton steps' rules on the CDF; the last has N
 _COARSE_STEPS = 2  # Halley steps on every _STRIDE-th node (float32 specials) start a quantile
 _STRIDE = 2
 
@@ -389,10 +389,12 @@ def _tau_quantiles(levels, wq, tau0, c, log_z, sd, log_post, N: int):
     r"""Quantiles of ``p(tau | y)`` and their error estimates in sds, ``([Q], [Q])``.
 
     Safeguarded Newton on the CDF of the degree ``N - 1`` interpolant of the weights (its
-    Legendre series in ``z = 2u - 1``) starts ``tau_q``; two Newton steps on the CDF from
-    fresh rules (16 nodes, then ``N``) on the shorter side of ``u_q`` finish, as the
-    interpolant is only half as accurate as the rule. Error: that rule's coefficient estimate plus Newton's
-    remainder ``|f'/f| h^2 / 2``, both over ``f(tau_q)`` in sds.
+    Legendre series in ``z = 2u - 1``) starts ``tau_q``; three Newton steps on the CDF from
+    fresh rules (16, 16, then ``N`` nodes) on the shorter side of ``u_q`` finish, as the
+    interpolant is only half as accurate as the rule; the third also makes the result
+    independent of the chunk's rounding (two left ~1e-12 relative). Error: that rule's
+    coefficient estimate plus Newton's remainder ``|f'/f| h^2 / 2``, both over ``f(tau_q)``
+    in sds.
     """
     dtype = wq.dtype
     z_nodes = jnp.asarray(2.0 * legendre_nodes(N)[0] - 1.0, dtype)[::-1]  # increasing
@@ -440,7 +442,8 @@ def _tau_quantiles(levels, wq, tau0, c, log_z, sd, log_post, N: int):
         sub_err = _decay_error(T_m @ f.T, n)[0]
         return tau_q - h, (sub_err / dens + 0.5 * jnp.abs(dlp[1]) * h * h) / sd
 
-    for n in (min(_TAU_Q_FIRST, N), N):
+    first = min(_TAU_Q_FIRST, N)
+    for n in (first, first, N):
         tau_q, err = correct(tau_q, n)
     return tau_q, jnp.where(jnp.isnan(err), jnp.inf, err)
 
