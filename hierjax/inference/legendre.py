@@ -194,10 +194,13 @@ def _setup(y, sigma2, mask, tau_prior: TauPrior, mu_prior: MuPrior):
     x = scout[jnp.argmax(jnp.where(jnp.isnan(hs), -jnp.inf, hs))]
 
     # Newton on h' with steps of at most 2 (uphill by the gradient's sign where h'' >= 0)
-    for _ in range(_MODE_STEPS):
+    def mode_step(_, x):
         g1, g2 = d12(x)
         step = jnp.where(g2 < 0, -g1 / g2, jnp.sign(g1) * 2.0)
-        x = jnp.clip(x + jnp.clip(step, -2.0, 2.0), x_min, x_max)
+        return jnp.clip(x + jnp.clip(step, -2.0, 2.0), x_min, x_max)
+
+    # rolled loops: the same work, a fraction of the program to compile
+    x = jax.lax.fori_loop(0, _MODE_STEPS, mode_step, x)
     g1, g2 = d12(x)
     width = jax.lax.rsqrt(jnp.maximum(-g2, 1e-30))
     # the map needs the mode to a fraction of its width only
@@ -207,10 +210,13 @@ def _setup(y, sigma2, mask, tau_prior: TauPrior, mu_prior: MuPrior):
 
     # the cut: Newton on h(x) = target from the normal approximation's point
     xc = x_m - jnp.sqrt(2.0 * _DROP) * width
-    for _ in range(_CUT_STEPS):
+
+    def cut_step(_, xc):
         hv, g = value_and_d1(xc)
         step = -(hv - target) / jnp.maximum(g, 1e-3)
-        xc = jnp.clip(xc + jnp.clip(step, -40.0, 0.5 * (x_m - xc)), x_min, x_m)
+        return jnp.clip(xc + jnp.clip(step, -40.0, 0.5 * (x_m - xc)), x_min, x_m)
+
+    xc = jax.lax.fori_loop(0, _CUT_STEPS, cut_step, xc)
     probes = jnp.clip(xc - jnp.asarray(_PROBES, dtype), x_min, x_max)
     h_probe = jax.vmap(h)(probes)
     cut_ok = (h(xc) <= target + 1.0) & jnp.all(h_probe <= target + 1.0) & (xc > x_min)
@@ -350,10 +356,13 @@ def _mixture_quantiles(levels, w, m, s, mo, T):
     sign = jnp.where(levels > 0.5, -1.0, 1.0).astype(dtype)
     p = jnp.minimum(levels, 1.0 - levels)
     x, lo, hi = _lane_start(ndtri(p), sign, w, m, s, mo)
-    for _ in range(_COARSE_STEPS):
+
+    def coarse_step(_, x):
         F, f, fp, _, _ = _lane_terms(x, p, w_c, m[::_STRIDE], inv_s[::_STRIDE], sign, jnp.float32)
         x_c = jnp.clip(x - jnp.clip(_halley_step(F, f, fp), -mo.sd, mo.sd), lo, hi)
-        x = jnp.where(jnp.isfinite(x_c), x_c, x)
+        return jnp.where(jnp.isfinite(x_c), x_c, x)
+
+    x = jax.lax.fori_loop(0, _COARSE_STEPS, coarse_step, x)
     F, f, fp, fpp, coef = _lane_terms(x, p, w, m, inv_s, sign, None, T)
     h = _halley_step(F, f, fp)
     C = jnp.abs(fpp / (6.0 * f) - (fp / (2.0 * f)) ** 2)
@@ -443,8 +452,8 @@ def _tau_quantiles(levels, wq, tau0, c, log_z, sd, log_post, N: int):
         return tau_q - h, (sub_err / dens + 0.5 * jnp.abs(dlp[1]) * h * h) / sd
 
     first = min(_TAU_Q_FIRST, N)
-    for n in (first, first, N):
-        tau_q, err = correct(tau_q, n)
+    tau_q = jax.lax.fori_loop(0, 2, lambda _, t: correct(t, first)[0], tau_q)
+    tau_q, err = correct(tau_q, N)
     return tau_q, jnp.where(jnp.isnan(err), jnp.inf, err)
 
 
