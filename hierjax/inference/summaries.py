@@ -210,8 +210,8 @@ def _halley_terms(x, p, w, m, inv_s, special_dtype=None):
     """``(F(x) - p, F', F'', F''')`` of the mixture CDF at ``x`` (``inv_s = 1/s``).
 
     ``special_dtype`` (static): evaluate ``Phi`` and ``phi`` of the standardised
-    arguments in this lower precision (float32 for a float64 search: its erfc runs ~7x
-    faster on a CPU), for the coarse starting steps only, which need ~1e-6 sd.
+    arguments in this lower precision (float32 for a float64 search: faster on a CPU),
+    for the coarse starting steps only, which need ~1e-6 sd.
     """
     t = (x - m) * inv_s
     t_lo = t if special_dtype is None else t.astype(special_dtype)
