@@ -174,7 +174,7 @@ def _setup(y, sigma2, mask, tau_prior: TauPrior, mu_prior: MuPrior):
         dp, d2p = jax.jvp(jax.grad(prior), (x,), (jnp.ones_like(x),))
         s = jnp.exp(2.0 * x)
         l1, l2 = _loglik_derivs(s, y, sigma2, mask, mu_prior)
-        # s = e^{2x}: ds/dx = 2s, d2s/dx2 = 4s
+        # chain rule through s = e^{2x}
         return 2.0 * s * l1 + dp, 4.0 * s * (s * l2 + l1) + d2p
 
     def value_and_d1(x):
@@ -400,8 +400,8 @@ def _tau_quantiles(levels, wq, tau0, c, log_z, sd, log_post, N: int):
     Safeguarded Newton on the CDF of the degree ``N - 1`` interpolant of the weights (its
     Legendre series in ``z = 2u - 1``) starts ``tau_q``; three Newton steps on the CDF from
     fresh rules (16, 16, then ``N`` nodes) on the shorter side of ``u_q`` finish, as the
-    interpolant is only half as accurate as the rule; the third also makes the result
-    independent of the chunk's rounding (two left ~1e-12 relative). Error: that rule's
+    interpolant is only half as accurate as the rule; the third brings the result to
+    round-off, so it does not depend on the chunk's rounding. Error: that rule's
     coefficient estimate plus Newton's remainder ``|f'/f| h^2 / 2``, both over ``f(tau_q)``
     in sds.
     """
