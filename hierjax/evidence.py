@@ -62,7 +62,7 @@ _LOG_2PI = math.log(2.0 * math.pi)
 _SCOUT = 41  # scout points in x = log tau for the 1-d maximisations
 _SCOUT_HALF = 20.0  # ... over x0 +- 20 (tau over ~17 orders of magnitude)
 _MU_SCOUT = 129  # scout points for the mode of a normal mixture
-_FAST = 0  # no unrolled Newton steps: one while loop each keeps the compile small
+_FAST = 0  # no fixed Newton steps: one while loop each keeps the compile small
 
 
 class Estimate(NamedTuple):

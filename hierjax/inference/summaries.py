@@ -282,7 +282,7 @@ def mixture_quantile(p, w, m, s, moments=None, coarse=None):
     quantile of the reflected mixture. Converged when ``|F(q) - p|`` is at round-off or
     a full step ``h`` from ``|F - p| <= 1e-3 min(p, 1 - p)`` leaves a residual
     ``f C |h|^3`` below ``2e-10 min(p, 1 - p)`` (``16 eps`` in float32), ``C h^3`` being
-    Halley's error term: a quantile error of ~1e-10 sd. One unrolled step first, a while
+    Halley's error term: a quantile error of ~1e-10 sd. One fixed step first, a while
     loop for the stragglers.
 
     Args:
@@ -607,7 +607,7 @@ def tau_quantile(p, grid: TauGrid, cdf: TauCdf, fast_steps: int = _TAU_FAST_STEP
     by bisection in ``[-1, 1]`` and started by linear interpolation between the nodes whose
     values bracket the target. Stops when the residual is below ``4 eps`` of the target, a
     Newton step is below ``1e-2 sqrt(eps)`` (quadratic convergence: the next is below eps)
-    or the bracket is below ``64 eps``. ``fast_steps`` unrolled steps, then a while loop.
+    or the bracket is below ``64 eps``. ``fast_steps`` fixed steps, then a while loop.
 
     Returns:
         ``(tau, converged)``.

@@ -1,11 +1,12 @@
-"""Safeguarded one-dimensional solvers: unrolled steps, then a while loop for stragglers.
+"""Safeguarded one-dimensional solvers: fixed steps, then a while loop for stragglers.
 
 Under ``vmap`` a ``lax.while_loop`` runs until the slowest lane of the batch is done,
-and each of its steps costs more than straight-line code. So every solver takes a
-fixed number of unrolled steps first (enough for nearly every dataset, with good
-starting points), then a ``while_loop`` that continues only while some lane is not
-done: when all are, it costs one check. One compiled program serves both, and the
-result never depends on which other datasets share the batch.
+and each of its steps costs more than a loop of fixed trip count (no per-lane test).
+So every solver takes a fixed number of steps first (enough for nearly every dataset,
+with good starting points), then a ``while_loop`` that continues only while some lane
+is not done: when all are, it costs one check. The fixed steps are a ``fori_loop``, not
+unrolled: the step is traced and compiled once. One compiled program serves both, and
+the result never depends on which other datasets share the batch.
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ __all__ = ["iterate", "maximize"]
 
 
 def iterate(step, state, *, fast_steps: int, max_iter: int):
-    """Apply ``step`` to ``state`` (a tuple ``(i, ..., done)``): ``fast_steps`` unrolled
-    steps, then a ``while_loop`` until ``done`` or ``i == max_iter``."""
-    for _ in range(fast_steps):
-        state = step(state)
+    """Apply ``step`` to ``state`` (a tuple ``(i, ..., done)``): ``fast_steps`` steps in a
+    ``fori_loop``, then a ``while_loop`` until ``done`` or ``i == max_iter``."""
+    state = jax.lax.fori_loop(0, fast_steps, lambda _, st: step(st), state)
     return jax.lax.while_loop(lambda st: (st[0] < max_iter) & ~st[-1], step, state)
 
 
