@@ -128,21 +128,32 @@ def fit_dataset(
     mu_s, new_v = jnp.sqrt(grid.mu.var), tau2 + grid.mu.var
     mu_above = component_above(grid.mu.mean, mu_s, threshold)
     new_above = component_above(grid.mu.mean, jnp.sqrt(new_v), threshold)
-    mu, ok_mu = mixture_summary(
-        w, grid.mu.mean, mu_s, levels, threshold, mu_mean, mu_sd, coarse, mu_above
-    )
     comp = mixture_components(tau2, grid.mu.mean, grid.mu.var, y, sigma2)
     theta_m, theta_v = comp.theta_mean, comp.theta_var
     theta_above = component_above(theta_m, jnp.sqrt(theta_v), threshold)
-    theta, ok_theta = jax.vmap(
-        lambda m, v, a: mixture_summary(
-            w, m, jnp.sqrt(v), levels, threshold, always, always, coarse, a
+    # mu, theta_new and each theta_j: one vmapped summary of J + 2 mixtures (one copy of
+    # the quantile searches in the program: a third of the trace and compile)
+    J = y.shape[0]
+    columns = [
+        jnp.concatenate([a[:, None], b[:, None], c], axis=1)
+        for a, b, c in [
+            (grid.mu.mean, grid.mu.mean, theta_m),
+            (mu_s, jnp.sqrt(new_v), jnp.sqrt(theta_v)),
+            (mu_above, new_above, theta_above),
+        ]
+    ]
+    exists = [
+        jnp.concatenate([jnp.stack([a, b]), jnp.ones(J, bool)])
+        for a, b in [(mu_mean, has_mean), (mu_sd, has_sd)]
+    ]
+    summary, ok = jax.vmap(
+        lambda m, s, a, e_mean, e_sd: mixture_summary(
+            w, m, s, levels, threshold, e_mean, e_sd, coarse, a
         ),
-        in_axes=1,
-    )(theta_m, theta_v, theta_above)
-    new, ok_new = mixture_summary(
-        w, grid.mu.mean, jnp.sqrt(new_v), levels, threshold, has_mean, has_sd, coarse, new_above
-    )
+        in_axes=(1, 1, 1, 0, 0),
+    )(*columns, *exists)
+    mu, new, theta = (jax.tree.map(lambda a, i=i: a[i], summary) for i in (0, 1, slice(2, None)))
+    ok_mu, ok_new, ok_theta = ok[0], ok[1], ok[2:]
     tau, ok_tau, (tau_round_off, tau_cut) = tau_summary(grid, levels, has_mean, has_sd, alpha)
     # mu's and theta_new's tails inherit tau's (heavy for few groups): check their quantiles
     # against the 2n-rule directly, in units of the most probable component's sd.
