@@ -283,6 +283,10 @@ def fit_dataset(
     )
 
 
+# jitted inside the kernel so its block and chunk shapes share one trace of a dataset's fit
+_fit_dataset_traced = jax.jit(fit_dataset, static_argnums=(7, 8))
+
+
 @register
 @functools.partial(jax.jit, static_argnames=("n", "chunk", "kappa"))
 def fit_standardized(
@@ -307,7 +311,7 @@ def fit_standardized(
 
     def one(args):
         yb, sb, mb, cb, tp, mp = args
-        out = fit_dataset(yb, sb, mb, cb, tp, mp, levels, n, kappa)
+        out = _fit_dataset_traced(yb, sb, mb, cb, tp, mp, levels, n, kappa)
         # lax.map cannot stack size-0 outputs: carry one placeholder level, dropped below
         return _pad_quantiles(out, 1) if moments_only else out
 

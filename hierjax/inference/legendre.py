@@ -669,6 +669,11 @@ def _fit_chunk(args, N: int, levels) -> DatasetFit:
     return jax.vmap(_with_quantiles)(fit, mx, *(jnp.moveaxis(a, -1, 0) for a in qs))
 
 
+# jitted inside the kernel so the block and chunk shapes share one trace of a chunk's body
+_setup_traced = jax.jit(_setup)
+_fit_chunk_traced = jax.jit(_fit_chunk, static_argnums=1)
+
+
 class _Nodes(NamedTuple):
     """The two fields of a grid :func:`hierjax.inference.summaries.tau_mode` reads (nodes from large
     tau to small)."""
@@ -704,12 +709,12 @@ def fit_legendre(
     """
     batch = min(chunk, y.shape[0])
     setup = jax.lax.map(
-        lambda a: _setup(*a), (y, sigma2, mask, tau_prior, mu_prior), batch_size=batch
+        lambda a: _setup_traced(*a), (y, sigma2, mask, tau_prior, mu_prior), batch_size=batch
     )
     moments_only = levels is None or levels.shape[0] == 0
     lv = None if moments_only else levels
     args = (y, sigma2, mask, threshold, tau_prior, mu_prior, setup)
-    out = _map_chunks(lambda a: _fit_chunk(a, N, lv), args, batch)
+    out = _map_chunks(lambda a: _fit_chunk_traced(a, N, lv), args, batch)
     if not moments_only:
         return out
 
