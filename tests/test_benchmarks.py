@@ -9,6 +9,7 @@ No timing is asserted anywhere. Run under both ``JAX_ENABLE_X64=0`` and ``=1``.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -17,6 +18,7 @@ import sys
 import types
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -25,6 +27,7 @@ import hierjax
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
+import compile_kernels
 import history
 import limit
 import peers
@@ -188,6 +191,34 @@ def test_limit_small():
             "moment_kernel_fused_loops",
         ],
     )
+
+
+def test_compile_kernels_second_shape_reuses_the_trace():
+    """benchmarks/compile_kernels.py on a toy kernel with a jitted chunk body (as hierjax's):
+    every stage timed, and the block shape's trace served by the chunk shape's."""
+
+    traces = []
+
+    @jax.jit
+    def body(rows, lv):
+        traces.append(rows.shape)  # runs only when JAX traces the body
+        return jnp.sin(rows) + lv.sum()
+
+    @functools.partial(jax.jit, static_argnames=("chunk",))
+    def kernel(x, lv, *, chunk):
+        return jax.lax.map(lambda c: body(c, lv), x.reshape(-1, chunk, x.shape[-1])).reshape(
+            x.shape
+        )
+
+    row = compile_kernels.measure(
+        "toy", kernel, {}, 4, lambda n: (np.ones((n or 16, 3), DTYPE),), np.ones(2, DTYPE), 2
+    )
+    _finite_positive(
+        row,
+        [f"{s}_{k}_s" for s in ("chunk", "block") for k in ("trace", "lower", "compile")]
+        + ["block_run_ms"],
+    )
+    assert traces == [(4, 3)], traces
 
 
 def test_xla_passes_variants_agree(capsys):

@@ -283,8 +283,11 @@ def fit_dataset(
     )
 
 
-# jitted inside the kernel so its block and chunk shapes share one trace of a dataset's fit
-_fit_dataset_traced = jax.jit(fit_dataset, static_argnums=(7, 8))
+@functools.partial(jax.jit, static_argnums=(7, 8))
+def _fit_dataset_traced(*args) -> DatasetFit:
+    """:func:`fit_dataset` jitted inside the kernel: its block and chunk shapes share one
+    trace of a dataset's fit (looked up when traced, so a test's spy sees each trace)."""
+    return fit_dataset(*args)
 
 
 @register
