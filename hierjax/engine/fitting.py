@@ -131,8 +131,8 @@ def fit_dataset(
     comp = mixture_components(tau2, grid.mu.mean, grid.mu.var, y, sigma2)
     theta_m, theta_v = comp.theta_mean, comp.theta_var
     theta_above = component_above(theta_m, jnp.sqrt(theta_v), threshold)
-    # mu, theta_new and each theta_j: one vmapped summary of J + 2 mixtures (one copy of
-    # the quantile searches in the program: a third of the trace and compile)
+    # mu, theta_new and each theta_j: one vmapped summary of J + 2 mixtures, so the traced
+    # program holds one copy of the quantile searches, not three
     J = y.shape[0]
     columns = [
         jnp.concatenate([a[:, None], b[:, None], c], axis=1)
