@@ -15,6 +15,7 @@ import math
 import jax
 import numpy as np
 import pytest
+from conftest import BATCH_RTOL
 from reference import joint_log_evidence, log_prior_tau, parse_tau, reference
 from scipy import integrate, optimize, stats
 
@@ -185,10 +186,11 @@ def test_improper_priors_give_nan_like_bayesmeta(improper):
     assert np.all(improper.status == 0)
 
 
-def test_chunked_equals_unchunked_bitwise(improper):
+def test_chunked_equals_unchunked(improper):
     """Three datasets in blocks of 2 (the last padded with a repeat of the last dataset)
-    equal one block of 4 bit for bit; the blocks of 2 reuse the kernel the two-dataset
-    fixture compiled, the padded last one included (no trace)."""
+    equal one block of 4 to round-off (``BATCH_RTOL``: the block's width changes XLA's
+    vectorised code, which differs by CPU) and the two-dataset fixture bit for bit (the
+    same program); the blocks of 2 reuse the kernel that fixture compiled (no trace)."""
     ys = [np.array(d[0]) for d in DATA] + [0.3 * np.array(RUBIN_Y) + 1.0]
     ss = [np.array(RUBIN_S)] * 3
     before = evidence_standardized._cache_size()
@@ -196,6 +198,10 @@ def test_chunked_equals_unchunked_bitwise(improper):
     assert evidence_standardized._cache_size() == before
     whole = evidence(ys, ss)
     for a, b in zip(jax.tree.leaves(chunked), jax.tree.leaves(whole)):
-        np.testing.assert_array_equal(a, b)
+        if np.issubdtype(np.asarray(b).dtype, np.floating):
+            scale = np.nanmax(np.abs(b), initial=0.0)
+            np.testing.assert_allclose(a, b, rtol=BATCH_RTOL, atol=BATCH_RTOL * scale)
+        else:
+            np.testing.assert_array_equal(a, b)
     for a, b in zip(jax.tree.leaves(chunked[:-1]), jax.tree.leaves(improper[:-1])):  # not names
         np.testing.assert_array_equal(a[:2], b)
